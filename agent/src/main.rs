@@ -1,0 +1,4 @@
+//! `traffic-agent`: the privileged node agent.
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! The `traffic.*` label contract (see docs/labels.md in the README): typed parsing, pure.

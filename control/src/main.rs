@@ -1,0 +1,4 @@
+//! `traffic-control` binary.
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! Test fixtures: "pods" (a network namespace + a cgroup v2 directory), a real proxy, backends.
