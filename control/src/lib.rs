@@ -1,4 +1,1 @@
-//! traffic-control: the xDS control plane.
-//!
-//! `model` (Kubernetes objects or a static YAML file) -> `translate` (pure) -> `snapshot` -> `xds` (tonic ADS).
-pub mod snapshot;
+//! traffic-control: wires the model sources, translation and the xDS server together.

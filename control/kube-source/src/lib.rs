@@ -1,0 +1,1 @@
+//! Kubernetes as the source of truth for the mesh model.

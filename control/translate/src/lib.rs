@@ -1,0 +1,2 @@
+//! The mesh model and its pure translation into Envoy v3 resources (no I/O).
+pub mod snapshot;

@@ -1,0 +1,1 @@
+//! The xDS server: ADS streams (SotW and delta), version/nonce bookkeeping, NACK handling.
