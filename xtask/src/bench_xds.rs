@@ -1,0 +1,6 @@
+#[derive(clap::Args, Debug)]
+pub struct Options {}
+
+pub fn run(_o: Options) -> anyhow::Result<()> {
+    anyhow::bail!("not implemented yet")
+}
