@@ -1,4 +1,4 @@
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Default)]
 pub struct Options {}
 
 pub fn run(_o: Options) -> anyhow::Result<()> {

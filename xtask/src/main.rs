@@ -7,6 +7,7 @@
 use clap::{Parser, Subcommand};
 
 mod bench_redirect;
+mod cmd;
 mod bench_xds;
 mod build_ebpf;
 mod setup;

