@@ -1,0 +1,526 @@
+//! The mesh model: the few Kubernetes facts translation needs, in plain Rust types.
+//!
+//! `traffic-kube-source` fills it from the API server; tests and the local demo load it from a YAML
+//! file (see `examples/bookinfo.yaml`). Field names follow Kubernetes spelling (`clusterIPs`,
+//! `targetPort`, `pathType`, `secretName`) so a reader who knows manifests can read the file.
+//! Labels stay raw `String -> String` maps: interpreting `traffic.*` labels is `traffic-labels`'
+//! job, done during translation so every invalid value is reported in one place.
+//!
+//! Endpoints are computed here from Service selectors and pod IPs (no EndpointSlices), so the
+//! control plane works on every Kubernetes version.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// Raw Kubernetes labels (or annotations).
+pub type Labels = BTreeMap<String, String>;
+
+fn default_namespace() -> String {
+    "default".to_string()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn is_default_namespace(ns: &str) -> bool {
+    ns == "default"
+}
+
+/// Everything translation looks at.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshModel {
+    #[serde(default)]
+    pub services: Vec<Service>,
+    #[serde(default)]
+    pub pods: Vec<Pod>,
+    /// Deployments, StatefulSets, DaemonSets (and ReplicaSets without a Deployment): only their
+    /// labels matter (`traffic.envoy.enabled`, `traffic.endpoint.weight`).
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
+    #[serde(default)]
+    pub ingresses: Vec<Ingress>,
+    /// `kubernetes.io/tls` Secrets referenced by Ingress `tls[].secretName`.
+    #[serde(default)]
+    pub secrets: Vec<TlsSecret>,
+}
+
+/// A Kubernetes Service (ClusterIP; headless Services have no `clusterIPs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Service {
+    #[serde(default = "default_namespace", skip_serializing_if = "is_default_namespace")]
+    pub namespace: String,
+    pub name: String,
+    /// `spec.clusterIPs` (IPv4 and/or IPv6). Empty for headless Services.
+    #[serde(default, rename = "clusterIPs")]
+    pub cluster_ips: Vec<IpAddr>,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// `spec.selector`; a Service without selector has no computed endpoints.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: Labels,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+}
+
+/// One entry of `spec.ports`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServicePort {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub port: u16,
+    /// Defaults to `port` when absent, as in Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_port: Option<TargetPort>,
+    #[serde(default)]
+    pub protocol: PortProtocol,
+}
+
+/// L4 protocol of a Service port. Only TCP ports are proxied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum PortProtocol {
+    #[default]
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+/// `targetPort`: a number, or the name of a container port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetPort {
+    Number(u16),
+    Name(String),
+}
+
+/// The top-level controller of a pod (ReplicaSet already resolved to its Deployment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+    /// A ReplicaSet not owned by a Deployment.
+    ReplicaSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+            WorkloadKind::ReplicaSet => "ReplicaSet",
+        }
+    }
+}
+
+/// A reference from a pod to its (resolved) owner, in the pod's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerRef {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+/// A Deployment, StatefulSet, DaemonSet or ownerless ReplicaSet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    #[serde(default = "default_namespace", skip_serializing_if = "is_default_namespace")]
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+}
+
+/// A pod, with its owner chain already resolved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Pod {
+    #[serde(default = "default_namespace", skip_serializing_if = "is_default_namespace")]
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    /// `status.podIP`; pods without an IP yet are not endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<IpAddr>,
+    /// `spec.nodeName`; used as the endpoint locality's sub-zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The node's `topology.kubernetes.io/zone`, if known; the endpoint locality's zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<OwnerRef>,
+    /// The Ready condition; not-ready pods are not endpoints. Defaults to true in YAML.
+    #[serde(default = "default_true")]
+    pub ready: bool,
+    /// Named container ports (`name -> containerPort`), to resolve a Service's named `targetPort`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub named_ports: BTreeMap<String, u16>,
+}
+
+impl Pod {
+    /// The Envoy node id of this pod's sidecar: `<pod name>.<namespace>`.
+    pub fn node_id(&self) -> String {
+        format!("{}.{}", self.name, self.namespace)
+    }
+
+    /// The port on this pod that a Service port targets, if it resolves.
+    pub fn resolve_target_port(&self, port: &ServicePort) -> Option<u16> {
+        match &port.target_port {
+            None => Some(port.port),
+            Some(TargetPort::Number(n)) => Some(*n),
+            Some(TargetPort::Name(name)) => self.named_ports.get(name).copied(),
+        }
+    }
+}
+
+/// A `networking.k8s.io/v1` Ingress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Ingress {
+    #[serde(default = "default_namespace", skip_serializing_if = "is_default_namespace")]
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: Labels,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_backend: Option<IngressBackend>,
+    #[serde(default)]
+    pub rules: Vec<IngressRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<IngressTls>,
+}
+
+/// `spec.rules[]`. A rule without host matches every host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub paths: Vec<IngressPath>,
+}
+
+/// `spec.rules[].http.paths[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IngressPath {
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default)]
+    pub path_type: PathType,
+    pub backend: IngressBackend,
+}
+
+fn default_path() -> String {
+    "/".to_string()
+}
+
+/// `pathType`. `ImplementationSpecific` is treated as `Prefix`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PathType {
+    Exact,
+    #[default]
+    Prefix,
+    ImplementationSpecific,
+}
+
+/// `backend.service` (resource backends are not supported).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngressBackend {
+    /// Service name, in the Ingress's namespace.
+    pub service: String,
+    /// `port.number` or `port.name` of the Service.
+    pub port: TargetPort,
+}
+
+/// `spec.tls[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IngressTls {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    pub secret_name: String,
+}
+
+/// A `kubernetes.io/tls` Secret: PEM certificate chain and private key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsSecret {
+    #[serde(default = "default_namespace", skip_serializing_if = "is_default_namespace")]
+    pub namespace: String,
+    pub name: String,
+    /// `tls.crt`
+    pub cert_pem: String,
+    /// `tls.key`
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsSecret {
+    // Never print private keys in logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSecret")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("cert_pem_len", &self.cert_pem.len())
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One computed endpoint of a Service port: a ready pod selected by the Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint<'m> {
+    pub pod: &'m Pod,
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+/// Why a model file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid model YAML{}: {source}", path.as_deref().map(|p| format!(" in {p}")).unwrap_or_default())]
+    Yaml {
+        path: Option<String>,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("duplicate {kind} {namespace}/{name} in the model")]
+    Duplicate {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
+}
+
+impl MeshModel {
+    /// Parse a model from YAML text and check it for duplicates.
+    pub fn from_yaml_str(text: &str) -> Result<Self, ModelError> {
+        let model: MeshModel =
+            serde_yaml::from_str(text).map_err(|source| ModelError::Yaml { path: None, source })?;
+        model.check_unique()?;
+        Ok(model)
+    }
+
+    /// Read and parse a YAML model file.
+    pub fn from_yaml_file(path: impl AsRef<Path>) -> Result<Self, ModelError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let model: MeshModel = serde_yaml::from_str(&text).map_err(|source| ModelError::Yaml {
+            path: Some(path.display().to_string()),
+            source,
+        })?;
+        model.check_unique()?;
+        Ok(model)
+    }
+
+    /// Render the model as YAML (for `config` dumps and fixtures).
+    pub fn to_yaml(&self) -> Result<String, ModelError> {
+        serde_yaml::to_string(self).map_err(|source| ModelError::Yaml { path: None, source })
+    }
+
+    fn check_unique(&self) -> Result<(), ModelError> {
+        fn check<'a>(
+            kind: &'static str,
+            items: impl Iterator<Item = (&'a str, &'a str)>,
+        ) -> Result<(), ModelError> {
+            let mut seen = std::collections::BTreeSet::new();
+            for (ns, name) in items {
+                if !seen.insert((ns, name)) {
+                    return Err(ModelError::Duplicate {
+                        kind,
+                        namespace: ns.to_string(),
+                        name: name.to_string(),
+                    });
+                }
+            }
+            Ok(())
+        }
+        check("Service", self.services.iter().map(|s| (&*s.namespace, &*s.name)))?;
+        check("Pod", self.pods.iter().map(|p| (&*p.namespace, &*p.name)))?;
+        check(
+            "Ingress",
+            self.ingresses.iter().map(|i| (&*i.namespace, &*i.name)),
+        )?;
+        check("Secret", self.secrets.iter().map(|s| (&*s.namespace, &*s.name)))?;
+        let mut seen = std::collections::BTreeSet::new();
+        for w in &self.workloads {
+            if !seen.insert((w.kind, &*w.namespace, &*w.name)) {
+                return Err(ModelError::Duplicate {
+                    kind: w.kind.as_str(),
+                    namespace: w.namespace.clone(),
+                    name: w.name.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.services
+            .iter()
+            .find(|s| s.namespace == namespace && s.name == name)
+    }
+
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.namespace == namespace && p.name == name)
+    }
+
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<&TlsSecret> {
+        self.secrets
+            .iter()
+            .find(|s| s.namespace == namespace && s.name == name)
+    }
+
+    /// The resolved owner workload of a pod, if the model knows it.
+    pub fn owner_of(&self, pod: &Pod) -> Option<&Workload> {
+        let owner = pod.owner.as_ref()?;
+        self.workloads
+            .iter()
+            .find(|w| w.kind == owner.kind && w.namespace == pod.namespace && w.name == owner.name)
+    }
+
+    /// Pods selected by a Service (same namespace, non-empty selector all matching), whether
+    /// ready or not.
+    pub fn selected_pods<'m>(&'m self, service: &'m Service) -> impl Iterator<Item = &'m Pod> + 'm {
+        self.pods.iter().filter(move |pod| {
+            !service.selector.is_empty()
+                && pod.namespace == service.namespace
+                && service.selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+        })
+    }
+
+    /// Services selecting a pod.
+    pub fn services_of<'m>(&'m self, pod: &'m Pod) -> impl Iterator<Item = &'m Service> + 'm {
+        self.services.iter().filter(move |service| {
+            !service.selector.is_empty()
+                && pod.namespace == service.namespace
+                && service.selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+        })
+    }
+
+    /// The computed endpoints of one Service port: ready, selected pods with an IP whose target
+    /// port resolves. Sorted by pod name for stable output.
+    pub fn endpoints<'m>(&'m self, service: &'m Service, port: &ServicePort) -> Vec<Endpoint<'m>> {
+        let mut out: Vec<Endpoint<'m>> = self
+            .selected_pods(service)
+            .filter(|pod| pod.ready)
+            .filter_map(|pod| {
+                Some(Endpoint {
+                    pod,
+                    ip: pod.ip?,
+                    port: pod.resolve_target_port(port)?,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.pod.name.cmp(&b.pod.name));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMALL: &str = r#"
+services:
+- name: reviews
+  clusterIPs: [10.96.0.20]
+  ports:
+  - {name: http, port: 9080, targetPort: http}
+  selector: {app: reviews}
+  labels: {traffic.port.9080: http}
+pods:
+- name: reviews-v1-1
+  ip: 172.17.0.5
+  labels: {app: reviews}
+  owner: {kind: Deployment, name: reviews-v1}
+  namedPorts: {http: 9080}
+- name: reviews-v2-1
+  ip: 172.17.0.6
+  labels: {app: reviews}
+  ready: false
+  namedPorts: {http: 9080}
+- name: reviews-v3-1
+  labels: {app: reviews}
+workloads:
+- kind: Deployment
+  name: reviews-v1
+  labels: {traffic.envoy.enabled: true, traffic.endpoint.weight: 10}
+"#;
+
+    #[test]
+    fn yaml_model_loads_with_kubernetes_spelling_and_defaults() {
+        let m = MeshModel::from_yaml_str(SMALL).unwrap();
+        let svc = &m.services[0];
+        assert_eq!(svc.namespace, "default");
+        assert_eq!(svc.ports[0].target_port, Some(TargetPort::Name("http".into())));
+        assert_eq!(svc.ports[0].protocol, PortProtocol::Tcp);
+        // Unquoted YAML booleans and numbers still arrive as label strings.
+        let w = &m.workloads[0];
+        assert_eq!(w.labels["traffic.envoy.enabled"], "true");
+        assert_eq!(w.labels["traffic.endpoint.weight"], "10");
+        assert_eq!(m.owner_of(&m.pods[0]).unwrap().name, "reviews-v1");
+        assert_eq!(m.pods[0].node_id(), "reviews-v1-1.default");
+    }
+
+    #[test]
+    fn endpoints_are_ready_selected_pods_with_an_ip_and_resolved_port() {
+        let m = MeshModel::from_yaml_str(SMALL).unwrap();
+        let svc = &m.services[0];
+        let eps = m.endpoints(svc, &svc.ports[0]);
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps[0].pod.name, "reviews-v1-1");
+        assert_eq!(eps[0].port, 9080);
+        assert_eq!(m.services_of(&m.pods[1]).count(), 1);
+    }
+
+    #[test]
+    fn unknown_fields_and_duplicates_are_rejected() {
+        assert!(MeshModel::from_yaml_str("services: [{name: a, bogus: 1}]").is_err());
+        let dup = "services: [{name: a}, {name: a}]";
+        assert!(matches!(
+            MeshModel::from_yaml_str(dup),
+            Err(ModelError::Duplicate { kind: "Service", .. })
+        ));
+    }
+
+    #[test]
+    fn model_round_trips_through_yaml() {
+        let m = MeshModel::from_yaml_str(SMALL).unwrap();
+        let again = MeshModel::from_yaml_str(&m.to_yaml().unwrap()).unwrap();
+        assert_eq!(m, again);
+    }
+
+    #[test]
+    fn the_bookinfo_example_loads() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bookinfo.yaml");
+        let m = MeshModel::from_yaml_file(path).unwrap();
+        assert_eq!(m.services.len(), 4);
+    }
+}
