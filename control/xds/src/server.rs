@@ -1,0 +1,434 @@
+//! gRPC plumbing: one task per ADS stream, driven by the proxy's requests and by new snapshots.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, info_span, warn, Instrument};
+use traffic_translate::snapshot::{MeshSnapshot, NodeResources};
+
+use crate::delta::DeltaStream;
+use crate::metrics::{Mode, ModeLabels, TypeLabels, XdsMetrics};
+use crate::rejection::{Rejection, RejectionSink};
+use crate::sotw::SotwStream;
+use crate::type_name;
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+pub enum XdsServerError {
+    #[error("the xDS server must be created inside a Tokio runtime")]
+    NoRuntime,
+    #[error("xDS gRPC transport failed")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// Responses queued per stream before the stream task waits for the proxy to read.
+const STREAM_QUEUE: usize = 16;
+
+/// A snapshot as the streams see it: numbered and timestamped when the server received it.
+#[derive(Clone)]
+struct Published {
+    snapshot: Arc<dyn MeshSnapshot>,
+    generation: u64,
+    at: Instant,
+}
+
+struct Shared {
+    published: watch::Receiver<Published>,
+    metrics: XdsMetrics,
+    sink: Arc<dyn RejectionSink>,
+}
+
+/// The ADS service. Cheap to clone.
+#[derive(Clone)]
+pub struct XdsServer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for XdsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdsServer")
+            .field("generation", &self.shared.published.borrow().generation)
+            .finish()
+    }
+}
+
+impl XdsServer {
+    /// A server pushing whatever `snapshots` holds. Must be called inside a Tokio runtime: it
+    /// spawns the task that numbers and timestamps each new snapshot.
+    pub fn new(
+        mut snapshots: watch::Receiver<Arc<dyn MeshSnapshot>>,
+        metrics: XdsMetrics,
+        sink: Arc<dyn RejectionSink>,
+    ) -> Result<Self, XdsServerError> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| XdsServerError::NoRuntime)?;
+        let first = Published {
+            snapshot: snapshots.borrow_and_update().clone(),
+            generation: 1,
+            at: Instant::now(),
+        };
+        let (tx, rx) = watch::channel(first);
+        handle.spawn(
+            async move {
+                let mut generation = 1;
+                while snapshots.changed().await.is_ok() {
+                    generation += 1;
+                    let snapshot = snapshots.borrow_and_update().clone();
+                    debug!(generation, "new snapshot");
+                    if tx
+                        .send(Published {
+                            snapshot,
+                            generation,
+                            at: Instant::now(),
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                debug!("snapshot source closed; streams keep the last snapshot");
+            }
+            .instrument(info_span!("xds_snapshots")),
+        );
+        Ok(XdsServer {
+            shared: Arc::new(Shared {
+                published: rx,
+                metrics,
+                sink,
+            }),
+        })
+    }
+
+    /// The tonic service, ready for `tonic::transport::Server::add_service`.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<XdsServer> {
+        AggregatedDiscoveryServiceServer::new(self)
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    /// Serves ADS on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), XdsServerError> {
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .add_service(self.into_service())
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .map_err(XdsServerError::Transport)
+    }
+}
+
+fn node_id(node: &Option<Node>) -> Option<String> {
+    node.as_ref().map(|n| n.id.clone())
+}
+
+/// Decrements the connected gauge when a stream ends, however it ends.
+struct Connected(XdsMetrics, Mode);
+
+impl Connected {
+    fn new(metrics: &XdsMetrics, mode: Mode) -> Self {
+        metrics
+            .connected_proxies
+            .get_or_create(&ModeLabels { mode })
+            .inc();
+        Connected(metrics.clone(), mode)
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0
+            .connected_proxies
+            .get_or_create(&ModeLabels { mode: self.1 })
+            .dec();
+    }
+}
+
+impl Shared {
+    fn report_rejection(&self, mode: Mode, node: &str, rejection: &Rejection) {
+        warn!(
+            node,
+            r#type = type_name(&rejection.type_url),
+            resources = ?rejection.resources,
+            origins = ?rejection.origins,
+            message = %rejection.message,
+            "proxy rejected configuration; keeping it on its last accepted version"
+        );
+        self.metrics
+            .nacks
+            .get_or_create(&TypeLabels::new(mode, &rejection.type_url))
+            .inc();
+        self.sink
+            .rejected(node, &rejection.type_url, &rejection.origins, &rejection.message);
+    }
+
+    fn count_push(&self, mode: Mode, type_url: &str, resources: usize) {
+        let labels = TypeLabels::new(mode, type_url);
+        self.metrics.pushes.get_or_create(&labels).inc();
+        self.metrics
+            .pushed_resources
+            .get_or_create(&labels)
+            .inc_by(resources as u64);
+    }
+
+    fn node_resources(&self, published: &Published, node: &str) -> NodeResources {
+        published.snapshot.for_node(node)
+    }
+}
+
+/// Remembers when each response was queued, to measure ACK latency.
+#[derive(Default)]
+struct AckTimer(HashMap<String, Instant>);
+
+impl AckTimer {
+    fn sent(&mut self, nonce: &str) {
+        if self.0.len() > 256 {
+            self.0.clear();
+        }
+        self.0.insert(nonce.to_string(), Instant::now());
+    }
+
+    fn acked(&mut self, metrics: &XdsMetrics, nonce: &str) {
+        if let Some(at) = self.0.remove(nonce) {
+            metrics.ack_latency.observe(at.elapsed().as_secs_f64());
+        }
+    }
+}
+
+type SotwSender = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+type DeltaSender = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+
+async fn run_sotw(shared: Arc<Shared>, mut inbound: Streaming<DiscoveryRequest>, tx: SotwSender) {
+    let _connected = Connected::new(&shared.metrics, Mode::Sotw);
+    let mut published = shared.published.clone();
+    let mut snapshots_live = true;
+    let mut state = SotwStream::new();
+    let mut node: Option<String> = None;
+    let mut timer = AckTimer::default();
+    loop {
+        tokio::select! {
+            req = inbound.message() => {
+                let req = match req {
+                    Ok(Some(req)) => req,
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(%status, "stream ended");
+                        shared.metrics.stream_errors.get_or_create(&ModeLabels { mode: Mode::Sotw }).inc();
+                        break;
+                    }
+                };
+                if node.is_none() {
+                    let id = node_id(&req.node).unwrap_or_default();
+                    tracing::Span::current().record("node", id.as_str());
+                    info!(node = %id, "proxy connected");
+                    let p = published.borrow_and_update().clone();
+                    // No type is subscribed yet, so this sends nothing.
+                    state.on_resources(shared.node_resources(&p, &id));
+                    node = Some(id);
+                }
+                let node = node.as_deref().unwrap_or_default();
+                let out = state.on_request(&req);
+                debug!(
+                    r#type = type_name(&req.type_url),
+                    nonce = %req.response_nonce,
+                    version = %req.version_info,
+                    names = req.resource_names.len(),
+                    stale = out.stale,
+                    nack = out.rejection.is_some(),
+                    "request"
+                );
+                if out.stale {
+                    shared.metrics.stale_requests.get_or_create(&TypeLabels::new(Mode::Sotw, &req.type_url)).inc();
+                }
+                if let Some(nonce) = &out.acked {
+                    timer.acked(&shared.metrics, nonce);
+                }
+                if let Some(rejection) = &out.rejection {
+                    shared.report_rejection(Mode::Sotw, node, rejection);
+                }
+                for resp in out.responses {
+                    if !send_sotw(&shared, &tx, &mut timer, resp).await {
+                        return;
+                    }
+                }
+            }
+            changed = published.changed(), if snapshots_live && node.is_some() => {
+                if changed.is_err() {
+                    snapshots_live = false;
+                    continue;
+                }
+                let p = published.borrow_and_update().clone();
+                let resources = shared.node_resources(&p, node.as_deref().unwrap_or_default());
+                let responses = state.on_resources(resources);
+                let n = responses.len();
+                for resp in responses {
+                    if !send_sotw(&shared, &tx, &mut timer, resp).await {
+                        return;
+                    }
+                }
+                if n > 0 {
+                    shared.metrics.push_latency.observe(p.at.elapsed().as_secs_f64());
+                }
+            }
+        }
+    }
+    info!(node = node.as_deref().unwrap_or_default(), "proxy disconnected");
+}
+
+async fn send_sotw(shared: &Shared, tx: &SotwSender, timer: &mut AckTimer, resp: DiscoveryResponse) -> bool {
+    debug!(
+        r#type = type_name(&resp.type_url),
+        version = %resp.version_info,
+        nonce = %resp.nonce,
+        resources = resp.resources.len(),
+        "push"
+    );
+    shared.count_push(Mode::Sotw, &resp.type_url, resp.resources.len());
+    timer.sent(&resp.nonce);
+    tx.send(Ok(resp)).await.is_ok()
+}
+
+async fn run_delta(shared: Arc<Shared>, mut inbound: Streaming<DeltaDiscoveryRequest>, tx: DeltaSender) {
+    let _connected = Connected::new(&shared.metrics, Mode::Delta);
+    let mut published = shared.published.clone();
+    let mut snapshots_live = true;
+    let mut state = DeltaStream::new();
+    let mut node: Option<String> = None;
+    let mut timer = AckTimer::default();
+    loop {
+        tokio::select! {
+            req = inbound.message() => {
+                let req = match req {
+                    Ok(Some(req)) => req,
+                    Ok(None) => break,
+                    Err(status) => {
+                        debug!(%status, "stream ended");
+                        shared.metrics.stream_errors.get_or_create(&ModeLabels { mode: Mode::Delta }).inc();
+                        break;
+                    }
+                };
+                if node.is_none() {
+                    let id = node_id(&req.node).unwrap_or_default();
+                    tracing::Span::current().record("node", id.as_str());
+                    info!(node = %id, "proxy connected");
+                    let p = published.borrow_and_update().clone();
+                    state.on_resources(shared.node_resources(&p, &id), p.generation);
+                    node = Some(id);
+                }
+                let node = node.as_deref().unwrap_or_default();
+                let out = state.on_request(&req);
+                debug!(
+                    r#type = type_name(&req.type_url),
+                    nonce = %req.response_nonce,
+                    subscribe = req.resource_names_subscribe.len(),
+                    unsubscribe = req.resource_names_unsubscribe.len(),
+                    initial = req.initial_resource_versions.len(),
+                    stale = out.stale,
+                    nack = out.rejection.is_some(),
+                    "delta request"
+                );
+                if out.stale {
+                    shared.metrics.stale_requests.get_or_create(&TypeLabels::new(Mode::Delta, &req.type_url)).inc();
+                }
+                if let Some(nonce) = &out.acked {
+                    timer.acked(&shared.metrics, nonce);
+                }
+                if let Some(rejection) = &out.rejection {
+                    shared.report_rejection(Mode::Delta, node, rejection);
+                }
+                for resp in out.responses {
+                    if !send_delta(&shared, &tx, &mut timer, resp).await {
+                        return;
+                    }
+                }
+            }
+            changed = published.changed(), if snapshots_live && node.is_some() => {
+                if changed.is_err() {
+                    snapshots_live = false;
+                    continue;
+                }
+                let p = published.borrow_and_update().clone();
+                let resources = shared.node_resources(&p, node.as_deref().unwrap_or_default());
+                let responses = state.on_resources(resources, p.generation);
+                let n = responses.len();
+                for resp in responses {
+                    if !send_delta(&shared, &tx, &mut timer, resp).await {
+                        return;
+                    }
+                }
+                if n > 0 {
+                    shared.metrics.push_latency.observe(p.at.elapsed().as_secs_f64());
+                }
+            }
+        }
+    }
+    info!(node = node.as_deref().unwrap_or_default(), "proxy disconnected");
+}
+
+async fn send_delta(
+    shared: &Shared,
+    tx: &DeltaSender,
+    timer: &mut AckTimer,
+    resp: DeltaDiscoveryResponse,
+) -> bool {
+    debug!(
+        r#type = type_name(&resp.type_url),
+        nonce = %resp.nonce,
+        updated = resp.resources.len(),
+        removed = resp.removed_resources.len(),
+        "delta push"
+    );
+    shared.count_push(
+        Mode::Delta,
+        &resp.type_url,
+        resp.resources.len() + resp.removed_resources.len(),
+    );
+    timer.sent(&resp.nonce);
+    tx.send(Ok(resp)).await.is_ok()
+}
+
+type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
+    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let span = info_span!("ads", mode = "sotw", peer = ?peer, node = tracing::field::Empty);
+        tokio::spawn(run_sotw(self.shared.clone(), request.into_inner(), tx).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let span = info_span!("ads", mode = "delta", peer = ?peer, node = tracing::field::Empty);
+        tokio::spawn(run_delta(self.shared.clone(), request.into_inner(), tx).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,457 @@
+//! State-of-the-world ADS: the per-stream bookkeeping as a pure state machine (no I/O).
+//!
+//! Rules (xDS protocol, "ACK/NACK and resource type instance version"):
+//! - Per type, only a request whose `response_nonce` is the last nonce sent on this stream for that
+//!   type is acted on; older nonces are stale and ignored (the proxy will repeat its subscription
+//!   with the newest nonce once it has processed the newer response).
+//! - ACK = matching nonce, no `error_detail`; NACK = matching nonce with `error_detail`.
+//! - Listeners and clusters are "full state": every response carries the whole subscribed set.
+//!   Routes, endpoints and secrets are requested by name and a response carries only the resources
+//!   that changed.
+//! - After a NACK the rejected resources are never sent again at the same version: the proxy keeps
+//!   its last accepted copy (full-state responses carry that copy instead), and the next real change
+//!   is pushed normally.
+//! - `version_info` is a content hash of the whole set the proxy holds after applying the response,
+//!   so a proxy reconnecting with the current version gets no redundant response.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use traffic_translate::snapshot::{NodeResources, Resource, Resources};
+
+use crate::rejection::Rejection;
+use crate::{is_full_state, set_version, unique_origins, ORDER};
+
+/// Which names of a type a stream wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Subscription {
+    Wildcard,
+    Names(BTreeSet<String>),
+}
+
+impl Subscription {
+    /// `first`: this is the stream's first request for the type, where an empty list means
+    /// "everything" for listeners and clusters (legacy wildcard).
+    fn from_request(type_url: &str, names: &[String], first_or_wildcard: bool) -> Self {
+        if names.iter().any(|n| n == "*")
+            || (names.is_empty() && first_or_wildcard && is_full_state(type_url))
+        {
+            Subscription::Wildcard
+        } else {
+            Subscription::Names(names.iter().cloned().collect())
+        }
+    }
+
+    /// The subscribed subset of `all`.
+    fn select<'a>(
+        &'a self,
+        all: &'a Resources,
+    ) -> Box<dyn Iterator<Item = (&'a String, &'a Arc<Resource>)> + 'a> {
+        match self {
+            Subscription::Wildcard => Box::new(all.iter()),
+            Subscription::Names(names) => Box::new(names.iter().filter_map(|n| all.get_key_value(n))),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TypeState {
+    subscription: Subscription,
+    /// Nonce of the last response sent for this type ("" before the first).
+    last_nonce: String,
+    /// What the proxy holds if it accepts everything sent so far.
+    sent: Resources,
+    sent_version: String,
+    /// Resources of the last response (to attribute a NACK).
+    last_pushed: Vec<Arc<Resource>>,
+    /// What the proxy held at its last ACK.
+    acked: Resources,
+    acked_version: String,
+    /// name -> version the proxy rejected; not sent again while the snapshot still has it.
+    rejected: BTreeMap<String, String>,
+}
+
+impl TypeState {
+    fn new(subscription: Subscription) -> Self {
+        TypeState {
+            subscription,
+            last_nonce: String::new(),
+            sent: Resources::new(),
+            sent_version: String::new(),
+            last_pushed: Vec::new(),
+            acked: Resources::new(),
+            acked_version: String::new(),
+            rejected: BTreeMap::new(),
+        }
+    }
+
+    /// The subscribed resources as they should be on the proxy: the snapshot's, except that a
+    /// rejected version is replaced by the last accepted copy (or left out).
+    fn desired(&mut self, all: &Resources) -> Resources {
+        let mut desired = Resources::new();
+        let mut moved_on = Vec::new();
+        for (name, res) in self.subscription.select(all) {
+            match self.rejected.get(name) {
+                Some(bad) if *bad == res.version => {
+                    if let Some(kept) = self.acked.get(name) {
+                        desired.insert(name.clone(), kept.clone());
+                    }
+                }
+                Some(_) => {
+                    moved_on.push(name.clone());
+                    desired.insert(name.clone(), res.clone());
+                }
+                None => {
+                    desired.insert(name.clone(), res.clone());
+                }
+            }
+        }
+        for name in moved_on {
+            self.rejected.remove(&name);
+        }
+        desired
+    }
+}
+
+/// Same names and versions.
+fn same_content(a: &Resources, b: &Resources) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b.iter())
+            .all(|((na, ra), (nb, rb))| na == nb && (Arc::ptr_eq(ra, rb) || ra.version == rb.version))
+}
+
+/// What a request did, for logging and metrics.
+#[derive(Debug, Default, PartialEq)]
+pub struct RequestOutcome {
+    pub responses: Vec<DiscoveryResponse>,
+    /// The request acknowledged the nonce it carried.
+    pub acked: Option<String>,
+    pub rejection: Option<Rejection>,
+    /// The request carried an old or unknown nonce and was ignored.
+    pub stale: bool,
+}
+
+/// One SotW ADS stream.
+#[derive(Debug, Default)]
+pub struct SotwStream {
+    types: HashMap<String, TypeState>,
+    resources: NodeResources,
+    nonce: u64,
+}
+
+impl SotwStream {
+    pub fn new() -> Self {
+        SotwStream::default()
+    }
+
+    /// The resources currently offered to this stream's node.
+    pub fn resources(&self) -> &NodeResources {
+        &self.resources
+    }
+
+    /// Handles one request from the proxy.
+    pub fn on_request(&mut self, req: &DiscoveryRequest) -> RequestOutcome {
+        let type_url = req.type_url.as_str();
+        let mut out = RequestOutcome::default();
+        if req.response_nonce.is_empty() {
+            // A new subscription for this type (first request on the stream).
+            let sub = Subscription::from_request(type_url, &req.resource_names, true);
+            let mut ts = TypeState::new(sub);
+            let all = self.resources.by_type.get(type_url).cloned().unwrap_or_default();
+            let desired = ts.desired(&all);
+            let version = set_version(&desired);
+            if !req.version_info.is_empty() && req.version_info == version {
+                // The proxy already holds exactly this (reconnect): nothing to send.
+                ts.sent = desired.clone();
+                ts.sent_version = version.clone();
+                ts.acked = desired;
+                ts.acked_version = version;
+                self.types.insert(type_url.to_string(), ts);
+                return out;
+            }
+            self.types.insert(type_url.to_string(), ts);
+            out.responses.extend(self.push(type_url, true));
+            return out;
+        }
+        let Some(ts) = self.types.get_mut(type_url) else {
+            out.stale = true;
+            return out;
+        };
+        if req.response_nonce != ts.last_nonce {
+            out.stale = true;
+            return out;
+        }
+        match &req.error_detail {
+            Some(status) => {
+                let rejected: Vec<Arc<Resource>> = ts
+                    .last_pushed
+                    .iter()
+                    .filter(|r| {
+                        ts.acked
+                            .get(&r.name)
+                            .map(|a| a.version != r.version)
+                            .unwrap_or(true)
+                    })
+                    .cloned()
+                    .collect();
+                for r in &rejected {
+                    ts.rejected.insert(r.name.clone(), r.version.clone());
+                }
+                ts.sent = ts.acked.clone();
+                ts.sent_version = ts.acked_version.clone();
+                out.rejection = Some(Rejection {
+                    type_url: type_url.to_string(),
+                    resources: rejected.iter().map(|r| r.name.clone()).collect(),
+                    origins: unique_origins(rejected.iter()),
+                    message: status.message.clone(),
+                    kept_version: req.version_info.clone(),
+                });
+            }
+            None => {
+                ts.acked = ts.sent.clone();
+                ts.acked_version = ts.sent_version.clone();
+                out.acked = Some(req.response_nonce.clone());
+            }
+        }
+        let first_or_wildcard = ts.subscription == Subscription::Wildcard;
+        let sub = Subscription::from_request(type_url, &req.resource_names, first_or_wildcard);
+        if sub != ts.subscription {
+            ts.subscription = sub;
+            out.responses.extend(self.push(type_url, false));
+        }
+        out
+    }
+
+    /// Takes a new set of resources for this node and returns the responses it causes, in
+    /// make-before-break order (secrets, clusters, endpoints, listeners, routes).
+    pub fn on_resources(&mut self, resources: NodeResources) -> Vec<DiscoveryResponse> {
+        self.resources = resources;
+        let mut out = Vec::new();
+        for type_url in ORDER {
+            out.extend(self.push(type_url, false));
+        }
+        let mut others: Vec<String> = self
+            .types
+            .keys()
+            .filter(|t| !ORDER.contains(&t.as_str()))
+            .cloned()
+            .collect();
+        others.sort();
+        for type_url in others {
+            out.extend(self.push(&type_url, false));
+        }
+        out
+    }
+
+    /// The response `type_url` needs now, if any. `initial`: answer even when nothing changed
+    /// (the first response to a full-state subscription, which the proxy waits for).
+    fn push(&mut self, type_url: &str, initial: bool) -> Option<DiscoveryResponse> {
+        let empty = Resources::new();
+        let all = self.resources.by_type.get(type_url).unwrap_or(&empty);
+        let ts = self.types.get_mut(type_url)?;
+        let desired = ts.desired(all);
+        let full = is_full_state(type_url);
+        let pushed: Vec<Arc<Resource>> = if full {
+            if !initial && same_content(&desired, &ts.sent) {
+                return None;
+            }
+            desired.values().cloned().collect()
+        } else {
+            let changed: Vec<Arc<Resource>> = desired
+                .iter()
+                .filter(|(name, r)| ts.sent.get(*name).map(|s| s.version != r.version).unwrap_or(true))
+                .map(|(_, r)| r.clone())
+                .collect();
+            if changed.is_empty() {
+                // Forget names that left the snapshot so they are sent again if they come back.
+                ts.sent = desired;
+                return None;
+            }
+            changed
+        };
+        let version = set_version(&desired);
+        ts.sent = desired;
+        ts.sent_version = version.clone();
+        ts.last_pushed = pushed;
+        self.nonce += 1;
+        let nonce = self.nonce.to_string();
+        ts.last_nonce = nonce.clone();
+        Some(DiscoveryResponse {
+            version_info: version,
+            resources: ts.last_pushed.iter().map(|r| r.body.clone()).collect(),
+            type_url: type_url.to_string(),
+            nonce,
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::node_resources;
+    use envoy_types::pb::google::rpc::Status;
+    use traffic_translate::snapshot::{CLUSTER, ENDPOINT};
+
+    fn req(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: type_url.to_string(),
+            resource_names: names.iter().map(|s| s.to_string()).collect(),
+            version_info: version.to_string(),
+            response_nonce: nonce.to_string(),
+            ..Default::default()
+        }
+    }
+
+    fn nack(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            error_detail: Some(Status {
+                code: 3,
+                message: "bad cluster".into(),
+                details: vec![],
+            }),
+            ..req(type_url, names, version, nonce)
+        }
+    }
+
+    fn names(r: &DiscoveryResponse) -> Vec<String> {
+        r.resources
+            .iter()
+            .map(|a| {
+                String::from_utf8_lossy(&a.value)
+                    .split('@')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_first_cluster_request_is_answered_even_when_there_are_no_clusters() {
+        let mut s = SotwStream::new();
+        let out = s.on_request(&req(CLUSTER, &[], "", ""));
+        assert_eq!(out.responses.len(), 1);
+        assert!(out.responses[0].resources.is_empty());
+        assert!(!out.responses[0].nonce.is_empty());
+    }
+
+    #[test]
+    fn endpoints_are_sent_only_for_subscribed_names_and_only_when_changed() {
+        let mut s = SotwStream::new();
+        s.on_resources(node_resources(&[
+            (ENDPOINT, "a", "1"),
+            (ENDPOINT, "b", "1"),
+            (ENDPOINT, "c", "1"),
+        ]));
+        let out = s.on_request(&req(ENDPOINT, &["a", "b"], "", ""));
+        assert_eq!(names(&out.responses[0]), ["a", "b"]);
+        let n = out.responses[0].nonce.clone();
+        let v = out.responses[0].version_info.clone();
+        assert!(s
+            .on_request(&req(ENDPOINT, &["a", "b"], &v, &n))
+            .responses
+            .is_empty());
+        // c changes: not subscribed, nothing sent. b changes: only b sent.
+        let pushed = s.on_resources(node_resources(&[
+            (ENDPOINT, "a", "1"),
+            (ENDPOINT, "b", "2"),
+            (ENDPOINT, "c", "2"),
+        ]));
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(names(&pushed[0]), ["b"]);
+        assert_ne!(pushed[0].version_info, v);
+        // subscribing to c sends c only
+        let out = s.on_request(&req(
+            ENDPOINT,
+            &["a", "b", "c"],
+            &pushed[0].version_info,
+            &pushed[0].nonce,
+        ));
+        assert_eq!(names(&out.responses[0]), ["c"]);
+    }
+
+    #[test]
+    fn a_request_with_a_stale_nonce_is_ignored() {
+        let mut s = SotwStream::new();
+        let first = s.on_request(&req(CLUSTER, &[], "", "")).responses.remove(0);
+        let second = s.on_resources(node_resources(&[(CLUSTER, "a", "1")])).remove(0);
+        let out = s.on_request(&req(CLUSTER, &[], &first.version_info, &first.nonce));
+        assert!(out.stale);
+        assert!(out.responses.is_empty() && out.acked.is_none());
+        let out = s.on_request(&req(CLUSTER, &[], &second.version_info, &second.nonce));
+        assert_eq!(out.acked.as_deref(), Some(second.nonce.as_str()));
+    }
+
+    #[test]
+    fn a_rejected_cluster_is_never_sent_again_and_the_next_real_change_is() {
+        let mut s = SotwStream::new();
+        s.on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "1")]));
+        let r1 = s.on_request(&req(CLUSTER, &[], "", "")).responses.remove(0);
+        s.on_request(&req(CLUSTER, &[], &r1.version_info, &r1.nonce));
+        // b becomes invalid
+        let r2 = s
+            .on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "bad")]))
+            .remove(0);
+        let out = s.on_request(&nack(CLUSTER, &[], &r1.version_info, &r2.nonce));
+        let rej = out.rejection.expect("rejection");
+        assert_eq!(rej.resources, ["b"]);
+        assert_eq!(rej.message, "bad cluster");
+        assert!(out.responses.is_empty(), "no immediate re-send after a NACK");
+        // republishing the same content sends nothing
+        assert!(s
+            .on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "bad")]))
+            .is_empty());
+        // a real change to a: pushed with b at its last accepted version
+        let r3 = s
+            .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "b", "bad")]))
+            .remove(0);
+        let bodies: Vec<String> = r3
+            .resources
+            .iter()
+            .map(|a| String::from_utf8_lossy(&a.value).into_owned())
+            .collect();
+        assert_eq!(bodies, ["a@2", "b@1"]);
+        // b fixed: pushed
+        s.on_request(&req(CLUSTER, &[], &r3.version_info, &r3.nonce));
+        let r4 = s
+            .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "b", "3")]))
+            .remove(0);
+        let bodies: Vec<String> = r4
+            .resources
+            .iter()
+            .map(|a| String::from_utf8_lossy(&a.value).into_owned())
+            .collect();
+        assert_eq!(bodies, ["a@2", "b@3"]);
+    }
+
+    #[test]
+    fn a_proxy_reconnecting_with_the_current_version_gets_no_response() {
+        let mut s = SotwStream::new();
+        s.on_resources(node_resources(&[(CLUSTER, "a", "1")]));
+        let r1 = s.on_request(&req(CLUSTER, &[], "", "")).responses.remove(0);
+        let mut again = SotwStream::new();
+        again.on_resources(node_resources(&[(CLUSTER, "a", "1")]));
+        assert!(again
+            .on_request(&req(CLUSTER, &[], &r1.version_info, ""))
+            .responses
+            .is_empty());
+        assert_eq!(
+            again.on_resources(node_resources(&[(CLUSTER, "a", "2")])).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn nonces_are_unique_across_types_on_a_stream() {
+        let mut s = SotwStream::new();
+        let a = s.on_request(&req(CLUSTER, &[], "", "")).responses.remove(0);
+        let b = s
+            .on_request(&req(crate::LISTENER, &[], "", ""))
+            .responses
+            .remove(0);
+        assert_ne!(a.nonce, b.nonce);
+    }
+}
