@@ -1,0 +1,380 @@
+//! The traffic-manager datapath: cgroup eBPF programs attached to a pod's cgroup v2 directory
+//! (connect4/6, sockops, bind4/6) and to its proxy's cgroup (getsockopt).
+//!
+//! - `connect4/6` rewrite an application's TCP `connect()` to the pod's proxy on loopback and
+//!   remember the original destination by socket cookie.
+//! - `sockops` moves that record to a 4-tuple key as soon as the local port is known
+//!   (`TCP_CONNECT_CB`), i.e. before the proxy can accept the connection.
+//! - `getsockopt` answers the proxy's `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST` from the 4-tuple,
+//!   exactly as netfilter conntrack would.
+//! - `bind4/6` stop the pod's applications from binding the proxy's ports.
+//!
+//! Every program is keyed by the network namespace cookie: `bpf_get_current_cgroup_id()` is the
+//! container's own cgroup, not the pod cgroup the program is attached to.
+//!
+//! `unsafe` is needed for the kernel context pointers and helpers; every access is a plain load or
+//! store the verifier checks.
+#![no_std]
+#![no_main]
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{bpf_sock, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
+    maps::{HashMap, LruHashMap},
+    programs::{SockAddrContext, SockOpsContext, SockoptContext},
+};
+use aya_log_ebpf::warn;
+use traffic_ebpf_common::{
+    capacity, is_v4_mapped, v4_mapped, CookieEntry, OrigDst, PodName, PodRecord, PodSettings, PortFlags,
+    PortKey, ProxyCgroupKey, TupleKey, AF_INET, AF_INET6, SOCK_STREAM, SOL_IP, SOL_IPV6, SO_ORIGINAL_DST,
+};
+
+#[map]
+static TM_SETTINGS: HashMap<u64, PodSettings> = HashMap::pinned(capacity::SETTINGS, 0);
+#[map]
+static TM_PORTS: HashMap<PortKey, PortFlags> = HashMap::pinned(capacity::PORTS, 0);
+#[map]
+static TM_PROXY_CG: HashMap<ProxyCgroupKey, u32> = HashMap::pinned(capacity::PROXY_CGROUPS, 0);
+#[map]
+static TM_ORIG_COOKIE: LruHashMap<u64, CookieEntry> = LruHashMap::pinned(capacity::ORIG_BY_COOKIE, 0);
+#[map]
+static TM_ORIG_TUPLE: LruHashMap<TupleKey, OrigDst> = LruHashMap::pinned(capacity::ORIG_BY_TUPLE, 0);
+/// Written and read by the agent only (its record of managed pods, so it survives restarts).
+#[map]
+static TM_PODS: HashMap<PodName, PodRecord> = HashMap::pinned(capacity::PODS, 0);
+
+/// Cgroup sock_addr and sockopt programs: 1 lets the syscall proceed, 0 fails it with EPERM.
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+
+#[inline(always)]
+fn is_loopback4(addr_be: u32) -> bool {
+    addr_be.to_ne_bytes()[0] == 127
+}
+
+/// Whether the task calling into the program runs in one of the pod's proxy cgroups.
+#[inline(always)]
+fn from_proxy(netns_cookie: u64) -> bool {
+    // SAFETY: helper without arguments, available to every cgroup program type used here.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let key = ProxyCgroupKey {
+        netns_cookie,
+        cgroup_id,
+    };
+    TM_PROXY_CG.get_ptr(&key).is_some()
+}
+
+#[inline(always)]
+fn port_flags(netns_cookie: u64, port: u16) -> PortFlags {
+    match TM_PORTS.get_ptr(&PortKey::new(netns_cookie, port)) {
+        // SAFETY: the pointer comes from a successful lookup of a 4-byte value.
+        Some(p) => unsafe { *p },
+        None => PortFlags::default(),
+    }
+}
+
+/// What connect4/6 decided: the pod's proxy port (host order) to redirect to, if any.
+#[inline(always)]
+fn redirect_port(ctx: &SockAddrContext, dst_port_be: u16) -> Option<(u64, u16)> {
+    // SAFETY: ctx is the kernel's bpf_sock_addr for this program.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut c_void) };
+    // SAFETY: the pointer comes from a successful lookup of an 8-byte value.
+    let settings = unsafe { *TM_SETTINGS.get_ptr(&netns)? };
+    if port_flags(netns, u16::from_be(dst_port_be)).has(PortFlags::DIRECT) || from_proxy(netns) {
+        return None;
+    }
+    Some((netns, settings.proxy_port))
+}
+
+/// Remembers the original destination of this socket; false when the map refused it (then the
+/// connection is not redirected: a proxy that cannot learn the destination would drop it).
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, netns_cookie: u64, dst: OrigDst) -> bool {
+    // SAFETY: ctx is the kernel's bpf_sock_addr for this program.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
+    let entry = CookieEntry { netns_cookie, dst };
+    if TM_ORIG_COOKIE.insert(&cookie, &entry, 0).is_err() {
+        warn!(
+            ctx,
+            "traffic-manager: cannot record original destination, not redirecting"
+        );
+        return false;
+    }
+    true
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn tm_connect4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: plain context loads/stores the verifier checks for this attach type.
+    unsafe {
+        if (*sa).type_ != SOCK_STREAM {
+            return ALLOW;
+        }
+        let dst = (*sa).user_ip4;
+        if dst == 0 || is_loopback4(dst) {
+            return ALLOW;
+        }
+        let port_be = (*sa).user_port as u16;
+        let Some((netns, proxy_port)) = redirect_port(&ctx, port_be) else {
+            return ALLOW;
+        };
+        let orig = OrigDst {
+            addr: v4_mapped(dst),
+            port: port_be,
+            family: AF_INET,
+            _pad0: 0,
+        };
+        if !remember(&ctx, netns, orig) {
+            return ALLOW;
+        }
+        (*sa).user_ip4 = LOOPBACK4;
+        (*sa).user_port = u32::from(proxy_port.to_be());
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn tm_connect6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: plain context loads/stores the verifier checks for this attach type.
+    unsafe {
+        if (*sa).type_ != SOCK_STREAM {
+            return ALLOW;
+        }
+        // user_ip6 only allows 4-byte accesses: read the words one by one.
+        let dst = [
+            (*sa).user_ip6[0],
+            (*sa).user_ip6[1],
+            (*sa).user_ip6[2],
+            (*sa).user_ip6[3],
+        ];
+        let mapped = is_v4_mapped(&dst);
+        if mapped {
+            if dst[3] == 0 || is_loopback4(dst[3]) {
+                return ALLOW;
+            }
+        } else if dst == LOOPBACK6 || dst == [0; 4] {
+            return ALLOW;
+        }
+        let port_be = (*sa).user_port as u16;
+        let Some((netns, proxy_port)) = redirect_port(&ctx, port_be) else {
+            return ALLOW;
+        };
+        let family = if mapped { AF_INET } else { AF_INET6 };
+        let orig = OrigDst {
+            addr: dst,
+            port: port_be,
+            family,
+            _pad0: 0,
+        };
+        if !remember(&ctx, netns, orig) {
+            return ALLOW;
+        }
+        // A v4-mapped destination goes to the proxy's IPv4 loopback listener through the same
+        // dual-stack socket; a real IPv6 destination goes to ::1.
+        let to = if mapped { v4_mapped(LOOPBACK4) } else { LOOPBACK6 };
+        (*sa).user_ip6[0] = to[0];
+        (*sa).user_ip6[1] = to[1];
+        (*sa).user_ip6[2] = to[2];
+        (*sa).user_ip6[3] = to[3];
+        (*sa).user_port = u32::from(proxy_port.to_be());
+    }
+    ALLOW
+}
+
+#[sock_ops]
+pub fn tm_sockops(ctx: SockOpsContext) -> u32 {
+    let op = ctx.op();
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB || op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        record_tuple(&ctx, op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB);
+    }
+    1
+}
+
+/// Moves the original destination of a redirected socket to its 4-tuple key.
+#[inline(always)]
+fn record_tuple(ctx: &SockOpsContext, established: bool) {
+    // SAFETY: ctx is the kernel's bpf_sock_ops for this program.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
+    let Some(entry) = TM_ORIG_COOKIE.get_ptr(&cookie) else {
+        return;
+    };
+    // SAFETY: the pointer comes from a successful lookup.
+    let entry = unsafe { *entry };
+    let (client_addr, proxy_addr) = if ctx.family() == u32::from(AF_INET) {
+        (v4_mapped(ctx.local_ip4()), v4_mapped(ctx.remote_ip4()))
+    } else {
+        (ctx.local_ip6(), ctx.remote_ip6())
+    };
+    // local_port is host order; remote_port is the network-order port, which little-endian
+    // kernels shift into the upper half of the word.
+    let remote = ctx.remote_port();
+    let proxy_port = if remote >> 16 != 0 {
+        (remote >> 16) as u16
+    } else {
+        remote as u16
+    };
+    let key = TupleKey {
+        netns_cookie: entry.netns_cookie,
+        client_addr,
+        proxy_addr,
+        client_port: (ctx.local_port() as u16).to_be(),
+        proxy_port,
+        _pad0: 0,
+    };
+    if TM_ORIG_TUPLE.insert(&key, &entry.dst, 0).is_err() {
+        warn!(ctx, "traffic-manager: cannot record connection tuple");
+        return;
+    }
+    if established {
+        // The tuple is recorded and the connection is up: the cookie entry has done its job.
+        let _ = TM_ORIG_COOKIE.remove(&cookie);
+    }
+}
+
+/// `struct sockaddr_in` as `SO_ORIGINAL_DST` returns it.
+#[repr(C)]
+struct SockaddrIn {
+    family: u16,
+    port_be: u16,
+    addr_be: u32,
+    zero: [u8; 8],
+}
+
+/// `struct sockaddr_in6` as `IP6T_SO_ORIGINAL_DST` returns it.
+#[repr(C)]
+struct SockaddrIn6 {
+    family: u16,
+    port_be: u16,
+    flowinfo: u32,
+    addr: [u32; 4],
+    scope_id: u32,
+}
+
+#[cgroup_sockopt(getsockopt)]
+pub fn tm_getsockopt(ctx: SockoptContext) -> i32 {
+    // SAFETY: plain context loads/stores the verifier checks for this attach type; the optval
+    // writes are bounds-checked against optval_end.
+    unsafe { answer_original_dst(&ctx) };
+    ALLOW
+}
+
+#[inline(always)]
+unsafe fn answer_original_dst(ctx: &SockoptContext) {
+    let so = ctx.sockopt;
+    let level = (*so).level;
+    if (*so).optname != SO_ORIGINAL_DST || (level != SOL_IP && level != SOL_IPV6) {
+        return;
+    }
+    let sk: *mut bpf_sock = (*so).__bindgen_anon_1.sk;
+    if sk.is_null() {
+        return;
+    }
+    // The proxy's accepted socket: local = the proxy's listener, peer = the app's socket.
+    let (client_addr, proxy_addr) = if (*sk).family == u32::from(AF_INET) {
+        (v4_mapped((*sk).dst_ip4), v4_mapped((*sk).src_ip4))
+    } else {
+        (
+            [
+                (*sk).dst_ip6[0],
+                (*sk).dst_ip6[1],
+                (*sk).dst_ip6[2],
+                (*sk).dst_ip6[3],
+            ],
+            [
+                (*sk).src_ip6[0],
+                (*sk).src_ip6[1],
+                (*sk).src_ip6[2],
+                (*sk).src_ip6[3],
+            ],
+        )
+    };
+    let key = TupleKey {
+        netns_cookie: bpf_get_netns_cookie(so as *mut c_void),
+        client_addr,
+        proxy_addr,
+        client_port: (*sk).dst_port as u16,
+        proxy_port: ((*sk).src_port as u16).to_be(),
+        _pad0: 0,
+    };
+    let Some(orig) = TM_ORIG_TUPLE.get_ptr(&key) else {
+        return;
+    };
+    let orig = *orig;
+    let optval = (*so).__bindgen_anon_2.optval as *mut u8;
+    let optval_end = (*so).__bindgen_anon_3.optval_end as *mut u8;
+    if level == SOL_IP {
+        if orig.family != AF_INET {
+            return; // an IPv6 destination has no sockaddr_in form; conntrack would fail too
+        }
+        let len = core::mem::size_of::<SockaddrIn>();
+        if optval.is_null() || optval.add(len) > optval_end {
+            return;
+        }
+        let out = SockaddrIn {
+            family: AF_INET,
+            port_be: orig.port,
+            addr_be: orig.addr[3],
+            zero: [0; 8],
+        };
+        core::ptr::write_unaligned(optval as *mut SockaddrIn, out);
+        (*so).optlen = len as i32;
+    } else {
+        let len = core::mem::size_of::<SockaddrIn6>();
+        if optval.is_null() || optval.add(len) > optval_end {
+            return;
+        }
+        let out = SockaddrIn6 {
+            family: AF_INET6,
+            port_be: orig.port,
+            flowinfo: 0,
+            addr: orig.addr,
+            scope_id: 0,
+        };
+        core::ptr::write_unaligned(optval as *mut SockaddrIn6, out);
+        (*so).optlen = len as i32;
+    }
+    (*so).retval = 0;
+}
+
+#[inline(always)]
+fn bind_verdict(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: plain context load; user_port allows 4-byte reads.
+    let port = u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16);
+    if port == 0 {
+        return ALLOW;
+    }
+    // SAFETY: ctx is the kernel's bpf_sock_addr for this program.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut c_void) };
+    if port_flags(netns, port).has(PortFlags::GUARDED) && !from_proxy(netns) {
+        return DENY;
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(bind4)]
+pub fn tm_bind4(ctx: SockAddrContext) -> i32 {
+    bind_verdict(&ctx)
+}
+
+#[cgroup_sock_addr(bind6)]
+pub fn tm_bind6(ctx: SockAddrContext) -> i32 {
+    bind_verdict(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
