@@ -1,1 +1,15 @@
-//! Test fixtures: "pods" (a network namespace + a cgroup v2 directory), a real proxy, backends.
+//! Test fixtures on the real kernel: "pods" (a network namespace + a cgroup v2 directory), a backend
+//! network namespace that answers on every service address, a real transparent proxy and a client.
+//!
+//! Used by the integration tests in `tests/tests/`, by `cargo xtask bench redirect` and by demos.
+//! Everything a fixture creates (namespaces, cgroups, processes) is removed by RAII guards on drop,
+//! also when a test panics. `unsafe` is needed for `pre_exec` (entering a netns and a cgroup between
+//! fork and exec).
+
+pub mod bins;
+pub mod pod;
+pub mod privileged;
+pub mod wire;
+
+pub use pod::{Placement, TestPod};
+pub use privileged::{cgroup2_mount, require_privileged};
