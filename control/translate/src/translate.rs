@@ -2,7 +2,7 @@
 //!
 //! Every resource is computed and encoded once and shared (`Arc`) by all sidecars; a pod gets its
 //! own copy of a resource only where its own labels change it (pod-level traffic policy or port
-//! protocols, or the pod being an endpoint of a service it calls, see [`Options`]). The ingress
+//! protocols; optionally the pod being an endpoint of a Service it calls, see [`Options`]). The ingress
 //! gateway (`traffic-ingress`) gets the Ingress listeners plus the same clusters and endpoints.
 //!
 //! Choices worth knowing (see also the field docs of [`Options`]):
@@ -150,6 +150,12 @@ pub struct Options {
     pub ingress_http_port: u16,
     pub ingress_https_port: u16,
     pub ingress_tls: TlsDelivery,
+    /// When true, a sidecar reaches its *own* pod (when it calls a Service it is an endpoint of)
+    /// on 127.0.0.1 unless the pod has `traffic.envoy.local.use_podip=true`. Off by default:
+    /// every such pod then needs its own copy of its Service's endpoint assignment (no sharing),
+    /// and the pod IP always works for a Service endpoint anyway. Sidecars have no inbound
+    /// listener in this design, so this is the only place `use_podip` can matter.
+    pub local_endpoint_via_loopback: bool,
 }
 
 impl Default for Options {
@@ -163,6 +169,7 @@ impl Default for Options {
             ingress_http_port: 8080,
             ingress_https_port: 8443,
             ingress_tls: TlsDelivery::Inline,
+            local_endpoint_via_loopback: false,
         }
     }
 }
@@ -603,7 +610,11 @@ fn pod_override(ctx: &Ctx<'_>, pc: &PodCtx<'_>, shared: &NodeResources) -> Optio
 
     // A pod calling a service it is itself an endpoint of reaches itself on 127.0.0.1 unless
     // `traffic.envoy.local.use_podip=true`.
-    if pc.settings.use_podip != Some(true) && pc.pod.ready && pc.pod.ip.is_some() {
+    if ctx.opts.local_endpoint_via_loopback
+        && pc.settings.use_podip != Some(true)
+        && pc.pod.ready
+        && pc.pod.ip.is_some()
+    {
         for s in &ctx.services {
             if !ctx.model.services_of(pc.pod).any(|x| std::ptr::eq(x, s.svc)) {
                 continue;
