@@ -101,3 +101,14 @@ pub(crate) mod testing {
         nr
     }
 }
+
+/// A snapshot giving every node the same resources: for tests, benchmarks and the fallback
+/// (empty) configuration before the first model is translated.
+#[derive(Debug, Clone, Default)]
+pub struct StaticSnapshot(pub traffic_translate::snapshot::NodeResources);
+
+impl traffic_translate::snapshot::MeshSnapshot for StaticSnapshot {
+    fn for_node(&self, _node_id: &str) -> traffic_translate::snapshot::NodeResources {
+        self.0.clone()
+    }
+}

@@ -14,7 +14,7 @@
 //! - `version_info` is a content hash of the whole set the proxy holds after applying the response,
 //!   so a proxy reconnecting with the current version gets no redundant response.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
@@ -70,7 +70,13 @@ struct TypeState {
     acked_version: String,
     /// name -> version the proxy rejected; not sent again while the snapshot still has it.
     rejected: BTreeMap<String, String>,
+    /// The last few sets sent, by version: a NACK names the version the proxy is still on, which
+    /// tells exactly what it holds even when ACKs were skipped as stale.
+    history: VecDeque<(String, Resources)>,
 }
+
+/// Sets remembered per type for NACK attribution.
+const HISTORY: usize = 8;
 
 impl TypeState {
     fn new(subscription: Subscription) -> Self {
@@ -83,6 +89,17 @@ impl TypeState {
             acked: Resources::new(),
             acked_version: String::new(),
             rejected: BTreeMap::new(),
+            history: VecDeque::new(),
+        }
+    }
+
+    fn remember(&mut self, version: &str, set: &Resources) {
+        if self.history.iter().any(|(v, _)| v == version) {
+            return;
+        }
+        self.history.push_back((version.to_string(), set.clone()));
+        while self.history.len() > HISTORY {
+            self.history.pop_front();
         }
     }
 
@@ -164,6 +181,7 @@ impl SotwStream {
             let version = set_version(&desired);
             if !req.version_info.is_empty() && req.version_info == version {
                 // The proxy already holds exactly this (reconnect): nothing to send.
+                ts.remember(&version, &desired);
                 ts.sent = desired.clone();
                 ts.sent_version = version.clone();
                 ts.acked = desired;
@@ -185,6 +203,14 @@ impl SotwStream {
         }
         match &req.error_detail {
             Some(status) => {
+                // What the proxy still holds: the set of the version it reports, when known.
+                if let Some((v, set)) = ts.history.iter().find(|(v, _)| *v == req.version_info) {
+                    ts.acked = set.clone();
+                    ts.acked_version = v.clone();
+                } else if req.version_info.is_empty() {
+                    ts.acked = Resources::new();
+                    ts.acked_version = String::new();
+                }
                 let rejected: Vec<Arc<Resource>> = ts
                     .last_pushed
                     .iter()
@@ -272,6 +298,7 @@ impl SotwStream {
             changed
         };
         let version = set_version(&desired);
+        ts.remember(&version, &desired);
         ts.sent = desired;
         ts.sent_version = version.clone();
         ts.last_pushed = pushed;
@@ -425,6 +452,35 @@ mod tests {
             .map(|a| String::from_utf8_lossy(&a.value).into_owned())
             .collect();
         assert_eq!(bodies, ["a@2", "b@3"]);
+    }
+
+    #[test]
+    fn a_nack_after_a_skipped_stale_ack_blames_only_what_the_proxy_did_not_have() {
+        let mut s = SotwStream::new();
+        s.on_resources(node_resources(&[(CLUSTER, "a", "1")]));
+        let r1 = s.on_request(&req(CLUSTER, &[], "", "")).responses.remove(0);
+        let r2 = s
+            .on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "bad")]))
+            .remove(0);
+        assert!(
+            s.on_request(&req(CLUSTER, &[], &r1.version_info, &r1.nonce))
+                .stale
+        );
+        let rej = s
+            .on_request(&nack(CLUSTER, &[], &r1.version_info, &r2.nonce))
+            .rejection
+            .expect("nack");
+        assert_eq!(rej.resources, ["b"]);
+        // the next change keeps a (which the proxy has) and leaves b out
+        let r3 = s
+            .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "b", "bad")]))
+            .remove(0);
+        let bodies: Vec<String> = r3
+            .resources
+            .iter()
+            .map(|a| String::from_utf8_lossy(&a.value).into_owned())
+            .collect();
+        assert_eq!(bodies, ["a@2"]);
     }
 
     #[test]
