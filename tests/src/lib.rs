@@ -9,7 +9,9 @@
 pub mod bins;
 pub mod pod;
 pub mod privileged;
+pub mod scratch;
 pub mod wire;
 
 pub use pod::{Placement, TestPod};
 pub use privileged::{cgroup2_mount, require_privileged};
+pub use scratch::ScratchDir;

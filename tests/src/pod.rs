@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::wire::{ClientResult, ProxyEvent};
+use crate::wire::{ClientResult, ProxyEvent, ProxyLine};
 use crate::{bins, cgroup2_mount};
 
 pub const POD_V4: &str = "10.250.0.1";
@@ -212,8 +212,11 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        if let Err(e) = ip(&["netns", "delete", &self.name]) {
-            eprintln!("cleanup: {e:#}");
+        // A test may have deleted it already (to simulate a dead pod).
+        if self.path().exists() {
+            if let Err(e) = ip(&["netns", "delete", &self.name]) {
+                eprintln!("cleanup: {e:#}");
+            }
         }
     }
 }
@@ -274,14 +277,18 @@ impl Drop for CgroupDir {
 /// The proxy process (`test-proxy`) and what it learned so far.
 pub struct Proxy {
     child: Child,
-    events: Arc<Mutex<Vec<ProxyEvent>>>,
+    lines: Arc<Mutex<Vec<ProxyLine>>>,
     pub port: u16,
 }
 
 impl Proxy {
     /// Every connection the proxy accepted so far, in order.
     pub fn events(&self) -> Vec<ProxyEvent> {
-        self.events.lock().map(|e| e.clone()).unwrap_or_default()
+        self.lines().into_iter().map(|l| l.event).collect()
+    }
+    /// Every log line so far, with the destination each client named in its request.
+    pub fn lines(&self) -> Vec<ProxyLine> {
+        self.lines.lock().map(|e| e.clone()).unwrap_or_default()
     }
     /// Waits until at least `n` events arrived (the proxy logs asynchronously to the client's reply).
     pub fn wait_events(&self, n: usize, timeout: Duration) -> Vec<ProxyEvent> {
@@ -304,6 +311,16 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -476,14 +493,18 @@ impl TestPod {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if line.starts_with("listening") {
                     let _ = ready_tx.send(());
-                } else if let Some(ev) = ProxyEvent::parse(&line) {
+                } else if let Some(ev) = ProxyLine::parse(&line) {
                     if let Ok(mut e) = sink.lock() {
                         e.push(ev);
                     }
                 }
             }
         });
-        let proxy = Proxy { child, events, port };
+        let proxy = Proxy {
+            child,
+            lines: events,
+            port,
+        };
         ready_rx
             .recv_timeout(Duration::from_secs(10))
             .context("proxy did not start listening")?;
@@ -496,7 +517,7 @@ impl TestPod {
     }
 
     /// Starts a backend inside the pod netns itself (outside the pod cgroup), e.g. on loopback.
-    pub fn start_local_backend(&self, tcp_ports: &[u16]) -> anyhow::Result<Child> {
+    pub fn start_local_backend(&self, tcp_ports: &[u16]) -> anyhow::Result<KillOnDrop> {
         let ports: Vec<String> = tcp_ports.iter().map(|p| p.to_string()).collect();
         let mut cmd = Command::new(bins::path(bins::BACKEND)?);
         cmd.arg("--tcp")
@@ -506,7 +527,7 @@ impl TestPod {
         let mut child = self.pod_netns_outside_cgroup_placement().spawn(&mut cmd)?;
         let stdout = child.stdout.take().context("local backend stdout")?;
         wait_ready(stdout, "local backend")?;
-        Ok(child)
+        Ok(KillOnDrop(child))
     }
 
     /// `<tool>-save -t nat` output inside the pod netns (`tool`: e.g. `iptables-nft`), without the
@@ -523,6 +544,35 @@ impl TestPod {
             );
         }
         Ok(normalize_save(&String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+impl TestPod {
+    /// Everything a redirector could leave in or on this pod, as text: the nat tables of every
+    /// installed iptables flavour and family in the pod netns, and the BPF programs attached to the
+    /// pod and proxy cgroups. Equal snapshots before `enable` and after `disable` = exactly restored.
+    pub fn datapath_snapshot(&self) -> anyhow::Result<String> {
+        let mut out = String::new();
+        for tool in [
+            "iptables-nft-save",
+            "ip6tables-nft-save",
+            "iptables-legacy-save",
+            "ip6tables-legacy-save",
+        ] {
+            if crate::privileged::which(tool).is_some() {
+                out.push_str(&format!("== {tool}\n{}\n", self.iptables_save(tool)?));
+            }
+        }
+        if crate::privileged::which("bpftool").is_some() {
+            for cg in [self.cgroup(), self.proxy_cgroup()] {
+                out.push_str(&format!(
+                    "== bpftool cgroup show {}\n{}\n",
+                    cg.display(),
+                    bpftool_cgroup_show(cg)?
+                ));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -1,9 +1,11 @@
 //! The tiny line protocols spoken by the test binaries, parsed in one place.
 //!
-//! - client -> backend (through the proxy or not): one request line, e.g. `hello\n`.
+//! - client -> backend (through the proxy or not): one request line, `hello <dst the client dialed>\n`.
 //! - backend -> client: `dst=<addr the backend was dialed on> src=<peer the backend saw>\n`, then close.
-//! - proxy stdout: one `orig=<original destination> peer=<client address>` line per accepted connection
-//!   (or `error=<text> peer=<client address>`), so a test learns what the proxy learned.
+//! - proxy stdout: one `orig=<original destination> peer=<client address> req=<dst named in the request>`
+//!   line per accepted connection (or `error=<text> peer=<client address>`), so a test learns what the
+//!   proxy learned. The request names the destination because the client's own address does not
+//!   identify a connection: NAT may remap its port, and the same port may serve several destinations.
 use std::net::{IpAddr, SocketAddr};
 
 /// The backend's reply: where it was dialed and who dialed it.
@@ -70,6 +72,33 @@ impl ProxyEvent {
         match self {
             ProxyEvent::Learned { peer, .. } | ProxyEvent::Failed { peer, .. } => *peer,
         }
+    }
+}
+
+/// A proxy log line: the event plus the destination the client named in its request line (empty when
+/// the proxy failed before reading it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyLine {
+    pub event: ProxyEvent,
+    pub req: String,
+}
+
+impl ProxyLine {
+    pub fn render(&self) -> String {
+        if self.req.is_empty() {
+            self.event.render()
+        } else {
+            format!("{} req={}", self.event.render(), self.req)
+        }
+    }
+    pub fn parse(line: &str) -> Option<Self> {
+        let event = ProxyEvent::parse(line)?;
+        let req = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("req="))
+            .unwrap_or_default()
+            .to_string();
+        Some(Self { event, req })
     }
 }
 
@@ -146,7 +175,12 @@ mod tests {
             orig: "10.96.0.10:9080".parse().unwrap(),
             peer: "10.250.0.1:5000".parse().unwrap(),
         };
-        assert_eq!(ProxyEvent::parse(&ev.render()), Some(ev));
+        assert_eq!(ProxyEvent::parse(&ev.render()), Some(ev.clone()));
+        let line = ProxyLine {
+            event: ev,
+            req: "10.96.0.10:9080".into(),
+        };
+        assert_eq!(ProxyLine::parse(&line.render()), Some(line));
         let ev = ProxyEvent::Failed {
             error: "no original dst".into(),
             peer: "10.250.0.1:5000".parse().unwrap(),

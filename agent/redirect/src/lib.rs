@@ -11,6 +11,8 @@
 //!   idempotent (disabling an unknown pod is `Ok`).
 //! - state survives the agent process: a new `Redirector` adopts what a previous one left (`list`).
 
+pub mod iptables;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
@@ -136,4 +138,6 @@ pub enum RedirectError {
     },
     #[error(transparent)]
     InvalidKey(#[from] InvalidPodKey),
+    #[error(transparent)]
+    Iptables(#[from] iptables::IptablesError),
 }

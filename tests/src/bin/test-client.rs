@@ -82,7 +82,7 @@ fn tcp_once(dst: SocketAddr, barrier: &Barrier) -> anyhow::Result<ClientResult> 
     let mut conn = conn.with_context(|| format!("connect {dst}"))?;
     conn.set_read_timeout(Some(TIMEOUT))?;
     let local = conn.local_addr()?;
-    conn.write_all(b"hello\n")?;
+    conn.write_all(format!("hello {dst}\n").as_bytes())?;
     let mut reply = String::new();
     conn.read_to_string(&mut reply)
         .with_context(|| format!("read from {dst}"))?;

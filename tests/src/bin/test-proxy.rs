@@ -4,14 +4,14 @@
 //! `orig=<dst> peer=<client>` (or `error=.. peer=..`), dials the original destination and relays bytes.
 //!
 //! Usage: `test-proxy <port>`
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::time::Duration;
 
 use anyhow::Context;
 use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn6};
-use traffic_tests::wire::{unmap, ProxyEvent};
+use traffic_tests::wire::{unmap, ProxyEvent, ProxyLine};
 
 fn main() -> anyhow::Result<()> {
     let port: u16 = std::env::args()
@@ -90,7 +90,22 @@ fn handle(client: TcpStream) {
             })
         }
     };
-    log(&ProxyEvent::Learned { orig, peer });
+    // The first line is the request; it names what the client dialed (forwarded unchanged).
+    let Ok(c_read) = client.try_clone() else { return };
+    let mut c_read = BufReader::new(c_read);
+    let mut request = String::new();
+    if c_read.read_line(&mut request).is_err() {
+        return;
+    }
+    let req = request.split_whitespace().nth(1).unwrap_or_default().to_string();
+    let line = ProxyLine {
+        event: ProxyEvent::Learned { orig, peer },
+        req,
+    };
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", line.render());
+    let _ = out.flush();
+    drop(out);
     let upstream = match TcpStream::connect_timeout(&orig, Duration::from_secs(5)) {
         Ok(u) => u,
         Err(e) => {
@@ -100,9 +115,12 @@ fn handle(client: TcpStream) {
             })
         }
     };
-    let (Ok(mut c_read), Ok(mut u_write)) = (client.try_clone(), upstream.try_clone()) else {
+    let Ok(mut u_write) = upstream.try_clone() else {
         return;
     };
+    if u_write.write_all(request.as_bytes()).is_err() {
+        return;
+    }
     let up = std::thread::Builder::new().stack_size(128 * 1024).spawn(move || {
         let _ = std::io::copy(&mut c_read, &mut u_write);
         let _ = u_write.shutdown(Shutdown::Write);
