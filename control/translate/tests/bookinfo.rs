@@ -90,6 +90,8 @@ fn clusters_are_eds_over_ads_named_port_namespace_service() {
         })
     );
     assert_eq!(c.lb_policy, cluster::LbPolicy::RoundRobin as i32);
+    // -> envoy_cluster_outbound_upstream_rq_completed{envoy_cluster_name="9080|default|reviews"}
+    assert_eq!(c.alt_stat_name, "9080|default|reviews.outbound");
     assert!(c.circuit_breakers.is_none());
     let admin = cluster(&view, "admin");
     assert_eq!(
