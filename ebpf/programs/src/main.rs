@@ -53,6 +53,18 @@ const DENY: i32 = 0;
 const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
 
+/// One volatile load of a context field (see `record_tuple`).
+#[inline(always)]
+unsafe fn rd<T: Copy>(field: *const T) -> T {
+    core::ptr::read_volatile(field)
+}
+
+/// One volatile store to a context field.
+#[inline(always)]
+unsafe fn wr<T: Copy>(field: *mut T, v: T) {
+    core::ptr::write_volatile(field, v)
+}
+
 #[inline(always)]
 fn is_loopback4(addr_be: u32) -> bool {
     addr_be.to_ne_bytes()[0] == 127
@@ -114,14 +126,14 @@ pub fn tm_connect4(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: plain context loads/stores the verifier checks for this attach type.
     unsafe {
-        if (*sa).type_ != SOCK_STREAM {
+        if rd(&(*sa).type_) != SOCK_STREAM {
             return ALLOW;
         }
-        let dst = (*sa).user_ip4;
+        let dst = rd(&(*sa).user_ip4);
         if dst == 0 || is_loopback4(dst) {
             return ALLOW;
         }
-        let port_be = (*sa).user_port as u16;
+        let port_be = rd(&(*sa).user_port) as u16;
         let Some((netns, proxy_port)) = redirect_port(&ctx, port_be) else {
             return ALLOW;
         };
@@ -134,8 +146,8 @@ pub fn tm_connect4(ctx: SockAddrContext) -> i32 {
         if !remember(&ctx, netns, orig) {
             return ALLOW;
         }
-        (*sa).user_ip4 = LOOPBACK4;
-        (*sa).user_port = u32::from(proxy_port.to_be());
+        wr(&mut (*sa).user_ip4, LOOPBACK4);
+        wr(&mut (*sa).user_port, u32::from(proxy_port.to_be()));
     }
     ALLOW
 }
@@ -145,15 +157,15 @@ pub fn tm_connect6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: plain context loads/stores the verifier checks for this attach type.
     unsafe {
-        if (*sa).type_ != SOCK_STREAM {
+        if rd(&(*sa).type_) != SOCK_STREAM {
             return ALLOW;
         }
         // user_ip6 only allows 4-byte accesses: read the words one by one.
         let dst = [
-            (*sa).user_ip6[0],
-            (*sa).user_ip6[1],
-            (*sa).user_ip6[2],
-            (*sa).user_ip6[3],
+            rd(&(*sa).user_ip6[0]),
+            rd(&(*sa).user_ip6[1]),
+            rd(&(*sa).user_ip6[2]),
+            rd(&(*sa).user_ip6[3]),
         ];
         let mapped = is_v4_mapped(&dst);
         if mapped {
@@ -163,7 +175,7 @@ pub fn tm_connect6(ctx: SockAddrContext) -> i32 {
         } else if dst == LOOPBACK6 || dst == [0; 4] {
             return ALLOW;
         }
-        let port_be = (*sa).user_port as u16;
+        let port_be = rd(&(*sa).user_port) as u16;
         let Some((netns, proxy_port)) = redirect_port(&ctx, port_be) else {
             return ALLOW;
         };
@@ -180,11 +192,11 @@ pub fn tm_connect6(ctx: SockAddrContext) -> i32 {
         // A v4-mapped destination goes to the proxy's IPv4 loopback listener through the same
         // dual-stack socket; a real IPv6 destination goes to ::1.
         let to = if mapped { v4_mapped(LOOPBACK4) } else { LOOPBACK6 };
-        (*sa).user_ip6[0] = to[0];
-        (*sa).user_ip6[1] = to[1];
-        (*sa).user_ip6[2] = to[2];
-        (*sa).user_ip6[3] = to[3];
-        (*sa).user_port = u32::from(proxy_port.to_be());
+        wr(&mut (*sa).user_ip6[0], to[0]);
+        wr(&mut (*sa).user_ip6[1], to[1]);
+        wr(&mut (*sa).user_ip6[2], to[2]);
+        wr(&mut (*sa).user_ip6[3], to[3]);
+        wr(&mut (*sa).user_port, u32::from(proxy_port.to_be()));
     }
     ALLOW
 }
@@ -208,14 +220,37 @@ fn record_tuple(ctx: &SockOpsContext, established: bool) {
     };
     // SAFETY: the pointer comes from a successful lookup.
     let entry = unsafe { *entry };
-    let (client_addr, proxy_addr) = if ctx.family() == u32::from(AF_INET) {
-        (v4_mapped(ctx.local_ip4()), v4_mapped(ctx.remote_ip4()))
-    } else {
-        (ctx.local_ip6(), ctx.remote_ip6())
+    let ops = ctx.ops;
+    // SAFETY: ctx field loads. Each one is a volatile read of exactly one field so that LLVM
+    // cannot fold the offsets into a modified context pointer, which the verifier rejects.
+    // Every field is loaded unconditionally and the values are selected afterwards: loads in
+    // both arms of a branch get merged into one load from `ctx + variable offset` otherwise.
+    let (client_addr, proxy_addr, local_port, remote) = unsafe {
+        let family = rd(&(*ops).family);
+        let l4 = rd(&(*ops).local_ip4);
+        let r4 = rd(&(*ops).remote_ip4);
+        let l6 = [
+            rd(&(*ops).local_ip6[0]),
+            rd(&(*ops).local_ip6[1]),
+            rd(&(*ops).local_ip6[2]),
+            rd(&(*ops).local_ip6[3]),
+        ];
+        let r6 = [
+            rd(&(*ops).remote_ip6[0]),
+            rd(&(*ops).remote_ip6[1]),
+            rd(&(*ops).remote_ip6[2]),
+            rd(&(*ops).remote_ip6[3]),
+        ];
+        let lport = rd(&(*ops).local_port);
+        let rport = rd(&(*ops).remote_port);
+        if family == u32::from(AF_INET) {
+            (v4_mapped(l4), v4_mapped(r4), lport, rport)
+        } else {
+            (l6, r6, lport, rport)
+        }
     };
     // local_port is host order; remote_port is the network-order port, which little-endian
     // kernels shift into the upper half of the word.
-    let remote = ctx.remote_port();
     let proxy_port = if remote >> 16 != 0 {
         (remote >> 16) as u16
     } else {
@@ -225,7 +260,7 @@ fn record_tuple(ctx: &SockOpsContext, established: bool) {
         netns_cookie: entry.netns_cookie,
         client_addr,
         proxy_addr,
-        client_port: (ctx.local_port() as u16).to_be(),
+        client_port: (local_port as u16).to_be(),
         proxy_port,
         _pad0: 0,
     };
@@ -269,47 +304,50 @@ pub fn tm_getsockopt(ctx: SockoptContext) -> i32 {
 #[inline(always)]
 unsafe fn answer_original_dst(ctx: &SockoptContext) {
     let so = ctx.sockopt;
-    let level = (*so).level;
-    if (*so).optname != SO_ORIGINAL_DST || (level != SOL_IP && level != SOL_IPV6) {
+    let level = rd(&(*so).level);
+    if rd(&(*so).optname) != SO_ORIGINAL_DST || (level != SOL_IP && level != SOL_IPV6) {
         return;
     }
-    let sk: *mut bpf_sock = (*so).__bindgen_anon_1.sk;
+    let sk: *mut bpf_sock = rd(&(*so).__bindgen_anon_1.sk);
     if sk.is_null() {
         return;
     }
     // The proxy's accepted socket: local = the proxy's listener, peer = the app's socket.
-    let (client_addr, proxy_addr) = if (*sk).family == u32::from(AF_INET) {
-        (v4_mapped((*sk).dst_ip4), v4_mapped((*sk).src_ip4))
+    // Loaded unconditionally, selected afterwards (see `record_tuple`).
+    let family = rd(&(*sk).family);
+    let d4 = rd(&(*sk).dst_ip4);
+    let s4 = rd(&(*sk).src_ip4);
+    let d6 = [
+        rd(&(*sk).dst_ip6[0]),
+        rd(&(*sk).dst_ip6[1]),
+        rd(&(*sk).dst_ip6[2]),
+        rd(&(*sk).dst_ip6[3]),
+    ];
+    let s6 = [
+        rd(&(*sk).src_ip6[0]),
+        rd(&(*sk).src_ip6[1]),
+        rd(&(*sk).src_ip6[2]),
+        rd(&(*sk).src_ip6[3]),
+    ];
+    let (client_addr, proxy_addr) = if family == u32::from(AF_INET) {
+        (v4_mapped(d4), v4_mapped(s4))
     } else {
-        (
-            [
-                (*sk).dst_ip6[0],
-                (*sk).dst_ip6[1],
-                (*sk).dst_ip6[2],
-                (*sk).dst_ip6[3],
-            ],
-            [
-                (*sk).src_ip6[0],
-                (*sk).src_ip6[1],
-                (*sk).src_ip6[2],
-                (*sk).src_ip6[3],
-            ],
-        )
+        (d6, s6)
     };
     let key = TupleKey {
         netns_cookie: bpf_get_netns_cookie(so as *mut c_void),
         client_addr,
         proxy_addr,
-        client_port: (*sk).dst_port as u16,
-        proxy_port: ((*sk).src_port as u16).to_be(),
+        client_port: rd(&(*sk).dst_port) as u16,
+        proxy_port: (rd(&(*sk).src_port) as u16).to_be(),
         _pad0: 0,
     };
     let Some(orig) = TM_ORIG_TUPLE.get_ptr(&key) else {
         return;
     };
     let orig = *orig;
-    let optval = (*so).__bindgen_anon_2.optval as *mut u8;
-    let optval_end = (*so).__bindgen_anon_3.optval_end as *mut u8;
+    let optval = rd(&(*so).__bindgen_anon_2.optval) as *mut u8;
+    let optval_end = rd(&(*so).__bindgen_anon_3.optval_end) as *mut u8;
     if level == SOL_IP {
         if orig.family != AF_INET {
             return; // an IPv6 destination has no sockaddr_in form; conntrack would fail too
@@ -325,7 +363,7 @@ unsafe fn answer_original_dst(ctx: &SockoptContext) {
             zero: [0; 8],
         };
         core::ptr::write_unaligned(optval as *mut SockaddrIn, out);
-        (*so).optlen = len as i32;
+        wr(&mut (*so).optlen, len as i32);
     } else {
         let len = core::mem::size_of::<SockaddrIn6>();
         if optval.is_null() || optval.add(len) > optval_end {
@@ -339,15 +377,15 @@ unsafe fn answer_original_dst(ctx: &SockoptContext) {
             scope_id: 0,
         };
         core::ptr::write_unaligned(optval as *mut SockaddrIn6, out);
-        (*so).optlen = len as i32;
+        wr(&mut (*so).optlen, len as i32);
     }
-    (*so).retval = 0;
+    wr(&mut (*so).retval, 0);
 }
 
 #[inline(always)]
 fn bind_verdict(ctx: &SockAddrContext) -> i32 {
     // SAFETY: plain context load; user_port allows 4-byte reads.
-    let port = u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16);
+    let port = u16::from_be(unsafe { rd(&(*ctx.sock_addr).user_port) } as u16);
     if port == 0 {
         return ALLOW;
     }
