@@ -1,0 +1,420 @@
+//! eBPF-only behaviour of the redirector, on the real kernel: programs attached to real cgroups,
+//! real processes making real connections through the real test proxy. (The scenarios both modes
+//! share live in `redirect.rs`.) Needs root; under `CI=true` a test that cannot run fails.
+//!
+//! Each test pins under its own directory in bpffs, so tests run in parallel.
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use traffic_redirect::ebpf::{EbpfConfig, EbpfError, EbpfRedirector};
+use traffic_redirect::{PodKey, PodRedirect, RedirectError, Redirector, Settings};
+use traffic_tests::pod::{bpftool_cgroup_show, unique_name, Placement, PROXY_UID};
+use traffic_tests::wire::{unmap, ClientResult, ProxyEvent};
+use traffic_tests::{bins, require_privileged, TestPod};
+
+const PROXY_PORT: u16 = 15001;
+const PYTHON: &str = "/usr/bin/python3";
+
+/// A unique pin root, purged (links detached, pins removed) on drop.
+struct PinRoot(PathBuf);
+
+impl PinRoot {
+    fn new() -> Self {
+        Self(PathBuf::from("/sys/fs/bpf").join(unique_name("tm-test-")))
+    }
+    fn config(&self) -> EbpfConfig {
+        EbpfConfig {
+            pin_root: self.0.clone(),
+            ..EbpfConfig::default()
+        }
+    }
+    fn redirector(&self) -> EbpfRedirector {
+        EbpfRedirector::new(self.config()).expect("load the eBPF redirector (run `cargo xtask build-ebpf`)")
+    }
+}
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        if let Err(e) = EbpfRedirector::purge_pin_root(&self.0) {
+            eprintln!("cleanup: purge {}: {e}", self.0.display());
+        }
+    }
+}
+
+fn key(pod: &TestPod) -> PodKey {
+    PodKey::new(pod.name.clone()).expect("valid key")
+}
+
+fn settings() -> Settings {
+    Settings {
+        proxy_port: PROXY_PORT,
+        ..Settings::default()
+    }
+}
+
+fn pod_redirect(pod: &TestPod, settings: Settings) -> PodRedirect {
+    PodRedirect {
+        key: key(pod),
+        cgroup: pod.cgroup().to_path_buf(),
+        netns: pod.netns(),
+        proxy_cgroups: vec![pod.proxy_cgroup().to_path_buf()],
+        settings,
+    }
+}
+
+fn run_client(placement: &Placement, dsts: &[&str]) -> Vec<ClientResult> {
+    let mut args = vec!["tcp".to_string()];
+    args.extend(dsts.iter().map(|d| d.to_string()));
+    let out = placement
+        .run(&bins::path(bins::CLIENT).expect("test-client"), &args)
+        .expect("run client");
+    assert!(out.success, "client failed: {}\n{}", out.stdout, out.stderr);
+    out.client_results()
+}
+
+/// Attach types listed by `bpftool cgroup show <cgroup>`, with how often each appears.
+fn attachments(cgroup: &Path) -> BTreeMap<String, usize> {
+    let text = bpftool_cgroup_show(cgroup).expect("bpftool cgroup show");
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("ID"))
+        .skip(1)
+    {
+        if let Some(kind) = line.split_whitespace().nth(1) {
+            *out.entry(kind.to_string()).or_default() += 1;
+        }
+    }
+    out
+}
+
+fn expected_pod_attachments() -> BTreeMap<String, usize> {
+    [
+        "cgroup_inet4_bind",
+        "cgroup_inet6_bind",
+        "cgroup_inet4_connect",
+        "cgroup_inet6_connect",
+        "cgroup_sock_ops",
+    ]
+    .into_iter()
+    .map(|k| (k.to_string(), 1))
+    .collect()
+}
+
+fn usage(r: &EbpfRedirector) -> BTreeMap<&'static str, u32> {
+    r.map_usage()
+        .expect("map usage")
+        .into_iter()
+        .map(|u| (u.name, u.entries))
+        .collect()
+}
+
+/// Asserts every connection went through the proxy and the proxy learned the dialed destination.
+fn assert_redirected(results: &[ClientResult], proxy: &traffic_tests::pod::Proxy) {
+    let events = proxy.wait_events(results.len(), Duration::from_secs(5));
+    for r in results {
+        assert!(
+            !r.went_direct(),
+            "connection to {} was not redirected: {r:?}",
+            r.dst
+        );
+        let ev = events.iter().find(|e| e.peer() == unmap(r.local));
+        match ev {
+            Some(ProxyEvent::Learned { orig, .. }) => assert_eq!(*orig, unmap(r.dst), "{events:?}"),
+            other => panic!("proxy did not learn {}: {other:?} in {events:?}", r.dst),
+        }
+    }
+}
+
+#[test]
+fn an_app_running_with_the_proxy_uid_in_the_pod_cgroup_is_redirected_but_the_proxy_is_not() {
+    if !require_privileged() {
+        return;
+    }
+    let pod = TestPod::new("te").expect("pod");
+    let root = PinRoot::new();
+    let r = root.redirector();
+    r.enable(&pod_redirect(&pod, settings())).expect("enable");
+    let proxy = pod.start_proxy(PROXY_PORT).expect("proxy");
+    let app_as_proxy_uid = Placement {
+        uid: Some(PROXY_UID),
+        ..pod.app_placement()
+    };
+    let dsts = ["10.96.0.7:9080", "[fd00:96::7]:9443"];
+    let results = run_client(&app_as_proxy_uid, &dsts);
+    assert_eq!(results.len(), dsts.len());
+    assert_redirected(&results, &proxy);
+    // A v4-mapped destination on a dual-stack socket goes through connect6 and reaches the
+    // proxy's IPv4 listener; the proxy learns the IPv4 destination.
+    let held = HeldConnection::open(&app_as_proxy_uid, "::ffff:10.96.0.8", 8080);
+    assert_eq!(held.peer, format!("::ffff:127.0.0.1:{PROXY_PORT}"));
+    let reply = held.finish();
+    assert!(reply.starts_with("dst=10.96.0.8:8080 "), "{reply:?}");
+    let events = proxy.wait_events(dsts.len() + 1, Duration::from_secs(5));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, ProxyEvent::Learned { orig, .. } if orig.to_string() == "10.96.0.8:8080")),
+        "{events:?}"
+    );
+    // The proxy (its own cgroup, uid 1337) dialed the backends directly: had its upstream
+    // connections been redirected, it would have logged more accepted connections than the app made.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(proxy.events().len(), dsts.len() + 1, "{:?}", proxy.events());
+    // A process of the pod netns outside the pod cgroup is not redirected either.
+    let outside = run_client(&pod.pod_netns_outside_cgroup_placement(), &["10.96.0.9:9080"]);
+    assert!(outside[0].went_direct(), "{outside:?}");
+}
+
+/// An app of the pod holding one connection open: connects, then sends its request when told.
+struct HeldConnection {
+    child: Child,
+    /// Where the socket is actually connected (`getpeername`): the proxy when redirected.
+    peer: String,
+}
+
+impl HeldConnection {
+    fn open(placement: &Placement, host: &str, port: u16) -> Self {
+        let script = format!(
+            "import socket,sys\n\
+             s=socket.create_connection(('{host}',{port}),timeout=10)\n\
+             print('%s:%d' % s.getpeername()[:2], flush=True)\n\
+             sys.stdin.readline()\n\
+             s.sendall(b'hello\\n')\n\
+             print(s.makefile().readline().strip(), flush=True)\n"
+        );
+        let mut cmd = Command::new(PYTHON);
+        cmd.args(["-c", &script])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = placement.spawn(&mut cmd).expect("spawn held connection");
+        let mut line = String::new();
+        let stdout = child.stdout.as_mut().expect("stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read local address");
+        Self {
+            child,
+            peer: line.trim().to_string(),
+        }
+    }
+
+    /// Sends the request now and returns the backend's reply line.
+    fn finish(mut self) -> String {
+        self.child
+            .stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(b"go\n")
+            .expect("signal");
+        let out = self.child.wait_with_output().expect("wait");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+#[test]
+fn a_new_redirector_adopts_pinned_pods_keeps_their_connections_and_never_attaches_twice() {
+    if !require_privileged() {
+        return;
+    }
+    let pod = TestPod::new("tr").expect("pod");
+    let root = PinRoot::new();
+    let proxy = pod.start_proxy(PROXY_PORT).expect("proxy");
+    let first = root.redirector();
+    let mut s = settings();
+    s.direct_ports.insert(3306);
+    first.enable(&pod_redirect(&pod, s.clone())).expect("enable");
+    let held = HeldConnection::open(&pod.app_placement(), "10.96.0.7", 9080);
+    drop(first);
+
+    let second = root.redirector();
+    let listed = second.list().expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].key, key(&pod));
+    assert_eq!(listed[0].settings, s);
+    second
+        .enable(&pod_redirect(&pod, s.clone()))
+        .expect("enable again");
+    assert_eq!(attachments(pod.cgroup()), expected_pod_attachments());
+    assert_eq!(
+        attachments(pod.proxy_cgroup()),
+        [("cgroup_getsockopt".to_string(), 1)].into()
+    );
+
+    // The connection opened before the restart still works and went through the proxy.
+    assert_eq!(
+        held.peer,
+        format!("127.0.0.1:{PROXY_PORT}"),
+        "redirected before the restart"
+    );
+    let reply = held.finish();
+    assert!(reply.starts_with("dst=10.96.0.7:9080"), "reply {reply:?}");
+    // New connections are still redirected.
+    let results = run_client(&pod.app_placement(), &["10.96.0.7:9080"]);
+    assert_redirected(&results, &proxy);
+}
+
+/// Tries to bind `addr:port` as an app of the pod; returns "ok" or the errno name.
+fn try_bind(placement: &Placement, family: &str, addr: &str, port: u16) -> String {
+    let script = format!(
+        "import socket,errno\n\
+         s=socket.socket(socket.{family},socket.SOCK_STREAM)\n\
+         try:\n  s.bind(('{addr}',{port})); print('ok')\n\
+         except OSError as e:\n  print(errno.errorcode[e.errno])\n"
+    );
+    let out = placement
+        .run(Path::new(PYTHON), &["-c".to_string(), script])
+        .expect("python");
+    out.stdout.trim().to_string()
+}
+
+#[test]
+fn an_app_of_the_pod_cannot_bind_the_proxy_ports_but_the_proxy_can() {
+    if !require_privileged() {
+        return;
+    }
+    let pod = TestPod::new("tb").expect("pod");
+    let root = PinRoot::new();
+    let r = root.redirector();
+    r.enable(&pod_redirect(&pod, settings())).expect("enable");
+    let app = pod.app_placement();
+    assert_eq!(try_bind(&app, "AF_INET", "0.0.0.0", 15001), "EPERM");
+    assert_eq!(try_bind(&app, "AF_INET6", "::", 15000), "EPERM");
+    assert_eq!(try_bind(&app, "AF_INET", "127.0.0.1", 8900), "EPERM");
+    assert_eq!(try_bind(&app, "AF_INET", "0.0.0.0", 15002), "ok");
+    let proxy = pod.start_proxy(PROXY_PORT).expect("the proxy binds its port");
+    assert_eq!(proxy.port, PROXY_PORT);
+}
+
+fn redirect_error_of(e: RedirectError) -> EbpfError {
+    match e {
+        RedirectError::Ebpf(e) => *e,
+        other => panic!("expected an eBPF error, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_input_is_a_typed_error_and_leaves_nothing_attached_or_pinned() {
+    if !require_privileged() {
+        return;
+    }
+    let pod = TestPod::new("ti").expect("pod");
+    let root = PinRoot::new();
+    let r = root.redirector();
+
+    let mut missing_cgroup = pod_redirect(&pod, settings());
+    missing_cgroup.cgroup = pod.cgroup().join("does-not-exist");
+    let e = r.enable(&missing_cgroup).expect_err("missing cgroup");
+    assert!(matches!(e, RedirectError::CgroupMissing { .. }), "{e:?}");
+
+    let mut not_a_cgroup = pod_redirect(&pod, settings());
+    not_a_cgroup.proxy_cgroups = vec![PathBuf::from("/tmp")];
+    let e = r.enable(&not_a_cgroup).expect_err("proxy cgroup not on cgroup2");
+    assert!(matches!(e, RedirectError::CgroupMissing { .. }), "{e:?}");
+
+    let mut gone = pod_redirect(&pod, settings());
+    gone.netns = PathBuf::from("/run/netns/traffic-test-no-such-netns");
+    let e = r.enable(&gone).expect_err("netns gone");
+    assert!(matches!(e, RedirectError::NetnsGone { .. }), "{e:?}");
+
+    assert!(attachments(pod.cgroup()).is_empty());
+    assert!(attachments(pod.proxy_cgroup()).is_empty());
+    assert!(!r.pod_pin_dir(&key(&pod)).exists());
+    assert!(r.list().expect("list").is_empty());
+    assert!(usage(&r).values().all(|n| *n == 0), "{:?}", usage(&r));
+}
+
+#[test]
+fn a_full_map_fails_the_update_and_keeps_the_previous_state_exactly() {
+    if !require_privileged() {
+        return;
+    }
+    let a = TestPod::new("tf").expect("pod a");
+    let b = TestPod::new("tg").expect("pod b");
+    let root = PinRoot::new();
+    let mut config = root.config();
+    // Room for exactly the three default guarded ports of one pod.
+    config
+        .max_entries
+        .insert(traffic_redirect::ebpf::map_names::PORTS, 3);
+    let r = EbpfRedirector::new(config).expect("load");
+    r.enable(&pod_redirect(&a, settings())).expect("enable a");
+    let before = (r.list().expect("list"), usage(&r), attachments(a.cgroup()));
+
+    // Updating a with one more port does not fit: typed error, a unchanged.
+    let mut more = settings();
+    more.direct_ports.insert(3306);
+    let e = redirect_error_of(r.enable(&pod_redirect(&a, more)).expect_err("map full"));
+    assert!(
+        matches!(
+            e,
+            EbpfError::MapFull {
+                map: "TM_PORTS",
+                capacity: 3
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        (r.list().expect("list"), usage(&r), attachments(a.cgroup())),
+        before
+    );
+
+    // A second pod does not fit either: nothing of it is left behind.
+    let e = redirect_error_of(r.enable(&pod_redirect(&b, settings())).expect_err("map full"));
+    assert!(matches!(e, EbpfError::MapFull { .. }), "{e:?}");
+    assert_eq!(
+        (r.list().expect("list"), usage(&r), attachments(a.cgroup())),
+        before
+    );
+    assert!(attachments(b.cgroup()).is_empty());
+    assert!(attachments(b.proxy_cgroup()).is_empty());
+    assert!(!r.pod_pin_dir(&key(&b)).exists());
+}
+
+#[test]
+fn disable_leaves_no_attachment_and_no_map_entry_of_the_pod() {
+    if !require_privileged() {
+        return;
+    }
+    let pod = TestPod::new("td").expect("pod");
+    let other = TestPod::new("to").expect("other pod");
+    let root = PinRoot::new();
+    let r = root.redirector();
+    let proxy = pod.start_proxy(PROXY_PORT).expect("proxy");
+    let mut s = settings();
+    s.direct_ports.insert(5432);
+    r.enable(&pod_redirect(&pod, s)).expect("enable");
+    r.enable(&pod_redirect(&other, settings())).expect("enable other");
+    let other_alone = {
+        let mut u = usage(&r);
+        u.insert("TM_SETTINGS", 1);
+        u.insert("TM_PORTS", 3);
+        u.insert("TM_PROXY_CG", 1);
+        u.insert("TM_PODS", 1);
+        u
+    };
+    // Make connections so the per-connection maps hold entries of this pod too.
+    let results = run_client(&pod.app_placement(), &["10.96.0.7:9080", "[fd00:96::7]:9080"]);
+    assert_redirected(&results, &proxy);
+    assert!(usage(&r)["TM_ORIG_TUPLE"] >= 2, "{:?}", usage(&r));
+    r.disable(&key(&pod)).expect("disable");
+    // What is left is exactly the other pod's configuration (it made no connections).
+    assert_eq!(usage(&r), other_alone);
+    assert!(
+        attachments(pod.cgroup()).is_empty(),
+        "{:?}",
+        attachments(pod.cgroup())
+    );
+    assert!(attachments(pod.proxy_cgroup()).is_empty());
+    assert!(!r.pod_pin_dir(&key(&pod)).exists());
+    r.disable(&key(&other)).expect("disable other");
+    assert!(usage(&r).values().all(|n| *n == 0), "{:?}", usage(&r));
+    // Disabling again is fine, and connections now go direct.
+    r.disable(&key(&pod)).expect("disable twice");
+    let results = run_client(&pod.app_placement(), &["10.96.0.7:9080"]);
+    assert!(results[0].went_direct());
+}
