@@ -1,0 +1,275 @@
+//! Real Envoy, real sockets: the translated config of one sidecar (folded into a static bootstrap,
+//! no control plane) does what the labels say. Services get loopback "cluster IPs" on the
+//! outbound port, so a plain connect to `127.0.0.x:<outbound port>` arrives at the outbound
+//! listener with that original destination, no redirect needed.
+//!
+//! Needs an Envoy binary (see `envoy_accepts.rs`); skips without one unless `CI=true`.
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use prost::Message;
+use traffic_translate::model::MeshModel;
+use traffic_translate::render::static_bootstrap;
+use traffic_translate::snapshot::MeshSnapshot;
+use traffic_translate::translate::{translate, Options};
+
+fn envoy_or_skip() -> Option<PathBuf> {
+    let found = std::env::var_os("ENVOY_BIN").map(PathBuf::from).or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join("envoy"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true but no Envoy: set ENVOY_BIN"
+        );
+        eprintln!("skipping: no Envoy binary (set ENVOY_BIN or put envoy on PATH)");
+    }
+    found
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tiny HTTP/1.1 server answering every request with `hello from <ip>` and closing.
+fn backend(ip: &str, port: u16) {
+    let listener = TcpListener::bind((ip, port)).unwrap();
+    let me = ip.to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let me = me.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut req = Vec::new();
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // `GET /big` answers 200 KB (for the rate limit), anything else a short greeting.
+                let body = if req.starts_with(b"GET /big ") {
+                    "x".repeat(200 * 1024)
+                } else {
+                    format!("hello from {me}")
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+}
+
+struct Envoy {
+    child: Child,
+    _dir: TempDir,
+}
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Response status line + headers + body, or `None` if the connection was closed without one.
+fn http_get(addr: SocketAddr, path: &str, headers: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: test\r\n{headers}connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    (!out.is_empty()).then_some(out)
+}
+
+fn status(resp: &str) -> u16 {
+    resp.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn body(resp: &str) -> &str {
+    resp.split("\r\n\r\n").nth(1).unwrap_or("")
+}
+
+#[test]
+fn a_sidecar_config_routes_hashes_faults_blocks_and_exposes_only_prometheus_stats() {
+    let Some(envoy_bin) = envoy_or_skip() else { return };
+    let (outbound, stats, admin, app) = (free_port(), free_port(), free_port(), free_port());
+    backend("127.0.0.2", app);
+    backend("127.0.0.3", app);
+    // 127.0.0.4 (weight 0) has no backend: reaching it would fail the request.
+
+    let svc = |name: &str, ip: &str, labels: &str| {
+        format!(
+            "- {{name: {name}, clusterIPs: [{ip}], ports: [{{port: {outbound}, targetPort: {app}}}], \
+             selector: {{app: web}}, labels: {{{labels}}}}}\n"
+        )
+    };
+    let p = format!("traffic.port.{outbound}");
+    let mut yaml = String::from("services:\n");
+    yaml += &svc(
+        "web",
+        "127.0.0.1",
+        &format!("{p}: http, traffic.hash.cookie.name: mycookie, traffic.hash.cookie.ttl: '60'"),
+    );
+    yaml += &svc(
+        "faulty",
+        "127.0.0.5",
+        &format!("{p}: http, traffic.fault.abort.status: '505', traffic.fault.abort.percentage: '100'"),
+    );
+    yaml += &svc(
+        "slow",
+        "127.0.0.6",
+        &format!("{p}: http, traffic.fault.delay.time: 300ms, traffic.fault.delay.percentage: '100'"),
+    );
+    yaml += &svc("raw", "127.0.0.7", &format!("{p}: tcp"));
+    yaml += &svc("unlabelled", "127.0.0.8", "");
+    yaml += &svc(
+        "limited",
+        "127.0.0.9",
+        &format!("{p}: http, traffic.rate.limit: '100'"),
+    );
+    yaml += "pods:\n";
+    yaml += "- {name: web-a, ip: 127.0.0.2, node: n1, labels: {app: web}}\n";
+    yaml += "- {name: web-b, ip: 127.0.0.3, node: n1, labels: {app: web}}\n";
+    yaml += "- {name: web-c, ip: 127.0.0.4, node: n1, labels: {app: web, traffic.endpoint.weight: '0'}}\n";
+    let model = MeshModel::from_yaml_str(&yaml).unwrap();
+    let opts = Options {
+        outbound_port: outbound,
+        stats_port: Some(stats),
+        admin_port: admin,
+        ..Options::default()
+    };
+    let t = translate(&model, &opts);
+    assert!(t.label_errors.is_empty(), "{:?}", t.label_errors);
+    let bootstrap =
+        static_bootstrap("client.default", &t.snapshot.for_node("client.default"), admin).unwrap();
+
+    let dir = TempDir(std::env::temp_dir().join(format!("translate-envoy-serves-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let cfg = dir.0.join("bootstrap.pb");
+    std::fs::write(&cfg, bootstrap.encode_to_vec()).unwrap();
+    let child = Command::new(&envoy_bin)
+        .args(["--log-level", "warn", "--base-id-path"])
+        .arg(dir.0.join("base-id"))
+        .arg("--use-dynamic-base-id")
+        .arg("-c")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let _envoy = Envoy { child, _dir: dir };
+    let admin_addr: SocketAddr = ([127, 0, 0, 1], admin).into();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(admin_addr, "/ready", "").map(|r| status(&r)) != Some(200) {
+        assert!(Instant::now() < deadline, "envoy not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let at = |last: u8| -> SocketAddr { ([127, 0, 0, last], outbound).into() };
+
+    // Cookie hash: Envoy generates the cookie with Max-Age; the same cookie sticks to one pod.
+    let first = http_get(at(1), "/", "").unwrap();
+    assert_eq!(status(&first), 200, "{first}");
+    let cookie_line = first
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap();
+    assert!(
+        cookie_line.contains("mycookie=") && cookie_line.contains("Max-Age=60"),
+        "{cookie_line}"
+    );
+    let cookie = cookie_line
+        .split_once(':')
+        .unwrap()
+        .1
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let pinned = body(&first).to_string();
+    for _ in 0..10 {
+        let r = http_get(at(1), "/", &format!("cookie: {cookie}\r\n")).unwrap();
+        assert_eq!(body(&r), pinned);
+    }
+    // Weight 0 pod never gets traffic (it has no backend: it would answer 503).
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..30 {
+        let r = http_get(at(1), "/", "").unwrap();
+        assert_eq!(status(&r), 200, "{r}");
+        seen.insert(body(&r).to_string());
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["hello from 127.0.0.2", "hello from 127.0.0.3"]
+    );
+
+    // Faults.
+    assert_eq!(status(&http_get(at(5), "/", "").unwrap()), 505);
+    let start = Instant::now();
+    assert_eq!(status(&http_get(at(6), "/", "").unwrap()), 200);
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // tcp: proxied as bytes (the backend's own HTTP answer, no Envoy headers).
+    let r = http_get(at(7), "/", "").unwrap();
+    assert_eq!(status(&r), 200);
+    assert!(
+        !r.to_ascii_lowercase().contains("x-envoy-upstream-service-time"),
+        "{r}"
+    );
+    // No protocol: blocked (connection closed without an answer).
+    assert_eq!(http_get(at(8), "/", ""), None);
+
+    // Rate limit 100 KiB/s: the token bucket starts full (one second's worth), so 200 KiB take
+    // about 1 s; the unlimited service far less.
+    let start = Instant::now();
+    let r = http_get(at(9), "/big", "").unwrap();
+    let limited = start.elapsed();
+    assert_eq!(body(&r).len(), 200 * 1024);
+    let start = Instant::now();
+    assert_eq!(body(&http_get(at(1), "/big", "").unwrap()).len(), 200 * 1024);
+    let unlimited = start.elapsed();
+    assert!(limited >= Duration::from_millis(900), "limited {limited:?}");
+    assert!(unlimited < Duration::from_millis(500), "unlimited {unlimited:?}");
+
+    // Stats listener: Prometheus text only, with the names the original project's users know.
+    let stats_addr: SocketAddr = ([127, 0, 0, 1], stats).into();
+    let prom = http_get(stats_addr, "/stats/prometheus", "").unwrap();
+    assert_eq!(status(&prom), 200);
+    let want = format!(
+        "envoy_cluster_outbound_upstream_rq_completed{{envoy_cluster_name=\"{outbound}|default|web\"}}"
+    );
+    assert!(prom.contains(&want), "{want} missing");
+    assert_eq!(status(&http_get(stats_addr, "/config_dump", "").unwrap()), 404);
+    assert_eq!(status(&http_get(stats_addr, "/quitquitquit", "").unwrap()), 404);
+}
