@@ -11,7 +11,9 @@
 //!   idempotent (disabling an unknown pod is `Ok`).
 //! - state survives the agent process: a new `Redirector` adopts what a previous one left (`list`).
 
+pub mod ebpf;
 pub mod iptables;
+pub mod probe;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -140,4 +142,7 @@ pub enum RedirectError {
     InvalidKey(#[from] InvalidPodKey),
     #[error(transparent)]
     Iptables(#[from] iptables::IptablesError),
+    /// eBPF datapath failures (boxed: the error carries aya's sources).
+    #[error(transparent)]
+    Ebpf(Box<ebpf::EbpfError>),
 }
