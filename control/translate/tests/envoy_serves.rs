@@ -6,114 +6,16 @@
 //! Needs an Envoy binary (see `envoy_accepts.rs`); skips without one unless `CI=true`.
 #![expect(clippy::unwrap_used, reason = "tests fail loudly")]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use prost::Message;
+use common::live::*;
 use traffic_translate::model::MeshModel;
 use traffic_translate::render::static_bootstrap;
 use traffic_translate::snapshot::MeshSnapshot;
 use traffic_translate::translate::{translate, Options};
-
-fn envoy_or_skip() -> Option<PathBuf> {
-    let found = std::env::var_os("ENVOY_BIN").map(PathBuf::from).or_else(|| {
-        std::env::split_paths(&std::env::var_os("PATH")?)
-            .map(|d| d.join("envoy"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI=true but no Envoy: set ENVOY_BIN"
-        );
-        eprintln!("skipping: no Envoy binary (set ENVOY_BIN or put envoy on PATH)");
-    }
-    found
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A tiny HTTP/1.1 server answering every request with `hello from <ip>` and closing.
-fn backend(ip: &str, port: u16) {
-    let listener = TcpListener::bind((ip, port)).unwrap();
-    let me = ip.to_string();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let me = me.clone();
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                let mut req = Vec::new();
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                // `GET /big` answers 200 KB (for the rate limit), anything else a short greeting.
-                let body = if req.starts_with(b"GET /big ") {
-                    "x".repeat(200 * 1024)
-                } else {
-                    format!("hello from {me}")
-                };
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    });
-}
-
-struct Envoy {
-    child: Child,
-    _dir: TempDir,
-}
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Response status line + headers + body, or `None` if the connection was closed without one.
-fn http_get(addr: SocketAddr, path: &str, headers: &str) -> Option<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: test\r\n{headers}connection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    (!out.is_empty()).then_some(out)
-}
-
-fn status(resp: &str) -> u16 {
-    resp.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn body(resp: &str) -> &str {
-    resp.split("\r\n\r\n").nth(1).unwrap_or("")
-}
 
 #[test]
 fn a_sidecar_config_routes_hashes_faults_blocks_and_exposes_only_prometheus_stats() {
@@ -169,27 +71,7 @@ fn a_sidecar_config_routes_hashes_faults_blocks_and_exposes_only_prometheus_stat
     let bootstrap =
         static_bootstrap("client.default", &t.snapshot.for_node("client.default"), admin).unwrap();
 
-    let dir = TempDir(std::env::temp_dir().join(format!("translate-envoy-serves-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let cfg = dir.0.join("bootstrap.pb");
-    std::fs::write(&cfg, bootstrap.encode_to_vec()).unwrap();
-    let child = Command::new(&envoy_bin)
-        .args(["--log-level", "warn", "--base-id-path"])
-        .arg(dir.0.join("base-id"))
-        .arg("--use-dynamic-base-id")
-        .arg("-c")
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let _envoy = Envoy { child, _dir: dir };
-    let admin_addr: SocketAddr = ([127, 0, 0, 1], admin).into();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while http_get(admin_addr, "/ready", "").map(|r| status(&r)) != Some(200) {
-        assert!(Instant::now() < deadline, "envoy not ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let _envoy = start_envoy(&envoy_bin, &bootstrap, admin);
 
     let at = |last: u8| -> SocketAddr { ([127, 0, 0, last], outbound).into() };
 

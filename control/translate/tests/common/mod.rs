@@ -1,6 +1,8 @@
 //! Helpers shared by the translation tests: build small models, decode resources back.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod live;
+
 use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;

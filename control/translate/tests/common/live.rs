@@ -1,0 +1,137 @@
+//! Helpers for tests that run a real Envoy: find the binary, free ports, tiny HTTP backends,
+//! start Envoy on a static bootstrap and wait until it is ready, plain HTTP/1.1 requests.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
+use prost::Message;
+
+pub fn envoy_or_skip() -> Option<PathBuf> {
+    let found = std::env::var_os("ENVOY_BIN").map(PathBuf::from).or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join("envoy"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true but no Envoy: set ENVOY_BIN"
+        );
+        eprintln!("skipping: no Envoy binary (set ENVOY_BIN or put envoy on PATH)");
+    }
+    found
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A tiny HTTP/1.1 server answering every request with `hello from <ip>` and closing.
+pub fn backend(ip: &str, port: u16) {
+    let listener = TcpListener::bind((ip, port)).unwrap();
+    let me = ip.to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let me = me.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut req = Vec::new();
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // `GET /big` answers 200 KB (for the rate limit), anything else a short greeting.
+                let body = if req.starts_with(b"GET /big ") {
+                    "x".repeat(200 * 1024)
+                } else {
+                    format!("hello from {me}")
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+}
+
+pub struct Envoy {
+    child: Child,
+    _dir: TempDir,
+}
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+pub struct TempDir(pub PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Response status line + headers + body, or `None` if the connection was closed without one.
+pub fn http_get(addr: SocketAddr, path: &str, headers: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: test\r\n{headers}connection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    (!out.is_empty()).then_some(out)
+}
+
+pub fn status(resp: &str) -> u16 {
+    resp.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+pub fn body(resp: &str) -> &str {
+    resp.split("\r\n\r\n").nth(1).unwrap_or("")
+}
+
+/// Start Envoy on `bootstrap` and wait until its admin interface on `admin_port` says ready.
+pub fn start_envoy(envoy_bin: &PathBuf, bootstrap: &Bootstrap, admin_port: u16) -> Envoy {
+    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("translate-envoy-live-{}-{seq}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let cfg = dir.0.join("bootstrap.pb");
+    std::fs::write(&cfg, bootstrap.encode_to_vec()).unwrap();
+    let child = Command::new(envoy_bin)
+        .args(["--log-level", "warn", "--base-id-path"])
+        .arg(dir.0.join("base-id"))
+        .arg("--use-dynamic-base-id")
+        .arg("-c")
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let envoy = Envoy { child, _dir: dir };
+    let admin_addr: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(admin_addr, "/ready", "").map(|r| status(&r)) != Some(200) {
+        assert!(Instant::now() < deadline, "envoy not ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    envoy
+}
