@@ -418,3 +418,84 @@ fn disable_leaves_no_attachment_and_no_map_entry_of_the_pod() {
     let results = run_client(&pod.app_placement(), &["10.96.0.7:9080"]);
     assert!(results[0].went_direct());
 }
+
+/// `run_time_ns` / `run_cnt` of a pinned program, from `bpftool prog show`.
+fn prog_stats(pinned: &Path) -> Option<(u64, u64)> {
+    let out = Command::new("bpftool")
+        .arg("prog")
+        .arg("show")
+        .arg("pinned")
+        .arg(pinned)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let field = |name: &str| -> Option<u64> {
+        let mut it = text.split_whitespace();
+        it.find(|w| *w == name)?;
+        it.next()?.parse().ok()
+    };
+    Some((field("run_time_ns")?, field("run_cnt")?))
+}
+
+/// Restores `kernel.bpf_stats_enabled` on drop.
+struct BpfStats(String);
+
+impl BpfStats {
+    fn enable() -> Self {
+        let old = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enable bpf stats");
+        Self(old.trim().to_string())
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", &self.0);
+    }
+}
+
+/// Prints the average cost of each program per run under a short-connection load. A measurement,
+/// not a check: `cargo test -p traffic-tests --test redirect_ebpf -- --ignored --nocapture`.
+#[test]
+#[ignore = "measurement; run by hand with --ignored --nocapture"]
+fn the_cost_of_each_program_per_run_is_measured_with_bpf_stats() {
+    if !require_privileged() {
+        return;
+    }
+    let pod = TestPod::new("tm").expect("pod");
+    let root = PinRoot::new();
+    let r = root.redirector();
+    r.enable(&pod_redirect(&pod, settings())).expect("enable");
+    let _proxy = pod.start_proxy(PROXY_PORT).expect("proxy");
+    let local = pod.start_local_backend(&[7070]).expect("local backend");
+    let stats = BpfStats::enable();
+    // Baseline: loopback destinations leave connect4 after two context loads, so this run shows
+    // the fixed cost of running a program plus the stats bookkeeping on this machine.
+    let connect4 = root.0.join("progs").join("tm_connect4");
+    let bench = |dst: &str| {
+        let args: Vec<String> = ["bench", dst, "3000", "4"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let out = pod.run_client(&args).expect("bench");
+        println!("{dst}: {}", out.stdout.trim());
+    };
+    bench("127.0.0.1:7070");
+    let (base_ns, base_cnt) = prog_stats(&connect4).unwrap_or((0, 0));
+    println!(
+        "tm_connect4 (loopback, not redirected): avg_ns={}",
+        base_ns / base_cnt.max(1)
+    );
+    bench("10.96.0.7:9080");
+    for name in ["tm_connect4", "tm_sockops", "tm_getsockopt", "tm_bind4"] {
+        // bpftool omits the counters of a program that never ran.
+        let (mut ns, mut cnt) = prog_stats(&root.0.join("progs").join(name)).unwrap_or((0, 0));
+        if name == "tm_connect4" {
+            (ns, cnt) = (ns - base_ns, cnt - base_cnt);
+        }
+        let avg = if cnt == 0 { 0 } else { ns / cnt };
+        println!("{name} (redirected): run_cnt={cnt} run_time_ns={ns} avg_ns={avg}");
+    }
+    drop(local);
+    drop(stats);
+}
