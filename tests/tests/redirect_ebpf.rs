@@ -493,7 +493,7 @@ fn the_cost_of_each_program_per_run_is_measured_with_bpf_stats() {
         if name == "tm_connect4" {
             (ns, cnt) = (ns - base_ns, cnt - base_cnt);
         }
-        let avg = if cnt == 0 { 0 } else { ns / cnt };
+        let avg = ns.checked_div(cnt).unwrap_or(0);
         println!("{name} (redirected): run_cnt={cnt} run_time_ns={ns} avg_ns={avg}");
     }
     drop(local);
