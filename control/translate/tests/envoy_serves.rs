@@ -155,3 +155,74 @@ fn a_sidecar_config_routes_hashes_faults_blocks_and_exposes_only_prometheus_stat
     assert_eq!(status(&http_get(stats_addr, "/config_dump", "").unwrap()), 404);
     assert_eq!(status(&http_get(stats_addr, "/quitquitquit", "").unwrap()), 404);
 }
+
+#[test]
+fn tracing_samples_the_labelled_share_of_requests_into_zipkin() {
+    let Some(envoy_bin) = envoy_or_skip() else { return };
+    let (outbound, admin, app) = (free_port(), free_port(), free_port());
+    backend("127.0.0.22", app);
+    let (zipkin_port, bodies) = zipkin_collector();
+    let svc = |name: &str, ip: &str, labels: &str| {
+        format!(
+            "- {{name: {name}, clusterIPs: [{ip}], ports: [{{port: {outbound}, targetPort: {app}}}], \
+             selector: {{app: web}}, labels: {{traffic.port.{outbound}: http{labels}}}}}\n"
+        )
+    };
+    let mut yaml = String::from("services:\n");
+    yaml += &svc("all", "127.0.0.1", ", traffic.tracing.enabled: 'true'");
+    yaml += &svc(
+        "half",
+        "127.0.0.23",
+        ", traffic.tracing.enabled: 'true', traffic.tracing.sampling: '50'",
+    );
+    yaml += &svc("none", "127.0.0.24", "");
+    yaml += "pods:\n- {name: web-a, ip: 127.0.0.22, labels: {app: web}}\n";
+    let model = MeshModel::from_yaml_str(&yaml).unwrap();
+    let opts = Options {
+        outbound_port: outbound,
+        stats_port: None,
+        admin_port: admin,
+        zipkin: Some(format!("127.0.0.1:{zipkin_port}").parse().unwrap()),
+        ..Options::default()
+    };
+    let t = translate(&model, &opts);
+    let bootstrap =
+        static_bootstrap("client.default", &t.snapshot.for_node("client.default"), admin).unwrap();
+    let _envoy = start_envoy(&envoy_bin, &bootstrap, admin);
+
+    let at = |last: u8| -> SocketAddr { ([127, 0, 0, last], outbound).into() };
+    for _ in 0..10 {
+        assert_eq!(status(&http_get(at(1), "/", "").unwrap()), 200);
+        assert_eq!(status(&http_get(at(24), "/", "").unwrap()), 200);
+    }
+    for _ in 0..40 {
+        assert_eq!(status(&http_get(at(23), "/", "").unwrap()), 200);
+    }
+    // Envoy's Zipkin tracer flushes every 5 s (or per 5 spans).
+    let count = |cluster: &str| -> usize {
+        let bodies = bodies.lock().unwrap();
+        bodies
+            .iter()
+            .flat_map(|b| serde_json::from_str::<Vec<serde_json::Value>>(b).unwrap())
+            .filter(|span| span["tags"]["upstream_cluster"].as_str() == Some(cluster))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let all = format!("{outbound}|default|all");
+    while count(&all) < 10 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let (n_all, n_half, n_none) = (
+        count(&all),
+        count(&format!("{outbound}|default|half")),
+        count(&format!("{outbound}|default|none")),
+    );
+    eprintln!("spans: all={n_all}/10 half={n_half}/40 none={n_none}/10");
+    assert_eq!(n_all, 10, "{:?}", bodies.lock().unwrap().first());
+    assert_eq!(n_none, 0);
+    assert!(
+        (8..=32).contains(&n_half),
+        "50 % of 40 should be about 20, got {n_half}"
+    );
+}

@@ -135,3 +135,83 @@ pub fn start_envoy(envoy_bin: &PathBuf, bootstrap: &Bootstrap, admin_port: u16) 
     }
     envoy
 }
+
+/// A fake Zipkin collector on 127.0.0.1: keeps the JSON bodies POSTed to it.
+pub fn zipkin_collector() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = bodies.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let keep = keep.clone();
+            std::thread::spawn(move || loop {
+                // Envoy keeps the connection open: read one request at a time.
+                let mut buf = Vec::new();
+                let mut byte = [0u8; 1];
+                while !buf.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut byte) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => buf.push(byte[0]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                let len: Option<usize> = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap_or(0));
+                let body = match len {
+                    Some(len) => {
+                        let mut body = vec![0u8; len];
+                        if conn.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        body
+                    }
+                    None => match read_chunked(&mut conn) {
+                        Some(b) => b,
+                        None => return,
+                    },
+                };
+                keep.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&body).into_owned());
+                if conn
+                    .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+                    .is_err()
+                {
+                    return;
+                }
+            });
+        }
+    });
+    (port, bodies)
+}
+
+fn read_line(conn: &mut TcpStream) -> Option<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        match conn.read(&mut byte) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => line.push(byte[0]),
+        }
+    }
+    Some(String::from_utf8_lossy(&line[..line.len() - 2]).into_owned())
+}
+
+/// A `transfer-encoding: chunked` body.
+fn read_chunked(conn: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let size = usize::from_str_radix(read_line(conn)?.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            read_line(conn)?;
+            return Some(body);
+        }
+        let mut chunk = vec![0u8; size + 2];
+        conn.read_exact(&mut chunk).ok()?;
+        body.extend_from_slice(&chunk[..size]);
+    }
+}
