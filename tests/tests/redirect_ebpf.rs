@@ -5,6 +5,7 @@
 //! Each test pins under its own directory in bpffs, so tests run in parallel.
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -418,7 +419,6 @@ fn disable_leaves_no_attachment_and_no_map_entry_of_the_pod() {
     let results = run_client(&pod.app_placement(), &["10.96.0.7:9080"]);
     assert!(results[0].went_direct());
 }
-
 /// `run_time_ns` / `run_cnt` of a pinned program, from `bpftool prog show`.
 fn prog_stats(pinned: &Path) -> Option<(u64, u64)> {
     let out = Command::new("bpftool")
@@ -498,4 +498,71 @@ fn the_cost_of_each_program_per_run_is_measured_with_bpf_stats() {
     }
     drop(local);
     drop(stats);
+}
+
+/// Fills the proxy cgroup's getsockopt slots (the kernel allows 64 programs per attach type and
+/// cgroup), so the last attachment of an enable fails after the maps and five links were written.
+#[test]
+fn a_failing_attachment_rolls_back_the_links_and_map_entries_already_written() {
+    if !require_privileged() {
+        return;
+    }
+    let pod = TestPod::new("tk").expect("pod");
+    let root = PinRoot::new();
+    let r = root.redirector();
+    let prog = bpf_obj_get(&root.0.join("progs/tm_getsockopt"));
+    let cgroup = std::fs::File::open(pod.proxy_cgroup()).expect("open proxy cgroup");
+    // The same program may be attached many times through distinct links.
+    let fillers: Vec<OwnedFd> = (0..64).map(|_| bpf_link_create(&prog, &cgroup, 21)).collect();
+    assert_eq!(attachments(pod.proxy_cgroup())["cgroup_getsockopt"], 64);
+
+    let e = redirect_error_of(
+        r.enable(&pod_redirect(&pod, settings()))
+            .expect_err("attach fails"),
+    );
+    assert!(
+        matches!(
+            e,
+            EbpfError::Attach {
+                program: "tm_getsockopt",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(
+        attachments(pod.cgroup()).is_empty(),
+        "{:?}",
+        attachments(pod.cgroup())
+    );
+    assert!(!r.pod_pin_dir(&key(&pod)).exists());
+    assert!(r.list().expect("list").is_empty());
+    assert!(usage(&r).values().all(|n| *n == 0), "{:?}", usage(&r));
+    // The pod still connects directly.
+    let results = run_client(&pod.app_placement(), &["10.96.0.7:9080"]);
+    assert!(results[0].went_direct());
+    drop(fillers);
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> i32 {
+    // SAFETY: attr is a zero-padded prefix of union bpf_attr for `cmd`, valid for its size.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() * 8) };
+    assert!(fd >= 0, "bpf({cmd}): {}", std::io::Error::last_os_error());
+    fd as i32
+}
+
+/// BPF_OBJ_GET: opens a pinned object.
+fn bpf_obj_get(path: &Path) -> OwnedFd {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    let fd = bpf(7, &mut [c.as_ptr() as u64, 0]);
+    // SAFETY: a new descriptor the kernel just returned.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// BPF_LINK_CREATE on a cgroup: the link lives as long as the returned descriptor.
+fn bpf_link_create(prog: &OwnedFd, cgroup: &std::fs::File, attach_type: u32) -> OwnedFd {
+    let word0 = u64::from(prog.as_raw_fd() as u32) | (u64::from(cgroup.as_raw_fd() as u32) << 32);
+    let fd = bpf(28, &mut [word0, u64::from(attach_type), 0, 0]);
+    // SAFETY: a new descriptor the kernel just returned.
+    unsafe { OwnedFd::from_raw_fd(fd) }
 }
