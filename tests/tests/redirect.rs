@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use traffic_redirect::ebpf::{EbpfConfig, EbpfRedirector};
 use traffic_redirect::iptables::{Flavour, IptablesError, IptablesRedirector};
 use traffic_redirect::{PodKey, PodRedirect, RedirectError, Redirector, Settings};
 use traffic_tests::wire::{ClientResult, ProxyEvent, ProxyLine};
@@ -24,24 +25,53 @@ struct Datapath {
     scratch_base: fn() -> std::path::PathBuf,
     /// Whether `enable` must reject a missing cgroup (eBPF attaches there; iptables does not use it).
     needs_cgroup: bool,
+    /// Removes what the datapath left under `scratch` before the directory itself goes.
+    purge: fn(scratch: &Path),
 }
 
 const IPTABLES_NFT: Datapath = Datapath {
     make: |scratch| Box::new(IptablesRedirector::new(Flavour::Nft, scratch).unwrap()),
     scratch_base: std::env::temp_dir,
     needs_cgroup: false,
+    purge: |_| {},
 };
 const IPTABLES_LEGACY: Datapath = Datapath {
     make: |scratch| Box::new(IptablesRedirector::new(Flavour::Legacy, scratch).unwrap()),
     scratch_base: std::env::temp_dir,
     needs_cgroup: false,
+    purge: |_| {},
+};
+/// The scratch dir (in bpffs) is the pin root.
+const EBPF: Datapath = Datapath {
+    make: |scratch| {
+        let config = EbpfConfig {
+            pin_root: scratch.to_path_buf(),
+            ..EbpfConfig::default()
+        };
+        Box::new(
+            EbpfRedirector::new(config).expect("load the eBPF redirector (run `cargo xtask build-ebpf`)"),
+        )
+    },
+    scratch_base: || "/sys/fs/bpf".into(),
+    needs_cgroup: true,
+    purge: |scratch| {
+        if let Err(e) = EbpfRedirector::purge_pin_root(scratch) {
+            eprintln!("cleanup: purge {}: {e}", scratch.display());
+        }
+    },
 };
 
-/// Per-test world: one scratch dir and a redirector over it.
+/// Per-test world: one scratch dir and a redirector over it (dropped first, then purged).
 struct World {
     dp: &'static Datapath,
-    scratch: ScratchDir,
     redirector: Box<dyn Redirector>,
+    scratch: ScratchDir,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        (self.dp.purge)(self.scratch.path());
+    }
 }
 
 impl World {
@@ -440,6 +470,7 @@ macro_rules! suite {
 
 suite!(iptables_nft, &IPTABLES_NFT);
 suite!(iptables_legacy, &IPTABLES_LEGACY);
+suite!(ebpf, &EBPF);
 
 #[test]
 fn without_redirect_a_pod_reaches_every_service_address_directly() {
