@@ -92,6 +92,31 @@ fn attachments(cgroup: &Path) -> BTreeMap<String, usize> {
     out
 }
 
+/// Program ids attached to a cgroup, by attach type.
+fn attached_ids(cgroup: &Path) -> BTreeMap<String, String> {
+    let text = bpftool_cgroup_show(cgroup).expect("bpftool cgroup show");
+    text.lines()
+        .skip_while(|l| !l.trim_start().starts_with("ID"))
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let id = f.next()?.to_string();
+            Some((f.next()?.to_string(), id))
+        })
+        .collect()
+}
+
+/// The id of a pinned program (`bpftool prog show pinned` prints `<id>: <type> ...`).
+fn pinned_prog_id(path: &Path) -> String {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "pinned"])
+        .arg(path)
+        .output()
+        .expect("bpftool");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split(':').next().unwrap_or_default().trim().to_string()
+}
+
 fn expected_pod_attachments() -> BTreeMap<String, usize> {
     [
         "cgroup_inet4_bind",
@@ -243,6 +268,20 @@ fn a_new_redirector_adopts_pinned_pods_keeps_their_connections_and_never_attache
     assert_eq!(
         attachments(pod.proxy_cgroup()),
         [("cgroup_getsockopt".to_string(), 1)].into()
+    );
+    // The adopted links now run the new agent's program instances.
+    let ids = attached_ids(pod.cgroup());
+    assert_eq!(
+        ids["cgroup_inet4_connect"],
+        pinned_prog_id(&root.0.join("progs/tm_connect4"))
+    );
+    assert_eq!(
+        ids["cgroup_sock_ops"],
+        pinned_prog_id(&root.0.join("progs/tm_sockops"))
+    );
+    assert_eq!(
+        attached_ids(pod.proxy_cgroup())["cgroup_getsockopt"],
+        pinned_prog_id(&root.0.join("progs/tm_getsockopt"))
     );
 
     // The connection opened before the restart still works and went through the proxy.

@@ -351,6 +351,10 @@ fn apply(
     proxy_ids: &[u64],
 ) -> Result<Vec<PathBuf>, EbpfError> {
     let maps = &mut inner.maps;
+    // The record first: should the agent die half-way, `list` still shows the pod and `disable`
+    // removes whatever was written.
+    let prev = write(&mut maps.pods, map_names::PODS, &Write::Upsert(*name, record))?;
+    journal.0.push(Undo::Pod(*name, prev));
     for w in plan::diff_map(&current.settings, &desired.settings) {
         let prev = write(&mut maps.settings, map_names::SETTINGS, &w)?;
         journal.0.push(Undo::Settings(key_of(&w), prev));
@@ -369,8 +373,6 @@ fn apply(
         let prev = write(&mut maps.proxy_cg, map_names::PROXY_CGROUPS, &w)?;
         journal.0.push(Undo::ProxyCg(key_of(&w), prev));
     }
-    let prev = write(&mut maps.pods, map_names::PODS, &Write::Upsert(*name, record))?;
-    journal.0.push(Undo::Pod(*name, prev));
 
     // Links: keep what is pinned and still wanted, attach what is missing.
     if !dir.exists() {
@@ -390,6 +392,13 @@ fn apply(
         let path = dir.join(spec.file_name());
         attach_and_pin(&inner.ebpf, spec.program, cgroup, &path)?;
         journal.0.push(Undo::Link(path));
+    }
+    // Links pinned by an earlier agent run the program instance it loaded: switch them atomically
+    // to this agent's instance, so an upgraded agent's code serves every pod without a detach.
+    for (spec, path) in existing.iter().filter(|(s, _)| wanted.contains(*s)) {
+        if let Err(error) = update_link(&inner.ebpf, spec.program, path) {
+            tracing::warn!(link = %path.display(), %error, "pinned link keeps its previous program");
+        }
     }
     Ok(existing
         .into_iter()
@@ -679,6 +688,25 @@ fn attach_and_pin(ebpf: &Ebpf, kind: ProgramKind, cgroup: &Path, path: &Path) ->
         source,
     })
     // `link` closes here; the pin keeps the attachment.
+}
+
+/// Points a pinned link at this process's instance of its program (no-op when it already does).
+fn update_link(ebpf: &Ebpf, kind: ProgramKind, path: &Path) -> Result<(), EbpfError> {
+    let program = kind.program_name();
+    let prog = ebpf.program(program).ok_or(EbpfError::Program {
+        program,
+        source: None,
+    })?;
+    let prog_fd = prog.fd().map_err(|e| EbpfError::Program {
+        program,
+        source: Some(e),
+    })?;
+    let pin = |source| EbpfError::Pin {
+        path: path.to_path_buf(),
+        source,
+    };
+    let link = sys::obj_get(path).map_err(pin)?;
+    sys::link_update(link.as_fd(), prog_fd.as_fd()).map_err(pin)
 }
 
 impl Redirector for EbpfRedirector {

@@ -178,6 +178,18 @@ pub fn link_create(prog: BorrowedFd<'_>, target: BorrowedFd<'_>, attach_type: u3
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+const BPF_LINK_UPDATE: libc::c_long = 29;
+
+/// Replaces the program of a link atomically (the attachment itself stays).
+pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    // struct { __u32 link_fd; __u32 new_prog_fd; __u32 flags; __u32 old_prog_fd; }
+    let mut attr = [
+        u64::from(link.as_raw_fd() as u32) | (u64::from(prog.as_raw_fd() as u32) << 32),
+        0,
+    ];
+    bpf(BPF_LINK_UPDATE, &mut attr, 16).map(|_| ())
+}
+
 /// Pins a bpf object at `path` (which must not exist).
 pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
