@@ -1,1 +1,16 @@
-//! traffic-control: wires the model sources, translation and the xDS server together.
+//! traffic-control: wires a model source (a YAML file, or Kubernetes), translation and the xDS
+//! server together, and serves `/metrics` and `/healthz`.
+//!
+//! - [`cli`]: the command line (clap derive; every flag also readable from a `TRAFFIC_CONTROL_*`
+//!   environment variable).
+//! - [`model_file`]: a static model file, re-read when it changes.
+//! - [`rebuild`]: debounces model changes and translates once per quiet period; all ADS streams
+//!   share the result.
+//! - [`http`]: the metrics and health endpoints.
+//! - [`node_config`]: what one node receives, for `traffic-control config`.
+
+pub mod cli;
+pub mod http;
+pub mod model_file;
+pub mod node_config;
+pub mod rebuild;

@@ -1,4 +1,90 @@
-//! `traffic-control` binary.
+//! `traffic-control`: serve ADS from a model file or Kubernetes, or print one node's config.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{info, warn};
+use traffic_control::cli::{Cli, Command, ConfigArgs, ServeArgs};
+use traffic_control::{http, model_file, node_config, rebuild};
+use traffic_translate::model::MeshModel;
+use traffic_translate::snapshot::MeshSnapshot;
+use traffic_xds::{IgnoreRejections, RejectionSink, StaticSnapshot, XdsMetrics, XdsServer};
+
 fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let rt = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
+            rt.block_on(serve(args))
+        }
+        Command::Config(args) => config(args),
+    }
+}
+
+fn config(args: ConfigArgs) -> anyhow::Result<()> {
+    let model = MeshModel::from_yaml_file(&args.model)?;
+    let t = rebuild::translate_logged(&model, &args.translate.options());
+    let resources = t.snapshot.for_node(&args.node_id);
+    print!(
+        "{}",
+        node_config::render(&args.node_id, &resources, args.only.as_deref())
+    );
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    info!(config = ?args, "starting traffic-control");
+    let mut registry = Registry::default();
+    let xds_metrics = XdsMetrics::register(&mut registry);
+    let rebuild_metrics = rebuild::RebuildMetrics::register(&mut registry);
+
+    let (models, sink): (watch::Receiver<Arc<MeshModel>>, Arc<dyn RejectionSink>) = match &args.model {
+        Some(path) => {
+            let (rx, _task) = model_file::watch_model_file(path.clone(), args.model_poll())
+                .with_context(|| format!("cannot load the model file {}", path.display()))?;
+            (rx, Arc::new(IgnoreRejections))
+        }
+        None => bail!("no --model given; the Kubernetes source is not wired into this binary yet"),
+    };
+
+    let empty: Arc<dyn MeshSnapshot> = Arc::new(StaticSnapshot::default());
+    let (snapshots_tx, snapshots_rx) = watch::channel(empty);
+    let rebuild_task = tokio::spawn(rebuild::run(
+        models,
+        args.translate.options(),
+        args.debounce(),
+        snapshots_tx,
+        rebuild_metrics,
+    ));
+    let server = XdsServer::new(snapshots_rx, xds_metrics, sink)?;
+    let listener = tokio::net::TcpListener::bind(args.xds_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.xds_addr))?;
+    info!(addr = %args.xds_addr, "serving ADS");
+    let registry = Arc::new(registry);
+    let http_addr = args.http_addr;
+    let http_task = tokio::spawn(async move { http::serve(http_addr, registry).await });
+    info!(addr = %http_addr, "serving /metrics and /healthz");
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+        info!("shutting down");
+    };
+    tokio::select! {
+        r = server.serve(listener, shutdown) => r?,
+        r = http_task => {
+            r.context("http task")?.with_context(|| format!("cannot serve HTTP on {http_addr}"))?;
+        }
+        _ = rebuild_task => warn!("model source ended"),
+    }
     Ok(())
 }

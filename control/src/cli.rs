@@ -1,0 +1,188 @@
+//! Command-line options. Each flag can also come from the environment (`TRAFFIC_CONTROL_<FLAG>`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use traffic_translate::translate::{Collector, Options, OutboundPolicy, TlsDelivery};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "traffic-control",
+    about = "xDS control plane: Kubernetes objects + traffic.* labels -> Envoy"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve ADS (state-of-the-world and delta) and the metrics/health endpoints.
+    Serve(ServeArgs),
+    /// Print the resources one node receives, translated from a model file (offline; nothing is
+    /// asked of a running server).
+    Config(ConfigArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the ADS gRPC server.
+    #[arg(long, env = "TRAFFIC_CONTROL_XDS_ADDR", default_value = "0.0.0.0:15010")]
+    pub xds_addr: SocketAddr,
+    /// Address of the HTTP server for /metrics and /healthz.
+    #[arg(long, env = "TRAFFIC_CONTROL_HTTP_ADDR", default_value = "0.0.0.0:9090")]
+    pub http_addr: SocketAddr,
+    /// A static mesh model (YAML, see control/translate/examples/bookinfo.yaml), re-read when it
+    /// changes. Without it the model comes from Kubernetes.
+    #[arg(long, env = "TRAFFIC_CONTROL_MODEL")]
+    pub model: Option<PathBuf>,
+    /// Quiet period after a model change before translating (milliseconds).
+    #[arg(long, env = "TRAFFIC_CONTROL_DEBOUNCE_MS", default_value_t = 100)]
+    pub debounce_ms: u64,
+    /// How often the model file is checked for changes (milliseconds).
+    #[arg(long, env = "TRAFFIC_CONTROL_MODEL_POLL_MS", default_value_t = 250)]
+    pub model_poll_ms: u64,
+    #[command(flatten)]
+    pub translate: TranslateArgs,
+}
+
+impl ServeArgs {
+    pub fn model_poll(&self) -> Duration {
+        Duration::from_millis(self.model_poll_ms)
+    }
+
+    pub fn debounce(&self) -> Duration {
+        Duration::from_millis(self.debounce_ms)
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// The node: `<pod>.<namespace>`, or `traffic-ingress`.
+    #[arg(long)]
+    pub node_id: String,
+    /// The mesh model file.
+    #[arg(long, env = "TRAFFIC_CONTROL_MODEL")]
+    pub model: PathBuf,
+    /// Only this type (listener, route, cluster, endpoint, secret).
+    #[arg(long = "type")]
+    pub only: Option<String>,
+    #[command(flatten)]
+    pub translate: TranslateArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutboundPolicyArg {
+    Block,
+    Passthrough,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TlsArg {
+    Inline,
+    Sds,
+}
+
+/// Translation knobs that are not labels (chart values).
+#[derive(Debug, Clone, Args)]
+pub struct TranslateArgs {
+    /// Port of the sidecar's outbound listener (where redirected connections arrive).
+    #[arg(long, env = "TRAFFIC_CONTROL_OUTBOUND_PORT", default_value_t = 15001)]
+    pub outbound_port: u16,
+    /// Port of the per-sidecar listener exposing /stats/prometheus; 0 = none.
+    #[arg(long, env = "TRAFFIC_CONTROL_STATS_PORT", default_value_t = 8900)]
+    pub stats_port: u16,
+    /// Envoy's admin port on 127.0.0.1 (target of the stats listener).
+    #[arg(long, env = "TRAFFIC_CONTROL_ADMIN_PORT", default_value_t = 15000)]
+    pub admin_port: u16,
+    /// Zipkin collector `host:port`; tracing labels have no effect without it.
+    #[arg(long, env = "TRAFFIC_CONTROL_ZIPKIN")]
+    pub zipkin: Option<Collector>,
+    /// What an enabled pod's connection to a port with no protocol does.
+    #[arg(
+        long,
+        env = "TRAFFIC_CONTROL_OUTBOUND_POLICY",
+        value_enum,
+        default_value = "block"
+    )]
+    pub outbound_policy: OutboundPolicyArg,
+    #[arg(long, env = "TRAFFIC_CONTROL_INGRESS_HTTP_PORT", default_value_t = 8080)]
+    pub ingress_http_port: u16,
+    #[arg(long, env = "TRAFFIC_CONTROL_INGRESS_HTTPS_PORT", default_value_t = 8443)]
+    pub ingress_https_port: u16,
+    /// How the ingress gateway gets certificates.
+    #[arg(
+        long,
+        env = "TRAFFIC_CONTROL_INGRESS_TLS",
+        value_enum,
+        default_value = "inline"
+    )]
+    pub ingress_tls: TlsArg,
+}
+
+impl TranslateArgs {
+    pub fn options(&self) -> Options {
+        Options {
+            outbound_policy: match self.outbound_policy {
+                OutboundPolicyArg::Block => OutboundPolicy::Block,
+                OutboundPolicyArg::Passthrough => OutboundPolicy::Passthrough,
+            },
+            outbound_port: self.outbound_port,
+            stats_port: (self.stats_port != 0).then_some(self.stats_port),
+            admin_port: self.admin_port,
+            zipkin: self.zipkin.clone(),
+            ingress_http_port: self.ingress_http_port,
+            ingress_https_port: self.ingress_https_port,
+            ingress_tls: match self.ingress_tls {
+                TlsArg::Inline => TlsDelivery::Inline,
+                TlsArg::Sds => TlsDelivery::Sds,
+            },
+            ..Options::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_defaults_match_the_documented_ports() {
+        let cli = Cli::try_parse_from(["traffic-control", "serve", "--model", "m.yaml"]).expect("parse");
+        let Command::Serve(s) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(s.xds_addr.port(), 15010);
+        assert_eq!(s.debounce(), Duration::from_millis(100));
+        let o = s.translate.options();
+        assert_eq!(
+            (o.outbound_port, o.stats_port, o.admin_port),
+            (15001, Some(8900), 15000)
+        );
+    }
+
+    #[test]
+    fn a_zero_stats_port_means_no_stats_listener_and_zipkin_is_parsed() {
+        let cli = Cli::try_parse_from([
+            "traffic-control",
+            "config",
+            "--node-id",
+            "a.default",
+            "--model",
+            "m.yaml",
+            "--stats-port",
+            "0",
+            "--zipkin",
+            "127.0.0.1:9411",
+        ])
+        .expect("parse");
+        let Command::Config(c) = cli.command else {
+            panic!("config")
+        };
+        let o = c.translate.options();
+        assert_eq!(o.stats_port, None);
+        assert_eq!(o.zipkin.map(|z| z.port), Some(9411));
+    }
+}

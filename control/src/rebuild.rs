@@ -1,0 +1,181 @@
+//! Debounced re-translation: one translation per quiet period after model changes, published to
+//! every ADS stream at once.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+use traffic_translate::model::MeshModel;
+use traffic_translate::snapshot::MeshSnapshot;
+use traffic_translate::translate::{translate, Options, Translation};
+
+/// Translation metrics, under `translate_`.
+#[derive(Debug, Clone)]
+pub struct RebuildMetrics {
+    pub rebuilds: Counter,
+    pub duration: Histogram,
+    pub label_errors: Counter,
+    pub problems: Counter,
+}
+
+impl RebuildMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = RebuildMetrics {
+            rebuilds: Counter::default(),
+            duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            label_errors: Counter::default(),
+            problems: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("translate");
+        r.register("rebuilds", "Translations of the mesh model", m.rebuilds.clone());
+        r.register(
+            "duration_seconds",
+            "Time to translate the whole mesh model",
+            m.duration.clone(),
+        );
+        r.register(
+            "label_errors",
+            "Invalid traffic.* labels found by translations",
+            m.label_errors.clone(),
+        );
+        r.register(
+            "problems",
+            "Untranslatable objects found by translations",
+            m.problems.clone(),
+        );
+        m
+    }
+}
+
+/// Translates `model`, logging what could not be translated.
+pub fn translate_logged(model: &MeshModel, options: &Options) -> Translation {
+    let t = translate(model, options);
+    for e in &t.label_errors {
+        warn!(kind = %e.object.kind, namespace = %e.object.namespace, name = %e.object.name, error = %e.error, "invalid label ignored");
+    }
+    for p in &t.problems {
+        warn!(problem = %p, "not translated");
+    }
+    if let Err(inconsistencies) = t.snapshot.validate() {
+        for i in inconsistencies {
+            warn!(inconsistency = ?i, "translated snapshot refers to a missing resource");
+        }
+    }
+    t
+}
+
+/// Waits for a change of `models`, then for `quiet` without further change (at most `max_wait`
+/// after the first one). Returns false when the source is gone.
+pub async fn debounced_change<T>(
+    models: &mut watch::Receiver<T>,
+    quiet: Duration,
+    max_wait: Duration,
+) -> bool {
+    if models.changed().await.is_err() {
+        return false;
+    }
+    let deadline = tokio::time::Instant::now() + max_wait;
+    loop {
+        let wake = (tokio::time::Instant::now() + quiet).min(deadline);
+        tokio::select! {
+            changed = models.changed() => {
+                if changed.is_err() {
+                    return true;
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => return true,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return true;
+        }
+    }
+}
+
+/// Translates the current model now and then after every debounced change, publishing each
+/// snapshot on `out`. Returns when `models` closes.
+pub async fn run(
+    mut models: watch::Receiver<Arc<MeshModel>>,
+    options: Options,
+    quiet: Duration,
+    out: watch::Sender<Arc<dyn MeshSnapshot>>,
+    metrics: RebuildMetrics,
+) {
+    let max_wait = (quiet * 10).max(Duration::from_secs(1));
+    loop {
+        let model = models.borrow_and_update().clone();
+        let opts = options.clone();
+        let started = Instant::now();
+        let joined = tokio::task::spawn_blocking(move || translate_logged(&model, &opts)).await;
+        match joined {
+            Ok(t) => {
+                let took = started.elapsed();
+                metrics.rebuilds.inc();
+                metrics.duration.observe(took.as_secs_f64());
+                metrics.label_errors.inc_by(t.label_errors.len() as u64);
+                metrics.problems.inc_by(t.problems.len() as u64);
+                info!(
+                    took_ms = took.as_millis() as u64,
+                    overridden_nodes = t.snapshot.overridden_nodes().count(),
+                    "translated model"
+                );
+                out.send_replace(Arc::new(t.snapshot));
+            }
+            Err(error) => warn!(%error, "translation panicked; keeping the previous snapshot"),
+        }
+        if !debounced_change(&mut models, quiet, max_wait).await {
+            debug!("model source closed");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_changes_is_one_rebuild_after_the_quiet_period() {
+        let (tx, mut rx) = watch::channel(0u32);
+        let waiter = tokio::spawn(async move {
+            let ok = debounced_change(&mut rx, Duration::from_millis(100), Duration::from_secs(1)).await;
+            (ok, tokio::time::Instant::now(), *rx.borrow())
+        });
+        let start = tokio::time::Instant::now();
+        for i in 1..=5 {
+            tx.send_replace(i);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (ok, at, value) = waiter.await.expect("join");
+        assert!(ok);
+        assert_eq!(value, 5);
+        // last change at ~200 ms, then 100 ms quiet
+        let waited = at - start;
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_millis(400),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_constant_stream_of_changes_still_rebuilds_after_max_wait() {
+        let (tx, mut rx) = watch::channel(0u32);
+        let waiter = tokio::spawn(async move {
+            debounced_change(&mut rx, Duration::from_millis(100), Duration::from_millis(500)).await;
+            tokio::time::Instant::now()
+        });
+        let start = tokio::time::Instant::now();
+        let feeder = tokio::spawn(async move {
+            for i in 1..100 {
+                tx.send_replace(i);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let at = waiter.await.expect("join");
+        feeder.abort();
+        assert!(at - start <= Duration::from_millis(600), "{:?}", at - start);
+    }
+}
