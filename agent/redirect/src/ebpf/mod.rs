@@ -41,6 +41,12 @@ pub use traffic_ebpf_common::map_names;
 /// The object `cargo xtask build-ebpf` produced (an empty stub when it was not built).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/traffic-ebpf.o"));
 
+/// Whether this build embeds the eBPF object (false for stable-only builds without
+/// `cargo xtask build-ebpf`; [`EbpfRedirector::new`] then fails with [`EbpfError::ObjectNotBuilt`]).
+pub fn object_embedded() -> bool {
+    !OBJECT.is_empty()
+}
+
 /// The default pin root.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/traffic-manager";
 
@@ -860,4 +866,23 @@ impl log::Log for TracingLog {
         }
     }
     fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_build_without_the_object_says_how_to_build_it() {
+        if object_embedded() {
+            return; // the stub path only exists in stable-only builds
+        }
+        let e = EbpfRedirector::new(EbpfConfig::default())
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(e.as_deref(), Some(EbpfError::ObjectNotBuilt.to_string().as_str()));
+        assert!(EbpfError::ObjectNotBuilt
+            .to_string()
+            .contains("cargo xtask build-ebpf"));
+    }
 }
