@@ -320,6 +320,8 @@ pub fn cluster_name(svc: &Service, port: &ServicePort) -> String {
 
 struct SvcCtx<'m> {
     svc: &'m Service,
+    /// Pods the Service selects (ready or not).
+    pods: Vec<&'m Pod>,
     settings: Settings,
     origin: ObjectRef,
     ports: Vec<PortCtx<'m>>,
@@ -396,6 +398,7 @@ impl<'m> Ctx<'m> {
             }
         }
 
+        let index = crate::model::PodIndex::new(&model.pods);
         let mut services = Vec::new();
         for svc in &model.services {
             let parsed = parse(ObjectKind::Service, &svc.labels);
@@ -416,6 +419,7 @@ impl<'m> Ctx<'m> {
                 .collect();
             services.push(SvcCtx {
                 svc,
+                pods: index.selected(svc),
                 settings: parsed.settings,
                 origin: service_ref(svc),
                 ports,
@@ -579,6 +583,16 @@ fn sidecar_routes(ctx: &Ctx<'_>, pod: &Settings, pod_origin: Option<&ObjectRef>)
 /// A copy of the shared sidecar view with the resources this pod's labels change, or `None` when
 /// nothing changes. Unchanged resources stay the shared `Arc`s.
 fn pod_override(ctx: &Ctx<'_>, pc: &PodCtx<'_>, shared: &NodeResources) -> Option<NodeResources> {
+    let labelled = !pc.settings.ports.is_empty() || !pc.settings.traffic.is_empty();
+    let loopback = ctx.opts.local_endpoint_via_loopback
+        && pc.settings.use_podip != Some(true)
+        && pc.pod.ready
+        && pc.pod.ip.is_some();
+    if !labelled && !loopback {
+        // The common case: cloning the shared view (thousands of `Arc`s) per pod would make
+        // translation quadratic.
+        return None;
+    }
     let origin = pod_ref(pc.pod);
     let mut view = shared.clone();
     let mut changed = false;
@@ -610,13 +624,9 @@ fn pod_override(ctx: &Ctx<'_>, pc: &PodCtx<'_>, shared: &NodeResources) -> Optio
 
     // A pod calling a service it is itself an endpoint of reaches itself on 127.0.0.1 unless
     // `traffic.envoy.local.use_podip=true`.
-    if ctx.opts.local_endpoint_via_loopback
-        && pc.settings.use_podip != Some(true)
-        && pc.pod.ready
-        && pc.pod.ip.is_some()
-    {
+    if loopback {
         for s in &ctx.services {
-            if !ctx.model.services_of(pc.pod).any(|x| std::ptr::eq(x, s.svc)) {
+            if !s.pods.iter().any(|p| std::ptr::eq(*p, pc.pod)) {
                 continue;
             }
             for p in &s.ports {
@@ -765,7 +775,7 @@ fn load_assignment(
 ) -> ClusterLoadAssignment {
     let mut by_locality: BTreeMap<(String, String), Vec<LbEndpoint>> = BTreeMap::new();
     let mut weights: BTreeMap<(String, String), u32> = BTreeMap::new();
-    for ep in ctx.model.endpoints(s.svc, p.port) {
+    for ep in crate::model::endpoints_of(s.pods.iter().copied(), p.port) {
         let weight = ctx
             .pod_ctx(ep.pod)
             .map(|pc| pc.weight)
