@@ -480,8 +480,14 @@ impl TestPod {
 
     /// Starts the test proxy on `port` (v4 and v6) in the proxy placement; returns once it listens.
     pub fn start_proxy(&self, port: u16) -> anyhow::Result<Proxy> {
+        self.start_proxy_with(port, &[])
+    }
+
+    /// [`TestPod::start_proxy`] with extra arguments (e.g. `--fallback <addr>`).
+    pub fn start_proxy_with(&self, port: u16, extra: &[String]) -> anyhow::Result<Proxy> {
         let mut cmd = Command::new(bins::path(bins::PROXY)?);
         cmd.arg(port.to_string())
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
         let mut child = self.proxy_placement().spawn(&mut cmd)?;

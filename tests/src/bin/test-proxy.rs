@@ -3,7 +3,9 @@
 //! answered by conntrack in iptables mode and by the cgroup/getsockopt program in eBPF mode), prints
 //! `orig=<dst> peer=<client>` (or `error=.. peer=..`), dials the original destination and relays bytes.
 //!
-//! Usage: `test-proxy <port>`
+//! Usage: `test-proxy <port> [--fallback <addr>]`. With `--fallback`, a connection whose original
+//! destination is unknown (nothing redirected it: a client dialed the proxy itself) is relayed there;
+//! the redirect benchmark uses that for its "no redirect" baseline.
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
@@ -14,10 +16,15 @@ use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, Sockadd
 use traffic_tests::wire::{unmap, ProxyEvent, ProxyLine};
 
 fn main() -> anyhow::Result<()> {
-    let port: u16 = std::env::args()
-        .nth(1)
-        .context("usage: test-proxy <port>")?
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let port: u16 = args
+        .first()
+        .context("usage: test-proxy <port> [--fallback <addr>]")?
         .parse()?;
+    if let [_, flag, addr] = args.as_slice() {
+        anyhow::ensure!(flag == "--fallback", "unknown flag {flag}");
+        let _ = FALLBACK.set(addr.parse().context("bad --fallback address")?);
+    }
     let v4 = TcpListener::bind(("0.0.0.0", port)).with_context(|| format!("bind 0.0.0.0:{port}"))?;
     let v6 = listen_v6_only(port)?;
     for listener in [v4, v6] {
@@ -34,6 +41,9 @@ fn main() -> anyhow::Result<()> {
         std::thread::park();
     }
 }
+
+/// Where to relay connections that were not redirected (`--fallback`).
+static FALLBACK: std::sync::OnceLock<SocketAddr> = std::sync::OnceLock::new();
 
 fn listen_v6_only(port: u16) -> anyhow::Result<TcpListener> {
     let fd = socket::socket(
@@ -81,9 +91,10 @@ fn handle(client: TcpStream) {
     let Ok(peer) = client.peer_addr().map(unmap) else {
         return;
     };
-    let orig = match original_dst(&client) {
-        Ok(orig) => orig,
-        Err(e) => {
+    let orig = match (original_dst(&client), FALLBACK.get()) {
+        (Ok(orig), _) => orig,
+        (Err(_), Some(fallback)) => *fallback,
+        (Err(e), None) => {
             return log(&ProxyEvent::Failed {
                 error: format!("getsockopt: {e}"),
                 peer,
