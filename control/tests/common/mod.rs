@@ -7,4 +7,5 @@
 )]
 
 pub mod ads;
+pub mod envoy;
 pub mod resources;

@@ -62,6 +62,8 @@ pub struct XdsMetrics {
     pub pushes: Family<TypeLabels, Counter>,
     /// Resources carried by those responses (updated + removed).
     pub pushed_resources: Family<TypeLabels, Counter>,
+    /// Responses the proxy accepted.
+    pub acks: Family<TypeLabels, Counter>,
     /// Responses the proxy rejected.
     pub nacks: Family<TypeLabels, Counter>,
     /// Requests ignored because their nonce was not the last one sent (or unknown).
@@ -80,6 +82,7 @@ impl Default for XdsMetrics {
             connected_proxies: Family::default(),
             pushes: Family::default(),
             pushed_resources: Family::default(),
+            acks: Family::default(),
             nacks: Family::default(),
             stale_requests: Family::default(),
             stream_errors: Family::default(),
@@ -106,6 +109,7 @@ impl XdsMetrics {
             "Resources (updated or removed) carried by xDS responses",
             m.pushed_resources.clone(),
         );
+        r.register("acks", "xDS responses accepted by proxies", m.acks.clone());
         r.register("nacks", "xDS responses rejected by proxies", m.nacks.clone());
         r.register(
             "stale_requests",

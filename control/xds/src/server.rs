@@ -215,6 +215,7 @@ type SotwSender = mpsc::Sender<Result<DiscoveryResponse, Status>>;
 type DeltaSender = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
 
 async fn run_sotw(shared: Arc<Shared>, mut inbound: Streaming<DiscoveryRequest>, tx: SotwSender) {
+    const MODE: Mode = Mode::Sotw;
     let _connected = Connected::new(&shared.metrics, Mode::Sotw);
     let mut published = shared.published.clone();
     let mut snapshots_live = true;
@@ -258,6 +259,7 @@ async fn run_sotw(shared: Arc<Shared>, mut inbound: Streaming<DiscoveryRequest>,
                 }
                 if let Some(nonce) = &out.acked {
                     timer.acked(&shared.metrics, nonce);
+                    shared.metrics.acks.get_or_create(&TypeLabels::new(MODE, &req.type_url)).inc();
                 }
                 if let Some(rejection) = &out.rejection {
                     shared.report_rejection(Mode::Sotw, node, rejection);
@@ -305,6 +307,7 @@ async fn send_sotw(shared: &Shared, tx: &SotwSender, timer: &mut AckTimer, resp:
 }
 
 async fn run_delta(shared: Arc<Shared>, mut inbound: Streaming<DeltaDiscoveryRequest>, tx: DeltaSender) {
+    const MODE: Mode = Mode::Delta;
     let _connected = Connected::new(&shared.metrics, Mode::Delta);
     let mut published = shared.published.clone();
     let mut snapshots_live = true;
@@ -348,6 +351,7 @@ async fn run_delta(shared: Arc<Shared>, mut inbound: Streaming<DeltaDiscoveryReq
                 }
                 if let Some(nonce) = &out.acked {
                     timer.acked(&shared.metrics, nonce);
+                    shared.metrics.acks.get_or_create(&TypeLabels::new(MODE, &req.type_url)).inc();
                 }
                 if let Some(rejection) = &out.rejection {
                     shared.report_rejection(Mode::Delta, node, rejection);
