@@ -84,13 +84,19 @@ pub const INGRESS_ROUTE: &str = "ingress";
 pub const ADMIN_CLUSTER: &str = "admin";
 pub const ZIPKIN_CLUSTER: &str = "zipkin";
 pub const PASSTHROUGH_CLUSTER: &str = "passthrough";
+/// A cluster without endpoints: the default chain under [`OutboundPolicy::Block`] proxies to it,
+/// so blocked connections are closed at once and counted
+/// (`envoy_cluster_upstream_cx_none_healthy{envoy_cluster_name="blackhole"}`).
+pub const BLACKHOLE_CLUSTER: &str = "blackhole";
 /// `stat_prefix` of the bandwidth limit filter (`http.<hcm>.bandwidth_limit.*` stats... per route).
 const RATE_LIMIT_STAT_PREFIX: &str = "rate_limit";
 
 /// What happens to an enabled pod's outbound connection to a destination with no protocol.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum OutboundPolicy {
-    /// No filter chain matches: Envoy closes the connection (the original project's behaviour).
+    /// The connection is accepted and closed at once (the original project's behaviour): the
+    /// default chain proxies to [`BLACKHOLE_CLUSTER`]. (A listener without any chain is not an
+    /// option: Envoy rejects it when no service has a protocol yet.)
     #[default]
     Block,
     /// A default filter chain proxies it as plain TCP to its original destination.
@@ -490,12 +496,21 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
         let c = admin_cluster(opts.admin_port);
         sidecar_clusters.insert(ADMIN_CLUSTER.into(), Arc::new(resource(ADMIN_CLUSTER, &c, None)));
     }
-    if opts.outbound_policy == OutboundPolicy::Passthrough {
-        let c = passthrough_cluster();
-        sidecar_clusters.insert(
-            PASSTHROUGH_CLUSTER.into(),
-            Arc::new(resource(PASSTHROUGH_CLUSTER, &c, None)),
-        );
+    match opts.outbound_policy {
+        OutboundPolicy::Passthrough => {
+            let c = passthrough_cluster();
+            sidecar_clusters.insert(
+                PASSTHROUGH_CLUSTER.into(),
+                Arc::new(resource(PASSTHROUGH_CLUSTER, &c, None)),
+            );
+        }
+        OutboundPolicy::Block => {
+            let c = blackhole_cluster();
+            sidecar_clusters.insert(
+                BLACKHOLE_CLUSTER.into(),
+                Arc::new(resource(BLACKHOLE_CLUSTER, &c, None)),
+            );
+        }
     }
 
     // The shared sidecar view.
@@ -524,7 +539,17 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
         }
     }
 
-    let ingress = gateway(&ctx, clusters, endpoints, &mut problems);
+    let mut ingress = gateway(&ctx, clusters, endpoints, &mut problems);
+    // The gateway exposes the same Prometheus stats listener as the sidecars (shared resources).
+    for (type_url, name) in [(LISTENER, STATS_LISTENER), (CLUSTER, ADMIN_CLUSTER)] {
+        if let Some(r) = sidecar.by_type.get(type_url).and_then(|m| m.get(name)) {
+            ingress
+                .by_type
+                .entry(type_url)
+                .or_default()
+                .insert(name.to_string(), r.clone());
+        }
+    }
 
     Translation {
         snapshot: Snapshot {
@@ -738,6 +763,17 @@ fn admin_cluster(admin_port: u16) -> Cluster {
 fn zipkin_cluster(c: &Collector) -> Cluster {
     let dns = c.host.parse::<IpAddr>().is_err();
     static_cluster(ZIPKIN_CLUSTER, &c.host, c.port, dns)
+}
+
+fn blackhole_cluster() -> Cluster {
+    Cluster {
+        name: BLACKHOLE_CLUSTER.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Static as i32,
+        )),
+        connect_timeout: Some(envoy::duration(Duration::from_secs(1))),
+        ..Default::default()
+    }
 }
 
 fn passthrough_cluster() -> Cluster {
@@ -1087,8 +1123,9 @@ fn listener_filter<M: prost::Message + prost::Name>(name: &str, config: &M) -> L
 
 /// The outbound listener: original destination restored by the listener filter, one filter chain
 /// per service `clusterIP:port` with a protocol (`http` -> HTTP connection manager with RDS,
-/// `tcp` -> tcp_proxy). Ports with no protocol (or `direct`) get no chain: blocked, or proxied to
-/// their original destination by the default chain under [`OutboundPolicy::Passthrough`].
+/// `tcp` -> tcp_proxy). Ports with no protocol (or `direct`) get no chain: the default chain
+/// blocks them, or proxies them to their original destination under
+/// [`OutboundPolicy::Passthrough`].
 fn outbound_listener(ctx: &Ctx<'_>, pod: &Settings) -> Listener {
     let mut filter_chains = Vec::new();
     for s in &ctx.services {
@@ -1116,12 +1153,15 @@ fn outbound_listener(ctx: &Ctx<'_>, pod: &Settings) -> Listener {
             });
         }
     }
-    let default_filter_chain =
-        (ctx.opts.outbound_policy == OutboundPolicy::Passthrough).then(|| FilterChain {
-            name: PASSTHROUGH_CLUSTER.to_string(),
-            filters: vec![tcp_proxy(PASSTHROUGH_CLUSTER, PASSTHROUGH_CLUSTER)],
-            ..Default::default()
-        });
+    let default_cluster = match ctx.opts.outbound_policy {
+        OutboundPolicy::Passthrough => PASSTHROUGH_CLUSTER,
+        OutboundPolicy::Block => BLACKHOLE_CLUSTER,
+    };
+    let default_filter_chain = Some(FilterChain {
+        name: default_cluster.to_string(),
+        filters: vec![tcp_proxy(default_cluster, default_cluster)],
+        ..Default::default()
+    });
     Listener {
         name: OUTBOUND_LISTENER.to_string(),
         address: Some(envoy::socket_address("0.0.0.0", ctx.opts.outbound_port)),
@@ -1261,7 +1301,7 @@ fn ingress_route(
 /// `ingress` route configuration, plus every service cluster and endpoint assignment.
 fn gateway(
     ctx: &Ctx<'_>,
-    mut clusters: Resources,
+    clusters: Resources,
     endpoints: Resources,
     problems: &mut Vec<Problem>,
 ) -> NodeResources {
@@ -1474,8 +1514,6 @@ fn gateway(
             Arc::new(resource(INGRESS_HTTPS_LISTENER, &https, only_ingress)),
         );
     }
-    // The gateway has no stats listener of its own here; keep only what it references.
-    clusters.remove(ADMIN_CLUSTER);
     let secrets = (opts.ingress_tls == TlsDelivery::Sds).then_some(secrets);
     node_resources(listeners, routes, clusters, endpoints, secrets)
 }

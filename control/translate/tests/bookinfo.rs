@@ -28,7 +28,14 @@ fn every_sidecar_gets_one_http_filter_chain_per_service_ip_and_port() {
     let l = listener(&view, "outbound");
     assert_eq!(l.listener_filters[0].name, "envoy.filters.listener.original_dst");
     assert_eq!(l.use_original_dst, None);
-    assert!(l.default_filter_chain.is_none(), "block policy: no default chain");
+    let d = l.default_filter_chain.clone().unwrap();
+    assert_eq!(
+        tcp_of(&d.filters[0]).cluster_specifier,
+        Some(envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier::Cluster(
+            "blackhole".into()
+        )),
+        "block policy: default chain to the endpoint-less cluster"
+    );
     let chains: Vec<_> = l.filter_chains.iter().map(|c| c.name.clone()).collect();
     assert_eq!(
         chains,
@@ -67,7 +74,7 @@ fn clusters_are_eds_over_ads_named_port_namespace_service() {
     let view = t.snapshot.for_node("details-v1-5498c86cf5-4mz8w.default");
     let mut want: Vec<String> = SVCS.iter().map(|s| format!("9080|default|{s}")).collect();
     assert_eq!(names(&view, ENDPOINT), want);
-    want.push("admin".into());
+    want.extend(["admin".into(), "blackhole".into()]);
     assert_eq!(names(&view, CLUSTER), want);
     let c = cluster(&view, "9080|default|reviews");
     assert_eq!(
@@ -193,9 +200,13 @@ fn translation_is_deterministic_and_versions_are_content_hashes() {
 fn the_gateway_serves_ingress_rules_over_http_and_https() {
     let t = run(&bookinfo());
     let g = t.snapshot.for_node(INGRESS_NODE_ID);
-    assert_eq!(names(&g, LISTENER), ["ingress_http", "ingress_https"]);
+    assert_eq!(
+        names(&g, LISTENER),
+        ["ingress_http", "ingress_https", "prometheus_stats"]
+    );
     assert_eq!(names(&g, ROUTE), ["ingress"]);
-    assert!(!names(&g, CLUSTER).contains(&"admin".to_string()));
+    assert!(names(&g, CLUSTER).contains(&"admin".to_string()));
+    assert!(!names(&g, CLUSTER).contains(&"blackhole".to_string()));
 
     let rc = route_config(&g, "ingress");
     assert!(rc.ignore_port_in_host_matching);
@@ -277,7 +288,7 @@ fn every_resource_names_its_origin_when_it_has_a_single_one() {
     let view = t.snapshot.for_node("p.default");
     for ty in [CLUSTER, ENDPOINT, ROUTE] {
         for (name, r) in &view.by_type[ty] {
-            if name == "admin" {
+            if name == "admin" || name == "blackhole" {
                 assert!(r.origin.is_none());
                 continue;
             }

@@ -172,6 +172,17 @@ fn real_envoy_accepts_the_bookinfo_config() {
 }
 
 #[test]
+fn real_envoy_accepts_a_mesh_where_no_service_has_a_protocol_yet() {
+    let Some(envoy) = envoy_or_skip() else { return };
+    let m = MeshModel::from_yaml_str(
+        "services: [{name: web, clusterIPs: [10.96.0.9], ports: [{port: 80}], selector: {app: web}}]",
+    )
+    .unwrap();
+    check_all(&envoy, &m, &Options::default());
+    check_all(&envoy, &MeshModel::default(), &Options::default());
+}
+
+#[test]
 fn real_envoy_accepts_every_label_passthrough_zipkin_and_sds() {
     let Some(envoy) = envoy_or_skip() else { return };
     let opts = Options {

@@ -72,6 +72,7 @@ ingresses:
             ingress_http_port: http,
             ingress_https_port: https,
             admin_port: admin,
+            stats_port: None,
             ingress_tls: tls,
             ..Options::default()
         };

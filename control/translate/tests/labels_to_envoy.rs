@@ -71,7 +71,9 @@ fn ports_without_protocol_or_direct_are_blocked_or_passed_through() {
         let t = run(&small_model(&labels, &[], &[]));
         let l = listener(&sidecar(&t, CLIENT), "outbound");
         assert!(l.filter_chains.is_empty());
-        assert!(l.default_filter_chain.is_none());
+        let d = l.default_filter_chain.unwrap();
+        assert_eq!(d.name, "blackhole");
+        tcp_of(&d.filters[0]);
         let pass = Options {
             outbound_policy: OutboundPolicy::Passthrough,
             ..Options::default()
