@@ -1,8 +1,8 @@
 //! The seam between translation (model -> Envoy resources) and the xDS server.
 //!
-//! Translation produces a [`Snapshot`]: every resource once, shared (`Arc`) between all nodes, plus
+//! Translation produces a [`Snapshot`](crate::translate::Snapshot): every resource once, shared (`Arc`) between all nodes, plus
 //! per-node overrides where a pod's own labels change what its Envoy gets. The xDS server only sees
-//! [`Snapshot::for_node`] and never builds resources itself.
+//! [`MeshSnapshot::for_node`] and never builds resources itself.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -18,6 +18,28 @@
 //!   says "0 = none".
 //! - Maps inside protobufs (`typed_per_filter_config`) hold at most one entry, so encoding is
 //!   deterministic and content-hash versions only change when the config does.
+//! - Resources built from many objects (the outbound and stats listeners, `admin`, `zipkin`,
+//!   `blackhole`, `passthrough`, the ingress route/listeners when several Ingresses exist) have
+//!   `origin: None`; an outbound filter chain is named like its cluster, and
+//!   [`ObjectRef::from_cluster_name`] maps that name back to the Service.
+//!
+//! Label -> Envoy field (all checked by `tests/labels_to_envoy.rs`, behaviour by real Envoy in
+//! `tests/envoy_serves.rs` and `tests/envoy_gateway.rs`):
+//!
+//! | label | Envoy |
+//! |---|---|
+//! | `traffic.port.<N>` `http`/`tcp` | outbound filter chain (`clusterIP/32`, port N): HCM + RDS `<N>\|<ns>\|<svc>` / tcp_proxy; none or `direct`: default chain (blackhole, or passthrough) |
+//! | `traffic.endpoint.weight` | `LbEndpoint.load_balancing_weight`; 0 = endpoint left out; locality weight = sum |
+//! | `traffic.lb.policy` | `Cluster.lb_policy` |
+//! | `traffic.hash.cookie.name`/`.ttl` | `RouteAction.hash_policy[].cookie{name, ttl, path "/"}` + `RING_HASH` (unless `maglev`) |
+//! | `traffic.hash.header.name` | `RouteAction.hash_policy[].header` + `RING_HASH` (unless `maglev`) |
+//! | `traffic.connection.timeout` | `Cluster.connect_timeout` (default 60 s) |
+//! | `traffic.request.timeout` | `RouteAction.timeout` (0 = none, always set) |
+//! | `traffic.retries.{5xx,connect-failure,gateway-error}` | `RetryPolicy.retry_on` (those > 0) + `num_retries` (the largest) |
+//! | `traffic.retries.max`, `connection.max`, `request.max-pending`, `request.max` | `Cluster.circuit_breakers.thresholds[DEFAULT]` (0 = unset) |
+//! | `traffic.fault.delay.*`, `traffic.fault.abort.*` | route `typed_per_filter_config["envoy.filters.http.fault"]` (sidecars only) |
+//! | `traffic.rate.limit` | virtual host `typed_per_filter_config["envoy.filters.http.bandwidth_limit"]` (sidecars only) |
+//! | `traffic.tracing.enabled`/`.sampling` | `Route.tracing.random_sampling` (HCM has the Zipkin provider at 0 %) |
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
