@@ -345,6 +345,16 @@ fn bad_input_is_a_typed_error_and_leaves_nothing_attached_or_pinned() {
     let root = PinRoot::new();
     let r = root.redirector();
 
+    // A pin root outside bpffs is refused before anything is loaded.
+    let elsewhere = std::env::temp_dir().join(unique_name("tm-not-bpffs-"));
+    let e = EbpfRedirector::new(EbpfConfig {
+        pin_root: elsewhere.clone(),
+        ..root.config()
+    })
+    .err();
+    assert!(matches!(e, Some(EbpfError::NotBpffs { .. })), "{e:?}");
+    assert!(!elsewhere.exists());
+
     let mut missing_cgroup = pod_redirect(&pod, settings());
     missing_cgroup.cgroup = pod.cgroup().join("does-not-exist");
     let e = r.enable(&missing_cgroup).expect_err("missing cgroup");
