@@ -47,6 +47,11 @@ pub fn object_embedded() -> bool {
     !OBJECT.is_empty()
 }
 
+/// The oldest kernel (major, minor) this datapath works on: `bpf_get_netns_cookie` in sock_ops
+/// and cgroup sockopt programs and `SO_NETNS_COOKIE` arrived in 5.14/5.15; cgroup bpf_links (5.7),
+/// `BPF_LINK_UPDATE` (5.7) and `BPF_LINK_DETACH` (5.9) are older.
+pub const MIN_KERNEL: (u32, u32) = (5, 15);
+
 /// The default pin root.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/traffic-manager";
 
