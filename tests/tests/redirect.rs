@@ -510,3 +510,30 @@ fn iptables_rejects_a_netns_already_redirected_for_another_pod() {
     );
     assert_eq!(r.list().unwrap().len(), 1);
 }
+
+#[test]
+fn iptables_rolls_back_both_families_when_recording_state_fails() {
+    if !require_privileged() {
+        return;
+    }
+    let scratch = ScratchDir::temp("trs").unwrap();
+    let r = IptablesRedirector::new(Flavour::Legacy, scratch.path()).unwrap();
+    let pod = TestPod::new("tt").unwrap();
+    let before = pod.datapath_snapshot().unwrap();
+    let redirect = redirect_for(&pod, Settings::default());
+    // The state file is written through `<key>.json.tmp`; a directory there makes the write fail
+    // after both families were applied, so enable must undo them.
+    std::fs::create_dir(scratch.path().join(format!("{}.json.tmp", redirect.key))).unwrap();
+    let err = r.enable(&redirect).unwrap_err();
+    assert!(
+        matches!(err, RedirectError::Iptables(IptablesError::State { .. })),
+        "{err:?}"
+    );
+    assert_eq!(
+        pod.datapath_snapshot().unwrap(),
+        before,
+        "enable left rules behind"
+    );
+    assert!(r.list().unwrap().is_empty());
+    assert_direct(&tcp(&pod, &["10.96.0.10:9080", "[fd00:96::10]:9080"]));
+}
