@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use traffic_redirect::ebpf::{EbpfConfig, EbpfError, EbpfRedirector};
 use traffic_redirect::{PodKey, PodRedirect, RedirectError, Redirector, Settings};
-use traffic_tests::pod::{bpftool_cgroup_show, unique_name, Placement, PROXY_UID};
+use traffic_tests::pod::{bpftool_cgroup_show, unique_name, CgroupDir, KillOnDrop, Placement, PROXY_UID};
 use traffic_tests::wire::{unmap, ClientResult, ProxyEvent};
 use traffic_tests::{bins, require_privileged, TestPod};
 
@@ -710,4 +710,55 @@ fn real_envoy_learns_the_original_destination_from_the_getsockopt_program() {
         assert_eq!(res.reply.dst, unmap(res.dst), "{res:?}");
         assert!(res.local.ip().is_loopback(), "client was not redirected: {res:?}");
     }
+}
+
+/// A sidecar whose cgroup sits below the pod cgroup (as when the runtime nests containers there) is
+/// excluded by the proxy-cgroup set: its upstream connections and its binds are not touched.
+#[test]
+fn a_proxy_nested_inside_the_pod_cgroup_is_neither_redirected_nor_bind_guarded() {
+    if !require_privileged() {
+        return;
+    }
+    let pod = TestPod::new("tn").expect("pod");
+    let nested = CgroupDir::create(pod.cgroup().join("sidecar")).expect("nested cgroup");
+    let root = PinRoot::new();
+    let r = root.redirector();
+    let mut redirect = pod_redirect(&pod, settings());
+    redirect.proxy_cgroups = vec![nested.path().to_path_buf()];
+    r.enable(&redirect).expect("enable");
+    // The nested cgroup inherits the pod cgroup's programs; only the map entry exempts it.
+    let placement = Placement {
+        netns: pod.netns(),
+        cgroup: Some(nested.path().to_path_buf()),
+        uid: Some(PROXY_UID),
+    };
+    let mut cmd = Command::new(bins::path(bins::PROXY).expect("test-proxy"));
+    cmd.arg(PROXY_PORT.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let mut proxy = KillOnDrop(
+        placement
+            .spawn(&mut cmd)
+            .expect("start the nested proxy (bind guard?)"),
+    );
+    let mut first = String::new();
+    let stdout = proxy.0.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout);
+    lines.read_line(&mut first).expect("proxy output");
+    assert!(
+        first.starts_with("listening"),
+        "proxy could not listen: {first:?}"
+    );
+    std::thread::spawn(move || for _ in lines.lines() {});
+
+    let results = run_client(&pod.app_placement(), &["10.96.0.7:9080", "[fd00:96::7]:8080"]);
+    for res in &results {
+        assert!(res.local.ip().is_loopback(), "not redirected: {res:?}");
+        // Had the proxy's own upstream been redirected, it would have dialed itself.
+        assert_eq!(res.reply.dst, unmap(res.dst), "{res:?}");
+        assert!(!res.went_direct(), "{res:?}");
+    }
+    drop(proxy);
+    r.disable(&key(&pod)).expect("disable");
+    drop(nested);
 }
