@@ -365,6 +365,11 @@ fn bad_input_is_a_typed_error_and_leaves_nothing_attached_or_pinned() {
     let e = r.enable(&not_a_cgroup).expect_err("proxy cgroup not on cgroup2");
     assert!(matches!(e, RedirectError::CgroupMissing { .. }), "{e:?}");
 
+    let mut same = pod_redirect(&pod, settings());
+    same.proxy_cgroups = vec![pod.cgroup().to_path_buf()];
+    let e = redirect_error_of(r.enable(&same).expect_err("proxy cgroup = pod cgroup"));
+    assert!(matches!(e, EbpfError::ProxyCgroupIsPodCgroup { .. }), "{e:?}");
+
     let mut gone = pod_redirect(&pod, settings());
     gone.netns = PathBuf::from("/run/netns/traffic-test-no-such-netns");
     let e = r.enable(&gone).expect_err("netns gone");

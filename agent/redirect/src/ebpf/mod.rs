@@ -106,6 +106,8 @@ pub enum EbpfError {
         #[source]
         source: std::io::Error,
     },
+    #[error("proxy cgroup {path} is the pod cgroup itself: the proxy needs its own cgroup")]
+    ProxyCgroupIsPodCgroup { path: PathBuf },
     #[error("network namespace of pod {key} is already redirected for pod {other}")]
     NetnsInUse { key: PodKey, other: String },
 }
@@ -271,8 +273,8 @@ impl EbpfRedirector {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves the kernel state consistent (every step is
-        // journalled), so a poisoned lock is safe to reuse.
+        // A panic while holding the lock may leave one pod half-applied; the next enable or
+        // disable of that pod reconciles it (the record is written first), so keep going.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -283,6 +285,10 @@ impl EbpfRedirector {
         let mut cgroup_paths: BTreeMap<u64, &Path> = [(cgroup_id, pod.cgroup.as_path())].into();
         for p in &pod.proxy_cgroups {
             let id = sys::cgroup_id(p)?;
+            if id == cgroup_id {
+                // Exempting the pod cgroup itself would silently disable redirection.
+                return Err(EbpfError::ProxyCgroupIsPodCgroup { path: p.clone() }.into());
+            }
             proxy_ids.push(id);
             cgroup_paths.insert(id, p);
         }
