@@ -24,6 +24,8 @@ pub mod names {
     pub const BANDWIDTH_LIMIT: &str = "envoy.filters.http.bandwidth_limit";
     pub const ZIPKIN: &str = "envoy.tracers.zipkin";
     pub const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
+    /// Key of a cluster's `typed_extension_protocol_options` for HTTP upstream options.
+    pub const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
 }
 
 /// Pack a message into an `Any` with its real type URL.

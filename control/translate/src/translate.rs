@@ -79,6 +79,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_pr
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     secret, CommonTlsContext, DownstreamTlsContext, SdsSecretConfig, Secret, TlsCertificate,
 };
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{http_protocol_options, HttpProtocolOptions};
 use envoy_types::pb::envoy::r#type::v3::Percent as PbPercent;
 use envoy_types::pb::google::protobuf::{BoolValue, UInt64Value};
 use traffic_labels::{
@@ -732,8 +733,26 @@ fn service_cluster(name: &str, policy: &ClusterPolicy) -> Cluster {
         thresholds: vec![thresholds],
         ..Default::default()
     });
+    // Speak to the upstream in the protocol the client used (h2c stays h2c: gRPC keeps working
+    // through an `http` port); Envoy's default would downgrade everything to HTTP/1.1.
+    let protocol = HttpProtocolOptions {
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+                http_protocol_options::UseDownstreamHttpConfig {
+                    http_protocol_options: Some(Default::default()),
+                    http2_protocol_options: Some(Default::default()),
+                    ..Default::default()
+                },
+            ),
+        ),
+        ..Default::default()
+    };
     Cluster {
         name: name.to_string(),
+        // One entry only, so the encoding stays deterministic.
+        typed_extension_protocol_options: [(names::HTTP_PROTOCOL_OPTIONS.to_string(), envoy::any(&protocol))]
+            .into_iter()
+            .collect(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
             cluster::DiscoveryType::Eds as i32,
         )),
@@ -1468,7 +1487,9 @@ fn gateway(
                 ..Default::default()
             };
             let mut common = CommonTlsContext {
-                alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+                // HTTP/1.1 only: service clusters forward in the client's protocol (transparent
+                // for sidecars), and an edge client's h2 would otherwise reach HTTP/1.1 backends.
+                alpn_protocols: vec!["http/1.1".into()],
                 ..Default::default()
             };
             match opts.ingress_tls {

@@ -100,6 +100,16 @@ fn clusters_are_eds_over_ads_named_port_namespace_service() {
     // -> envoy_cluster_outbound_upstream_rq_completed{envoy_cluster_name="9080|default|reviews"}
     assert_eq!(c.alt_stat_name, "9080|default|reviews.outbound");
     assert!(c.circuit_breakers.is_none());
+    // Upstream speaks the client's protocol (h2c for gRPC stays h2c).
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        http_protocol_options, HttpProtocolOptions,
+    };
+    let po: HttpProtocolOptions =
+        decode(&c.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]);
+    assert!(matches!(
+        po.upstream_protocol_options,
+        Some(http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(_))
+    ));
     let admin = cluster(&view, "admin");
     assert_eq!(
         endpoints(admin.load_assignment.as_ref().unwrap()),

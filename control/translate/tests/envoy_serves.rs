@@ -116,8 +116,9 @@ fn a_sidecar_config_routes_hashes_faults_blocks_and_exposes_only_prometheus_stat
     assert_eq!(status(&http_get(at(5), "/", "").unwrap()), 505);
     let start = Instant::now();
     assert_eq!(status(&http_get(at(6), "/", "").unwrap()), 200);
+    // Envoy's timers may fire a millisecond or two early.
     assert!(
-        start.elapsed() >= Duration::from_millis(300),
+        start.elapsed() >= Duration::from_millis(290),
         "{:?}",
         start.elapsed()
     );
