@@ -392,6 +392,8 @@ fn bind_verdict(ctx: &SockAddrContext) -> i32 {
     // SAFETY: ctx is the kernel's bpf_sock_addr for this program.
     let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut c_void) };
     if port_flags(netns, port).has(PortFlags::GUARDED) && !from_proxy(netns) {
+        // Rare and worth an operator's attention (an app squatting on the proxy's port).
+        warn!(ctx, "traffic-manager: denied bind to guarded port {}", port);
         return DENY;
     }
     ALLOW
