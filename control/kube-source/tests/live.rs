@@ -1,0 +1,331 @@
+//! Against a real API server (runs only when `KUBECONFIG` is set, e.g. after
+//! `. /run/traffic-e2e/env.sh`; see /work/shared/e2e/README.md). Each test uses its own
+//! namespace, deleted on drop even when the test fails.
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, Event, Namespace, Pod, PodSpec, Service, ServicePort, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use tokio::sync::watch;
+use traffic_kube_source::{
+    EventMetrics, EventSink, EventsConfig, KubeEvents, KubeSource, SourceConfig, SourceMetrics,
+};
+use traffic_translate::model::MeshModel;
+
+/// `None` (test skipped, reason printed) without a cluster; panics without one under `CI=true`
+/// only if `TRAFFIC_E2E_REQUIRED=true`, since CI normally has no cluster.
+fn cluster() -> Option<()> {
+    if std::env::var_os("KUBECONFIG").is_some() {
+        return Some(());
+    }
+    if std::env::var("TRAFFIC_E2E_REQUIRED").as_deref() == Ok("true") {
+        panic!("KUBECONFIG is not set but TRAFFIC_E2E_REQUIRED=true");
+    }
+    eprintln!("skipped: KUBECONFIG not set (source /run/traffic-e2e/env.sh after cluster-up.sh)");
+    None
+}
+
+/// A fresh namespace, deleted (without waiting) on drop.
+struct TestNamespace {
+    name: String,
+}
+
+impl TestNamespace {
+    async fn create(client: &Client, prefix: &str) -> TestNamespace {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("{prefix}-{nanos:x}");
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+        TestNamespace { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot await; a thread with its own runtime does the delete.
+        let done = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let client = Client::try_default().await?;
+                Api::<Namespace>::all(client)
+                    .delete(&name, &DeleteParams::background())
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .join();
+        if !matches!(done, Ok(Ok(()))) {
+            eprintln!("warning: could not delete test namespace {}", self.name);
+        }
+    }
+}
+
+fn meta(ns: &str, name: &str, labels: &[(&str, &str)]) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(ns.into()),
+        labels: Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+fn web_service(ns: &str, labels: &[(&str, &str)]) -> Service {
+    Service {
+        metadata: meta(ns, "web", labels),
+        spec: Some(ServiceSpec {
+            selector: Some(BTreeMap::from([("app".to_string(), "web".to_string())])),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: 9080,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn web_pod(ns: &str) -> Pod {
+    Pod {
+        metadata: meta(ns, "web-1", &[("app", "web"), ("traffic.endpoint.weight", "20")]),
+        spec: Some(PodSpec {
+            termination_grace_period_seconds: Some(1),
+            containers: vec![Container {
+                name: "app".into(),
+                image: Some("traffic-e2e/busybox:1.37.0".into()),
+                image_pull_policy: Some("Never".into()),
+                command: Some(vec!["httpd".into(), "-f".into(), "-p".into(), "9080".into()]),
+                ports: Some(vec![ContainerPort {
+                    name: Some("http".into()),
+                    container_port: 9080,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Wait until the published model satisfies `ok`; returns how long it took.
+async fn wait_model(
+    models: &mut watch::Receiver<Arc<MeshModel>>,
+    timeout: Duration,
+    ok: impl Fn(&MeshModel) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    let found = tokio::time::timeout(timeout, models.wait_for(|m| ok(m))).await;
+    assert!(
+        matches!(found, Ok(Ok(_))),
+        "model condition not met within {timeout:?}"
+    );
+    start.elapsed()
+}
+
+async fn start(client: &Client, ns: &str) -> (KubeSource, KubeEvents) {
+    let (events, _worker) = KubeEvents::spawn(
+        client.clone(),
+        EventsConfig {
+            instance: "kube-source-live-test".into(),
+            ..Default::default()
+        },
+        EventMetrics::default(),
+    );
+    let sink: Arc<dyn EventSink> = Arc::new(events.clone());
+    let source = KubeSource::start(
+        client.clone(),
+        SourceConfig {
+            namespace: Some(ns.to_string()),
+            ..Default::default()
+        },
+        SourceMetrics::default(),
+        Some(sink),
+    )
+    .await
+    .unwrap();
+    (source, events)
+}
+
+#[tokio::test]
+async fn the_watcher_publishes_service_and_pod_changes_within_seconds() {
+    let Some(()) = cluster() else { return };
+    let client = Client::try_default().await.unwrap();
+    let ns = TestNamespace::create(&client, "kube-live").await;
+    let (source, _events) = start(&client, &ns.name).await;
+    let mut models = source.subscribe();
+    assert!(
+        models.borrow().services.is_empty(),
+        "a fresh namespace starts empty"
+    );
+
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    services
+        .create(
+            &PostParams::default(),
+            &web_service(&ns.name, &[("traffic.port.9080", "http")]),
+        )
+        .await
+        .unwrap();
+    let took = wait_model(&mut models, Duration::from_secs(5), |m| {
+        m.service(&ns.name, "web").is_some()
+    })
+    .await;
+    eprintln!("service created -> model: {took:?}");
+    let svc = models.borrow().service(&ns.name, "web").cloned().unwrap();
+    assert_eq!(svc.cluster_ips.len(), 1);
+
+    // A label change on the Service.
+    let patch = serde_json::json!({"metadata": {"labels": {"traffic.lb.policy": "random"}}});
+    services
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let took = wait_model(&mut models, Duration::from_secs(5), |m| {
+        m.service(&ns.name, "web")
+            .is_some_and(|s| s.labels.get("traffic.lb.policy").map(String::as_str) == Some("random"))
+    })
+    .await;
+    eprintln!("service label patched -> model: {took:?}");
+
+    // A pod: seen at once (no IP yet), then as an endpoint once running and ready.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    pods.create(&PostParams::default(), &web_pod(&ns.name))
+        .await
+        .unwrap();
+    let took = wait_model(&mut models, Duration::from_secs(5), |m| {
+        m.pod(&ns.name, "web-1").is_some()
+    })
+    .await;
+    eprintln!("pod created -> model: {took:?}");
+    let took = wait_model(&mut models, Duration::from_secs(60), |m| {
+        m.pod(&ns.name, "web-1")
+            .is_some_and(|p| p.ready && p.ip.is_some())
+    })
+    .await;
+    eprintln!("pod created -> ready endpoint in model: {took:?}");
+    let model = models.borrow().clone();
+    let svc = model.service(&ns.name, "web").unwrap();
+    let eps = model.endpoints(svc, &svc.ports[0]);
+    assert_eq!(eps.len(), 1);
+    let running = pods.get("web-1").await.unwrap();
+    let pod_ip = running.status.unwrap().pod_ip.unwrap();
+    assert_eq!(eps[0].ip.to_string(), pod_ip);
+    assert_eq!(eps[0].port, 9080);
+    assert_eq!(eps[0].pod.labels["traffic.endpoint.weight"], "20");
+
+    // Deletion removes it again.
+    pods.delete("web-1", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    let took = wait_model(&mut models, Duration::from_secs(30), |m| {
+        m.pod(&ns.name, "web-1").is_none()
+    })
+    .await;
+    eprintln!("pod deleted -> gone from model: {took:?}");
+}
+
+#[tokio::test]
+async fn an_invalid_label_becomes_one_warning_event_on_the_labelled_object() {
+    let Some(()) = cluster() else { return };
+    let client = Client::try_default().await.unwrap();
+    let ns = TestNamespace::create(&client, "kube-events").await;
+    let (source, _events) = start(&client, &ns.name).await;
+    let mut models = source.subscribe();
+
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    services
+        .create(
+            &PostParams::default(),
+            &web_service(
+                &ns.name,
+                &[("traffic.request.timeout", "abc"), ("traffic.port.9080", "http")],
+            ),
+        )
+        .await
+        .unwrap();
+    wait_model(&mut models, Duration::from_secs(5), |m| {
+        m.service(&ns.name, "web").is_some()
+    })
+    .await;
+    // More model changes re-report the same problem; the sink must not write it again.
+    for i in 0..3 {
+        let patch = serde_json::json!({"metadata": {"labels": {"round": i.to_string()}}});
+        services
+            .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        let want = i.to_string();
+        wait_model(&mut models, Duration::from_secs(5), |m| {
+            m.service(&ns.name, "web")
+                .is_some_and(|s| s.labels.get("round") == Some(&want))
+        })
+        .await;
+    }
+
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let uid = services.get("web").await.unwrap().metadata.uid.unwrap();
+    let start = Instant::now();
+    let found = loop {
+        let list = events
+            .list(&ListParams::default().fields("involvedObject.name=web,reason=InvalidTrafficLabel"))
+            .await
+            .unwrap();
+        if !list.items.is_empty() || start.elapsed() > Duration::from_secs(10) {
+            break list.items;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("events found after {:?}: {}", start.elapsed(), found.len());
+    // Give a duplicate write (if the dedup were broken) time to land.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let found = events
+        .list(&ListParams::default().fields("involvedObject.name=web,reason=InvalidTrafficLabel"))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let e = &found[0];
+    assert_eq!(e.type_.as_deref(), Some("Warning"));
+    assert_eq!(e.count, Some(1));
+    assert_eq!(e.involved_object.kind.as_deref(), Some("Service"));
+    assert_eq!(e.involved_object.api_version.as_deref(), Some("v1"));
+    assert_eq!(e.involved_object.uid.as_deref(), Some(uid.as_str()));
+    let message = e.message.as_deref().unwrap();
+    assert!(
+        message.contains("traffic.request.timeout") && message.contains("abc"),
+        "{message}"
+    );
+    assert_eq!(
+        e.source.as_ref().unwrap().component.as_deref(),
+        Some("traffic-control")
+    );
+}
