@@ -144,7 +144,7 @@ impl ClientResult {
     }
     /// The backend saw the client's own socket address: no proxy in between.
     pub fn went_direct(&self) -> bool {
-        self.reply.src == self.local
+        self.reply.src == unmap(self.local)
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use traffic_redirect::ebpf::{EbpfConfig, EbpfRedirector};
 use traffic_redirect::iptables::{Flavour, IptablesError, IptablesRedirector};
 use traffic_redirect::{PodKey, PodRedirect, RedirectError, Redirector, Settings};
-use traffic_tests::wire::{ClientResult, ProxyEvent, ProxyLine};
+use traffic_tests::wire::{unmap, ClientResult, ProxyEvent, ProxyLine};
 use traffic_tests::{require_privileged, ScratchDir, TestPod};
 
 /// One datapath under test: how to build it over a per-test scratch directory.
@@ -142,8 +142,12 @@ fn assert_proxied(proxy: &traffic_tests::pod::Proxy, results: &[ClientResult]) {
     let by_req: HashMap<&str, &ProxyLine> = events.iter().map(|e| (e.req.as_str(), e)).collect();
     for r in results {
         assert!(!r.went_direct(), "{r:?} reached the backend directly");
-        assert_eq!(r.reply.dst, r.dst, "the backend got another destination: {r:?}");
-        let dst = r.dst.to_string();
+        assert_eq!(
+            r.reply.dst,
+            unmap(r.dst),
+            "the backend got another destination: {r:?}"
+        );
+        let dst = unmap(r.dst).to_string();
         assert!(
             by_req.contains_key(dst.as_str()),
             "the proxy never saw {dst} (events: {events:?})"
@@ -154,7 +158,7 @@ fn assert_proxied(proxy: &traffic_tests::pod::Proxy, results: &[ClientResult]) {
 fn assert_direct(results: &[ClientResult]) {
     for r in results {
         assert!(r.went_direct(), "{r:?} did not reach the backend directly");
-        assert_eq!(r.reply.dst, r.dst, "{r:?}");
+        assert_eq!(r.reply.dst, unmap(r.dst), "{r:?}");
     }
 }
 
@@ -168,7 +172,15 @@ mod cases {
         w.redirector
             .enable(&redirect_for(&pod, settings(15001, &[])))
             .unwrap();
-        let res = tcp(&pod, &["10.96.0.10:9080", "[fd00:96::10]:9080"]);
+        // v4, v6, and v4 through a v6 socket (a v4-mapped address).
+        let res = tcp(
+            &pod,
+            &[
+                "10.96.0.10:9080",
+                "[fd00:96::10]:9080",
+                "[::ffff:10.96.0.12]:9080",
+            ],
+        );
         assert_proxied(&proxy, &res);
         w.redirector
             .disable(&PodKey::new(pod.name.clone()).unwrap())
@@ -212,7 +224,14 @@ mod cases {
         w.redirector
             .enable(&redirect_for(&pod, settings(15001, &[9443])))
             .unwrap();
-        assert_direct(&tcp(&pod, &["10.96.0.10:9443", "[fd00:96::10]:9443"]));
+        assert_direct(&tcp(
+            &pod,
+            &[
+                "10.96.0.10:9443",
+                "[fd00:96::10]:9443",
+                "[::ffff:10.96.0.10]:9443",
+            ],
+        ));
         assert_direct(&tcp(&pod, &["127.0.0.1:7777", "[::1]:7777"]));
         let out = pod
             .run_client(&args("udp", &["10.96.0.10:9053", "[fd00:96::10]:9053"]))

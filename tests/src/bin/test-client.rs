@@ -13,7 +13,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use traffic_tests::wire::{BackendReply, ClientResult};
+use traffic_tests::wire::{unmap, BackendReply, ClientResult};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -59,7 +59,7 @@ fn many(
             .map_err(|_| anyhow::anyhow!("thread panicked"))
             .and_then(|r| r)
         {
-            Ok(res) if res.reply.dst == res.dst => writeln!(out, "{}", res.render())?,
+            Ok(res) if res.reply.dst == unmap(res.dst) => writeln!(out, "{}", res.render())?,
             Ok(res) => {
                 failed += 1;
                 writeln!(out, "err dst={dst} wrong reply {:?}", res.reply)?;
@@ -82,7 +82,8 @@ fn tcp_once(dst: SocketAddr, barrier: &Barrier) -> anyhow::Result<ClientResult> 
     let mut conn = conn.with_context(|| format!("connect {dst}"))?;
     conn.set_read_timeout(Some(TIMEOUT))?;
     let local = conn.local_addr()?;
-    conn.write_all(format!("hello {dst}\n").as_bytes())?;
+    // v4-mapped destinations name the IPv4 address, which is what the proxy and backend see.
+    conn.write_all(format!("hello {}\n", unmap(dst)).as_bytes())?;
     let mut reply = String::new();
     conn.read_to_string(&mut reply)
         .with_context(|| format!("read from {dst}"))?;
