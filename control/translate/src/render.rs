@@ -4,9 +4,15 @@
 //!   static resources (RDS inlined into listeners, EDS clusters made STATIC with their assignment,
 //!   SDS secrets made static). `envoy --mode validate -c <file>.pb` checks it; `envoy -c` runs it.
 //!   The tests use it to prove real Envoy accepts what we generate.
-//! - [`render_text`]: a readable dump for `traffic-control config --node-id`. envoy-types' prost
-//!   types have no serde support and no descriptors at runtime, so this is the decoded messages'
-//!   `Debug` output, with every nested `Any` decoded in place (recursively) for the types we emit.
+//! - [`render_json`]: proto3 JSON (what Envoy's own config dump shows), for `traffic-control config
+//!   --node-id`; YAML is `serde_yaml::to_string` of the same value. envoy-types' prost types have
+//!   no serde support and export no descriptors, so `descriptors/envoy.bin` vendors the descriptors
+//!   of the messages we emit (pruned from envoy-types' `types.bin` by `descriptors/prune.py`) and
+//!   prost-reflect serializes through them, nested `Any`s included (`"@type"`).
+//! - [`render_text`]: the decoded messages' `Debug` output, nested `Any`s decoded in place; no
+//!   descriptors needed.
+//!
+//! Private keys are never rendered.
 
 use envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, Admin, Bootstrap};
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
@@ -27,6 +33,12 @@ use crate::snapshot::{NodeResources, CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET}
 /// Why a node's resources cannot be folded into a static bootstrap.
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
+    #[error("the vendored Envoy descriptors do not load (regenerate descriptors/envoy.bin): {0}")]
+    Descriptors(String),
+    #[error("{type_url} is not among the vendored descriptors (add its file to descriptors/prune.py)")]
+    UnknownType { type_url: String },
+    #[error("cannot render {type_url} as JSON: {error}")]
+    Json { type_url: String, error: String },
     #[error("{what} {name:?} is not a valid {type_url}: {source}")]
     Decode {
         what: &'static str,
@@ -288,4 +300,74 @@ pub fn render_text(res: &NodeResources) -> String {
         }
     }
     out
+}
+
+static DESCRIPTORS: &[u8] = include_bytes!("../descriptors/envoy.bin");
+
+fn pool() -> Result<&'static prost_reflect::DescriptorPool, RenderError> {
+    static POOL: std::sync::OnceLock<Result<prost_reflect::DescriptorPool, String>> =
+        std::sync::OnceLock::new();
+    POOL.get_or_init(|| prost_reflect::DescriptorPool::decode(DESCRIPTORS).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| RenderError::Descriptors(e.clone()))
+}
+
+/// Replace the value of every `privateKey` (or `private_key`) field by `"<redacted>"`.
+fn redact(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if k == "privateKey" || k == "private_key" {
+                    *child = serde_json::Value::String("<redacted>".into());
+                } else {
+                    redact(child);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// One encoded message as proto3 JSON (default fields omitted, nested `Any`s with `"@type"`).
+pub fn any_to_json(any: &Any) -> Result<serde_json::Value, RenderError> {
+    let name = any.type_url.rsplit('/').next().unwrap_or(&any.type_url);
+    let desc = pool()?
+        .get_message_by_name(name)
+        .ok_or_else(|| RenderError::UnknownType {
+            type_url: any.type_url.clone(),
+        })?;
+    let json_err = |error: String| RenderError::Json {
+        type_url: any.type_url.clone(),
+        error,
+    };
+    let msg = prost_reflect::DynamicMessage::decode(desc, any.value.as_slice())
+        .map_err(|e| json_err(e.to_string()))?;
+    let options = prost_reflect::SerializeOptions::new().skip_default_fields(true);
+    let mut v = msg
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|e| json_err(e.to_string()))?;
+    redact(&mut v);
+    Ok(v)
+}
+
+/// A node's resources as JSON: `{ "<Type>": { "<name>": { "version", "origin", "resource" } } }`.
+pub fn render_json(res: &NodeResources) -> Result<serde_json::Value, RenderError> {
+    let mut out = serde_json::Map::new();
+    for (type_url, resources) in &res.by_type {
+        let mut by_name = serde_json::Map::new();
+        for (name, r) in resources {
+            by_name.insert(
+                name.clone(),
+                serde_json::json!({
+                    "version": r.version,
+                    "origin": r.origin.as_ref().map(|o| o.to_string()),
+                    "resource": any_to_json(&r.body)?,
+                }),
+            );
+        }
+        let short = type_url.rsplit('.').next().unwrap_or(type_url);
+        out.insert(short.to_string(), serde_json::Value::Object(by_name));
+    }
+    Ok(serde_json::Value::Object(out))
 }

@@ -36,3 +36,44 @@ fn the_text_dump_decodes_nested_filters_and_hides_keys() {
     }
     let _ = bookinfo().to_yaml().unwrap();
 }
+
+#[test]
+fn the_json_dump_is_proto3_json_with_nested_anys_and_no_keys() {
+    let t = run(&bookinfo());
+    let v = traffic_translate::render::render_json(&t.snapshot.for_node("p.default")).unwrap();
+    if std::env::var_os("PRINT_RENDER").is_some() {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+    }
+    let outbound = &v["Listener"]["outbound"]["resource"];
+    assert_eq!(outbound["address"]["socketAddress"]["portValue"], 15001);
+    let hcm = &outbound["filterChains"][3]["filters"][0]["typedConfig"];
+    assert_eq!(
+        hcm["@type"],
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    );
+    assert_eq!(hcm["rds"]["routeConfigName"], "9080|default|reviews");
+    assert_eq!(
+        v["Cluster"]["9080|default|reviews"]["resource"]["connectTimeout"],
+        "60s"
+    );
+    assert_eq!(
+        v["Cluster"]["9080|default|reviews"]["origin"],
+        "Service default/reviews"
+    );
+    let eps = &v["ClusterLoadAssignment"]["9080|default|reviews"]["resource"]["endpoints"][0];
+    assert_eq!(eps["loadBalancingWeight"], 110);
+    for tls in [TlsDelivery::Inline, TlsDelivery::Sds] {
+        let t = run_with(
+            &bookinfo(),
+            &Options {
+                ingress_tls: tls,
+                ..Options::default()
+            },
+        );
+        let v = traffic_translate::render::render_json(&t.snapshot.for_node(INGRESS_NODE_ID)).unwrap();
+        let text = serde_json::to_string(&v).unwrap();
+        assert!(!text.contains("PRIVATE KEY"), "{tls:?}");
+        assert!(text.contains("<redacted>"), "{tls:?}");
+        assert!(text.contains("BEGIN CERTIFICATE"), "certificates are public");
+    }
+}
