@@ -77,3 +77,38 @@ fn the_json_dump_is_proto3_json_with_nested_anys_and_no_keys() {
         assert!(text.contains("BEGIN CERTIFICATE"), "certificates are public");
     }
 }
+
+#[test]
+fn the_vendored_descriptors_cover_every_type_translation_emits() {
+    let mut m = small_model(
+        &[
+            ("traffic.port.80", "http"),
+            ("traffic.fault.abort.status", "503"),
+            ("traffic.fault.abort.percentage", "1"),
+            ("traffic.rate.limit", "10"),
+            ("traffic.tracing.enabled", "true"),
+            ("traffic.hash.cookie.name", "c"),
+            ("traffic.connection.max", "5"),
+        ],
+        &[],
+        &[("traffic.request.timeout", "1s")],
+    );
+    m.services.push(bookinfo().services[0].clone());
+    m.services[1]
+        .labels
+        .insert("traffic.port.9080".into(), "tcp".into());
+    m.ingresses = bookinfo().ingresses;
+    m.ingresses[0].rules[0].paths[0].backend.service = "web".into();
+    m.ingresses[0].rules[0].paths[0].backend.port = traffic_translate::model::TargetPort::Number(80);
+    m.secrets = bookinfo().secrets;
+    let opts = Options {
+        outbound_policy: traffic_translate::translate::OutboundPolicy::Passthrough,
+        zipkin: Some("zipkin:9411".parse().unwrap()),
+        ingress_tls: TlsDelivery::Sds,
+        ..Options::default()
+    };
+    let t = run_with(&m, &opts);
+    for (node, res) in t.snapshot.views() {
+        traffic_translate::render::render_json(res).unwrap_or_else(|e| panic!("{node}: {e}"));
+    }
+}
