@@ -329,3 +329,92 @@ async fn an_invalid_label_becomes_one_warning_event_on_the_labelled_object() {
         Some("traffic-control")
     );
 }
+
+#[tokio::test]
+async fn a_repeat_after_the_dedup_window_bumps_the_count_and_a_nack_lands_on_a_deployment() {
+    let Some(()) = cluster() else { return };
+    let client = Client::try_default().await.unwrap();
+    let ns = TestNamespace::create(&client, "kube-nack").await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "reviews-v1", "namespace": ns.name, "labels": {"traffic.envoy.enabled": "true"}},
+        "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "reviews"}},
+                 "template": {"metadata": {"labels": {"app": "reviews"}},
+                              "spec": {"containers": [{"name": "app", "image": "traffic-e2e/busybox:1.37.0"}]}}}
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+
+    let (events, _worker) = KubeEvents::spawn(
+        client.clone(),
+        EventsConfig {
+            dedup_window: Duration::from_millis(500),
+            ..Default::default()
+        },
+        EventMetrics::default(),
+    );
+    let sink = traffic_kube_source::rejection_sink(events.clone());
+    let origin = traffic_translate::snapshot::ObjectRef {
+        kind: "Deployment".into(),
+        namespace: ns.name.clone(),
+        name: "reviews-v1".into(),
+    };
+    let type_url = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    // Many proxies reject the same push at once: one Event.
+    for node in ["a.default", "b.default", "c.default"] {
+        sink.rejected(node, type_url, std::slice::from_ref(&origin), "invalid cluster");
+    }
+    let api: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let list = |api: Api<Event>| async move {
+        api.list(&ListParams::default().fields("involvedObject.name=reviews-v1,reason=ProxyRejectedConfig"))
+            .await
+            .unwrap()
+            .items
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while list(api.clone()).await.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = list(api.clone()).await;
+    assert_eq!(first.len(), 1, "{first:#?}");
+    assert_eq!(first[0].involved_object.api_version.as_deref(), Some("apps/v1"));
+    assert_eq!(first[0].count, Some(1));
+
+    // After the window, the same rejection bumps the existing Event.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    sink.rejected(
+        "a.default",
+        type_url,
+        std::slice::from_ref(&origin),
+        "invalid cluster",
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = list(api.clone()).await;
+        assert_eq!(now.len(), 1, "{now:#?}");
+        if now[0].count == Some(2) {
+            assert!(now[0].last_timestamp.as_ref().unwrap().0 >= first[0].last_timestamp.as_ref().unwrap().0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "count never reached 2: {now:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_wide_source_sees_the_kube_dns_service() {
+    let Some(()) = cluster() else { return };
+    let client = Client::try_default().await.unwrap();
+    let started = Instant::now();
+    let source = KubeSource::start(client, SourceConfig::default(), SourceMetrics::default(), None)
+        .await
+        .unwrap();
+    eprintln!("cluster-wide initial sync: {:?}", started.elapsed());
+    let model = source.subscribe().borrow().clone();
+    assert!(model.service("kube-system", "kube-dns").is_some());
+    assert!(model.service("default", "kubernetes").is_some());
+}
