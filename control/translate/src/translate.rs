@@ -28,7 +28,7 @@
 //!
 //! | label | Envoy |
 //! |---|---|
-//! | `traffic.port.<N>` `http`/`tcp` | outbound filter chain (`clusterIP/32`, port N): HCM + RDS `<N>\|<ns>\|<svc>` / tcp_proxy; none or `direct`: default chain (blackhole, or passthrough) |
+//! | `traffic.port.<N>` `http`/`tcp`/`direct` | outbound filter chain (`clusterIP/32`, port N): HCM + RDS `<N>\|<ns>\|<svc>` / tcp_proxy / tcp_proxy to `passthrough`; none: default chain (`blackhole`, or `passthrough`) |
 //! | `traffic.endpoint.weight` | `LbEndpoint.load_balancing_weight`; 0 = endpoint left out; locality weight = sum |
 //! | `traffic.lb.policy` | `Cluster.lb_policy` |
 //! | `traffic.hash.cookie.name`/`.ttl` | `RouteAction.hash_policy[].cookie{name, ttl, path "/"}` + `RING_HASH` (unless `maglev`) |
@@ -519,14 +519,14 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
         let c = admin_cluster(opts.admin_port);
         sidecar_clusters.insert(ADMIN_CLUSTER.into(), Arc::new(resource(ADMIN_CLUSTER, &c, None)));
     }
+    // `passthrough` always: `direct` ports that still reach Envoy go to their original destination.
+    let c = passthrough_cluster();
+    sidecar_clusters.insert(
+        PASSTHROUGH_CLUSTER.into(),
+        Arc::new(resource(PASSTHROUGH_CLUSTER, &c, None)),
+    );
     match opts.outbound_policy {
-        OutboundPolicy::Passthrough => {
-            let c = passthrough_cluster();
-            sidecar_clusters.insert(
-                PASSTHROUGH_CLUSTER.into(),
-                Arc::new(resource(PASSTHROUGH_CLUSTER, &c, None)),
-            );
-        }
+        OutboundPolicy::Passthrough => {}
         OutboundPolicy::Block => {
             let c = blackhole_cluster();
             sidecar_clusters.insert(
@@ -1164,9 +1164,9 @@ fn listener_filter<M: prost::Message + prost::Name>(name: &str, config: &M) -> L
 
 /// The outbound listener: original destination restored by the listener filter, one filter chain
 /// per service `clusterIP:port` with a protocol (`http` -> HTTP connection manager with RDS,
-/// `tcp` -> tcp_proxy). Ports with no protocol (or `direct`) get no chain: the default chain
-/// blocks them, or proxies them to their original destination under
-/// [`OutboundPolicy::Passthrough`].
+/// `tcp` -> tcp_proxy, `direct` -> tcp_proxy to the original destination). Ports with no protocol
+/// get no chain: the default chain blocks them, or proxies them to their original destination
+/// under [`OutboundPolicy::Passthrough`].
 fn outbound_listener(ctx: &Ctx<'_>, pod: &Settings) -> Listener {
     let mut filter_chains = Vec::new();
     for s in &ctx.services {
@@ -1180,7 +1180,10 @@ fn outbound_listener(ctx: &Ctx<'_>, pod: &Settings) -> Listener {
                     &http_connection_manager(&p.cluster, p.cluster.clone(), Side::Sidecar, ctx.opts, true),
                 ),
                 Some(PortProtocol::Tcp) => tcp_proxy(&p.cluster, &p.cluster),
-                Some(PortProtocol::Direct) | None => continue,
+                // `direct` is not redirected by the agent; if a connection arrives anyway (e.g. the
+                // label is only on the Service), forward it untouched rather than block it.
+                Some(PortProtocol::Direct) => tcp_proxy(&p.cluster, PASSTHROUGH_CLUSTER),
+                None => continue,
             };
             filter_chains.push(FilterChain {
                 name: p.cluster.clone(),

@@ -74,7 +74,7 @@ fn clusters_are_eds_over_ads_named_port_namespace_service() {
     let view = t.snapshot.for_node("details-v1-5498c86cf5-4mz8w.default");
     let mut want: Vec<String> = SVCS.iter().map(|s| format!("9080|default|{s}")).collect();
     assert_eq!(names(&view, ENDPOINT), want);
-    want.extend(["admin".into(), "blackhole".into()]);
+    want.extend(["admin".into(), "blackhole".into(), "passthrough".into()]);
     assert_eq!(names(&view, CLUSTER), want);
     let c = cluster(&view, "9080|default|reviews");
     assert_eq!(
@@ -298,7 +298,7 @@ fn every_resource_names_its_origin_when_it_has_a_single_one() {
     let view = t.snapshot.for_node("p.default");
     for ty in [CLUSTER, ENDPOINT, ROUTE] {
         for (name, r) in &view.by_type[ty] {
-            if name == "admin" || name == "blackhole" {
+            if ["admin", "blackhole", "passthrough"].contains(&name.as_str()) {
                 assert!(r.origin.is_none());
                 continue;
             }

@@ -66,25 +66,43 @@ fn port_tcp_gives_a_tcp_proxy_chain_and_no_route() {
 }
 
 #[test]
-fn ports_without_protocol_or_direct_are_blocked_or_passed_through() {
-    for labels in [vec![], vec![("traffic.port.80", "direct")]] {
-        let t = run(&small_model(&labels, &[], &[]));
-        let l = listener(&sidecar(&t, CLIENT), "outbound");
-        assert!(l.filter_chains.is_empty());
-        let d = l.default_filter_chain.unwrap();
-        assert_eq!(d.name, "blackhole");
-        tcp_of(&d.filters[0]);
-        let pass = Options {
-            outbound_policy: OutboundPolicy::Passthrough,
-            ..Options::default()
-        };
-        let t = run_with(&small_model(&labels, &[], &[]), &pass);
-        let view = sidecar(&t, CLIENT);
-        let l = listener(&view, "outbound");
-        let d = l.default_filter_chain.unwrap();
-        tcp_of(&d.filters[0]);
-        let c = cluster(&view, "passthrough");
-        assert_eq!(c.lb_policy, LbPolicy::ClusterProvided as i32);
+fn ports_without_protocol_are_blocked_or_passed_through() {
+    let t = run(&small_model(&[], &[], &[]));
+    let l = listener(&sidecar(&t, CLIENT), "outbound");
+    assert!(l.filter_chains.is_empty());
+    let d = l.default_filter_chain.unwrap();
+    assert_eq!(d.name, "blackhole");
+    assert_eq!(tcp_cluster(&tcp_of(&d.filters[0])), "blackhole");
+    let pass = Options {
+        outbound_policy: OutboundPolicy::Passthrough,
+        ..Options::default()
+    };
+    let t = run_with(&small_model(&[], &[], &[]), &pass);
+    let view = sidecar(&t, CLIENT);
+    let l = listener(&view, "outbound");
+    let d = l.default_filter_chain.unwrap();
+    assert_eq!(tcp_cluster(&tcp_of(&d.filters[0])), "passthrough");
+    let c = cluster(&view, "passthrough");
+    assert_eq!(c.lb_policy, LbPolicy::ClusterProvided as i32);
+}
+
+#[test]
+fn direct_ports_that_still_reach_envoy_go_to_their_original_destination() {
+    let t = run(&small_model(&[("traffic.port.80", "direct")], &[], &[]));
+    let l = listener(&sidecar(&t, CLIENT), "outbound");
+    assert_eq!(l.filter_chains.len(), 1);
+    assert_eq!(
+        tcp_cluster(&tcp_of(&l.filter_chains[0].filters[0])),
+        "passthrough"
+    );
+}
+
+fn tcp_cluster(t: &envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy) -> String {
+    match &t.cluster_specifier {
+        Some(envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::tcp_proxy::ClusterSpecifier::Cluster(c)) => {
+            c.clone()
+        }
+        other => panic!("{other:?}"),
     }
 }
 
