@@ -500,6 +500,7 @@ async fn serve_zipkin_conn(mut conn: TcpStream, posts: Arc<AtomicU64>, spans: Ar
             }
         };
         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let chunked = head.contains("transfer-encoding: chunked");
         let len: usize = head
             .lines()
             .find_map(|l| {
@@ -507,14 +508,32 @@ async fn serve_zipkin_conn(mut conn: TcpStream, posts: Arc<AtomicU64>, spans: Ar
                     .and_then(|v| v.trim().parse().ok())
             })
             .unwrap_or(0);
-        while buf.len() < end + 4 + len {
+        let body_end = loop {
+            let rest = &buf[end + 4..];
+            if chunked {
+                if let Some(p) = rest.windows(5).position(|w| w == b"0\r\n\r\n") {
+                    if p == 0 || rest[..p].ends_with(b"\r\n") {
+                        break end + 4 + p + 5;
+                    }
+                }
+            } else if rest.len() >= len {
+                break end + 4 + len;
+            }
             match conn.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
+        };
+        let raw = &buf[end + 4..body_end];
+        let body = if chunked {
+            String::from_utf8_lossy(&dechunk(raw)).into_owned()
+        } else {
+            String::from_utf8_lossy(raw).into_owned()
+        };
+        buf.drain(..body_end);
+        if std::env::var_os("ZIPKIN_DEBUG").is_some() {
+            eprintln!("zipkin got: {head}\n{body}");
         }
-        let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
-        buf.drain(..end + 4 + len);
         if head.starts_with("post /api/v2/spans") {
             posts.fetch_add(1, Ordering::SeqCst);
             spans.fetch_add(body.matches("\"traceId\"").count() as u64, Ordering::SeqCst);

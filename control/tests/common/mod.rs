@@ -8,4 +8,5 @@
 
 pub mod ads;
 pub mod envoy;
+pub mod mesh;
 pub mod resources;
