@@ -8,8 +8,10 @@
 //!   share the result.
 //! - [`http`]: the metrics and health endpoints.
 //! - [`node_config`]: what one node receives, for `traffic-control config`.
+//! - [`grpc`]: API listeners for proxyless gRPC clients (`xds:///` targets).
 
 pub mod cli;
+pub mod grpc;
 pub mod http;
 pub mod model_file;
 pub mod node_config;

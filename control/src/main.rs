@@ -34,7 +34,8 @@ fn main() -> anyhow::Result<()> {
 fn config(args: ConfigArgs) -> anyhow::Result<()> {
     let model = MeshModel::from_yaml_file(&args.model)?;
     let t = rebuild::translate_logged(&model, &args.translate.options());
-    let resources = t.snapshot.for_node(&args.node_id);
+    let snapshot = traffic_control::grpc::WithApiListeners::new(Arc::new(t.snapshot));
+    let resources = snapshot.for_node(&args.node_id);
     print!(
         "{}",
         node_config::render(&args.node_id, &resources, args.only.as_deref())

@@ -122,7 +122,8 @@ pub async fn run(
                     overridden_nodes = t.snapshot.overridden_nodes().count(),
                     "translated model"
                 );
-                out.send_replace(Arc::new(t.snapshot));
+                let snapshot: Arc<dyn MeshSnapshot> = Arc::new(t.snapshot);
+                out.send_replace(Arc::new(crate::grpc::WithApiListeners::new(snapshot)));
             }
             Err(error) => warn!(%error, "translation panicked; keeping the previous snapshot"),
         }
