@@ -46,7 +46,9 @@ impl PodKey {
         let key = key.into();
         let ok = !key.is_empty()
             && key.len() <= 128
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
         if ok {
             Ok(Self(key))
         } else {
@@ -78,6 +80,8 @@ pub struct Settings {
     /// The proxy's uid (Envoy sidecar: 1337). iptables mode exempts it; eBPF mode excludes the proxy
     /// by cgroup instead, so an app running with this uid is still redirected.
     pub proxy_uid: u32,
+    /// The proxy's gid (1337). iptables mode exempts it as well, as Istio does; eBPF mode ignores it.
+    pub proxy_gid: u32,
     /// Ports the pod's applications may not bind (eBPF bind guard): the proxy's listeners.
     pub guarded_ports: BTreeSet<u16>,
 }
@@ -88,6 +92,7 @@ impl Default for Settings {
             proxy_port: 15001,
             direct_ports: BTreeSet::new(),
             proxy_uid: 1337,
+            proxy_gid: 1337,
             guarded_ports: [15000, 15001, 8900].into_iter().collect(),
         }
     }

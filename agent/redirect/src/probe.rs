@@ -44,8 +44,9 @@ impl std::fmt::Display for KernelVersion {
     }
 }
 
-/// The oldest kernel the eBPF datapath supports.
-pub const MIN_EBPF_KERNEL: KernelVersion = KernelVersion::new(5, 7, 0);
+/// The oldest kernel the eBPF datapath supports (see [`crate::ebpf::MIN_KERNEL`]).
+pub const MIN_EBPF_KERNEL: KernelVersion =
+    KernelVersion::new(crate::ebpf::MIN_KERNEL.0, crate::ebpf::MIN_KERNEL.1, 0);
 
 /// One probed capability: `error` is `None` when it works.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -71,6 +72,8 @@ pub struct ProbeReport {
     pub bpf_programs: Vec<Check>,
     /// One per iptables flavour (a REDIRECT chain applied in a throwaway netns, v4 and v6).
     pub iptables: Vec<FlavourCheck>,
+    /// Whether this binary embeds the eBPF object (`cargo xtask build-ebpf` before building it).
+    pub ebpf_object: bool,
 }
 
 /// Whether one iptables flavour works.
@@ -93,6 +96,12 @@ pub struct Decision {
 
 /// Why eBPF cannot be used, or `None` when it can.
 fn ebpf_blocker(report: &ProbeReport) -> Option<String> {
+    if !report.ebpf_object {
+        return Some(
+            "this binary was built without the eBPF object (run `cargo xtask build-ebpf`, then rebuild)"
+                .into(),
+        );
+    }
     if report.cgroup2.is_none() {
         return Some("no cgroup v2 mount (the eBPF programs attach to pod cgroup v2 directories)".into());
     }
@@ -100,7 +109,7 @@ fn ebpf_blocker(report: &ProbeReport) -> Option<String> {
         None => return Some(format!("cannot parse kernel release {:?}", report.kernel_release)),
         Some(k) if k < MIN_EBPF_KERNEL => {
             return Some(format!(
-                "kernel {k} is older than {MIN_EBPF_KERNEL} (cgroup BPF links)"
+                "kernel {k} is older than {MIN_EBPF_KERNEL} (netns cookies in sock_ops and sockopt programs)"
             ))
         }
         Some(_) => {}
@@ -190,6 +199,7 @@ pub fn probe() -> ProbeReport {
                 },
             })
             .collect(),
+        ebpf_object: crate::ebpf::object_embedded(),
     }
 }
 
@@ -398,6 +408,7 @@ mod tests {
                     },
                 })
                 .collect(),
+            ebpf_object: true,
         }
     }
 
@@ -413,7 +424,8 @@ mod tests {
         );
         assert_eq!(KernelVersion::parse("4.19"), Some(KernelVersion::new(4, 19, 0)));
         assert_eq!(KernelVersion::parse("garbage"), None);
-        assert!(KernelVersion::new(5, 6, 99) < MIN_EBPF_KERNEL);
+        assert!(KernelVersion::new(5, 14, 99) < MIN_EBPF_KERNEL);
+        assert!(KernelVersion::new(5, 15, 0) >= MIN_EBPF_KERNEL);
     }
 
     #[test]
@@ -421,6 +433,15 @@ mod tests {
         let d = decide(&capable());
         assert_eq!(d.mode, Some(Mode::Ebpf));
         assert!(d.reason.contains("6.18.44"), "{}", d.reason);
+    }
+
+    #[test]
+    fn an_agent_built_without_the_ebpf_object_falls_back_to_iptables_and_says_why() {
+        let mut report = capable();
+        report.ebpf_object = false;
+        let d = decide(&report);
+        assert_eq!(d.mode, Some(Mode::Iptables));
+        assert!(d.reason.contains("cargo xtask build-ebpf"), "{}", d.reason);
     }
 
     #[test]

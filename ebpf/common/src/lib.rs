@@ -180,10 +180,12 @@ pub struct PodRecord {
     /// cgroup v2 id of the pod cgroup the programs are attached to.
     pub cgroup_id: u64,
     pub proxy_uid: u32,
+    pub proxy_gid: u32,
     pub proxy_port: u16,
     pub _pad0: u16,
+    pub _pad1: u32,
 }
-const _: () = assert!(core::mem::size_of::<PodRecord>() == 24);
+const _: () = assert!(core::mem::size_of::<PodRecord>() == 32);
 
 /// `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST` (both 80), as netfilter defines them.
 pub const SO_ORIGINAL_DST: i32 = 80;

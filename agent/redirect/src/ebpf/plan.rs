@@ -62,8 +62,10 @@ pub fn record(ids: PodIds, settings: &Settings) -> PodRecord {
         netns_cookie: ids.netns_cookie,
         cgroup_id: ids.cgroup_id,
         proxy_uid: settings.proxy_uid,
+        proxy_gid: settings.proxy_gid,
         proxy_port: settings.proxy_port,
         _pad0: 0,
+        _pad1: 0,
     }
 }
 
@@ -73,6 +75,7 @@ pub fn settings_from(record: &PodRecord, ports: &BTreeMap<PortKey, u32>) -> Sett
         proxy_port: record.proxy_port,
         direct_ports: BTreeSet::new(),
         proxy_uid: record.proxy_uid,
+        proxy_gid: record.proxy_gid,
         guarded_ports: BTreeSet::new(),
     };
     for (k, bits) in ports
@@ -229,6 +232,7 @@ mod tests {
             proxy_port: 15001,
             direct_ports: direct.iter().copied().collect(),
             proxy_uid: 1337,
+            proxy_gid: 1337,
             guarded_ports: guarded.iter().copied().collect(),
         }
     }

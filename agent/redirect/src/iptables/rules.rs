@@ -5,6 +5,7 @@
 //! -A OUTPUT -p tcp -m comment --comment "traffic-manager:<key>:jump" -j TRAFFIC_OUTPUT
 //! -A TRAFFIC_OUTPUT -d 127.0.0.0/8 ... :loopback -j RETURN            (first: it must be able to match)
 //! -A TRAFFIC_OUTPUT -m owner --uid-owner 1337 ... :proxy-uid -j RETURN (the proxy's own upstreams)
+//! -A TRAFFIC_OUTPUT -m owner --gid-owner 1337 ... :proxy-gid -j RETURN
 //! -A TRAFFIC_OUTPUT -p tcp -m tcp --dport <p> ... :direct-<p> -j RETURN
 //! -A TRAFFIC_OUTPUT -p tcp ... :redirect -j REDIRECT --to-ports 15001
 //! ```
@@ -57,6 +58,11 @@ pub fn chain_rules(key: &PodKey, settings: &Settings, family: Family) -> Vec<Str
             "-A {CHAIN} -m owner --uid-owner {} {} -j RETURN",
             settings.proxy_uid,
             comment(key, "proxy-uid")
+        ),
+        format!(
+            "-A {CHAIN} -m owner --gid-owner {} {} -j RETURN",
+            settings.proxy_gid,
+            comment(key, "proxy-gid")
         ),
     ];
     for port in &settings.direct_ports {
@@ -140,6 +146,8 @@ impl Observed {
             };
             if let Some(uid) = after("--uid-owner") {
                 settings.proxy_uid = uid.parse().ok()?;
+            } else if let Some(gid) = after("--gid-owner") {
+                settings.proxy_gid = gid.parse().ok()?;
             } else if let Some(port) = after("--dport") {
                 settings.direct_ports.insert(port.parse().ok()?);
             } else if let Some(port) = after("--to-ports") {
@@ -278,6 +286,7 @@ mod tests {
         let expected = "*nat\n:TRAFFIC_OUTPUT - [0:0]\n\
             -A TRAFFIC_OUTPUT -d 127.0.0.0/8 -m comment --comment \"traffic-manager:pod-a:loopback\" -j RETURN\n\
             -A TRAFFIC_OUTPUT -m owner --uid-owner 1337 -m comment --comment \"traffic-manager:pod-a:proxy-uid\" -j RETURN\n\
+            -A TRAFFIC_OUTPUT -m owner --gid-owner 1337 -m comment --comment \"traffic-manager:pod-a:proxy-gid\" -j RETURN\n\
             -A TRAFFIC_OUTPUT -p tcp -m tcp --dport 9443 -m comment --comment \"traffic-manager:pod-a:direct-9443\" -j RETURN\n\
             -A TRAFFIC_OUTPUT -p tcp -m comment --comment \"traffic-manager:pod-a:redirect\" -j REDIRECT --to-ports 15001\n\
             -A OUTPUT -p tcp -m comment --comment \"traffic-manager:pod-a:jump\" -j TRAFFIC_OUTPUT\n\
