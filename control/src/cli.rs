@@ -38,6 +38,12 @@ pub struct ServeArgs {
     /// changes. Without it the model comes from Kubernetes.
     #[arg(long, env = "TRAFFIC_CONTROL_MODEL")]
     pub model: Option<PathBuf>,
+    /// With Kubernetes as the source: watch only this namespace (default: all).
+    #[arg(long, env = "TRAFFIC_CONTROL_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// With Kubernetes as the source: this instance's name on the Events it writes.
+    #[arg(long, env = "POD_NAME", default_value = "traffic-control")]
+    pub pod_name: String,
     /// Quiet period after a model change before translating (milliseconds).
     #[arg(long, env = "TRAFFIC_CONTROL_DEBOUNCE_MS", default_value_t = 100)]
     pub debounce_ms: u64,
