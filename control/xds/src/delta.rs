@@ -178,30 +178,34 @@ impl DeltaStream {
         let all = self.resources.by_type.get(type_url).unwrap_or(&empty);
         let ts = self.types.get_mut(type_url)?;
         let mut updated: Vec<(Arc<Resource>, Option<String>)> = Vec::new();
-        let mut consider = |name: &String, res: &Arc<Resource>, ts: &mut TypeState| {
-            match ts.rejected.get(name) {
-                Some(bad) if *bad == res.version => return,
-                Some(_) => {
-                    ts.rejected.remove(name);
+        let mut moved_on: Vec<String> = Vec::new();
+        {
+            let state: &TypeState = ts;
+            let mut consider = |name: &String, res: &Arc<Resource>| {
+                match state.rejected.get(name) {
+                    Some(bad) if *bad == res.version => return,
+                    Some(_) => moved_on.push(name.clone()),
+                    None => {}
                 }
-                None => {}
-            }
-            let had = ts.client.get(name);
-            if had != Some(&res.version) {
-                updated.push((res.clone(), had.cloned()));
-            }
-        };
-        if ts.wildcard {
-            for (name, res) in all {
-                consider(name, res, ts);
-            }
-        } else {
-            let names: Vec<String> = ts.names.iter().cloned().collect();
-            for name in &names {
-                if let Some(res) = all.get(name) {
-                    consider(name, res, ts);
+                let had = state.client.get(name);
+                if had != Some(&res.version) {
+                    updated.push((res.clone(), had.cloned()));
+                }
+            };
+            if state.wildcard {
+                for (name, res) in all {
+                    consider(name, res);
+                }
+            } else {
+                for name in &state.names {
+                    if let Some(res) = all.get(name) {
+                        consider(name, res);
+                    }
                 }
             }
+        }
+        for name in moved_on {
+            ts.rejected.remove(&name);
         }
         let wildcard = ts.wildcard;
         let mut removed: Vec<String> = ts

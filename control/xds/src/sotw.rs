@@ -43,6 +43,33 @@ impl Subscription {
         }
     }
 
+    /// Whether a request naming `names` leaves the subscription as it is (checked without
+    /// building a set: an Envoy ACK repeats every subscribed name).
+    fn same_as_request(&self, type_url: &str, names: &[String], first_or_wildcard: bool) -> bool {
+        let wildcard = names.iter().any(|n| n == "*")
+            || (names.is_empty() && first_or_wildcard && is_full_state(type_url));
+        match self {
+            Subscription::Wildcard => wildcard,
+            Subscription::Names(set) => {
+                !wildcard && set.len() == names.len() && names.iter().all(|n| set.contains(n))
+            }
+        }
+    }
+
+    /// Whether the subscribed subset of `all` is exactly `sent` (same names and versions),
+    /// checked without allocating.
+    fn selects_exactly(&self, all: &Resources, sent: &Resources) -> bool {
+        let mut n = 0;
+        for (name, r) in self.select(all) {
+            n += 1;
+            match sent.get(name) {
+                Some(s) if Arc::ptr_eq(s, r) || s.version == r.version => {}
+                _ => return false,
+            }
+        }
+        n == sent.len()
+    }
+
     /// The subscribed subset of `all`.
     fn select<'a>(
         &'a self,
@@ -242,9 +269,11 @@ impl SotwStream {
             }
         }
         let first_or_wildcard = ts.subscription == Subscription::Wildcard;
-        let sub = Subscription::from_request(type_url, &req.resource_names, first_or_wildcard);
-        if sub != ts.subscription {
-            ts.subscription = sub;
+        if !ts
+            .subscription
+            .same_as_request(type_url, &req.resource_names, first_or_wildcard)
+        {
+            ts.subscription = Subscription::from_request(type_url, &req.resource_names, first_or_wildcard);
             out.responses.extend(self.push(type_url, false));
         }
         out
@@ -277,6 +306,9 @@ impl SotwStream {
         let empty = Resources::new();
         let all = self.resources.by_type.get(type_url).unwrap_or(&empty);
         let ts = self.types.get_mut(type_url)?;
+        if !initial && ts.rejected.is_empty() && ts.subscription.selects_exactly(all, &ts.sent) {
+            return None;
+        }
         let desired = ts.desired(all);
         let full = is_full_state(type_url);
         let pushed: Vec<Arc<Resource>> = if full {
