@@ -59,16 +59,23 @@ pub fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
     )
 }
 
+/// Adds `rust-src` to the machine's nightly, installing nightly only when there is none: updating an
+/// installed nightly would change its LLVM under an already built bpf-linker.
 fn nightly_rust_src() -> anyhow::Result<()> {
-    cmd::run(Command::new("rustup").args([
-        "toolchain",
-        "install",
-        "nightly",
-        "--profile",
-        "minimal",
-        "--component",
-        "rust-src",
-    ]))
+    let installed = cmd::output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("nightly")) {
+        cmd::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    } else {
+        cmd::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+    }
 }
 
 /// The repo-local virtualenv (`.venv`, git-ignored).
