@@ -323,3 +323,64 @@ async fn the_binary_serves_a_model_file_and_pushes_its_changes() {
     let _ = control.wait();
     drop((a, b));
 }
+
+/// The bookinfo walk-through model as Envoy sees it: a sidecar (with the stats listener) and the
+/// ingress gateway (HTTP + HTTPS with the Ingress's TLS secret, inline and over SDS) accept
+/// everything translation produces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_accepts_the_bookinfo_sidecar_and_ingress_configs() {
+    let Some(bin) = envoy_binary() else { return };
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/translate/examples/bookinfo.yaml");
+    let model = MeshModel::from_yaml_file(path).expect("model");
+    for tls in [
+        traffic_translate::translate::TlsDelivery::Inline,
+        traffic_translate::translate::TlsDelivery::Sds,
+    ] {
+        let opts = Options {
+            outbound_port: free_port(),
+            stats_port: Some(free_port()),
+            ingress_http_port: free_port(),
+            ingress_https_port: free_port(),
+            ingress_tls: tls,
+            zipkin: Some("127.0.0.1:9411".parse().expect("collector")),
+            ..Options::default()
+        };
+        let t = translate(&model, &opts);
+        t.snapshot.validate().expect("consistent");
+        let server = TestServer::start_with(Arc::new(t.snapshot)).await;
+        let sidecar = Envoy::start(
+            &bin,
+            "productpage-v1-6b746f74dc-x7k2p.default",
+            server.addr,
+            Ads::Sotw,
+        )
+        .await;
+        let ingress = Envoy::start(&bin, "traffic-ingress", server.addr, Ads::Delta).await;
+        sidecar
+            .wait_config("the reviews endpoints", |d| d.contains("172.17.0.14"))
+            .await;
+        ingress
+            .wait_config("the ingress listeners", |d| {
+                d.contains("ingress_https") && d.contains("172.17.0.10")
+            })
+            .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for e in [&sidecar, &ingress] {
+            assert_eq!(
+                e.stat("cluster_manager.cds.update_rejected").await,
+                0,
+                "{}",
+                e.log_text()
+            );
+            assert_eq!(
+                e.stat("listener_manager.lds.update_rejected").await,
+                0,
+                "{}",
+                e.log_text()
+            );
+            assert_eq!(e.stat("listener_manager.total_listeners_active").await >= 1, true);
+        }
+        let rejected = server.rejections.0.lock().expect("lock").clone();
+        assert!(rejected.is_empty(), "{tls:?}: {rejected:#?}");
+    }
+}
