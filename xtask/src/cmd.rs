@@ -20,7 +20,11 @@ pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let line = format!("{cmd:?}");
     let out = cmd.output().with_context(|| format!("cannot start {line}"))?;
     if !out.status.success() {
-        bail!("{line} failed: {}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{line} failed: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

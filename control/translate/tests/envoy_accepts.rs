@@ -141,7 +141,11 @@ fn everything() -> MeshModel {
         &mut pp.labels,
         &[("traffic.request.timeout", "1s"), ("traffic.port.9080", "http")],
     );
-    let rv1 = m.pods.iter_mut().find(|p| p.name.starts_with("reviews-v1")).unwrap();
+    let rv1 = m
+        .pods
+        .iter_mut()
+        .find(|p| p.name.starts_with("reviews-v1"))
+        .unwrap();
     set(&mut rv1.labels, &[("traffic.port.9080", "direct")]);
     m.ingresses.push(
         serde_yaml::from_str(
