@@ -418,3 +418,122 @@ async fn a_cluster_wide_source_sees_the_kube_dns_service() {
     assert!(model.service("kube-system", "kube-dns").is_some());
     assert!(model.service("default", "kubernetes").is_some());
 }
+
+#[tokio::test]
+async fn the_rbac_rules_are_enough_for_the_watches_and_the_events() {
+    let Some(()) = cluster() else { return };
+    let admin = Client::try_default().await.unwrap();
+    let ns = TestNamespace::create(&admin, "kube-rbac").await;
+    let role_name = format!("traffic-control-test-{}", ns.name);
+
+    // The ClusterRole from rbac.yaml, under a per-test name, bound to a fresh ServiceAccount.
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/rbac.yaml")).unwrap();
+    let mut role: k8s_openapi::api::rbac::v1::ClusterRole = serde_yaml::from_str(&text).unwrap();
+    role.metadata.name = Some(role_name.clone());
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(admin.clone());
+    roles.create(&PostParams::default(), &role).await.unwrap();
+    /// Deletes the ClusterRole and ClusterRoleBinding named `.0` on drop (with its own client:
+    /// the test's client is bound to the test's runtime, which is blocked while this runs).
+    struct DeleteRole(String);
+    impl Drop for DeleteRole {
+        fn drop(&mut self) {
+            let name = self.0.clone();
+            let _ = std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        let client = Client::try_default().await.unwrap();
+                        let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
+                        let _ = roles.delete(&name, &DeleteParams::default()).await;
+                        let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(client);
+                        let _ = bindings.delete(&name, &DeleteParams::default()).await;
+                    })
+            })
+            .join();
+        }
+    }
+    let _cleanup = DeleteRole(role_name.clone());
+    let sa: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "traffic-control", "namespace": ns.name}
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(admin.clone(), &ns.name)
+        .create(&PostParams::default(), &sa)
+        .await
+        .unwrap();
+    let binding: k8s_openapi::api::rbac::v1::ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": role_name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+        "subjects": [{"kind": "ServiceAccount", "name": "traffic-control", "namespace": ns.name}]
+    }))
+    .unwrap();
+    Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(admin.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+
+    // The same server, as that ServiceAccount.
+    let mut config = kube::Config::infer().await.unwrap();
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{}:traffic-control", ns.name));
+    let client = Client::try_from(config).unwrap();
+    // Without the binding the SA can list nothing; with it, a cluster-wide start succeeds.
+    let source = KubeSource::start(
+        client.clone(),
+        SourceConfig {
+            sync_timeout: Duration::from_secs(15),
+            ..Default::default()
+        },
+        SourceMetrics::default(),
+        // Not reporting labels cluster-wide: that would write Events into other tests' namespaces.
+        None,
+    )
+    .await
+    .unwrap();
+    let mut models = source.subscribe();
+    let services: Api<Service> = Api::namespaced(admin.clone(), &ns.name);
+    services
+        .create(
+            &PostParams::default(),
+            &web_service(&ns.name, &[("traffic.port.9080", "http")]),
+        )
+        .await
+        .unwrap();
+    wait_model(&mut models, Duration::from_secs(5), |m| {
+        m.service(&ns.name, "web").is_some()
+    })
+    .await;
+    // An Event written as the ServiceAccount.
+    let (sink, _worker) = KubeEvents::spawn(client.clone(), EventsConfig::default(), EventMetrics::default());
+    let web = traffic_translate::snapshot::ObjectRef {
+        kind: "Service".into(),
+        namespace: ns.name.clone(),
+        name: "web".into(),
+    };
+    sink.report(
+        &web,
+        traffic_kube_source::EventType::Warning,
+        "InvalidTrafficLabel",
+        "written as the ServiceAccount",
+    );
+    let events: Api<Event> = Api::namespaced(admin.clone(), &ns.name);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = events
+            .list(&ListParams::default().fields("involvedObject.name=web,reason=InvalidTrafficLabel"))
+            .await
+            .unwrap()
+            .items;
+        if let Some(e) = found.first() {
+            // The uid lookup (get) was allowed too.
+            assert!(e.involved_object.uid.is_some());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Event written as the ServiceAccount"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
