@@ -7,6 +7,7 @@
 //! fork and exec).
 
 pub mod bins;
+pub mod demo;
 pub mod pod;
 pub mod privileged;
 pub mod scratch;

