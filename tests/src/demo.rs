@@ -45,6 +45,9 @@ pub const HTTP_BIN: &str = "demo-http";
 pub const XDS_PORT: u16 = 15010;
 /// The control plane's /metrics and /healthz (node namespace loopback).
 pub const CONTROL_HTTP: &str = "127.0.0.1:9090";
+/// Where the demo pins its BPF objects: `<BPFFS>/<PIN_ROOT_PREFIX><tag>`, apart from the agent's.
+pub const BPFFS: &str = "/sys/fs/bpf";
+pub const PIN_ROOT_PREFIX: &str = "traffic-manager-demo-";
 /// Envoy's uid, as in a cluster.
 pub const PROXY_UID: u32 = 1337;
 
@@ -169,6 +172,9 @@ pub fn run(o: &Options) -> anyhow::Result<Report> {
     );
     let http_bin = bins::path(HTTP_BIN)?;
 
+    for leftover in topology::sweep_stale(Path::new(BPFFS)) {
+        println!("removed a leftover of a killed demo: {leftover}");
+    }
     let scratch = ScratchDir::temp("traffic-demo-")?;
     // Readable by Envoy's uid (bootstrap) — the directory is created 0700 by some umasks.
     set_mode(scratch.path(), 0o755)?;
@@ -319,10 +325,7 @@ pub fn run(o: &Options) -> anyhow::Result<Report> {
         4,
         "eBPF redirect: the client pod's connect() -> Envoy 127.0.0.1:15001",
     );
-    let pins = BpfPins(PathBuf::from(format!(
-        "/sys/fs/bpf/traffic-manager-demo-{}",
-        topo.tag
-    )));
+    let pins = BpfPins(Path::new(BPFFS).join(format!("{PIN_ROOT_PREFIX}{}", topo.tag)));
     let redirector = EbpfRedirector::new(EbpfConfig {
         pin_root: pins.0.clone(),
         forward_logs: false,

@@ -176,6 +176,66 @@ impl Topology {
     }
 }
 
+/// The prefix of every name a demo creates (`tmd<pid>x<n>`: netns, cgroups, pin roots).
+pub const NAME_PREFIX: &str = "tmd";
+
+/// The pid of the demo that created `name`: `tmd<pid>x<n>` as one `-`-separated part, as in
+/// `tmd12x1-p0` or `traffic-manager-demo-tmd12x1`.
+pub fn creator_pid(name: &str) -> Option<i32> {
+    name.split('-').find_map(|segment| {
+        let (pid, n) = segment.strip_prefix(NAME_PREFIX)?.split_once('x')?;
+        n.parse::<u32>().ok()?;
+        pid.parse().ok()
+    })
+}
+
+/// Whether `pid` runs (a zombie, killed but not yet reaped, does not).
+fn pid_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+/// Removes what a demo killed with SIGKILL (no guard could run) left behind: its network
+/// namespaces, cgroups (and their processes) and BPF pin roots. Returns what it removed.
+pub fn sweep_stale(bpffs: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    let stale = |name: &str| creator_pid(name).is_some_and(|pid| !pid_alive(pid));
+    if let Some(root) = cgroup2_mount().map(|m| m.join("traffic-demo")) {
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() && stale(&name) {
+                // cgroup.kill (5.14+) kills every process in it; then the directory can go.
+                let _ = std::fs::write(e.path().join("cgroup.kill"), "1");
+                for _ in 0..50 {
+                    if std::fs::remove_dir(e.path()).is_ok() {
+                        removed.push(e.path().display().to_string());
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
+        }
+    }
+    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(NAME_PREFIX) && stale(&name) && ip(&["netns", "delete", &name]).is_ok() {
+            removed.push(format!("netns {name}"));
+        }
+    }
+    for e in std::fs::read_dir(bpffs).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(super::PIN_ROOT_PREFIX)
+            && stale(&name)
+            && traffic_redirect::ebpf::EbpfRedirector::purge_pin_root(&e.path()).is_ok()
+        {
+            removed.push(e.path().display().to_string());
+        }
+    }
+    removed
+}
+
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     run("ip", args)
 }
@@ -199,4 +259,19 @@ fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_creating_pid_is_read_from_every_kind_of_demo_name() {
+        assert_eq!(creator_pid("tmd123x1-p0"), Some(123));
+        assert_eq!(creator_pid("tmd123x1-node"), Some(123));
+        assert_eq!(creator_pid("tmd77x0-reviews-v1-5d8f7c6b9-a1b2c"), Some(77));
+        assert_eq!(creator_pid("traffic-manager-demo-tmd9x1"), Some(9));
+        assert_eq!(creator_pid("tt123x1"), None);
+        assert_eq!(creator_pid("tmdfoo"), None);
+    }
 }
