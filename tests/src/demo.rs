@@ -422,13 +422,14 @@ pub fn run(o: &Options) -> anyhow::Result<Report> {
     print_tally(&fault);
     let f = o.fault;
     let aborted = pct(fault.status_count(f.abort_status), fault.total());
+    // Envoy's timer may fire a few ms early (196.6 ms seen for 200 ms): count >= 90 % of the delay.
     let delayed = fault
         .latencies_ms
         .iter()
-        .filter(|ms| **ms >= f.delay_ms as f64)
+        .filter(|ms| **ms >= 0.9 * f.delay_ms as f64)
         .count();
     println!(
-        "      {aborted:.1}% got {} (label: {}%), {} of {} took >= {} ms (label: {}% delayed)",
+        "      {aborted:.1}% got {} (label: {}%), {} of {} took ~{} ms or more (label: {}% delayed)",
         f.abort_status,
         f.abort_pct,
         delayed,
@@ -451,7 +452,7 @@ pub fn run(o: &Options) -> anyhow::Result<Report> {
         ));
     }
     if f.delay_pct > 0.0 && delayed == 0 {
-        problems.push(format!("fault: no request took >= {} ms", f.delay_ms));
+        problems.push(format!("fault: no request was delayed by ~{} ms", f.delay_ms));
     }
 
     pause(o, "turn the redirect off")?;
