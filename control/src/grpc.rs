@@ -9,7 +9,7 @@
 //! `<port>|<ns>|<svc>` (clusters and endpoints come from translation unchanged). The listeners are
 //! built once per snapshot and shared.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
@@ -22,6 +22,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use traffic_translate::envoy::{any, resource};
 use traffic_translate::snapshot::{MeshSnapshot, NodeResources, ObjectRef, Resources, CLUSTER, LISTENER};
+use traffic_translate::translate::{Snapshot, INGRESS_NODE_ID};
 
 /// Node ids starting with this are proxyless gRPC clients.
 pub const PROXYLESS_PREFIX: &str = "proxyless~";
@@ -76,14 +77,28 @@ fn api_listener(name: &str, cluster: &str) -> Listener {
     }
 }
 
-/// A snapshot that also serves API listeners to proxyless gRPC nodes.
+/// A snapshot that also serves API listeners to proxyless gRPC nodes, and tells the server which
+/// nodes share a view.
 #[derive(Debug)]
 pub struct WithApiListeners {
     inner: Arc<dyn MeshSnapshot>,
     listeners: Resources,
+    /// Nodes with their own view (from a translation); everyone else shares the sidecar view.
+    own_views: Option<BTreeSet<String>>,
 }
 
+/// The view key of every node that gets the shared sidecar resources.
+const SIDECAR_VIEW: &str = "<sidecar>";
+
 impl WithApiListeners {
+    /// Wraps a translation's snapshot, whose shared view and per-node overrides are known.
+    pub fn from_translation(snapshot: Snapshot) -> Self {
+        let own: BTreeSet<String> = snapshot.overridden_nodes().map(str::to_string).collect();
+        let mut w = Self::new(Arc::new(snapshot));
+        w.own_views = Some(own);
+        w
+    }
+
     pub fn new(inner: Arc<dyn MeshSnapshot>) -> Self {
         let view = inner.for_node("");
         let mut listeners = BTreeMap::new();
@@ -97,7 +112,11 @@ impl WithApiListeners {
                 Arc::new(resource(&name, &api_listener(&name, cluster), origin)),
             );
         }
-        WithApiListeners { inner, listeners }
+        WithApiListeners {
+            inner,
+            listeners,
+            own_views: None,
+        }
     }
 }
 
@@ -112,6 +131,19 @@ impl MeshSnapshot for WithApiListeners {
             }
         }
     }
+
+    fn view_key(&self, node_id: &str) -> String {
+        let (prefix, pod) = match node_id.strip_prefix(PROXYLESS_PREFIX) {
+            Some(pod) => (PROXYLESS_PREFIX, pod),
+            None => ("", node_id),
+        };
+        let base = match &self.own_views {
+            Some(own) if pod != INGRESS_NODE_ID && !own.contains(pod) => SIDECAR_VIEW.to_string(),
+            Some(_) => pod.to_string(),
+            None => self.inner.view_key(pod),
+        };
+        format!("{prefix}{base}")
+    }
 }
 
 #[cfg(test)]
@@ -125,7 +157,10 @@ mod tests {
     fn only_proxyless_nodes_get_one_api_listener_per_service_port() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/translate/examples/bookinfo.yaml");
         let model = MeshModel::from_yaml_file(path).expect("model");
-        let snap = WithApiListeners::new(Arc::new(translate(&model, &Options::default()).snapshot));
+        let snap = WithApiListeners::from_translation(translate(&model, &Options::default()).snapshot);
+        assert_eq!(snap.view_key("a.default"), snap.view_key("b.default"));
+        assert_ne!(snap.view_key("a.default"), snap.view_key("traffic-ingress"));
+        assert_ne!(snap.view_key("a.default"), snap.view_key("proxyless~a.default"));
         let sidecar = snap.for_node("a.default");
         assert!(!sidecar.by_type[LISTENER].contains_key("reviews.default.svc.cluster.local:9080"));
         let grpc = snap.for_node("proxyless~a.default");

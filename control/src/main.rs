@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
 fn config(args: ConfigArgs) -> anyhow::Result<()> {
     let model = MeshModel::from_yaml_file(&args.model)?;
     let t = rebuild::translate_logged(&model, &args.translate.options());
-    let snapshot = traffic_control::grpc::WithApiListeners::new(Arc::new(t.snapshot));
+    let snapshot = traffic_control::grpc::WithApiListeners::from_translation(t.snapshot);
     let resources = snapshot.for_node(&args.node_id);
     print!(
         "{}",

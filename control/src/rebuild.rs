@@ -122,8 +122,9 @@ pub async fn run(
                     overridden_nodes = t.snapshot.overridden_nodes().count(),
                     "translated model"
                 );
-                let snapshot: Arc<dyn MeshSnapshot> = Arc::new(t.snapshot);
-                out.send_replace(Arc::new(crate::grpc::WithApiListeners::new(snapshot)));
+                out.send_replace(Arc::new(crate::grpc::WithApiListeners::from_translation(
+                    t.snapshot,
+                )));
             }
             Err(error) => warn!(%error, "translation panicked; keeping the previous snapshot"),
         }

@@ -17,6 +17,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, Disc
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
+use traffic_control::grpc::WithApiListeners;
 use traffic_translate::model::MeshModel;
 use traffic_translate::snapshot::{MeshSnapshot, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use traffic_translate::translate::{translate, Options};
@@ -215,6 +216,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for _ in 0..3 {
         let started = Instant::now();
         t = translate(&m, &opts);
+        let _with_grpc = WithApiListeners::from_translation(t.snapshot.clone());
         rebuilds.push(started.elapsed());
     }
     rebuilds.sort();
@@ -245,7 +247,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map(|r| r.keys().cloned().collect())
         .unwrap_or_default();
 
-    let first: Arc<dyn MeshSnapshot> = Arc::new(t.snapshot);
+    let first: Arc<dyn MeshSnapshot> = Arc::new(WithApiListeners::from_translation(t.snapshot));
     let (snap_tx, snap_rx) = watch::channel(first);
     let mut registry = Registry::default();
     let server = XdsServer::new(
@@ -299,7 +301,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let m = model(args.services, args.pods_per_service, change)?;
         let t = translate(&m, &opts);
         let published = Instant::now();
-        snap_tx.send_replace(Arc::new(t.snapshot));
+        snap_tx.send_replace(Arc::new(WithApiListeners::from_translation(t.snapshot)));
         let mut got = BTreeMap::new();
         while got.len() < args.streams {
             let (id, at) = tokio::time::timeout(Duration::from_secs(30), seen_rx.recv())

@@ -17,10 +17,10 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as WireResource,
 };
-use traffic_translate::snapshot::{NodeResources, Resource, Resources};
+use traffic_translate::snapshot::{Resource, Resources};
 
 use crate::rejection::Rejection;
-use crate::{is_full_state, unique_origins, ORDER};
+use crate::{is_full_state, unique_origins, View, ORDER};
 
 /// A response awaiting its ACK/NACK.
 #[derive(Debug)]
@@ -59,7 +59,7 @@ pub struct DeltaOutcome {
 #[derive(Debug, Default)]
 pub struct DeltaStream {
     types: HashMap<String, TypeState>,
-    resources: NodeResources,
+    resources: Arc<View>,
     nonce: u64,
     /// `system_version_info` of responses: the generation of the resources last taken.
     system_version: String,
@@ -70,7 +70,7 @@ impl DeltaStream {
         DeltaStream::default()
     }
 
-    pub fn resources(&self) -> &NodeResources {
+    pub fn resources(&self) -> &View {
         &self.resources
     }
 
@@ -153,7 +153,7 @@ impl DeltaStream {
 
     /// Takes a new set of resources (with its generation, reported as `system_version_info`) and
     /// returns the responses it causes, in make-before-break order.
-    pub fn on_resources(&mut self, resources: NodeResources, generation: u64) -> Vec<DeltaDiscoveryResponse> {
+    pub fn on_resources(&mut self, resources: Arc<View>, generation: u64) -> Vec<DeltaDiscoveryResponse> {
         self.resources = resources;
         self.system_version = generation.to_string();
         let mut out = Vec::new();
@@ -174,8 +174,12 @@ impl DeltaStream {
     }
 
     fn push(&mut self, type_url: &str, initial: bool) -> Option<DeltaDiscoveryResponse> {
-        let empty = Resources::new();
-        let all = self.resources.by_type.get(type_url).unwrap_or(&empty);
+        let all: Arc<Resources> = self
+            .resources
+            .get(type_url)
+            .map(|tv| tv.resources.clone())
+            .unwrap_or_default();
+        let all = &*all;
         let ts = self.types.get_mut(type_url)?;
         let mut updated: Vec<(Arc<Resource>, Option<String>)> = Vec::new();
         let mut moved_on: Vec<String> = Vec::new();

@@ -15,13 +15,123 @@ pub mod rejection;
 pub mod server;
 pub mod sotw;
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 
 pub use metrics::XdsMetrics;
 pub use rejection::{IgnoreRejections, RejectionSink};
 pub use server::{XdsServer, XdsServerError};
-use traffic_translate::snapshot::{ObjectRef, Resource, Resources};
+use traffic_translate::snapshot::{NodeResources, ObjectRef, Resource, Resources};
+
+/// One type's resources in a [`View`]: the map, its content version (computed once), and the
+/// differences from older versions, computed once and shared by every stream that needs them.
+#[derive(Debug)]
+pub struct TypeView {
+    pub resources: Arc<Resources>,
+    /// [`set_version`] of `resources`.
+    pub version: String,
+    diffs: Mutex<HashMap<String, Arc<Vec<Arc<Resource>>>>>,
+}
+
+impl Default for TypeView {
+    fn default() -> Self {
+        TypeView::new(Arc::default())
+    }
+}
+
+impl TypeView {
+    pub fn new(resources: Arc<Resources>) -> Self {
+        let version = set_version(&resources);
+        TypeView {
+            resources,
+            version,
+            diffs: Mutex::default(),
+        }
+    }
+
+    /// The resources that are new or different compared to `old` (whose version is `old_version`).
+    pub fn changed_since(&self, old: &Resources, old_version: &str) -> Arc<Vec<Arc<Resource>>> {
+        let compute = || {
+            Arc::new(
+                self.resources
+                    .iter()
+                    .filter(|(name, r)| old.get(*name).is_none_or(|o| o.version != r.version))
+                    .map(|(_, r)| r.clone())
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let Ok(mut diffs) = self.diffs.lock() else {
+            return compute();
+        };
+        diffs
+            .entry(old_version.to_string())
+            .or_insert_with(compute)
+            .clone()
+    }
+}
+
+/// One node's resources as streams hold them: each type's map behind an `Arc`, so every stream
+/// of nodes sharing a view (see `MeshSnapshot::view_key`) points at the same maps.
+#[derive(Debug, Default)]
+pub struct View {
+    by_type: HashMap<&'static str, Arc<TypeView>>,
+}
+
+impl View {
+    pub fn get(&self, type_url: &str) -> Option<&Arc<TypeView>> {
+        self.by_type.get(type_url)
+    }
+}
+
+impl From<NodeResources> for View {
+    fn from(nr: NodeResources) -> Self {
+        View {
+            by_type: nr
+                .by_type
+                .into_iter()
+                .map(|(t, r)| (t, Arc::new(TypeView::new(Arc::new(r)))))
+                .collect(),
+        }
+    }
+}
+
+/// Interns subscription name sets: 1,000 Envoys subscribing to the same 1,000 endpoint names
+/// share one set instead of holding 1,000 copies.
+#[derive(Debug, Default)]
+pub struct NameSets(Mutex<HashMap<u64, Vec<Weak<BTreeSet<String>>>>>);
+
+impl NameSets {
+    pub fn intern(&self, names: &[String]) -> Arc<BTreeSet<String>> {
+        // Order-insensitive key (Envoy may list names in any order).
+        let key = names.iter().fold(names.len() as u64, |acc, n| {
+            acc ^ fnv(n.as_bytes()).rotate_left(7)
+        });
+        let Ok(mut map) = self.0.lock() else {
+            return Arc::new(names.iter().cloned().collect());
+        };
+        let bucket = map.entry(key).or_default();
+        bucket.retain(|w| w.strong_count() > 0);
+        for w in bucket.iter() {
+            if let Some(set) = w.upgrade() {
+                if set.len() == names.len() && names.iter().all(|n| set.contains(n)) {
+                    return set;
+                }
+            }
+        }
+        let set: Arc<BTreeSet<String>> = Arc::new(names.iter().cloned().collect());
+        bucket.push(Arc::downgrade(&set));
+        set
+    }
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
 pub use traffic_translate::snapshot::{CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
 
 /// The order types are pushed in after a snapshot change: what others refer to goes first
@@ -47,7 +157,7 @@ pub fn type_name(type_url: &str) -> &str {
 
 /// A content hash (FNV-1a 64, hex) of a set of resources' names and versions: stable across
 /// processes, so a proxy reconnecting to a restarted server with unchanged config is not re-sent.
-pub(crate) fn set_version(resources: &Resources) -> String {
+pub fn set_version(resources: &Resources) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (name, res) in resources {
         for b in name.bytes().chain([0]).chain(res.version.bytes()).chain([0]) {
@@ -71,7 +181,6 @@ pub(crate) fn unique_origins<'a>(resources: impl Iterator<Item = &'a Arc<Resourc
 pub(crate) mod testing {
     use super::*;
     use envoy_types::pb::google::protobuf::Any;
-    use traffic_translate::snapshot::NodeResources;
 
     /// A fake resource whose body is `name@version`.
     pub fn res(type_url: &str, name: &str, version: &str) -> Arc<Resource> {
@@ -90,7 +199,7 @@ pub(crate) mod testing {
         })
     }
 
-    pub fn node_resources(items: &[(&'static str, &str, &str)]) -> NodeResources {
+    pub fn node_resources(items: &[(&'static str, &str, &str)]) -> Arc<View> {
         let mut nr = NodeResources::default();
         for (t, n, v) in items {
             nr.by_type
@@ -98,7 +207,7 @@ pub(crate) mod testing {
                 .or_default()
                 .insert(n.to_string(), res(t, n, v));
         }
-        nr
+        Arc::new(View::from(nr))
     }
 }
 

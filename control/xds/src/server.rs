@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -17,13 +17,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, info_span, warn, Instrument};
-use traffic_translate::snapshot::{MeshSnapshot, NodeResources};
+use traffic_translate::snapshot::MeshSnapshot;
 
 use crate::delta::DeltaStream;
 use crate::metrics::{Mode, ModeLabels, TypeLabels, XdsMetrics};
 use crate::rejection::{Rejection, RejectionSink};
 use crate::sotw::SotwStream;
-use crate::type_name;
+use crate::{type_name, NameSets, View};
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +43,36 @@ struct Published {
     snapshot: Arc<dyn MeshSnapshot>,
     generation: u64,
     at: Instant,
+    /// view key -> resources, computed by the first stream that needs them.
+    views: Arc<Mutex<HashMap<String, Arc<View>>>>,
+}
+
+impl Published {
+    fn new(snapshot: Arc<dyn MeshSnapshot>, generation: u64) -> Self {
+        Published {
+            snapshot,
+            generation,
+            at: Instant::now(),
+            views: Arc::default(),
+        }
+    }
+
+    /// The resources of `node`, shared with every node of the same view.
+    fn view(&self, node: &str) -> Arc<View> {
+        let key = self.snapshot.view_key(node);
+        let Ok(mut views) = self.views.lock() else {
+            return Arc::new(View::from(self.snapshot.for_node(node)));
+        };
+        views
+            .entry(key)
+            .or_insert_with(|| Arc::new(View::from(self.snapshot.for_node(node))))
+            .clone()
+    }
 }
 
 struct Shared {
     published: watch::Receiver<Published>,
+    names: Arc<NameSets>,
     metrics: XdsMetrics,
     sink: Arc<dyn RejectionSink>,
 }
@@ -74,11 +100,7 @@ impl XdsServer {
         sink: Arc<dyn RejectionSink>,
     ) -> Result<Self, XdsServerError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| XdsServerError::NoRuntime)?;
-        let first = Published {
-            snapshot: snapshots.borrow_and_update().clone(),
-            generation: 1,
-            at: Instant::now(),
-        };
+        let first = Published::new(snapshots.borrow_and_update().clone(), 1);
         let (tx, rx) = watch::channel(first);
         handle.spawn(
             async move {
@@ -87,14 +109,7 @@ impl XdsServer {
                     generation += 1;
                     let snapshot = snapshots.borrow_and_update().clone();
                     debug!(generation, "new snapshot");
-                    if tx
-                        .send(Published {
-                            snapshot,
-                            generation,
-                            at: Instant::now(),
-                        })
-                        .is_err()
-                    {
+                    if tx.send(Published::new(snapshot, generation)).is_err() {
                         break;
                     }
                 }
@@ -105,6 +120,7 @@ impl XdsServer {
         Ok(XdsServer {
             shared: Arc::new(Shared {
                 published: rx,
+                names: Arc::default(),
                 metrics,
                 sink,
             }),
@@ -187,8 +203,8 @@ impl Shared {
             .inc_by(resources as u64);
     }
 
-    fn node_resources(&self, published: &Published, node: &str) -> NodeResources {
-        published.snapshot.for_node(node)
+    fn node_resources(&self, published: &Published, node: &str) -> Arc<View> {
+        published.view(node)
     }
 }
 
@@ -219,7 +235,7 @@ async fn run_sotw(shared: Arc<Shared>, mut inbound: Streaming<DiscoveryRequest>,
     let _connected = Connected::new(&shared.metrics, Mode::Sotw);
     let mut published = shared.published.clone();
     let mut snapshots_live = true;
-    let mut state = SotwStream::new();
+    let mut state = SotwStream::with_name_sets(shared.names.clone());
     let mut node: Option<String> = None;
     let mut timer = AckTimer::default();
     loop {

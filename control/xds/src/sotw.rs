@@ -18,28 +18,37 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use traffic_translate::snapshot::{NodeResources, Resource, Resources};
+use traffic_translate::snapshot::{Resource, Resources};
 
 use crate::rejection::Rejection;
-use crate::{is_full_state, set_version, unique_origins, ORDER};
+use crate::{is_full_state, set_version, unique_origins, NameSets, View, ORDER};
 
 /// Which names of a type a stream wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Subscription {
     Wildcard,
-    Names(BTreeSet<String>),
+    /// Interned: streams asking for the same names share one set.
+    Names(Arc<BTreeSet<String>>),
 }
 
 impl Subscription {
     /// `first`: this is the stream's first request for the type, where an empty list means
     /// "everything" for listeners and clusters (legacy wildcard).
-    fn from_request(type_url: &str, names: &[String], first_or_wildcard: bool) -> Self {
+    fn from_request(type_url: &str, names: &[String], first_or_wildcard: bool, sets: &NameSets) -> Self {
         if names.iter().any(|n| n == "*")
             || (names.is_empty() && first_or_wildcard && is_full_state(type_url))
         {
             Subscription::Wildcard
         } else {
-            Subscription::Names(names.iter().cloned().collect())
+            Subscription::Names(sets.intern(names))
+        }
+    }
+
+    /// Whether every resource of `all` is subscribed.
+    fn covers_all(&self, all: &Resources) -> bool {
+        match self {
+            Subscription::Wildcard => true,
+            Subscription::Names(set) => set.len() >= all.len() && all.keys().all(|k| set.contains(k)),
         }
     }
 
@@ -54,20 +63,6 @@ impl Subscription {
                 !wildcard && set.len() == names.len() && names.iter().all(|n| set.contains(n))
             }
         }
-    }
-
-    /// Whether the subscribed subset of `all` is exactly `sent` (same names and versions),
-    /// checked without allocating.
-    fn selects_exactly(&self, all: &Resources, sent: &Resources) -> bool {
-        let mut n = 0;
-        for (name, r) in self.select(all) {
-            n += 1;
-            match sent.get(name) {
-                Some(s) if Arc::ptr_eq(s, r) || s.version == r.version => {}
-                _ => return false,
-            }
-        }
-        n == sent.len()
     }
 
     /// The subscribed subset of `all`.
@@ -87,19 +82,21 @@ struct TypeState {
     subscription: Subscription,
     /// Nonce of the last response sent for this type ("" before the first).
     last_nonce: String,
-    /// What the proxy holds if it accepts everything sent so far.
-    sent: Resources,
+    /// What the proxy holds if it accepts everything sent so far (usually the snapshot's own map).
+    sent: Arc<Resources>,
     sent_version: String,
+    /// `sent` is a whole type map of a view (so diffs between views apply).
+    sent_whole: bool,
     /// Resources of the last response (to attribute a NACK).
     last_pushed: Vec<Arc<Resource>>,
     /// What the proxy held at its last ACK.
-    acked: Resources,
+    acked: Arc<Resources>,
     acked_version: String,
     /// name -> version the proxy rejected; not sent again while the snapshot still has it.
     rejected: BTreeMap<String, String>,
     /// The last few sets sent, by version: a NACK names the version the proxy is still on, which
     /// tells exactly what it holds even when ACKs were skipped as stale.
-    history: VecDeque<(String, Resources)>,
+    history: VecDeque<(String, Arc<Resources>)>,
 }
 
 /// Sets remembered per type for NACK attribution.
@@ -110,17 +107,18 @@ impl TypeState {
         TypeState {
             subscription,
             last_nonce: String::new(),
-            sent: Resources::new(),
+            sent: Arc::default(),
             sent_version: String::new(),
+            sent_whole: false,
             last_pushed: Vec::new(),
-            acked: Resources::new(),
+            acked: Arc::default(),
             acked_version: String::new(),
             rejected: BTreeMap::new(),
             history: VecDeque::new(),
         }
     }
 
-    fn remember(&mut self, version: &str, set: &Resources) {
+    fn remember(&mut self, version: &str, set: &Arc<Resources>) {
         if self.history.iter().any(|(v, _)| v == version) {
             return;
         }
@@ -131,39 +129,32 @@ impl TypeState {
     }
 
     /// The subscribed resources as they should be on the proxy: the snapshot's, except that a
-    /// rejected version is replaced by the last accepted copy (or left out).
-    fn desired(&mut self, all: &Resources) -> Resources {
+    /// rejected version is replaced by the last accepted copy (or left out). Without rejections
+    /// and with everything subscribed this is the snapshot's map itself (shared, not copied).
+    fn desired(&mut self, all: &Arc<Resources>) -> Arc<Resources> {
+        if !self.rejected.is_empty() {
+            // Forget rejections the snapshot has moved on from.
+            self.rejected
+                .retain(|name, bad| all.get(name).is_none_or(|r| r.version == *bad));
+        }
+        if self.rejected.is_empty() && self.subscription.covers_all(all) {
+            return all.clone();
+        }
         let mut desired = Resources::new();
-        let mut moved_on = Vec::new();
         for (name, res) in self.subscription.select(all) {
             match self.rejected.get(name) {
-                Some(bad) if *bad == res.version => {
+                Some(_) => {
                     if let Some(kept) = self.acked.get(name) {
                         desired.insert(name.clone(), kept.clone());
                     }
-                }
-                Some(_) => {
-                    moved_on.push(name.clone());
-                    desired.insert(name.clone(), res.clone());
                 }
                 None => {
                     desired.insert(name.clone(), res.clone());
                 }
             }
         }
-        for name in moved_on {
-            self.rejected.remove(&name);
-        }
-        desired
+        Arc::new(desired)
     }
-}
-
-/// Same names and versions.
-fn same_content(a: &Resources, b: &Resources) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b.iter())
-            .all(|((na, ra), (nb, rb))| na == nb && (Arc::ptr_eq(ra, rb) || ra.version == rb.version))
 }
 
 /// What a request did, for logging and metrics.
@@ -181,8 +172,9 @@ pub struct RequestOutcome {
 #[derive(Debug, Default)]
 pub struct SotwStream {
     types: HashMap<String, TypeState>,
-    resources: NodeResources,
+    resources: Arc<View>,
     nonce: u64,
+    names: Arc<NameSets>,
 }
 
 impl SotwStream {
@@ -190,8 +182,16 @@ impl SotwStream {
         SotwStream::default()
     }
 
+    /// A stream interning its subscriptions' name sets in `names` (shared by the server's streams).
+    pub fn with_name_sets(names: Arc<NameSets>) -> Self {
+        SotwStream {
+            names,
+            ..SotwStream::default()
+        }
+    }
+
     /// The resources currently offered to this stream's node.
-    pub fn resources(&self) -> &NodeResources {
+    pub fn resources(&self) -> &View {
         &self.resources
     }
 
@@ -201,9 +201,13 @@ impl SotwStream {
         let mut out = RequestOutcome::default();
         if req.response_nonce.is_empty() {
             // A new subscription for this type (first request on the stream).
-            let sub = Subscription::from_request(type_url, &req.resource_names, true);
+            let sub = Subscription::from_request(type_url, &req.resource_names, true, &self.names);
             let mut ts = TypeState::new(sub);
-            let all = self.resources.by_type.get(type_url).cloned().unwrap_or_default();
+            let all = self
+                .resources
+                .get(type_url)
+                .map(|tv| tv.resources.clone())
+                .unwrap_or_default();
             let desired = ts.desired(&all);
             let version = set_version(&desired);
             if !req.version_info.is_empty() && req.version_info == version {
@@ -235,7 +239,7 @@ impl SotwStream {
                     ts.acked = set.clone();
                     ts.acked_version = v.clone();
                 } else if req.version_info.is_empty() {
-                    ts.acked = Resources::new();
+                    ts.acked = Arc::default();
                     ts.acked_version = String::new();
                 }
                 let rejected: Vec<Arc<Resource>> = ts
@@ -254,6 +258,7 @@ impl SotwStream {
                 }
                 ts.sent = ts.acked.clone();
                 ts.sent_version = ts.acked_version.clone();
+                ts.sent_whole = false;
                 out.rejection = Some(Rejection {
                     type_url: type_url.to_string(),
                     resources: rejected.iter().map(|r| r.name.clone()).collect(),
@@ -273,7 +278,8 @@ impl SotwStream {
             .subscription
             .same_as_request(type_url, &req.resource_names, first_or_wildcard)
         {
-            ts.subscription = Subscription::from_request(type_url, &req.resource_names, first_or_wildcard);
+            ts.subscription =
+                Subscription::from_request(type_url, &req.resource_names, first_or_wildcard, &self.names);
             out.responses.extend(self.push(type_url, false));
         }
         out
@@ -281,7 +287,7 @@ impl SotwStream {
 
     /// Takes a new set of resources for this node and returns the responses it causes, in
     /// make-before-break order (secrets, clusters, endpoints, listeners, routes).
-    pub fn on_resources(&mut self, resources: NodeResources) -> Vec<DiscoveryResponse> {
+    pub fn on_resources(&mut self, resources: Arc<View>) -> Vec<DiscoveryResponse> {
         self.resources = resources;
         let mut out = Vec::new();
         for type_url in ORDER {
@@ -303,33 +309,48 @@ impl SotwStream {
     /// The response `type_url` needs now, if any. `initial`: answer even when nothing changed
     /// (the first response to a full-state subscription, which the proxy waits for).
     fn push(&mut self, type_url: &str, initial: bool) -> Option<DiscoveryResponse> {
-        let empty = Resources::new();
-        let all = self.resources.by_type.get(type_url).unwrap_or(&empty);
+        let tv = self.resources.get(type_url).cloned().unwrap_or_default();
+        let all = &tv.resources;
         let ts = self.types.get_mut(type_url)?;
-        if !initial && ts.rejected.is_empty() && ts.subscription.selects_exactly(all, &ts.sent) {
+        if !initial && ts.rejected.is_empty() && ts.sent_whole && ts.sent_version == tv.version {
+            // Same content as what the proxy holds: adopt the new map so the old one can go.
+            ts.sent = all.clone();
             return None;
         }
         let desired = ts.desired(all);
-        let full = is_full_state(type_url);
-        let pushed: Vec<Arc<Resource>> = if full {
-            if !initial && same_content(&desired, &ts.sent) {
+        let whole = Arc::ptr_eq(&desired, all);
+        let version = if whole {
+            tv.version.clone()
+        } else {
+            set_version(&desired)
+        };
+        let pushed: Vec<Arc<Resource>> = if is_full_state(type_url) {
+            if !initial && version == ts.sent_version {
+                ts.sent = desired;
+                ts.sent_whole = whole;
                 return None;
             }
             desired.values().cloned().collect()
         } else {
-            let changed: Vec<Arc<Resource>> = desired
-                .iter()
-                .filter(|(name, r)| ts.sent.get(*name).map(|s| s.version != r.version).unwrap_or(true))
-                .map(|(_, r)| r.clone())
-                .collect();
+            let changed: Vec<Arc<Resource>> = if whole && ts.sent_whole {
+                tv.changed_since(&ts.sent, &ts.sent_version).to_vec()
+            } else {
+                desired
+                    .iter()
+                    .filter(|(name, r)| ts.sent.get(*name).is_none_or(|s| s.version != r.version))
+                    .map(|(_, r)| r.clone())
+                    .collect()
+            };
             if changed.is_empty() {
                 // Forget names that left the snapshot so they are sent again if they come back.
                 ts.sent = desired;
+                ts.sent_version = version;
+                ts.sent_whole = whole;
                 return None;
             }
             changed
         };
-        let version = set_version(&desired);
+        ts.sent_whole = whole;
         ts.remember(&version, &desired);
         ts.sent = desired;
         ts.sent_version = version.clone();
