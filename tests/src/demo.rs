@@ -355,6 +355,15 @@ pub fn run(o: &Options) -> anyhow::Result<Report> {
         topo.proxy_cgroup().display(),
         pins.0.display()
     );
+    if !o.once {
+        println!(
+            "      try it from another root shell (the shell joins the pod's cgroup, then its netns):\n        \
+             sh -c 'echo $$ > {}/cgroup.procs && exec ip netns exec {} curl -s http://{}/'",
+            topo.client.cgroup().display(),
+            topo.client.netns_name(),
+            plan.target
+        );
+    }
     println!(
         "      first output of the demo to here: {:.1} s",
         started.elapsed().as_secs_f64()
