@@ -37,7 +37,8 @@ impl fmt::Display for Mode {
 }
 
 /// Stable identity of a redirected pod (the pod uid in Kubernetes; any unique name in tests).
-/// Used as a file name under the pin directory, so it is restricted to `[A-Za-z0-9._-]`.
+/// Used as a file name under the bpffs pin directory, which refuses dots, so it is restricted to
+/// `[A-Za-z0-9_-]` (a Kubernetes pod uid fits).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct PodKey(String);
 
@@ -48,7 +49,7 @@ impl PodKey {
             && key.len() <= 128
             && key
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if ok {
             Ok(Self(key))
         } else {
@@ -67,7 +68,7 @@ impl fmt::Display for PodKey {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("invalid pod key {0:?}: use 1-128 characters from [A-Za-z0-9._-]")]
+#[error("invalid pod key {0:?}: use 1-128 characters from [A-Za-z0-9_-] (bpffs pin names cannot hold dots)")]
 pub struct InvalidPodKey(pub String);
 
 /// Per-pod redirect settings.
@@ -150,4 +151,18 @@ pub enum RedirectError {
     /// eBPF datapath failures (boxed: the error carries aya's sources).
     #[error(transparent)]
     Ebpf(Box<ebpf::EbpfError>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_key_takes_a_pod_uid_and_refuses_what_bpffs_cannot_pin() {
+        assert!(PodKey::new("5f0c3d2e-7a41-4c5e-9b1a-0d6c2e8f9a10").is_ok());
+        assert!(PodKey::new("default_client").is_ok());
+        for bad in ["", "client.default", "a/b", "x y", &"k".repeat(129)] {
+            assert!(PodKey::new(bad).is_err(), "{bad:?}");
+        }
+    }
 }
