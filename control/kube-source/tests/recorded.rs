@@ -300,3 +300,50 @@ fn recorded_cluster_ips_are_in_the_service_cidr() {
     assert!(reviews.cluster_ips[0].to_string().starts_with("10.96."));
     assert_ne!(reviews.cluster_ips[0], ip("10.96.0.1"));
 }
+
+/// 1000 Services x 10 pods (each pod through a ReplicaSet and a Deployment), cloned from the
+/// recorded objects: the full rebuild each debounced change costs must stay small.
+#[test]
+fn building_a_model_of_ten_thousand_pods_takes_well_under_a_second() {
+    let base = recorded();
+    let mut inputs = Inputs::default();
+    for s in 0..1000 {
+        let app = format!("app{s}");
+        let mut svc = (*base.services[2]).clone(); // reviews
+        svc.metadata.name = Some(app.clone());
+        svc.spec.as_mut().unwrap().selector = Some([("app".to_string(), app.clone())].into());
+        inputs.services.push(Arc::new(svc));
+        let mut deploy = (*base.deployments[0]).clone();
+        deploy.metadata.name = Some(app.clone());
+        inputs.deployments.push(Arc::new(deploy));
+        let mut rs = (*base.replica_sets[0]).clone();
+        rs.metadata.name = Some(format!("{app}-rs"));
+        rs.metadata.owner_references.as_mut().unwrap()[0].name = app.clone();
+        inputs.replica_sets.push(Arc::new(rs));
+        for p in 0..10 {
+            let mut pod = (*base.pods[2]).clone(); // reviews-v1
+            pod.metadata.name = Some(format!("{app}-rs-{p}"));
+            pod.metadata
+                .labels
+                .as_mut()
+                .unwrap()
+                .insert("app".into(), app.clone());
+            pod.metadata.owner_references.as_mut().unwrap()[0].name = format!("{app}-rs");
+            pod.status.as_mut().unwrap().pod_ip = Some(format!("10.{}.{}.{}", s / 250, s % 250, p + 1));
+            inputs.pods.push(Arc::new(pod));
+        }
+    }
+    let start = std::time::Instant::now();
+    let m = build_model(&inputs);
+    let build = start.elapsed();
+    let start = std::time::Instant::now();
+    assert_eq!(build_model(&inputs), m);
+    let compare = start.elapsed();
+    eprintln!("build_model 1000 services / 10000 pods: {build:?}; rebuild + compare: {compare:?}");
+    assert_eq!(m.pods.len(), 10_000);
+    assert!(m
+        .pods
+        .iter()
+        .all(|p| p.owner.as_ref().unwrap().kind == WorkloadKind::Deployment));
+    assert!(build < std::time::Duration::from_secs(2), "{build:?}");
+}
