@@ -47,6 +47,10 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         "the demo creates network namespaces and cgroups and attaches BPF: run it as root (sudo)"
     );
     let root = cmd::workspace_root();
+    if !o.no_build && o.envoy.is_none() {
+        // One command on a fresh machine: install what the demo needs (idempotent, quick when done).
+        setup::run(setup::Options::default())?;
+    }
     let envoy = o
         .envoy
         .clone()
