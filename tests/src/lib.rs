@@ -8,6 +8,8 @@
 
 pub mod bins;
 pub mod demo;
+pub mod e2e;
+pub mod e2e_parse;
 pub mod pod;
 pub mod privileged;
 pub mod scratch;

@@ -5,6 +5,7 @@
 //! - `cargo xtask test`         setup + build-ebpf + every test, privileged ones included
 //! - `cargo xtask bench <redirect|xds>`
 //! - `cargo xtask demo [--once]` the local demo: Envoy sidecar + eBPF redirect + control plane, no cluster
+//! - `cargo xtask e2e`          the end-to-end suite on the running single-node Kubernetes (root)
 use clap::{Parser, Subcommand};
 
 mod bench_redirect;
@@ -12,6 +13,7 @@ mod bench_xds;
 mod build_ebpf;
 mod cmd;
 mod demo;
+mod e2e;
 mod setup;
 mod test;
 
@@ -33,6 +35,9 @@ enum Command {
     /// The local demo (root): a pod with a real Envoy sidecar, configured by traffic-control from
     /// xtask/demo/model.yaml and steered by eBPF; 80/20 split, fault labels, redirect off.
     Demo(demo::Options),
+    /// End-to-end suite on the running test cluster (root): traffic-control + traffic-agent as
+    /// host processes, `cargo test -p traffic-tests --test e2e` per redirect mode.
+    E2e(e2e::Options),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -54,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup(o) => setup::run(o),
         Command::Test(o) => test::run(o),
         Command::Demo(o) => demo::run(o),
+        Command::E2e(o) => e2e::run(o),
         Command::Bench {
             which: Bench::Redirect(o),
         } => bench_redirect::run(o),
