@@ -1,12 +1,13 @@
 //! xDS scale benchmark (run through `cargo xtask bench xds`): a synthetic mesh of N services x M
-//! pods, translated once (full rebuild time), served by the real ADS server on loopback to S
-//! concurrent in-process tonic ADS clients that subscribe to everything and ACK every response
-//! like Envoy. Then one endpoint changes at a time: the time from publishing the new snapshot to
-//! each stream receiving the changed assignment is measured (p50/p99 over streams and changes).
-//! RSS is this process's (server + clients), sampled before and after the clients connect.
+//! pods, translated here to time a full rebuild, then served by the real `traffic-control serve
+//! --model <file>` process (found next to this executable) to S concurrent in-process tonic ADS
+//! clients that subscribe to everything and ACK every response like Envoy. Then one endpoint
+//! changes at a time (the model file is rewritten): the time from the write to each stream
+//! receiving the changed assignment is measured (p50/p99 over streams and changes); it includes
+//! the file poll (10 ms), a re-translation of the whole model and the pushes. RSS is the server
+//! process's (VmRSS, and VmHWM = peak).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -14,14 +15,12 @@ use clap::Parser;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
-use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use traffic_control::grpc::WithApiListeners;
 use traffic_translate::model::MeshModel;
 use traffic_translate::snapshot::{MeshSnapshot, CLUSTER, ENDPOINT, LISTENER, ROUTE};
 use traffic_translate::translate::{translate, Options};
-use traffic_xds::{IgnoreRejections, XdsMetrics, XdsServer};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -68,17 +67,77 @@ fn model(services: usize, pods: usize, bump: usize) -> anyhow::Result<MeshModel>
     MeshModel::from_yaml_str(&y).context("synthetic model")
 }
 
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+/// `field` (VmRSS, VmHWM) of process `pid` in MB.
+fn mem_mb(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                l.strip_prefix(field).and_then(|v| {
+                    v.trim_start_matches(':')
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                })
             })
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// Set when the run is over (clients then lose the server quietly).
+static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Kills the server process on drop.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn scrape(port: u16) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+/// (count, p50 bucket bound, p99 bucket bound) of a Prometheus histogram in `text`.
+fn histogram_quantiles(text: &str, name: &str) -> (u64, String, String) {
+    let prefix = format!("{name}_bucket{{le=\"");
+    let buckets: Vec<(String, u64)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|l| {
+            let (le, rest) = l.split_once('"')?;
+            Some((le.to_string(), rest.trim_start_matches('}').trim().parse().ok()?))
+        })
+        .collect();
+    let count = buckets.last().map(|b| b.1).unwrap_or(0);
+    let q = |p: f64| {
+        buckets
+            .iter()
+            .find(|(_, c)| *c as f64 >= p * count as f64)
+            .map(|(le, _)| le.clone())
+            .unwrap_or_default()
+    };
+    (count, q(0.5), q(0.99))
+}
+
+fn model_yaml(m: &MeshModel) -> anyhow::Result<String> {
+    m.to_yaml().context("model to YAML")
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -208,7 +267,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let rss_start = rss_mb();
     let m = model(args.services, args.pods_per_service, 0)?;
     let opts = Options::default();
     let mut rebuilds = Vec::new();
@@ -233,7 +291,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         count(ROUTE)
     );
     println!(
-        "full rebuild (translate whole model): median {:?} (of 3)",
+        "full rebuild (translate whole model + gRPC API listeners): median {:?} (of 3)",
         rebuilds[1]
     );
     let clusters: Vec<String> = sample
@@ -247,18 +305,47 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map(|r| r.keys().cloned().collect())
         .unwrap_or_default();
 
-    let first: Arc<dyn MeshSnapshot> = Arc::new(WithApiListeners::from_translation(t.snapshot));
-    let (snap_tx, snap_rx) = watch::channel(first);
-    let mut registry = Registry::default();
-    let server = XdsServer::new(
-        snap_rx,
-        XdsMetrics::register(&mut registry),
-        Arc::new(IgnoreRejections),
-    )?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(server.serve(listener, std::future::pending()));
-    let rss_server = rss_mb();
+    let dir = std::env::temp_dir().join(format!("xds-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let model_path = dir.join("mesh.yaml");
+    std::fs::write(&model_path, model_yaml(&m)?)?;
+    let exe = std::env::current_exe()?.with_file_name("traffic-control");
+    let (xds_port, http_port) = (free_port()?, free_port()?);
+    let server = Server(
+        std::process::Command::new(&exe)
+            .args(["serve", "--model"])
+            .arg(&model_path)
+            .args([
+                "--xds-addr",
+                &format!("127.0.0.1:{xds_port}"),
+                "--http-addr",
+                &format!("127.0.0.1:{http_port}"),
+            ])
+            .args(["--model-poll-ms", "10", "--debounce-ms", "0"])
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {} (build it: cargo build --release -p traffic-control --bins)",
+                    exe.display()
+                )
+            })?,
+    );
+    let pid = server.0.id();
+    let url = format!("http://127.0.0.1:{xds_port}");
+    let mut up = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", xds_port))
+            .await
+            .is_ok()
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(up, "traffic-control did not start");
+    let rss_server = mem_mb(pid, "VmRSS");
 
     let (ready_tx, mut ready_rx) = mpsc::channel(args.streams);
     let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
@@ -279,7 +366,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 sotw_client(u, id, c, r, rd, s).await
             };
             if let Err(e) = res {
-                eprintln!("client {id}: {e:#}");
+                if !DONE.load(std::sync::atomic::Ordering::SeqCst) {
+                    eprintln!("client {id}: {e:#}");
+                }
             }
         });
     }
@@ -294,14 +383,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         if args.delta { "delta" } else { "SotW" },
         connect_started.elapsed()
     );
-    let rss_clients = rss_mb();
+    let rss_clients = mem_mb(pid, "VmRSS");
 
     let mut latencies = Vec::new();
     for change in 1..=args.changes {
-        let m = model(args.services, args.pods_per_service, change)?;
-        let t = translate(&m, &opts);
+        let text = model_yaml(&model(args.services, args.pods_per_service, change)?)?;
+        let tmp = dir.join("mesh.yaml.tmp");
+        std::fs::write(&tmp, text)?;
         let published = Instant::now();
-        snap_tx.send_replace(Arc::new(WithApiListeners::from_translation(t.snapshot)));
+        std::fs::rename(&tmp, &model_path)?;
         let mut got = BTreeMap::new();
         while got.len() < args.streams {
             let (id, at) = tokio::time::timeout(Duration::from_secs(30), seen_rx.recv())
@@ -322,16 +412,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     latencies.sort();
     println!(
-        "endpoint change -> stream latency over {} deliveries: p50 {:?}, p99 {:?}, max {:?}",
+        "endpoint change (model file write) -> stream latency over {} deliveries: p50 {:?}, p99 {:?}, max {:?}",
         latencies.len(),
         pct(&latencies, 0.5),
         pct(&latencies, 0.99),
         latencies.last().copied().unwrap_or_default()
     );
     println!(
-        "RSS: start {rss_start:.0} MB, server with snapshot {rss_server:.0} MB, with {} streams (server + in-process clients) {rss_clients:.0} MB, end {:.0} MB",
+        "server RSS: started with the model {rss_server:.0} MB, with {} streams synced {rss_clients:.0} MB, after the changes {:.0} MB, peak (VmHWM) {:.0} MB",
         args.streams,
-        rss_mb()
+        mem_mb(pid, "VmRSS"),
+        mem_mb(pid, "VmHWM")
     );
+    match scrape(http_port).await {
+        Ok(text) => {
+            for (name, what) in [
+                (
+                    "translate_duration_seconds",
+                    "server translate (YAML model -> snapshot)",
+                ),
+                (
+                    "xds_push_latency_seconds",
+                    "server snapshot published -> responses queued, per stream",
+                ),
+            ] {
+                let (count, p50, p99) = histogram_quantiles(&text, name);
+                println!("{what}: {count} samples, p50 <= {p50} s, p99 <= {p99} s (bucket bounds)");
+            }
+        }
+        Err(e) => eprintln!("cannot scrape server metrics: {e:#}"),
+    }
+    DONE.store(true, std::sync::atomic::Ordering::SeqCst);
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
