@@ -1,0 +1,728 @@
+//! [`DockerRuntime`]: [`ContainerRuntime`] on the Docker Engine API (bollard), as used with
+//! kubelet's dockershim.
+//!
+//! - A pod's sandbox is its running `k8s_POD_…` container, found by the kubelet labels
+//!   `io.kubernetes.pod.uid` and `io.kubernetes.container.name=POD`; the pod cgroup is the parent
+//!   of the sandbox's own cgroup v2 directory (kubelet gives every container, pause included, its
+//!   own cgroup under the pod's).
+//! - A sidecar is Envoy in a container that joins the sandbox's network namespace
+//!   (`network_mode: container:<sandbox>`), runs as `<uid>:<uid>` without capabilities, lives in
+//!   the pod cgroup (`cgroup_parent`, as kubelet's cgroupfs driver passes it) and carries the
+//!   [`LABEL_POD_UID`]/… labels. The bootstrap travels in the command line (`--config-yaml`), so
+//!   no host file is involved. Docker never restarts it: the agent does.
+//! - Readiness is Envoy's admin `GET /ready` answering `LIVE` on `127.0.0.1:<admin port>` inside
+//!   the pod netns, probed from a thread that entered it (the agent needs the host pid namespace).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::{
+    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, ExecConfig, HostConfig, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use crate::cgroup::{self, Cgroup2};
+use crate::netns;
+use crate::operator::{resolve_prefix, OperatorError, ProxyRow};
+use crate::{
+    ContainerRuntime, PodRef, RuntimeError, Sandbox, Sidecar, SidecarSpec, SidecarState, LABEL_MANAGED_BY,
+    LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID,
+};
+
+/// Value of [`LABEL_MANAGED_BY`] on our containers.
+pub const MANAGED_BY: &str = "traffic-agent";
+/// Kubelet (dockershim) labels of pod containers.
+pub const KUBE_LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+pub const KUBE_LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+/// `io.kubernetes.container.name` of a pod sandbox.
+pub const KUBE_SANDBOX_CONTAINER_NAME: &str = "POD";
+/// Where Docker listens unless `DOCKER_HOST` says otherwise.
+pub const DEFAULT_DOCKER_HOST: &str = "unix:///var/run/docker.sock";
+
+/// How the runtime talks to Docker and runs Envoy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DockerConfig {
+    /// `unix:///path` or `tcp://host:port`.
+    pub host: String,
+    /// How long `start` waits for `/ready` before it removes the container (`NotReady`).
+    pub ready_timeout: Duration,
+    /// Grace period of `remove` (SIGTERM, then SIGKILL).
+    pub stop_timeout: Duration,
+    /// Envoy arguments after `--config-yaml <bootstrap>`.
+    pub envoy_args: Vec<String>,
+}
+
+impl DockerConfig {
+    /// `DOCKER_HOST` (default [`DEFAULT_DOCKER_HOST`]), 30 s to become ready, 2 s to stop, Envoy
+    /// without hot restart (no shared memory, no abstract socket in the pod netns).
+    pub fn from_env() -> Self {
+        DockerConfig {
+            host: std::env::var("DOCKER_HOST")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| DEFAULT_DOCKER_HOST.to_string()),
+            ready_timeout: Duration::from_secs(30),
+            stop_timeout: Duration::from_secs(2),
+            envoy_args: vec!["--disable-hot-restart".into()],
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    cgroup: Cgroup2,
+    config: DockerConfig,
+}
+
+fn runtime_err(what: &str, e: DockerError) -> RuntimeError {
+    RuntimeError::Runtime(format!("{what}: {e}"))
+}
+
+fn status_of(e: &DockerError) -> Option<u16> {
+    match e {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// The Docker name of a pod's sidecar: `traffic-envoy_<pod>_<namespace>_<first 8 of uid>`.
+pub fn container_name(pod: &PodRef) -> String {
+    let uid8: String = pod
+        .uid
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(8)
+        .collect();
+    format!("traffic-envoy_{}_{}_{}", pod.name, pod.namespace, uid8)
+}
+
+/// The labels of a pod's sidecar.
+pub fn labels(pod: &PodRef) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_POD_UID.to_string(), pod.uid.clone()),
+        (LABEL_POD_NAME.to_string(), pod.name.clone()),
+        (LABEL_POD_NAMESPACE.to_string(), pod.namespace.clone()),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+    ])
+}
+
+fn state_of(s: Option<&ContainerSummaryStateEnum>) -> SidecarState {
+    match s {
+        Some(ContainerSummaryStateEnum::CREATED) => SidecarState::Created,
+        Some(ContainerSummaryStateEnum::RUNNING) => SidecarState::Running,
+        Some(ContainerSummaryStateEnum::EXITED) => SidecarState::Exited,
+        _ => SidecarState::Other,
+    }
+}
+
+/// A sidecar from a container listing entry (no cgroup yet); `None` without our pod labels.
+fn sidecar_of(c: &ContainerSummary) -> Option<Sidecar> {
+    let labels = c.labels.as_ref()?;
+    Some(Sidecar {
+        container_id: c.id.clone()?,
+        pod: PodRef {
+            uid: labels.get(LABEL_POD_UID)?.clone(),
+            namespace: labels.get(LABEL_POD_NAMESPACE).cloned().unwrap_or_default(),
+            name: labels.get(LABEL_POD_NAME).cloned().unwrap_or_default(),
+        },
+        state: state_of(c.state.as_ref()),
+        status: c.status.clone().unwrap_or_default(),
+        cgroup: None,
+    })
+}
+
+fn filters(pairs: &[(&str, String)]) -> HashMap<String, Vec<String>> {
+    let mut m: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in pairs {
+        m.entry(k.to_string()).or_default().push(v.clone());
+    }
+    m
+}
+
+impl DockerRuntime {
+    /// Connects to `config.host`, agrees on an API version with the daemon (Docker 20.10 speaks
+    /// 1.41 at most) and detects the cgroup2 mount.
+    pub async fn connect(config: DockerConfig) -> Result<Self, RuntimeError> {
+        let docker = Docker::connect_with_host(&config.host).map_err(|e| runtime_err(&config.host, e))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| runtime_err(&format!("{}: negotiate API version", config.host), e))?;
+        let cgroup = Cgroup2::detect().map_err(|e| RuntimeError::Runtime(e.to_string()))?;
+        debug!(host = %config.host, api = %docker.client_version(), cgroup2 = %cgroup.mount.display(), "docker connected");
+        Ok(DockerRuntime {
+            docker,
+            cgroup,
+            config,
+        })
+    }
+
+    /// The bollard client (for tests and operator tools).
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub fn config(&self) -> &DockerConfig {
+        &self.config
+    }
+
+    async fn list(
+        &self,
+        all: bool,
+        f: HashMap<String, Vec<String>>,
+    ) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        self.docker
+            .list_containers(Some(ListContainersOptions {
+                all,
+                filters: Some(f),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| runtime_err("list containers", e))
+    }
+
+    /// Host pid of a running container, `None` if it does not run (or is gone).
+    async fn pid_of(&self, id: &str) -> Result<Option<u32>, RuntimeError> {
+        match self.docker.inspect_container(id, None).await {
+            Ok(c) => Ok(c
+                .state
+                .filter(|s| s.running == Some(true))
+                .and_then(|s| s.pid)
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|p| *p > 0)),
+            Err(e) if status_of(&e) == Some(404) => Ok(None),
+            Err(e) => Err(runtime_err(&format!("inspect {id}"), e)),
+        }
+    }
+
+    /// Fills `cgroup` of a running sidecar from its pid.
+    async fn with_cgroup(&self, mut s: Sidecar) -> Result<Sidecar, RuntimeError> {
+        if s.state == SidecarState::Running {
+            if let Some(pid) = self.pid_of(&s.container_id).await? {
+                s.cgroup = self.cgroup.of_pid(pid).ok();
+            }
+        }
+        Ok(s)
+    }
+
+    /// Our containers for one pod uid (any state), newest first.
+    async fn sidecars_of_pod(&self, pod_uid: &str) -> Result<Vec<ContainerSummary>, RuntimeError> {
+        let mut v = self
+            .list(
+                true,
+                filters(&[
+                    ("label", format!("{LABEL_MANAGED_BY}={MANAGED_BY}")),
+                    ("label", format!("{LABEL_POD_UID}={pod_uid}")),
+                ]),
+            )
+            .await?;
+        v.sort_by_key(|c| std::cmp::Reverse(c.created));
+        Ok(v)
+    }
+
+    async fn by_id(&self, id: &str) -> Result<Option<Sidecar>, RuntimeError> {
+        let found = self.list(true, filters(&[("id", id.to_string())])).await?;
+        match found
+            .iter()
+            .find(|c| c.id.as_deref() == Some(id))
+            .and_then(sidecar_of)
+        {
+            Some(s) => Ok(Some(self.with_cgroup(s).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The last lines of a container's output (for error details).
+    async fn tail(&self, id: &str, lines: usize) -> String {
+        let mut out = Vec::new();
+        let mut err = Vec::new();
+        let opts = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: lines.to_string(),
+            ..Default::default()
+        };
+        let _ = self.copy_logs(id, opts, &mut out, &mut err).await;
+        out.extend_from_slice(&err);
+        String::from_utf8_lossy(&out).trim_end().to_string()
+    }
+
+    async fn copy_logs<O, E>(
+        &self,
+        id: &str,
+        opts: LogsOptions,
+        out: &mut O,
+        err: &mut E,
+    ) -> Result<(), OperatorError>
+    where
+        O: AsyncWrite + Unpin + Send,
+        E: AsyncWrite + Unpin + Send,
+    {
+        let mut stream = self.docker.logs(id, Some(opts));
+        while let Some(item) = stream.next().await {
+            let item = item.map_err(|e| runtime_err(&format!("logs {id}"), e))?;
+            write_output(item, out, err).await?;
+        }
+        out.flush().await.map_err(OperatorError::Output)?;
+        err.flush().await.map_err(OperatorError::Output)?;
+        Ok(())
+    }
+
+    /// Waits until Envoy answers `/ready` with `LIVE` inside the sandbox netns; fails early when
+    /// the container stops running.
+    async fn wait_ready(&self, id: &str, sandbox: &Sandbox, admin_port: u16) -> Result<(), RuntimeError> {
+        let timeout = self.config.ready_timeout;
+        let deadline = Instant::now() + timeout;
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port));
+        let started = Instant::now();
+        let not_ready = |detail: String| RuntimeError::NotReady {
+            container_id: id.to_string(),
+            seconds: timeout.as_secs(),
+            detail,
+        };
+        loop {
+            let netns_path = sandbox.netns();
+            let probe = tokio::task::spawn_blocking(move || {
+                netns::http_get(&netns_path, addr, "/ready", Duration::from_millis(500))
+            })
+            .await;
+            let last = match probe {
+                Ok(Ok(r)) if r.status == 200 && r.body.trim() == "LIVE" => {
+                    debug!(container = %id, elapsed_ms = started.elapsed().as_millis() as u64, "envoy ready");
+                    return Ok(());
+                }
+                Ok(Ok(r)) => format!("/ready answered {} {}", r.status, r.body.trim()),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => format!("probe task: {e}"),
+            };
+            if self.pid_of(id).await?.is_none() {
+                let logs = self.tail(id, 20).await;
+                return Err(not_ready(format!(
+                    "container stopped before it was ready; last output:\n{logs}"
+                )));
+            }
+            if Instant::now() >= deadline {
+                let logs = self.tail(id, 20).await;
+                return Err(not_ready(format!("{last}; last output:\n{logs}")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Removes a container we just created, logging (not returning) a failure.
+    async fn discard(&self, id: &str) {
+        if let Err(e) = self.remove(id).await {
+            warn!(container = %id, error = %e, "could not remove a failed sidecar");
+        }
+    }
+
+    /// Creates and starts the container; returns its id.
+    async fn create(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<String, CreateError> {
+        let cgroup_parent = cgroup::relative(&self.cgroup.mount, &sandbox.pod_cgroup)
+            .map_err(|e| CreateError::Other(e.to_string()))?;
+        let mut cmd = vec!["--config-yaml".to_string(), spec.bootstrap.clone()];
+        cmd.extend(self.config.envoy_args.iter().cloned());
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(cmd),
+            user: Some(format!("{0}:{0}", spec.uid)),
+            labels: Some(labels(&spec.pod)),
+            host_config: Some(HostConfig {
+                network_mode: Some(format!("container:{}", sandbox.container_id)),
+                cgroup_parent: Some(cgroup_parent),
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let name = container_name(&spec.pod);
+        let created = self
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await;
+        let id = match created {
+            Ok(r) => r.id,
+            Err(e) if status_of(&e) == Some(409) => return Err(CreateError::NameInUse(name)),
+            Err(e) => return Err(CreateError::Other(format!("create {name}: {e}"))),
+        };
+        if let Err(e) = self.docker.start_container(&id, None).await {
+            self.discard(&id).await;
+            return Err(CreateError::Other(format!("start {name}: {e}")));
+        }
+        Ok(id)
+    }
+
+    /// The one sidecar whose id starts with `prefix`.
+    pub async fn resolve(&self, prefix: &str) -> Result<Sidecar, OperatorError> {
+        let all = self.sidecars().await?;
+        Ok(resolve_prefix(&all, prefix)?.clone())
+    }
+
+    /// Rows of `traffic-agent proxies` (without the redirect mode).
+    pub async fn proxies(&self) -> Result<Vec<ProxyRow>, RuntimeError> {
+        Ok(self.sidecars().await?.iter().map(ProxyRow::from).collect())
+    }
+
+    /// Copies a sidecar's output (Envoy logs to stderr) to `out`/`err`; with `follow` until the
+    /// container stops. `tail`: only the last lines.
+    pub async fn logs<O, E>(
+        &self,
+        id_prefix: &str,
+        follow: bool,
+        tail: Option<usize>,
+        out: &mut O,
+        err: &mut E,
+    ) -> Result<(), OperatorError>
+    where
+        O: AsyncWrite + Unpin + Send,
+        E: AsyncWrite + Unpin + Send,
+    {
+        let s = self.resolve(id_prefix).await?;
+        let opts = LogsOptions {
+            follow,
+            stdout: true,
+            stderr: true,
+            tail: tail.map_or_else(|| "all".to_string(), |n| n.to_string()),
+            ..Default::default()
+        };
+        self.copy_logs(&s.container_id, opts, out, err).await
+    }
+
+    /// Runs `cmd` in a sidecar (as its user, no TTY, no stdin), copies its output to `out`/`err`
+    /// and returns its exit code.
+    pub async fn exec<O, E>(
+        &self,
+        id_prefix: &str,
+        cmd: &[String],
+        out: &mut O,
+        err: &mut E,
+    ) -> Result<i64, OperatorError>
+    where
+        O: AsyncWrite + Unpin + Send,
+        E: AsyncWrite + Unpin + Send,
+    {
+        let s = self.resolve(id_prefix).await?;
+        let id = &s.container_id;
+        let created = self
+            .docker
+            .create_exec(
+                id,
+                ExecConfig {
+                    cmd: Some(cmd.to_vec()),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| runtime_err(&format!("exec in {id}"), e))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, Some(StartExecOptions::default()))
+            .await
+            .map_err(|e| runtime_err(&format!("exec in {id}"), e))?;
+        if let StartExecResults::Attached { mut output, .. } = started {
+            while let Some(item) = output.next().await {
+                let item = item.map_err(|e| runtime_err(&format!("exec in {id}"), e))?;
+                write_output(item, out, err).await?;
+            }
+        }
+        out.flush().await.map_err(OperatorError::Output)?;
+        err.flush().await.map_err(OperatorError::Output)?;
+        // The exit code is set a moment after the output stream ends.
+        for _ in 0..50 {
+            let inspected = self
+                .docker
+                .inspect_exec(&created.id)
+                .await
+                .map_err(|e| runtime_err(&format!("exec in {id}"), e))?;
+            if inspected.running != Some(true) {
+                if let Some(code) = inspected.exit_code {
+                    return Ok(code);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(RuntimeError::Runtime(format!("exec in {id}: no exit code")).into())
+    }
+}
+
+async fn write_output<O, E>(item: LogOutput, out: &mut O, err: &mut E) -> Result<(), OperatorError>
+where
+    O: AsyncWrite + Unpin + Send,
+    E: AsyncWrite + Unpin + Send,
+{
+    match item {
+        LogOutput::StdErr { message } => err.write_all(&message).await,
+        LogOutput::StdOut { message } | LogOutput::Console { message } => out.write_all(&message).await,
+        LogOutput::StdIn { .. } => Ok(()),
+    }
+    .map_err(OperatorError::Output)
+}
+
+enum CreateError {
+    NameInUse(String),
+    Other(String),
+}
+
+impl ContainerRuntime for DockerRuntime {
+    async fn sandbox(&self, pod_uid: &str) -> Result<Option<Sandbox>, RuntimeError> {
+        let mut found = self
+            .list(
+                false,
+                filters(&[
+                    ("label", format!("{KUBE_LABEL_POD_UID}={pod_uid}")),
+                    (
+                        "label",
+                        format!("{KUBE_LABEL_CONTAINER_NAME}={KUBE_SANDBOX_CONTAINER_NAME}"),
+                    ),
+                ]),
+            )
+            .await?;
+        found.sort_by_key(|c| std::cmp::Reverse(c.created));
+        for c in found {
+            let Some(id) = c.id else { continue };
+            let Some(pid) = self.pid_of(&id).await? else {
+                continue;
+            };
+            match self.cgroup.parent_of_pid(pid) {
+                Ok(pod_cgroup) => {
+                    return Ok(Some(Sandbox {
+                        container_id: id,
+                        pid,
+                        pod_cgroup,
+                    }))
+                }
+                // The sandbox exited between inspect and /proc.
+                Err(cgroup::CgroupError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue
+                }
+                Err(e) => {
+                    return Err(RuntimeError::Runtime(format!(
+                        "sandbox {id} of pod {pod_uid}: {e}"
+                    )))
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn sidecars(&self) -> Result<Vec<Sidecar>, RuntimeError> {
+        let found = self
+            .list(
+                true,
+                filters(&[("label", format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))]),
+            )
+            .await?;
+        let mut out = Vec::with_capacity(found.len());
+        for c in &found {
+            match sidecar_of(c) {
+                Some(s) => out.push(self.with_cgroup(s).await?),
+                None => warn!(container = ?c.id, "managed container without pod labels ignored"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn start(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Sidecar, RuntimeError> {
+        let pod = &spec.pod;
+        let wanted_mode = format!("container:{}", sandbox.container_id);
+        // Adopt a running sidecar of this pod in this sandbox; clear out the rest (exited ones,
+        // ones joined to an older sandbox whose netns is gone).
+        let mut adopted = None;
+        for c in self.sidecars_of_pod(&pod.uid).await? {
+            let Some(id) = c.id.clone() else { continue };
+            let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
+            let same_sandbox =
+                c.host_config.as_ref().and_then(|h| h.network_mode.as_deref()) == Some(wanted_mode.as_str());
+            if running && same_sandbox && adopted.is_none() {
+                adopted = Some(id);
+            } else {
+                info!(container = %id, pod = %pod.node_id(), running, same_sandbox, "removing stale sidecar");
+                self.remove(&id).await?;
+            }
+        }
+        let id = match adopted {
+            Some(id) => {
+                debug!(container = %id, pod = %pod.node_id(), "sidecar already running");
+                id
+            }
+            None => match self.create(spec, sandbox).await {
+                Ok(id) => {
+                    info!(container = %id, pod = %pod.node_id(), "sidecar started");
+                    if let Err(e) = self.wait_ready(&id, sandbox, spec.admin_port).await {
+                        self.discard(&id).await;
+                        return Err(e);
+                    }
+                    let sidecar = self.by_id(&id).await?;
+                    return sidecar
+                        .ok_or_else(|| RuntimeError::Runtime(format!("sidecar {id} vanished after start")));
+                }
+                // A concurrent start won the name: use its container if it is this pod's.
+                Err(CreateError::NameInUse(name)) => {
+                    let c = self
+                        .docker
+                        .inspect_container(&name, None)
+                        .await
+                        .map_err(|e| runtime_err(&format!("inspect {name}"), e))?;
+                    let ours = c
+                        .config
+                        .as_ref()
+                        .and_then(|cfg| cfg.labels.as_ref())
+                        .and_then(|l| l.get(LABEL_POD_UID))
+                        == Some(&pod.uid);
+                    match c.id {
+                        Some(id) if ours => id,
+                        _ => {
+                            return Err(RuntimeError::Runtime(format!(
+                                "container name {name} is taken by another container"
+                            )))
+                        }
+                    }
+                }
+                Err(CreateError::Other(e)) => return Err(RuntimeError::Runtime(e)),
+            },
+        };
+        // Someone else's (or an earlier) container: wait, but leave removal to the caller.
+        self.wait_ready(&id, sandbox, spec.admin_port).await?;
+        self.by_id(&id)
+            .await?
+            .ok_or_else(|| RuntimeError::Runtime(format!("sidecar {id} vanished")))
+    }
+
+    async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
+        let t = i32::try_from(self.config.stop_timeout.as_secs()).unwrap_or(i32::MAX);
+        match self
+            .docker
+            .stop_container(
+                container_id,
+                Some(StopContainerOptions {
+                    t: Some(t),
+                    signal: None,
+                }),
+            )
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if status_of(&e) == Some(404) => return Ok(()),
+            // 304: not running.
+            Err(e) if status_of(&e) == Some(304) => {}
+            Err(e) => warn!(container = %container_id, error = %e, "stop failed; removing by force"),
+        }
+        match self
+            .docker
+            .remove_container(
+                container_id,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    link: false,
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            // 404: gone; 409: removal already in progress.
+            Err(e) if matches!(status_of(&e), Some(404 | 409)) => Ok(()),
+            Err(e) => Err(runtime_err(&format!("remove {container_id}"), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly")]
+mod tests {
+    use super::*;
+
+    fn pod() -> PodRef {
+        PodRef {
+            uid: "3859d687-9149-4bc2-9f5d-f115c0506b70".into(),
+            namespace: "shop".into(),
+            name: "reviews-v1-55cbf59466-mwxj5".into(),
+        }
+    }
+
+    #[test]
+    fn the_container_name_carries_pod_namespace_and_a_uid_prefix() {
+        assert_eq!(
+            container_name(&pod()),
+            "traffic-envoy_reviews-v1-55cbf59466-mwxj5_shop_3859d687"
+        );
+    }
+
+    #[test]
+    fn labels_tie_the_container_to_the_pod_and_mark_it_ours() {
+        let l = labels(&pod());
+        assert_eq!(l[LABEL_POD_UID], pod().uid);
+        assert_eq!(l[LABEL_POD_NAME], pod().name);
+        assert_eq!(l[LABEL_POD_NAMESPACE], "shop");
+        assert_eq!(l[LABEL_MANAGED_BY], MANAGED_BY);
+        assert!(
+            l.keys().all(|k| !k.starts_with("io.kubernetes")),
+            "kubelet must not adopt it"
+        );
+    }
+
+    #[test]
+    fn a_listing_entry_becomes_a_sidecar_only_with_our_labels() {
+        let c = ContainerSummary {
+            id: Some("abc".into()),
+            labels: Some(labels(&pod())),
+            state: Some(ContainerSummaryStateEnum::EXITED),
+            status: Some("Exited (0) 3 seconds ago".into()),
+            ..Default::default()
+        };
+        let s = sidecar_of(&c).unwrap();
+        assert_eq!(s.pod, pod());
+        assert_eq!(s.state, SidecarState::Exited);
+        assert_eq!(s.status, "Exited (0) 3 seconds ago");
+        let foreign = ContainerSummary {
+            labels: Some(HashMap::new()),
+            ..c
+        };
+        assert_eq!(sidecar_of(&foreign), None);
+    }
+
+    #[test]
+    fn container_states_map_to_sidecar_states() {
+        assert_eq!(
+            state_of(Some(&ContainerSummaryStateEnum::RUNNING)),
+            SidecarState::Running
+        );
+        assert_eq!(
+            state_of(Some(&ContainerSummaryStateEnum::CREATED)),
+            SidecarState::Created
+        );
+        assert_eq!(
+            state_of(Some(&ContainerSummaryStateEnum::DEAD)),
+            SidecarState::Other
+        );
+        assert_eq!(state_of(None), SidecarState::Other);
+    }
+}
