@@ -333,6 +333,28 @@ impl E2e {
         Ok(ns)
     }
 
+    /// Like [`wait_until`] for work only the agent does: fails at once when the agent process the
+    /// xtask started has died (instead of waiting out the timeout).
+    pub fn wait_agent<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+    ) -> anyhow::Result<T> {
+        wait_until(what, timeout, Duration::from_millis(50), || {
+            if let Some(agent) = &self.agent {
+                if !agent.alive() {
+                    // Ends the wait now; the outer `?` turns it into the error.
+                    return Ok(Some(Err(anyhow::anyhow!(
+                        "the agent process is not running (see its log in the xtask output)"
+                    ))));
+                }
+            }
+            Ok(f()?.map(Ok))
+        })?
+        .with_context(|| format!("waiting for {what}"))
+    }
+
     /// Sidecar containers (any state) of a pod: `(id, state)`.
     pub fn sidecars(&self, pod_uid: &str) -> anyhow::Result<Vec<(String, String)>> {
         let out = self.docker(&[

@@ -45,20 +45,20 @@ fn enable(ns: &TestNamespace, deployment: &str, selector: &str) -> Vec<Enabled> 
     let mut out = Vec::new();
     for pod in pods {
         let mut sidecar_seen: Option<Instant> = None;
-        let sidecar = wait_until(
-            &format!("sidecar + {} redirect of {}", e2e.mode, pod.name),
-            ENABLE_TIMEOUT,
-            Duration::from_millis(50),
-            || {
-                let sc = e2e.running_sidecar(&pod.uid)?;
-                if sc.is_some() && sidecar_seen.is_none() {
-                    sidecar_seen = Some(Instant::now());
-                }
-                let active = e2e.redirect_state(&pod.uid)?.active(&e2e.mode);
-                Ok(sc.filter(|_| active))
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e:#}"));
+        let sidecar = e2e
+            .wait_agent(
+                &format!("sidecar + {} redirect of {}", e2e.mode, pod.name),
+                ENABLE_TIMEOUT,
+                || {
+                    let sc = e2e.running_sidecar(&pod.uid)?;
+                    if sc.is_some() && sidecar_seen.is_none() {
+                        sidecar_seen = Some(Instant::now());
+                    }
+                    let active = e2e.redirect_state(&pod.uid)?.active(&e2e.mode);
+                    Ok(sc.filter(|_| active))
+                },
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"));
         let done = Instant::now();
         e2e.record_timing("label->redirect (incl. sidecar start)", done - t0);
         if let Some(seen) = sidecar_seen {
@@ -279,16 +279,11 @@ mod scenario {
         assert!(!ok, "9081 blocked while enabled");
         ns.label("deployment/client", &[&format!("{ENABLED}=false")])
             .expect("label");
-        wait_until(
-            "sidecar and redirect removed",
-            ENABLE_TIMEOUT,
-            Duration::from_millis(200),
-            || {
-                let sidecars = e2e.sidecars(&uid)?;
-                let st = e2e.redirect_state(&uid)?;
-                Ok((sidecars.is_empty() && st.gone()).then_some(()))
-            },
-        )
+        e2e.wait_agent("sidecar and redirect removed", ENABLE_TIMEOUT, || {
+            let sidecars = e2e.sidecars(&uid)?;
+            let st = e2e.redirect_state(&uid)?;
+            Ok((sidecars.is_empty() && st.gone()).then_some(()))
+        })
         .unwrap_or_else(|e| panic!("{e:#}"));
         wait_until(
             "the proxy annotation cleared",
@@ -345,15 +340,10 @@ mod scenario {
             "in-flight requests unaffected: {}",
             replies.stdout
         );
-        wait_until(
-            "reviews-v1 enabled after the restart",
-            ENABLE_TIMEOUT,
-            Duration::from_millis(200),
-            || {
-                let sc = e2e.running_sidecar(&v1.uid)?;
-                Ok(sc.filter(|_| e2e.redirect_state(&v1.uid).is_ok_and(|s| s.active(&e2e.mode))))
-            },
-        )
+        e2e.wait_agent("reviews-v1 enabled after the restart", ENABLE_TIMEOUT, || {
+            let sc = e2e.running_sidecar(&v1.uid)?;
+            Ok(sc.filter(|_| e2e.redirect_state(&v1.uid).is_ok_and(|s| s.active(&e2e.mode))))
+        })
         .unwrap_or_else(|e| panic!("{e:#}"));
         // Give the restarted agent a few reconcile rounds, then: still exactly the one sidecar.
         std::thread::sleep(Duration::from_secs(3));
@@ -375,16 +365,11 @@ mod scenario {
         ns.e2e
             .kubectl(&["-n", &ns.name, "delete", "pod", &client.pod.name, "--wait=false"])
             .expect("delete pod");
-        wait_until(
-            "no sidecar and no redirect state left",
-            ENABLE_TIMEOUT,
-            Duration::from_millis(200),
-            || {
-                let sidecars = e2e.sidecars(&uid)?;
-                let st = e2e.redirect_state(&uid)?;
-                Ok((sidecars.is_empty() && st.gone()).then_some(()))
-            },
-        )
+        e2e.wait_agent("no sidecar and no redirect state left", ENABLE_TIMEOUT, || {
+            let sidecars = e2e.sidecars(&uid)?;
+            let st = e2e.redirect_state(&uid)?;
+            Ok((sidecars.is_empty() && st.gone()).then_some(()))
+        })
         .unwrap_or_else(|e| panic!("{e:#}"));
         // The replacement pod of the enabled Deployment gets its own sidecar.
         let new = wait_until(
@@ -394,12 +379,9 @@ mod scenario {
             || Ok(ns.pods("app=client")?.into_iter().find(|p| p.uid != uid)),
         )
         .unwrap_or_else(|e| panic!("{e:#}"));
-        wait_until(
-            "a sidecar for the replacement",
-            ENABLE_TIMEOUT,
-            Duration::from_millis(200),
-            || e2e.running_sidecar(&new.uid),
-        )
+        e2e.wait_agent("a sidecar for the replacement", ENABLE_TIMEOUT, || {
+            e2e.running_sidecar(&new.uid)
+        })
         .unwrap_or_else(|e| panic!("{e:#}"));
     }
 

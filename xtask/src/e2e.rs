@@ -321,7 +321,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             Command::new(bin_dir.join("traffic-control"))
                 .args(["serve", "--xds-addr", &xds, "--http-addr", &http.to_string()])
                 .args(["--pod-name", "traffic-e2e-control"])
-                .env("RUST_LOG", env_or("RUST_LOG", "info")),
+                .env("RUST_LOG", env_or("RUST_LOG", "info"))
+                .env("NO_COLOR", "1"),
             &tmp.join("traffic-control.log"),
             None,
         )?;
@@ -335,7 +336,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                 "traffic-agent",
                 Command::new(&argv[0])
                     .args(&argv[1..])
-                    .env("RUST_LOG", env_or("RUST_LOG", "info")),
+                    .env("RUST_LOG", env_or("RUST_LOG", "info"))
+                    .env("NO_COLOR", "1"),
                 &log,
                 Some(&pidfile),
             )?;
@@ -354,7 +356,10 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                 .env("TRAFFIC_E2E_AGENT_PIDFILE", &pidfile)
                 .env("TRAFFIC_E2E_AGENT_ARGV", serde_json::to_string(&argv)?)
                 .env("TRAFFIC_E2E_AGENT_LOG", &log)
-                .env("TRAFFIC_E2E_TIMINGS", &timings);
+                .env("TRAFFIC_E2E_TIMINGS", &timings)
+                // The agent the test restarts inherits this environment.
+                .env("RUST_LOG", env_or("RUST_LOG", "info"))
+                .env("NO_COLOR", "1");
             match (&o.filter, i) {
                 (Some(f), _) => {
                     test.arg(f);
