@@ -40,7 +40,7 @@ pub enum NetnsError {
     Thread,
 }
 
-/// A response: status code and body (as text; chunked bodies are not decoded).
+/// A response: status code and body (as text, chunked transfer decoded).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
     pub status: u16,
@@ -108,10 +108,28 @@ pub fn parse_response(raw: &[u8]) -> Option<Response> {
         return None;
     }
     let status = parts.next()?.parse().ok()?;
-    Some(Response {
-        status,
-        body: body.to_string(),
-    })
+    let chunked = head.lines().skip(1).any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
+    let body = if chunked { dechunk(body)? } else { body.to_string() };
+    Some(Response { status, body })
+}
+
+/// The payload of a chunked body (`<hex size>\r\n<data>\r\n … 0\r\n\r\n`).
+fn dechunk(mut rest: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size_line, after) = rest.split_once("\r\n")?;
+        let size_hex = size_line.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_hex, 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size..)?.strip_prefix("\r\n")?;
+    }
 }
 
 #[cfg(test)]
@@ -131,6 +149,15 @@ mod tests {
         );
         let r = parse_response(b"HTTP/1.1 503 Service Unavailable\r\n\r\nPRE_INITIALIZING\n").unwrap();
         assert_eq!(r.status, 503);
+    }
+
+    #[test]
+    fn a_chunked_body_is_decoded() {
+        let raw =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nLIVE\n\r\n3;x=y\r\nabc\r\n0\r\n\r\n";
+        assert_eq!(parse_response(raw).unwrap().body, "LIVE\nabc");
+        let truncated = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nLI";
+        assert_eq!(parse_response(truncated), None);
     }
 
     #[test]
