@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bollard::container::LogOutput;
@@ -85,6 +86,9 @@ pub struct DockerRuntime {
     docker: Docker,
     cgroup: Cgroup2,
     config: DockerConfig,
+    /// One `start` at a time per pod uid (a concurrent one would see the other's freshly created,
+    /// not yet started container as stale).
+    starting: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 fn runtime_err(what: &str, e: DockerError) -> RuntimeError {
@@ -167,6 +171,7 @@ impl DockerRuntime {
             docker,
             cgroup,
             config,
+            starting: Arc::default(),
         })
     }
 
@@ -318,7 +323,7 @@ impl DockerRuntime {
                 let logs = self.tail(id, 20).await;
                 return Err(not_ready(format!("{last}; last output:\n{logs}")));
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -551,6 +556,29 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn start(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Sidecar, RuntimeError> {
+        let lock = {
+            let mut map = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(spec.pod.uid.clone()).or_default().clone()
+        };
+        let result = {
+            let _guard = lock.lock().await;
+            self.start_locked(spec, sandbox).await
+        };
+        let mut map = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map and we hold it: nobody else is starting this pod.
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(&spec.pod.uid);
+        }
+        result
+    }
+
+    async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
+        self.stop_and_remove(container_id).await
+    }
+}
+
+impl DockerRuntime {
+    async fn start_locked(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Sidecar, RuntimeError> {
         let pod = &spec.pod;
         let wanted_mode = format!("container:{}", sandbox.container_id);
         // Adopt a running sidecar of this pod in this sandbox; clear out the rest (exited ones,
@@ -616,7 +644,7 @@ impl ContainerRuntime for DockerRuntime {
             .ok_or_else(|| RuntimeError::Runtime(format!("sidecar {id} vanished")))
     }
 
-    async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
+    async fn stop_and_remove(&self, container_id: &str) -> Result<(), RuntimeError> {
         let t = i32::try_from(self.config.stop_timeout.as_secs()).unwrap_or(i32::MAX);
         match self
             .docker

@@ -24,6 +24,8 @@ use traffic_sidecar::{
 use common::{docker_env, runtime, Env, FakePod};
 
 const ADMIN: u16 = 15000;
+/// Envoy turns ready this long after it starts (two initial fetches, CDS then LDS, time out).
+const FETCH: Duration = Duration::from_millis(100);
 
 fn pod_ref(p: &FakePod) -> PodRef {
     PodRef {
@@ -33,8 +35,8 @@ fn pod_ref(p: &FakePod) -> PodRef {
     }
 }
 
-/// A spec whose Envoy becomes ready ~1 s after start: the control plane address refuses
-/// connections and the initial fetch times out after 1 s.
+/// A spec whose Envoy becomes ready soon after start: the control plane address refuses
+/// connections and the initial fetches time out after `fetch_timeout` each.
 fn spec(env: &Env, pod: &PodRef, fetch_timeout: Option<Duration>) -> SidecarSpec {
     let mut o = BootstrapOptions::new("127.0.0.1:1");
     o.initial_fetch_timeout = fetch_timeout;
@@ -89,10 +91,7 @@ async fn a_sidecar_joins_the_sandbox_netns_as_1337_answers_admin_on_loopback_onl
     assert_eq!(rt.sandbox(&common::random_uuid()).await.unwrap(), None);
 
     let t0 = Instant::now();
-    let sidecar = rt
-        .start(&spec(&env, &pref, Some(Duration::from_secs(1))), &sandbox)
-        .await
-        .unwrap();
+    let sidecar = rt.start(&spec(&env, &pref, Some(FETCH)), &sandbox).await.unwrap();
     let start_to_ready = t0.elapsed();
     eprintln!("start -> ready: {start_to_ready:?}");
     assert_eq!(sidecar.state, SidecarState::Running);
@@ -171,10 +170,7 @@ async fn a_sidecar_joins_the_sandbox_netns_as_1337_answers_admin_on_loopback_onl
     );
 
     // Idempotent: the same container, never a second one.
-    let again = rt
-        .start(&spec(&env, &pref, Some(Duration::from_secs(1))), &sandbox)
-        .await
-        .unwrap();
+    let again = rt.start(&spec(&env, &pref, Some(FETCH)), &sandbox).await.unwrap();
     assert_eq!(again.container_id, sidecar.container_id);
     let listed = sidecars_of(&rt, &pod.uid).await;
     assert_eq!(listed.len(), 1);
@@ -230,10 +226,7 @@ async fn a_sidecar_joins_the_sandbox_netns_as_1337_answers_admin_on_loopback_onl
         .await
         .unwrap();
     wait_exited(&rt, &sidecar.container_id).await;
-    let replaced = rt
-        .start(&spec(&env, &pref, Some(Duration::from_secs(1))), &sandbox)
-        .await
-        .unwrap();
+    let replaced = rt.start(&spec(&env, &pref, Some(FETCH)), &sandbox).await.unwrap();
     assert_ne!(replaced.container_id, sidecar.container_id);
     assert_eq!(sidecars_of(&rt, &pod.uid).await.len(), 1);
 
@@ -313,10 +306,7 @@ async fn a_sidecar_of_a_dead_sandbox_is_replaced_in_the_new_one() {
     let pod = FakePod::start(&env).await;
     let pref = pod_ref(&pod);
     let old = rt.sandbox(&pod.uid).await.unwrap().unwrap();
-    let first = rt
-        .start(&spec(&env, &pref, Some(Duration::from_secs(1))), &old)
-        .await
-        .unwrap();
+    let first = rt.start(&spec(&env, &pref, Some(FETCH)), &old).await.unwrap();
 
     // A second sandbox of the same pod (as kubelet creates after the first died).
     let second = FakePod::start(&env).await;
@@ -324,10 +314,7 @@ async fn a_sidecar_of_a_dead_sandbox_is_replaced_in_the_new_one() {
         container_id: second.sandbox_id.clone(),
         ..rt.sandbox(&second.uid).await.unwrap().unwrap()
     };
-    let moved = rt
-        .start(&spec(&env, &pref, Some(Duration::from_secs(1))), &new)
-        .await
-        .unwrap();
+    let moved = rt.start(&spec(&env, &pref, Some(FETCH)), &new).await.unwrap();
     assert_ne!(moved.container_id, first.container_id);
     let c = rt
         .client()
@@ -344,6 +331,26 @@ async fn a_sidecar_of_a_dead_sandbox_is_replaced_in_the_new_one() {
         vec![&moved.container_id]
     );
     rt.remove(&moved.container_id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_for_one_pod_share_one_container() {
+    let Some(env) = docker_env() else { return };
+    let rt = runtime(&env).await;
+    let pod = FakePod::start(&env).await;
+    let pref = pod_ref(&pod);
+    let sandbox = rt.sandbox(&pod.uid).await.unwrap().unwrap();
+    let s = spec(&env, &pref, Some(FETCH));
+    let (a, b, c) = tokio::join!(
+        rt.start(&s, &sandbox),
+        rt.start(&s, &sandbox),
+        rt.start(&s, &sandbox)
+    );
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert_eq!(a.container_id, b.container_id);
+    assert_eq!(a.container_id, c.container_id);
+    assert_eq!(sidecars_of(&rt, &pod.uid).await.len(), 1);
+    rt.remove(&a.container_id).await.unwrap();
 }
 
 #[tokio::test]
