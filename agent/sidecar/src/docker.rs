@@ -522,11 +522,18 @@ impl ContainerRuntime for DockerRuntime {
                         pod_cgroup,
                     }))
                 }
-                // The sandbox exited between inspect and /proc.
+                // Either the sandbox exited between inspect and /proc, or its pid is not in our pid
+                // namespace (an agent container without hostPID): tell them apart.
                 Err(cgroup::CgroupError::Read { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
-                    continue
+                    if self.pid_of(&id).await? == Some(pid) {
+                        return Err(RuntimeError::Runtime(format!(
+                            "sandbox {id} runs as pid {pid} but /proc/{pid} is missing: \
+                             the agent needs the host pid namespace"
+                        )));
+                    }
+                    continue;
                 }
                 Err(e) => {
                     return Err(RuntimeError::Runtime(format!(

@@ -220,12 +220,32 @@ async fn a_sidecar_joins_the_sandbox_netns_as_1337_answers_admin_on_loopback_onl
         (prefix, SidecarState::Running)
     );
 
-    // A crashed sidecar is replaced by the next start.
+    // A crashed sidecar is replaced by the next start; following its logs ends with it.
+    let follower = {
+        let (rt, prefix) = (rt.clone(), prefix.to_string());
+        tokio::spawn(async move {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            rt.logs(&prefix, true, Some(1), &mut out, &mut err)
+                .await
+                .map(|()| err)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !follower.is_finished(),
+        "--follow returned while the sidecar runs"
+    );
     rt.client()
         .kill_container(&sidecar.container_id, None)
         .await
         .unwrap();
     wait_exited(&rt, &sidecar.container_id).await;
+    let followed = tokio::time::timeout(Duration::from_secs(5), follower)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(!followed.is_empty());
     let replaced = rt.start(&spec(&env, &pref, Some(FETCH)), &sandbox).await.unwrap();
     assert_ne!(replaced.container_id, sidecar.container_id);
     assert_eq!(sidecars_of(&rt, &pod.uid).await.len(), 1);
