@@ -1,0 +1,6 @@
+//! The traffic-manager node agent as a library: what each pod on this node should look like
+//! (`desired`), the pure plan that gets it there (`reconcile`), and the I/O that applies the plan
+//! and watches Kubernetes (`apply`, `watch`). The `traffic-agent` binary wires them together.
+
+pub mod desired;
+pub mod reconcile;
