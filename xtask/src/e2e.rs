@@ -305,7 +305,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
         .join("debug");
-    cmd::run(Command::new("kubectl").args(["get", "--raw", "/readyz"]))
+    cmd::output(Command::new("kubectl").args(["get", "--raw", "/readyz"]))
         .context("the cluster's API server is not ready")?;
 
     let tmp = std::env::temp_dir().join(format!("traffic-e2e-{}", std::process::id()));
