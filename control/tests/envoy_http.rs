@@ -86,10 +86,9 @@ async fn retries_timeouts_and_faults_behave_as_labelled() {
     let r = http_get(mesh.addr("slow"), "/", &[]).await.expect("request");
     let took = started.elapsed();
     assert_eq!(r.status, 504, "{r:?}");
-    assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_millis(1400),
-        "{took:?}"
-    );
+    // 504 (not the backend's 200 at 1.5 s) is the proof; the lower bound shows it is the
+    // configured timeout, not an early failure. No upper bound: the machine may be loaded.
+    assert!(took >= Duration::from_millis(300), "{took:?}");
     // The delay fault: at least the configured time.
     let started = Instant::now();
     let r = http_get(mesh.addr("delay"), "/", &[]).await.expect("request");
