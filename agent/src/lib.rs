@@ -2,5 +2,8 @@
 //! (`desired`), the pure plan that gets it there (`reconcile`), and the I/O that applies the plan
 //! and watches Kubernetes (`apply`, `watch`). The `traffic-agent` binary wires them together.
 
+pub mod apply;
 pub mod desired;
+pub mod metrics;
 pub mod reconcile;
+pub mod watch;

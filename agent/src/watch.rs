@@ -1,0 +1,274 @@
+//! The controller loop: watches this node's pods plus the owners and Services their desired state
+//! depends on, and reconciles on every change and periodically (which also notices sidecars that
+//! died, since Docker changes do not show up in the watches).
+//!
+//! Restart safety: nothing is remembered in memory between rounds. Each round observes the runtime
+//! (sidecars found by label) and the redirector (pinned / recorded state), so a restarted agent
+//! adopts what the previous one left. The first round waits until every watch has listed, so a
+//! half-filled store never looks like "every pod was deleted".
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn, Instrument};
+use traffic_sidecar::ContainerRuntime;
+
+use crate::apply::Applier;
+use crate::desired::{desired, Cluster, DesiredPod};
+use crate::reconcile::{reconcile, Annotations, Observed, Plan};
+
+/// Controller settings.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub node_name: String,
+    /// Reconcile at least this often.
+    pub resync: Duration,
+    /// Wait this long after a change for more changes before reconciling.
+    pub debounce: Duration,
+    /// Give up starting if the watches have not listed within this time.
+    pub sync_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("the Kubernetes watches did not list within {0:?}; check the API server address and that the agent may list and watch pods, services, replicasets, deployments, statefulsets and daemonsets")]
+    SyncTimeout(Duration),
+    #[error("a watch task ended unexpectedly")]
+    WatchEnded,
+}
+
+/// Read halves of the watches.
+#[derive(Clone)]
+pub struct Stores {
+    pub pods: Store<Pod>,
+    pub services: Store<Service>,
+    pub replica_sets: Store<ReplicaSet>,
+    pub deployments: Store<Deployment>,
+    pub stateful_sets: Store<StatefulSet>,
+    pub daemon_sets: Store<DaemonSet>,
+}
+
+impl Stores {
+    async fn wait_until_ready(&self) -> Result<(), WatchError> {
+        let e = |_| WatchError::WatchEnded;
+        self.pods.wait_until_ready().await.map_err(e)?;
+        self.services.wait_until_ready().await.map_err(e)?;
+        self.replica_sets.wait_until_ready().await.map_err(e)?;
+        self.deployments.wait_until_ready().await.map_err(e)?;
+        self.stateful_sets.wait_until_ready().await.map_err(e)?;
+        self.daemon_sets.wait_until_ready().await.map_err(e)?;
+        Ok(())
+    }
+}
+
+/// Start the watches; every change pokes `poke`.
+pub fn spawn_watches(
+    client: &Client,
+    node_name: &str,
+    poke: &mpsc::Sender<()>,
+) -> (Stores, Vec<JoinHandle<()>>) {
+    let all = watcher::Config::default();
+    let node_pods = watcher::Config::default().fields(&format!("spec.nodeName={node_name}"));
+    let (pods, pods_w) = reflector::store();
+    let (services, services_w) = reflector::store();
+    let (replica_sets, rs_w) = reflector::store();
+    let (deployments, dep_w) = reflector::store();
+    let (stateful_sets, sts_w) = reflector::store();
+    let (daemon_sets, ds_w) = reflector::store();
+    let tasks = vec![
+        spawn_watch(Api::all(client.clone()), node_pods, pods_w, "pods", poke),
+        spawn_watch(
+            Api::all(client.clone()),
+            all.clone(),
+            services_w,
+            "services",
+            poke,
+        ),
+        spawn_watch(Api::all(client.clone()), all.clone(), rs_w, "replicasets", poke),
+        spawn_watch(Api::all(client.clone()), all.clone(), dep_w, "deployments", poke),
+        spawn_watch(Api::all(client.clone()), all.clone(), sts_w, "statefulsets", poke),
+        spawn_watch(Api::all(client.clone()), all, ds_w, "daemonsets", poke),
+    ];
+    (
+        Stores {
+            pods,
+            services,
+            replica_sets,
+            deployments,
+            stateful_sets,
+            daemon_sets,
+        },
+        tasks,
+    )
+}
+
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    resource: &'static str,
+    poke: &mpsc::Sender<()>,
+) -> JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+{
+    let poke = poke.clone();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .reflect(writer);
+    let task = async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(_) => {
+                    // A full channel already means "reconcile soon".
+                    let _ = poke.try_send(());
+                }
+                Err(error) => warn!(%error, "watch error, retrying with backoff"),
+            }
+        }
+    };
+    tokio::spawn(task.instrument(tracing::info_span!("watch", resource)))
+}
+
+/// Everything desired from the current store contents (pure).
+pub fn desired_from(
+    pods: &[Arc<Pod>],
+    services: &[Arc<Service>],
+    replica_sets: &[Arc<ReplicaSet>],
+    deployments: &[Arc<Deployment>],
+    stateful_sets: &[Arc<StatefulSet>],
+    daemon_sets: &[Arc<DaemonSet>],
+) -> (Vec<DesiredPod>, std::collections::BTreeMap<String, Annotations>) {
+    let cluster = Cluster::new(replica_sets, deployments, stateful_sets, daemon_sets, services);
+    let mut annotations = std::collections::BTreeMap::new();
+    let desired = pods
+        .iter()
+        .filter_map(|p| {
+            let d = desired(p, &cluster)?;
+            annotations.insert(
+                d.pod.uid.clone(),
+                Annotations::from_map(p.metadata.annotations.as_ref()),
+            );
+            Some(d)
+        })
+        .collect();
+    (desired, annotations)
+}
+
+impl<R: ContainerRuntime + 'static> Applier<R> {
+    /// One round: observe the node, plan, apply. `Err` only when the node could not be observed
+    /// (then nothing is changed: planning without knowing the sidecars could start a second one).
+    pub async fn round(
+        &self,
+        desired: &[DesiredPod],
+        annotations: std::collections::BTreeMap<String, Annotations>,
+    ) -> Result<Vec<Plan>, String> {
+        let started = Instant::now();
+        self.report_problems(desired);
+        let sidecars = self.runtime.sidecars().await.map_err(|e| {
+            self.metrics.observe_errors.inc();
+            format!("cannot list sidecars: {e}")
+        })?;
+        let redirector = self.redirector.clone();
+        let redirected = tokio::task::spawn_blocking(move || redirector.list())
+            .await
+            .map_err(|_| "redirector task panicked".to_string())?
+            .map_err(|e| {
+                self.metrics.observe_errors.inc();
+                format!("cannot list redirected pods: {e}")
+            })?;
+        let observed = Observed {
+            sidecars,
+            redirected,
+            annotations,
+        };
+        let mode = self.redirector.mode();
+        let plans = reconcile(desired, &observed, mode);
+        if !plans.is_empty() {
+            debug!(plans = plans.len(), "applying plans");
+            self.apply(&plans).await;
+        }
+        let redirector = self.redirector.clone();
+        if let Ok(Ok(now)) = tokio::task::spawn_blocking(move || redirector.list()).await {
+            let labels = crate::metrics::ModeLabels {
+                mode: mode.to_string(),
+            };
+            let n = now.iter().filter(|r| r.mode == mode).count();
+            self.metrics
+                .managed_pods
+                .get_or_create(&labels)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        self.metrics
+            .reconcile_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(plans)
+    }
+}
+
+/// Run the controller until a watch ends.
+pub async fn run<R: ContainerRuntime + 'static>(
+    client: Client,
+    applier: Arc<Applier<R>>,
+    config: ControllerConfig,
+) -> Result<(), WatchError> {
+    let (poke, mut pokes) = mpsc::channel(1);
+    let (stores, tasks) = spawn_watches(&client, &config.node_name, &poke);
+    drop(poke);
+    let guard = AbortOnDrop(tasks);
+    match tokio::time::timeout(config.sync_timeout, stores.wait_until_ready()).await {
+        Ok(r) => r?,
+        Err(_) => return Err(WatchError::SyncTimeout(config.sync_timeout)),
+    }
+    info!(pods = stores.pods.state().len(), node = %config.node_name, "watches listed; adopting existing sidecars and redirects");
+    let mut tick = tokio::time::interval(config.resync);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            got = pokes.recv() => {
+                if got.is_none() {
+                    drop(guard);
+                    return Err(WatchError::WatchEnded);
+                }
+                tokio::time::sleep(config.debounce).await;
+                while pokes.try_recv().is_ok() {}
+            }
+            _ = tick.tick() => {}
+        }
+        let (desired, annotations) = desired_from(
+            &stores.pods.state(),
+            &stores.services.state(),
+            &stores.replica_sets.state(),
+            &stores.deployments.state(),
+            &stores.stateful_sets.state(),
+            &stores.daemon_sets.state(),
+        );
+        if let Err(error) = applier.round(&desired, annotations).await {
+            warn!(%error, "reconcile round skipped");
+        }
+    }
+}
+
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
