@@ -1,8 +1,13 @@
 //! `traffic-agent`: the privileged node agent.
 //!
 //! Subcommands:
+//! - `run`: the daemon (watch this node's pods, start Envoy sidecars, redirect, annotate).
+//! - `proxies`: the sidecars on this node, with their redirect mode.
+//! - `logs <id-prefix> [-f]`, `exec <id-prefix> -- <cmd>`: operator access to a sidecar.
 //! - `check [--json]`: probe the node (kernel, cgroup v2, bpffs, BPF program types, iptables
 //!   flavours) and print which redirect datapath the agent would use, and why.
+mod cli;
+
 use clap::{Parser, Subcommand};
 use traffic_redirect::probe::{self, Check, Decision, ProbeReport};
 
@@ -21,6 +26,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the node agent.
+    Run(Box<cli::RunArgs>),
+    /// List the Envoy sidecars on this node with their state and redirect mode.
+    Proxies(cli::ProxiesArgs),
+    /// Print a sidecar's Envoy log.
+    Logs(cli::LogsArgs),
+    /// Run a command in a sidecar (`traffic-agent exec <id> -- cmd args`).
+    Exec(cli::ExecArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +43,13 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Check { json } => check(json),
+        Command::Run(args) => cli::block_on(cli::run(*args)),
+        Command::Proxies(args) => cli::block_on(cli::proxies(args)),
+        Command::Logs(args) => cli::block_on(cli::logs(args)),
+        Command::Exec(args) => {
+            let code = cli::block_on(cli::exec(args))?;
+            std::process::exit(i32::try_from(code).unwrap_or(1));
+        }
     }
 }
 

@@ -1,0 +1,253 @@
+//! The `run`, `proxies`, `logs` and `exec` subcommands (flags, wiring, output).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use tracing::{info, warn};
+use traffic_agent::apply::{Applier, KubeAnnotator, SidecarTemplate};
+use traffic_agent::metrics::{self, AgentMetrics};
+use traffic_agent::watch::{self, ControllerConfig};
+use traffic_kube_source::events::{EventMetrics, EventsConfig, KubeEvents};
+use traffic_redirect::ebpf::EbpfRedirector;
+use traffic_redirect::iptables::{IptablesRedirector, DEFAULT_STATE_DIR};
+use traffic_redirect::{probe, Mode, Redirector};
+use traffic_sidecar::bootstrap::{AdsApiType, BootstrapOptions, DEFAULT_ADMIN_PORT};
+use traffic_sidecar::docker::{DockerConfig, DockerRuntime};
+use traffic_sidecar::operator;
+
+pub fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RedirectMode {
+    /// Probe the node: eBPF when it works, else iptables.
+    Auto,
+    Ebpf,
+    Iptables,
+}
+
+#[derive(Debug, Args)]
+pub struct RedirectArgs {
+    /// Redirect datapath.
+    #[arg(long, env = "TRAFFIC_REDIRECT_MODE", value_enum, default_value = "auto")]
+    pub redirect_mode: RedirectMode,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// This node's name (pods are watched with `spec.nodeName=<node>`).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// The xDS control plane (traffic-control) as host:port, reachable from pods.
+    #[arg(long, env = "TRAFFIC_CONTROL_PLANE")]
+    pub control_plane: String,
+    /// ADS flavour the sidecars use: grpc (state of the world) or delta.
+    #[arg(long, env = "TRAFFIC_ADS_API", default_value = "grpc")]
+    pub ads_api: AdsApiType,
+    /// Envoy image of the sidecars (must be present on the node or pullable).
+    #[arg(long, env = "TRAFFIC_ENVOY_IMAGE", default_value = "envoyproxy/envoy:v1.39.3")]
+    pub envoy_image: String,
+    /// Envoy admin port on 127.0.0.1 in the pod netns.
+    #[arg(long, env = "TRAFFIC_ENVOY_ADMIN_PORT", default_value_t = DEFAULT_ADMIN_PORT)]
+    pub envoy_admin_port: u16,
+    #[command(flatten)]
+    pub redirect: RedirectArgs,
+    /// `/metrics` and `/healthz`.
+    #[arg(long, env = "TRAFFIC_AGENT_METRICS_ADDR", default_value = "0.0.0.0:15090")]
+    pub metrics_addr: SocketAddr,
+    /// Reconcile at least this often (seconds); also how fast a dead sidecar is noticed.
+    #[arg(long, env = "TRAFFIC_AGENT_RESYNC_SECONDS", default_value_t = 10)]
+    pub resync_seconds: u64,
+    /// Pods reconciled concurrently.
+    #[arg(long, env = "TRAFFIC_AGENT_CONCURRENCY", default_value_t = 4)]
+    pub concurrency: usize,
+    /// Seconds a sidecar may take to report ready (Envoy /ready).
+    #[arg(long, env = "TRAFFIC_AGENT_READY_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub ready_timeout_seconds: u64,
+    /// `reportingInstance` of Events (e.g. the agent's pod name); defaults to the node name.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxiesArgs {
+    #[command(flatten)]
+    pub redirect: RedirectArgs,
+    /// Print JSON rows instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// A unique prefix of the sidecar's container id.
+    pub id_prefix: String,
+    /// Keep streaming until the sidecar stops.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    pub tail: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// A unique prefix of the sidecar's container id.
+    pub id_prefix: String,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    pub cmd: Vec<String>,
+}
+
+/// The redirector for `mode`, `auto` asking the probe.
+pub fn redirector(mode: RedirectMode) -> anyhow::Result<Arc<dyn Redirector>> {
+    let decision = probe::decide(&probe::probe());
+    let mode = match mode {
+        RedirectMode::Auto => decision
+            .mode
+            .with_context(|| format!("no redirect datapath works on this node: {}", decision.reason))?,
+        RedirectMode::Ebpf => Mode::Ebpf,
+        RedirectMode::Iptables => Mode::Iptables,
+    };
+    info!(%mode, reason = %decision.reason, "redirect mode");
+    Ok(match mode {
+        Mode::Ebpf => Arc::new(EbpfRedirector::with_defaults().context("cannot load the eBPF redirector")?),
+        Mode::Iptables => {
+            let flavour = decision
+                .iptables_flavour
+                .context("iptables mode requested but no working iptables flavour was found")?;
+            Arc::new(
+                IptablesRedirector::new(flavour, DEFAULT_STATE_DIR)
+                    .context("cannot set up the iptables redirector")?,
+            )
+        }
+    })
+}
+
+async fn docker(ready_timeout: Option<Duration>) -> anyhow::Result<DockerRuntime> {
+    let mut config = DockerConfig::from_env();
+    if let Some(t) = ready_timeout {
+        config.ready_timeout = t;
+    }
+    let host = config.host.clone();
+    DockerRuntime::connect(config)
+        .await
+        .with_context(|| format!("cannot connect to Docker at {host} (set DOCKER_HOST)"))
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    info!(config = ?args, docker_host = %DockerConfig::from_env().host, "starting traffic-agent");
+    let mut bootstrap = BootstrapOptions::new(args.control_plane.clone());
+    bootstrap.api_type = args.ads_api;
+    bootstrap.admin_port = args.envoy_admin_port;
+    // Validate the address now rather than at the first sidecar.
+    traffic_sidecar::bootstrap::render(
+        &traffic_sidecar::PodRef {
+            uid: "x".into(),
+            namespace: "x".into(),
+            name: "x".into(),
+        },
+        &bootstrap,
+    )
+    .context("--control-plane")?;
+    let redirect_mode = args.redirect.redirect_mode;
+    let redirector = tokio::task::spawn_blocking(move || redirector(redirect_mode)).await??;
+    let runtime = Arc::new(docker(Some(Duration::from_secs(args.ready_timeout_seconds))).await?);
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client (in-cluster service account or KUBECONFIG)")?;
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    let agent_metrics = AgentMetrics::register(&mut registry);
+    let event_metrics = EventMetrics::register(&mut registry);
+    let (events, _events_task) = KubeEvents::spawn(
+        client.clone(),
+        EventsConfig {
+            component: "traffic-agent".into(),
+            instance: args.pod_name.clone().unwrap_or_else(|| args.node_name.clone()),
+            ..EventsConfig::default()
+        },
+        event_metrics,
+    );
+    let registry = Arc::new(registry);
+    let addr = args.metrics_addr;
+    let http = tokio::spawn(async move { metrics::serve(addr, registry).await });
+    info!(%addr, "serving /metrics and /healthz");
+
+    let applier = Arc::new(Applier {
+        runtime,
+        redirector,
+        annotator: Arc::new(KubeAnnotator {
+            client: client.clone(),
+        }),
+        events: Arc::new(events),
+        metrics: agent_metrics,
+        template: SidecarTemplate {
+            image: args.envoy_image.clone(),
+            bootstrap,
+        },
+        concurrency: args.concurrency,
+    });
+    let config = ControllerConfig {
+        node_name: args.node_name.clone(),
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+        debounce: Duration::from_millis(200),
+        sync_timeout: Duration::from_secs(60),
+    };
+    tokio::select! {
+        r = watch::run(client, applier, config) => r.context("controller stopped")?,
+        r = http => { r?.context("metrics endpoint failed")?; }
+        _ = tokio::signal::ctrl_c() => info!("interrupted; sidecars and redirects stay in place for the next agent"),
+    }
+    Ok(())
+}
+
+pub async fn proxies(args: ProxiesArgs) -> anyhow::Result<()> {
+    let runtime = docker(None).await?;
+    let mut rows = runtime.proxies().await?;
+    let mode = args.redirect.redirect_mode;
+    match tokio::task::spawn_blocking(move || redirector(mode).and_then(|r| Ok(r.list()?))).await? {
+        Ok(redirected) => {
+            for row in &mut rows {
+                row.redirect = redirected
+                    .iter()
+                    .find(|r| r.key.as_str() == row.pod_uid)
+                    .map(|r| r.mode.to_string());
+            }
+        }
+        Err(error) => warn!(%error, "cannot read the redirect state; REDIRECT column left empty"),
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", operator::table(&rows));
+    }
+    Ok(())
+}
+
+pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    let runtime = docker(None).await?;
+    let mut out = tokio::io::stdout();
+    let mut err = tokio::io::stderr();
+    runtime
+        .logs(&args.id_prefix, args.follow, args.tail, &mut out, &mut err)
+        .await?;
+    Ok(())
+}
+
+pub async fn exec(args: ExecArgs) -> anyhow::Result<i64> {
+    let runtime = docker(None).await?;
+    let mut out = tokio::io::stdout();
+    let mut err = tokio::io::stderr();
+    Ok(runtime
+        .exec(&args.id_prefix, &args.cmd, &mut out, &mut err)
+        .await?)
+}
