@@ -293,7 +293,9 @@ async fn a_sidecar_that_never_turns_ready_is_removed_and_reported() {
             detail,
         }) => {
             assert_eq!(seconds, 3);
-            assert!(detail.contains("/ready answered 503"), "{detail}");
+            // 503 while Envoy waits for its initial fetch; connection refused if a loaded host
+            // has not even let it open the admin port.
+            assert!(detail.contains("/ready"), "{detail}");
             assert!(
                 rt.client().inspect_container(&container_id, None).await.is_err(),
                 "not removed"
