@@ -88,6 +88,8 @@ pub struct Applier<R> {
     pub template: SidecarTemplate,
     /// Plans applied at once.
     pub concurrency: usize,
+    /// Manage only this namespace's pods, sidecars and redirects (`None`: the whole node).
+    pub namespace: Option<String>,
 }
 
 /// What happened to one plan.
@@ -521,6 +523,7 @@ mod tests {
                 bootstrap: BootstrapOptions::new("10.201.0.1:18000"),
             },
             concurrency: 4,
+            namespace: None,
         };
         World {
             applier,
@@ -604,7 +607,7 @@ mod tests {
         w.runtime().crash(&old.container_id);
         assert_eq!(
             w.round(&[want("a", true)]).await,
-            ["remove a", "start a", "enable a", "annotate a"]
+            ["disable a", "remove a", "start a", "enable a", "annotate a"]
         );
         let new = w.sidecar_of("a").unwrap();
         assert_ne!(new.container_id, old.container_id);
@@ -624,7 +627,7 @@ mod tests {
         w.runtime().fail_start("a", Some(StartFailure::NotReady));
         assert_eq!(
             w.round(&[want("a", true)]).await,
-            ["remove a", "start a failed", "disable a", "clear a"]
+            ["disable a", "remove a", "start a failed", "clear a"]
         );
         assert!(
             w.redirector.pods.lock().unwrap().is_empty(),

@@ -72,6 +72,10 @@ pub struct RunArgs {
     /// Seconds a sidecar may take to report ready (Envoy /ready).
     #[arg(long, env = "TRAFFIC_AGENT_READY_TIMEOUT_SECONDS", default_value_t = 30)]
     pub ready_timeout_seconds: u64,
+    /// Manage only pods of this namespace, and only sidecars and redirects that belong to it
+    /// (for tests sharing a node; default: every pod of the node, orphans included).
+    #[arg(long, env = "TRAFFIC_AGENT_NAMESPACE")]
+    pub namespace: Option<String>,
     /// `reportingInstance` of Events (e.g. the agent's pod name); defaults to the node name.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -195,9 +199,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             bootstrap,
         },
         concurrency: args.concurrency,
+        namespace: args.namespace.clone(),
     });
     let config = ControllerConfig {
         node_name: args.node_name.clone(),
+        namespace: args.namespace.clone(),
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         debounce: Duration::from_millis(200),
         sync_timeout: Duration::from_secs(60),

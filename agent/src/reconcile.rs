@@ -4,8 +4,9 @@
 //! Ordering rules (docs/architecture.md, "Sidecar lifecycle"):
 //! - enable: sidecar started and ready -> redirect enabled -> pod annotated;
 //! - disable or pod gone: redirect removed FIRST -> sidecar removed -> annotations cleared;
-//! - a pod is never left redirected to a sidecar that is not running: an exited sidecar is
-//!   restarted, and if that fails the redirect is removed;
+//! - a pod is never left redirected to a sidecar that is not running: when its sidecar exited,
+//!   the redirect is removed, the sidecar restarted, and the redirect enabled again (traffic
+//!   bypasses the proxy for the restart, ~0.5 s, rather than fail);
 //! - never two sidecars for one pod; orphans (sidecars or redirects of pods that no longer exist)
 //!   are removed; changed settings are applied by enabling again (`enable` is update).
 //!
@@ -149,6 +150,12 @@ fn plan_enabled(
     let kept = running.first().copied();
     let mut steps = Vec::new();
     let mut on_failure = Vec::new();
+    if kept.is_none() && redirect.is_some() {
+        // The redirect points at a sidecar that is not running: take it away first. Its proxy
+        // exclusion names the dead sidecar's cgroup, so in eBPF mode the bind guard would also
+        // refuse the new Envoy its ports (found live: "denied bind to guarded port 15000").
+        steps.push(Step::DisableRedirect);
+    }
     // Every other sidecar goes: the dead ones and any extra running one.
     for s in sidecars {
         if Some(s.container_id.as_str()) != kept.map(|k| k.container_id.as_str()) {
@@ -165,12 +172,8 @@ fn plan_enabled(
                 settings: d.settings.clone(),
             });
             steps.push(Step::Annotate { mode });
-            if redirect.is_some() {
-                // The redirect points at a sidecar that is gone: take it away rather than
-                // leave the pod's traffic going nowhere.
-                on_failure.push(Step::DisableRedirect);
-            }
             if !annotations.is_clear() {
+                // The annotation names a sidecar that is gone.
                 on_failure.push(Step::ClearAnnotations);
             }
         }
@@ -224,6 +227,33 @@ fn plan_disabled(
         sidecar: None,
         steps,
         on_failure: Vec::new(),
+    }
+}
+
+/// Narrow `observed` to one namespace, for an agent that shares its node with others (tests on a
+/// shared Docker daemon): sidecars of other namespaces are left alone, and so are redirects that
+/// belong to no pod or sidecar of this namespace (a redirect records only the pod uid).
+pub fn scope_to_namespace(observed: Observed, desired: &[DesiredPod], namespace: &str) -> Observed {
+    let sidecars: Vec<Sidecar> = observed
+        .sidecars
+        .into_iter()
+        .filter(|s| s.pod.namespace == namespace)
+        .collect();
+    let ours: BTreeSet<&str> = desired
+        .iter()
+        .filter(|d| d.pod.namespace == namespace)
+        .map(|d| d.pod.uid.as_str())
+        .chain(sidecars.iter().map(|s| s.pod.uid.as_str()))
+        .collect();
+    let redirected = observed
+        .redirected
+        .into_iter()
+        .filter(|r| ours.contains(r.key.as_str()))
+        .collect();
+    Observed {
+        sidecars,
+        redirected,
+        annotations: observed.annotations,
     }
 }
 
@@ -318,31 +348,80 @@ mod tests {
                 name: "a newly enabled pod: start, then redirect, then annotate",
                 desired: vec![want("a", true)],
                 observed: obs(vec![], vec![], vec![("a", Annotations::default())]),
-                want: vec![("a", vec![StartSidecar { restart: false }, enable(settings()), Annotate { mode: Mode::Ebpf }], vec![])],
+                want: vec![(
+                    "a",
+                    vec![
+                        StartSidecar { restart: false },
+                        enable(settings()),
+                        Annotate { mode: Mode::Ebpf },
+                    ],
+                    vec![],
+                )],
             },
             Case {
                 name: "a converged pod needs nothing",
                 desired: vec![want("a", true)],
-                observed: obs(vec![sidecar("a", "c1", Running)], vec![redirected("a", settings())], vec![("a", annotated("c1"))]),
+                observed: obs(
+                    vec![sidecar("a", "c1", Running)],
+                    vec![redirected("a", settings())],
+                    vec![("a", annotated("c1"))],
+                ),
                 want: vec![],
             },
             Case {
                 name: "a pod that is not enabled and has nothing needs nothing",
                 desired: vec![want("a", false)],
-                observed: obs(vec![], vec![], vec![("a", Annotations { proxy: Some(String::new()), mode: None })]),
+                observed: obs(
+                    vec![],
+                    vec![],
+                    vec![(
+                        "a",
+                        Annotations {
+                            proxy: Some(String::new()),
+                            mode: None,
+                        },
+                    )],
+                ),
                 want: vec![],
             },
             Case {
                 name: "disable: redirect off first, then sidecar, then annotations",
                 desired: vec![want("a", false)],
-                observed: obs(vec![sidecar("a", "c1", Running)], vec![redirected("a", settings())], vec![("a", annotated("c1"))]),
-                want: vec![("a", vec![DisableRedirect, RemoveSidecar { container_id: "c1".into() }, ClearAnnotations], vec![])],
+                observed: obs(
+                    vec![sidecar("a", "c1", Running)],
+                    vec![redirected("a", settings())],
+                    vec![("a", annotated("c1"))],
+                ),
+                want: vec![(
+                    "a",
+                    vec![
+                        DisableRedirect,
+                        RemoveSidecar {
+                            container_id: "c1".into(),
+                        },
+                        ClearAnnotations,
+                    ],
+                    vec![],
+                )],
             },
             Case {
                 name: "a deleted pod: its redirect and sidecar are removed, no annotation to clear",
                 desired: vec![],
-                observed: obs(vec![sidecar("a", "c1", Running)], vec![redirected("a", settings())], vec![]),
-                want: vec![("a", vec![DisableRedirect, RemoveSidecar { container_id: "c1".into() }], vec![])],
+                observed: obs(
+                    vec![sidecar("a", "c1", Running)],
+                    vec![redirected("a", settings())],
+                    vec![],
+                ),
+                want: vec![(
+                    "a",
+                    vec![
+                        DisableRedirect,
+                        RemoveSidecar {
+                            container_id: "c1".into(),
+                        },
+                    ],
+                    vec![],
+                )],
             },
             Case {
                 name: "orphan redirect without sidecar is removed",
@@ -351,13 +430,25 @@ mod tests {
                 want: vec![("z", vec![DisableRedirect], vec![])],
             },
             Case {
-                name: "exited sidecar of a redirected pod: restart, re-enable, annotate; on failure redirect off",
+                name: "exited sidecar of a redirected pod: redirect off, restart, redirect on, annotate",
                 desired: vec![want("a", true)],
-                observed: obs(vec![sidecar("a", "c1", Exited)], vec![redirected("a", settings())], vec![("a", annotated("c1"))]),
+                observed: obs(
+                    vec![sidecar("a", "c1", Exited)],
+                    vec![redirected("a", settings())],
+                    vec![("a", annotated("c1"))],
+                ),
                 want: vec![(
                     "a",
-                    vec![RemoveSidecar { container_id: "c1".into() }, StartSidecar { restart: true }, enable(settings()), Annotate { mode: Mode::Ebpf }],
-                    vec![DisableRedirect, ClearAnnotations],
+                    vec![
+                        DisableRedirect,
+                        RemoveSidecar {
+                            container_id: "c1".into(),
+                        },
+                        StartSidecar { restart: true },
+                        enable(settings()),
+                        Annotate { mode: Mode::Ebpf },
+                    ],
+                    vec![ClearAnnotations],
                 )],
             },
             Case {
@@ -368,28 +459,73 @@ mod tests {
                     vec![redirected("a", settings())],
                     vec![("a", annotated("c2"))],
                 ),
-                want: vec![("a", vec![RemoveSidecar { container_id: "c1".into() }], vec![])],
+                want: vec![(
+                    "a",
+                    vec![RemoveSidecar {
+                        container_id: "c1".into(),
+                    }],
+                    vec![],
+                )],
             },
             Case {
                 name: "changed direct ports: enable again (update), nothing else",
-                desired: vec![DesiredPod { settings: direct(&[5432]), ..want("a", true) }],
-                observed: obs(vec![sidecar("a", "c1", Running)], vec![redirected("a", settings())], vec![("a", annotated("c1"))]),
+                desired: vec![DesiredPod {
+                    settings: direct(&[5432]),
+                    ..want("a", true)
+                }],
+                observed: obs(
+                    vec![sidecar("a", "c1", Running)],
+                    vec![redirected("a", settings())],
+                    vec![("a", annotated("c1"))],
+                ),
                 want: vec![("a", vec![enable(direct(&[5432]))], vec![])],
             },
             Case {
                 name: "adopted sidecar without redirect or annotation (agent died mid-enable)",
                 desired: vec![want("a", true)],
-                observed: obs(vec![sidecar("a", "c1", Running)], vec![], vec![("a", Annotations::default())]),
-                want: vec![("a", vec![enable(settings()), Annotate { mode: Mode::Ebpf }], vec![])],
+                observed: obs(
+                    vec![sidecar("a", "c1", Running)],
+                    vec![],
+                    vec![("a", Annotations::default())],
+                ),
+                want: vec![(
+                    "a",
+                    vec![enable(settings()), Annotate { mode: Mode::Ebpf }],
+                    vec![],
+                )],
             },
             Case {
                 name: "one pod's plan does not depend on another's",
                 desired: vec![want("a", true), want("b", false)],
-                observed: obs(vec![sidecar("b", "c9", Running), sidecar("q", "c7", Exited)], vec![], vec![]),
+                observed: obs(
+                    vec![sidecar("b", "c9", Running), sidecar("q", "c7", Exited)],
+                    vec![],
+                    vec![],
+                ),
                 want: vec![
-                    ("a", vec![StartSidecar { restart: false }, enable(settings()), Annotate { mode: Mode::Ebpf }], vec![]),
-                    ("b", vec![RemoveSidecar { container_id: "c9".into() }], vec![]),
-                    ("q", vec![RemoveSidecar { container_id: "c7".into() }], vec![]),
+                    (
+                        "a",
+                        vec![
+                            StartSidecar { restart: false },
+                            enable(settings()),
+                            Annotate { mode: Mode::Ebpf },
+                        ],
+                        vec![],
+                    ),
+                    (
+                        "b",
+                        vec![RemoveSidecar {
+                            container_id: "c9".into(),
+                        }],
+                        vec![],
+                    ),
+                    (
+                        "q",
+                        vec![RemoveSidecar {
+                            container_id: "c7".into(),
+                        }],
+                        vec![],
+                    ),
                 ],
             },
         ];
@@ -423,6 +559,39 @@ mod tests {
                 EnableRedirect { settings: settings() },
                 Annotate { mode: Mode::Iptables }
             ]
+        );
+    }
+
+    #[test]
+    fn a_namespace_scoped_agent_leaves_other_namespaces_sidecars_and_unknown_redirects_alone() {
+        let mut other = sidecar("x", "c5", Running);
+        other.pod.namespace = "elsewhere".into();
+        let o = obs(
+            vec![other, sidecar("gone", "c6", Running)],
+            vec![
+                redirected("x", settings()),
+                redirected("gone", settings()),
+                redirected("unknown", settings()),
+            ],
+            vec![],
+        );
+        let scoped = scope_to_namespace(o, &[want("a", true)], "default");
+        let plans = reconcile(&[], &scoped, Mode::Ebpf);
+        let got: Vec<_> = plans
+            .iter()
+            .map(|p| (p.pod_uid.as_str(), p.steps.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(
+                "gone",
+                vec![
+                    DisableRedirect,
+                    RemoveSidecar {
+                        container_id: "c6".into()
+                    }
+                ]
+            )]
         );
     }
 

@@ -25,12 +25,14 @@ use traffic_sidecar::ContainerRuntime;
 
 use crate::apply::Applier;
 use crate::desired::{desired, Cluster, DesiredPod};
-use crate::reconcile::{reconcile, Annotations, Observed, Plan};
+use crate::reconcile::{reconcile, scope_to_namespace, Annotations, Observed, Plan};
 
 /// Controller settings.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
     pub node_name: String,
+    /// Watch only this namespace's pods (`None`: every pod of the node).
+    pub namespace: Option<String>,
     /// Reconcile at least this often.
     pub resync: Duration,
     /// Wait this long after a change for more changes before reconciling.
@@ -75,6 +77,7 @@ impl Stores {
 pub fn spawn_watches(
     client: &Client,
     node_name: &str,
+    namespace: Option<&str>,
     poke: &mpsc::Sender<()>,
 ) -> (Stores, Vec<JoinHandle<()>>) {
     let all = watcher::Config::default();
@@ -86,7 +89,16 @@ pub fn spawn_watches(
     let (stateful_sets, sts_w) = reflector::store();
     let (daemon_sets, ds_w) = reflector::store();
     let tasks = vec![
-        spawn_watch(Api::all(client.clone()), node_pods, pods_w, "pods", poke),
+        spawn_watch(
+            match namespace {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            },
+            node_pods,
+            pods_w,
+            "pods",
+            poke,
+        ),
         spawn_watch(
             Api::all(client.clone()),
             all.clone(),
@@ -191,11 +203,14 @@ impl<R: ContainerRuntime + 'static> Applier<R> {
                 self.metrics.observe_errors.inc();
                 format!("cannot list redirected pods: {e}")
             })?;
-        let observed = Observed {
+        let mut observed = Observed {
             sidecars,
             redirected,
             annotations,
         };
+        if let Some(ns) = &self.namespace {
+            observed = scope_to_namespace(observed, desired, ns);
+        }
         let mode = self.redirector.mode();
         let plans = reconcile(desired, &observed, mode);
         if !plans.is_empty() {
@@ -227,7 +242,7 @@ pub async fn run<R: ContainerRuntime + 'static>(
     config: ControllerConfig,
 ) -> Result<(), WatchError> {
     let (poke, mut pokes) = mpsc::channel(1);
-    let (stores, tasks) = spawn_watches(&client, &config.node_name, &poke);
+    let (stores, tasks) = spawn_watches(&client, &config.node_name, config.namespace.as_deref(), &poke);
     drop(poke);
     let guard = AbortOnDrop(tasks);
     match tokio::time::timeout(config.sync_timeout, stores.wait_until_ready()).await {
