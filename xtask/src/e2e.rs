@@ -262,8 +262,12 @@ fn agent_argv(bin: &Path, mode: &str, xds: &str, extra: &[String]) -> Vec<String
         mode.into(),
         "--node-name".into(),
         env_or("TRAFFIC_E2E_NODE_NAME", "traffic-e2e-node"),
-        "--xds-address".into(),
+        "--control-plane".into(),
         xds.into(),
+        "--metrics-addr".into(),
+        "127.0.0.1:15090".into(),
+        "--pod-name".into(),
+        "traffic-e2e-agent".into(),
         "--envoy-image".into(),
         env_or("TRAFFIC_E2E_ENVOY_IMAGE", "traffic-e2e/envoy:1.39.3"),
     ];
@@ -281,17 +285,23 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     if !o.no_build {
         build_ebpf::run(build_ebpf::Options::default())?;
-        cmd::run(Command::new(&cargo).current_dir(&root).args([
-            "build",
-            "-p",
-            "traffic-control",
-            "--bin",
-            "traffic-control",
-            "-p",
-            "traffic-agent",
-            "--bin",
-            "traffic-agent",
-        ]))?;
+        // The agent must embed the object just built (no silent stub).
+        cmd::run(
+            Command::new(&cargo)
+                .current_dir(&root)
+                .env("TRAFFIC_EBPF_REQUIRED", "1")
+                .args([
+                    "build",
+                    "-p",
+                    "traffic-control",
+                    "--bin",
+                    "traffic-control",
+                    "-p",
+                    "traffic-agent",
+                    "--bin",
+                    "traffic-agent",
+                ]),
+        )?;
         cmd::run(Command::new(&cargo).current_dir(&root).args([
             "test",
             "-p",
