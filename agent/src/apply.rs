@@ -267,12 +267,12 @@ impl<R: ContainerRuntime + 'static> Applier<R> {
     }
 
     /// Events for label problems of the agent's own label and for refused pods (the sink
-    /// deduplicates, so this runs every round).
+    /// deduplicates and logs each Event it writes, so this runs every round and logs at debug).
     pub fn report_problems(&self, desired: &[DesiredPod]) {
         for d in desired {
             for p in &d.problems {
                 if p.error.label == traffic_labels::names::ENVOY_ENABLED {
-                    warn!(kind = %p.object.kind, namespace = %p.object.namespace, name = %p.object.name,
+                    debug!(kind = %p.object.kind, namespace = %p.object.namespace, name = %p.object.name,
                         error = %p.error, "invalid label");
                     self.events.report(
                         &p.object,
