@@ -113,7 +113,8 @@ pub struct ExecArgs {
 
 /// The redirector for `mode`, `auto` asking the probe.
 pub fn redirector(mode: RedirectMode) -> anyhow::Result<Arc<dyn Redirector>> {
-    let decision = probe::decide(&probe::probe());
+    let report = probe::probe();
+    let decision = probe::decide(&report);
     let mode = match mode {
         RedirectMode::Auto => decision
             .mode
@@ -125,8 +126,10 @@ pub fn redirector(mode: RedirectMode) -> anyhow::Result<Arc<dyn Redirector>> {
     Ok(match mode {
         Mode::Ebpf => Arc::new(EbpfRedirector::with_defaults().context("cannot load the eBPF redirector")?),
         Mode::Iptables => {
+            // The decision names a flavour only when it chose iptables itself.
             let flavour = decision
                 .iptables_flavour
+                .or_else(|| report.iptables.iter().find(|f| f.check.ok()).map(|f| f.flavour))
                 .context("iptables mode requested but no working iptables flavour was found")?;
             Arc::new(
                 IptablesRedirector::new(flavour, DEFAULT_STATE_DIR)
