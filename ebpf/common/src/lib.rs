@@ -47,10 +47,21 @@ pub struct PodSettings {
     /// The proxy's outbound listener, host byte order.
     pub proxy_port: u16,
     pub _pad0: u16,
-    /// Reserved for future modes; zero today.
+    /// A bit set of the `PodSettings::*` flag constants.
     pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<PodSettings>() == 8);
+
+impl PodSettings {
+    /// The pod has no `direct` port in `TM_PORTS`: connect4/6 skip looking the destination port
+    /// up (one hash lookup less per connection). Negative on purpose: a record written without it
+    /// (an older agent) keeps the lookup, so the flag can only save work, never skip a direct port.
+    pub const NO_DIRECT_PORTS: u32 = 1;
+
+    pub const fn has(self, bit: u32) -> bool {
+        self.flags & bit != 0
+    }
+}
 
 /// Key of `TM_PORTS`: (pod netns cookie, port in host byte order).
 #[repr(C)]

@@ -38,8 +38,14 @@ static TM_SETTINGS: HashMap<u64, PodSettings> = HashMap::pinned(capacity::SETTIN
 static TM_PORTS: HashMap<PortKey, PortFlags> = HashMap::pinned(capacity::PORTS, 0);
 #[map]
 static TM_PROXY_CG: HashMap<ProxyCgroupKey, u32> = HashMap::pinned(capacity::PROXY_CGROUPS, 0);
+/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists. An entry lives from connect4/6 to sockops's
+/// `TCP_CONNECT_CB` in the same `connect()` call, on the same CPU, so per-CPU lists never run dry
+/// and inserts take no lock shared between CPUs.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
 #[map]
-static TM_ORIG_COOKIE: LruHashMap<u64, CookieEntry> = LruHashMap::pinned(capacity::ORIG_BY_COOKIE, 0);
+static TM_ORIG_COOKIE: LruHashMap<u64, CookieEntry> =
+    LruHashMap::pinned(capacity::ORIG_BY_COOKIE, BPF_F_NO_COMMON_LRU);
 #[map]
 static TM_ORIG_TUPLE: LruHashMap<TupleKey, OrigDst> = LruHashMap::pinned(capacity::ORIG_BY_TUPLE, 0);
 /// Written and read by the agent only (its record of managed pods, so it survives restarts).
@@ -98,7 +104,12 @@ fn redirect_port(ctx: &SockAddrContext, dst_port_be: u16) -> Option<(u64, u16)> 
     let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr as *mut c_void) };
     // SAFETY: the pointer comes from a successful lookup of an 8-byte value.
     let settings = unsafe { *TM_SETTINGS.get_ptr(&netns)? };
-    if port_flags(netns, u16::from_be(dst_port_be)).has(PortFlags::DIRECT) || from_proxy(netns) {
+    if !settings.has(PodSettings::NO_DIRECT_PORTS)
+        && port_flags(netns, u16::from_be(dst_port_be)).has(PortFlags::DIRECT)
+    {
+        return None;
+    }
+    if from_proxy(netns) {
         return None;
     }
     Some((netns, settings.proxy_port))
@@ -205,14 +216,17 @@ pub fn tm_connect6(ctx: SockAddrContext) -> i32 {
 pub fn tm_sockops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB || op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        record_tuple(&ctx, op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB);
+        record_tuple(&ctx);
     }
     1
 }
 
-/// Moves the original destination of a redirected socket to its 4-tuple key.
+/// Moves the original destination of a redirected socket to its 4-tuple key: at `TCP_CONNECT_CB`
+/// (local port known, SYN not sent yet), and again at `ACTIVE_ESTABLISHED_CB` only if that first
+/// attempt could not store the tuple (the cookie entry is removed once the tuple is stored, so the
+/// second callback normally finds nothing and returns after one lookup).
 #[inline(always)]
-fn record_tuple(ctx: &SockOpsContext, established: bool) {
+fn record_tuple(ctx: &SockOpsContext) {
     // SAFETY: ctx is the kernel's bpf_sock_ops for this program.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
     let Some(entry) = TM_ORIG_COOKIE.get_ptr(&cookie) else {
@@ -268,10 +282,9 @@ fn record_tuple(ctx: &SockOpsContext, established: bool) {
         warn!(ctx, "traffic-manager: cannot record connection tuple");
         return;
     }
-    if established {
-        // The tuple is recorded and the connection is up: the cookie entry has done its job.
-        let _ = TM_ORIG_COOKIE.remove(&cookie);
-    }
+    // The tuple is recorded: the cookie entry has done its job (a later connect() on the same
+    // socket records a new one).
+    let _ = TM_ORIG_COOKIE.remove(&cookie);
 }
 
 /// `struct sockaddr_in` as `SO_ORIGINAL_DST` returns it.

@@ -40,7 +40,11 @@ pub fn desired_entries(ids: PodIds, settings: &Settings, proxy_cgroup_ids: &[u64
             PodSettings {
                 proxy_port: settings.proxy_port,
                 _pad0: 0,
-                flags: 0,
+                flags: if settings.direct_ports.is_empty() {
+                    PodSettings::NO_DIRECT_PORTS
+                } else {
+                    0
+                },
             },
         )]
         .into_iter()
@@ -256,6 +260,18 @@ mod tests {
             cgroup_id: 9
         }));
         assert_eq!(e.settings.get(&42).map(|s| s.proxy_port), Some(15001));
+    }
+
+    #[test]
+    fn only_a_pod_without_direct_ports_lets_connect_skip_the_port_lookup() {
+        let flags = |direct: &[u16]| {
+            desired_entries(IDS, &settings(direct, &[15001]), &[])
+                .settings
+                .get(&42)
+                .map(|s| s.has(PodSettings::NO_DIRECT_PORTS))
+        };
+        assert_eq!(flags(&[]), Some(true));
+        assert_eq!(flags(&[3306]), Some(false));
     }
 
     #[test]
