@@ -21,7 +21,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, Discovery
 use traffic_translate::snapshot::{Resource, Resources};
 
 use crate::rejection::Rejection;
-use crate::{is_full_state, set_version, unique_origins, NameSets, View, ORDER};
+use crate::{is_full_state, set_version, unique_origins, NameSets, TypeView, View, ORDER};
 
 /// Which names of a type a stream wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,11 +44,12 @@ impl Subscription {
         }
     }
 
-    /// Whether every resource of `all` is subscribed.
-    fn covers_all(&self, all: &Resources) -> bool {
+    /// Whether every resource of `tv` is subscribed (remembered per view and name set: the
+    /// streams sharing both ask once).
+    fn covers_all(&self, tv: &TypeView) -> bool {
         match self {
             Subscription::Wildcard => true,
-            Subscription::Names(set) => set.len() >= all.len() && all.keys().all(|k| set.contains(k)),
+            Subscription::Names(set) => tv.covered_by(set),
         }
     }
 
@@ -60,7 +61,11 @@ impl Subscription {
         match self {
             Subscription::Wildcard => wildcard,
             Subscription::Names(set) => {
-                !wildcard && set.len() == names.len() && names.iter().all(|n| set.contains(n))
+                !wildcard
+                    && set.len() == names.len()
+                    // Sorted requests (the usual case) compare in one pass without lookups.
+                    && (set.iter().zip(names).all(|(a, b)| a == b)
+                        || names.iter().all(|n| set.contains(n)))
             }
         }
     }
@@ -131,13 +136,14 @@ impl TypeState {
     /// The subscribed resources as they should be on the proxy: the snapshot's, except that a
     /// rejected version is replaced by the last accepted copy (or left out). Without rejections
     /// and with everything subscribed this is the snapshot's map itself (shared, not copied).
-    fn desired(&mut self, all: &Arc<Resources>) -> Arc<Resources> {
+    fn desired(&mut self, tv: &TypeView) -> Arc<Resources> {
+        let all = &tv.resources;
         if !self.rejected.is_empty() {
             // Forget rejections the snapshot has moved on from.
             self.rejected
                 .retain(|name, bad| all.get(name).is_none_or(|r| r.version == *bad));
         }
-        if self.rejected.is_empty() && self.subscription.covers_all(all) {
+        if self.rejected.is_empty() && self.subscription.covers_all(tv) {
             return all.clone();
         }
         let mut desired = Resources::new();
@@ -203,12 +209,8 @@ impl SotwStream {
             // A new subscription for this type (first request on the stream).
             let sub = Subscription::from_request(type_url, &req.resource_names, true, &self.names);
             let mut ts = TypeState::new(sub);
-            let all = self
-                .resources
-                .get(type_url)
-                .map(|tv| tv.resources.clone())
-                .unwrap_or_default();
-            let desired = ts.desired(&all);
+            let tv = self.resources.get(type_url).cloned().unwrap_or_default();
+            let desired = ts.desired(&tv);
             let version = set_version(&desired);
             if !req.version_info.is_empty() && req.version_info == version {
                 // The proxy already holds exactly this (reconnect): nothing to send.
@@ -317,7 +319,7 @@ impl SotwStream {
             ts.sent = all.clone();
             return None;
         }
-        let desired = ts.desired(all);
+        let desired = ts.desired(&tv);
         let whole = Arc::ptr_eq(&desired, all);
         let version = if whole {
             tv.version.clone()
@@ -551,6 +553,48 @@ mod tests {
             again.on_resources(node_resources(&[(CLUSTER, "a", "2")])).len(),
             1
         );
+    }
+
+    #[test]
+    fn an_ack_repeating_the_names_in_another_order_keeps_the_subscription_and_sends_nothing() {
+        let mut s = SotwStream::new();
+        s.on_resources(node_resources(&[(ENDPOINT, "a", "1"), (ENDPOINT, "b", "1")]));
+        let r = s
+            .on_request(&req(ENDPOINT, &["a", "b"], "", ""))
+            .responses
+            .remove(0);
+        let out = s.on_request(&req(ENDPOINT, &["b", "a"], &r.version_info, &r.nonce));
+        assert!(out.responses.is_empty());
+        // a different set of the same size is a change
+        s.on_resources(node_resources(&[
+            (ENDPOINT, "a", "1"),
+            (ENDPOINT, "b", "1"),
+            (ENDPOINT, "c", "1"),
+        ]));
+        let out = s.on_request(&req(ENDPOINT, &["a", "c"], &r.version_info, &r.nonce));
+        assert_eq!(names(&out.responses[0]), ["c"]);
+    }
+
+    #[test]
+    fn streams_sharing_a_view_and_a_name_set_get_only_the_changed_assignment() {
+        let sets = Arc::new(NameSets::default());
+        let mut streams: Vec<SotwStream> = (0..3).map(|_| SotwStream::with_name_sets(sets.clone())).collect();
+        let v1 = node_resources(&[(ENDPOINT, "a", "1"), (ENDPOINT, "b", "1")]);
+        for s in &mut streams {
+            s.on_resources(v1.clone());
+            let r = s
+                .on_request(&req(ENDPOINT, &["a", "b"], "", ""))
+                .responses
+                .remove(0);
+            assert_eq!(names(&r), ["a", "b"]);
+            s.on_request(&req(ENDPOINT, &["a", "b"], &r.version_info, &r.nonce));
+        }
+        let v2 = node_resources(&[(ENDPOINT, "a", "1"), (ENDPOINT, "b", "2")]);
+        for s in &mut streams {
+            let pushed = s.on_resources(v2.clone());
+            assert_eq!(pushed.len(), 1);
+            assert_eq!(names(&pushed[0]), ["b"]);
+        }
     }
 
     #[test]
