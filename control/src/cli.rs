@@ -75,6 +75,9 @@ pub struct ConfigArgs {
     /// Only this type (listener, route, cluster, endpoint, secret).
     #[arg(long = "type")]
     pub only: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: crate::node_config::Format,
     #[command(flatten)]
     pub translate: TranslateArgs,
 }

@@ -56,10 +56,9 @@ fn config(args: ConfigArgs) -> anyhow::Result<()> {
     let t = rebuild::translate_logged(&model, &args.translate.options());
     let snapshot = traffic_control::grpc::WithApiListeners::from_translation(t.snapshot);
     let resources = snapshot.for_node(&args.node_id);
-    print!(
-        "{}",
-        node_config::render(&args.node_id, &resources, args.only.as_deref())
-    );
+    let text = node_config::render(&args.node_id, &resources, args.only.as_deref(), args.format)
+        .context("cannot render the node's resources")?;
+    println!("{text}");
     Ok(())
 }
 

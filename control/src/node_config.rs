@@ -1,57 +1,37 @@
 //! `traffic-control config --node-id <pod>.<ns>`: what that node would receive, translated from a
-//! model file. Each resource is printed with its name, version and origin, then its decoded
-//! protobuf (Rust debug notation; nested `Any`s stay encoded).
+//! model file, as proto3 JSON in the shape of Envoy's config dump (nested `Any`s decoded with their
+//! `@type`, private keys redacted), or as YAML.
 
-use std::fmt::Write;
-
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-use envoy_types::pb::google::protobuf::Any;
-use prost::Message;
-use traffic_translate::snapshot::{NodeResources, CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
+use traffic_translate::render::{render_json, RenderError};
+use traffic_translate::snapshot::NodeResources;
 use traffic_xds::type_name;
 
-fn decoded(any: &Any) -> String {
-    let v = any.value.as_slice();
-    let r = match any.type_url.as_str() {
-        LISTENER => Listener::decode(v).map(|m| format!("{m:#?}")),
-        ROUTE => RouteConfiguration::decode(v).map(|m| format!("{m:#?}")),
-        CLUSTER => Cluster::decode(v).map(|m| format!("{m:#?}")),
-        ENDPOINT => ClusterLoadAssignment::decode(v).map(|m| format!("{m:#?}")),
-        // Never print key material.
-        SECRET => Secret::decode(v).map(|m| format!("Secret {{ name: {:?}, .. }}", m.name)),
-        other => return format!("<{} bytes of {other}>", v.len()),
-    };
-    r.unwrap_or_else(|e| format!("<undecodable: {e}>"))
+/// Output format of `config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Json,
+    Yaml,
 }
 
 /// Renders `resources` (optionally one type, by short name such as `cluster`).
-pub fn render(node_id: &str, resources: &NodeResources, only: Option<&str>) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "# node {node_id}");
+pub fn render(
+    node_id: &str,
+    resources: &NodeResources,
+    only: Option<&str>,
+    format: Format,
+) -> Result<String, RenderError> {
+    let mut selected = NodeResources::default();
     for (type_url, items) in &resources.by_type {
-        if only.is_some_and(|o| o != type_name(type_url)) {
-            continue;
-        }
-        let _ = writeln!(out, "\n## {} ({} resources)", type_name(type_url), items.len());
-        for (name, r) in items {
-            let origin = r
-                .origin
-                .as_ref()
-                .map(|o| format!(" from {o}"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "\n### {name} version {}{origin}\n{}",
-                r.version,
-                decoded(&r.body)
-            );
+        if only.is_none_or(|o| o == type_name(type_url)) {
+            selected.by_type.insert(type_url, items.clone());
         }
     }
-    out
+    let doc = serde_json::json!({ "node": node_id, "resources": render_json(&selected)? });
+    Ok(match format {
+        Format::Json => serde_json::to_string_pretty(&doc).unwrap_or_default(),
+        Format::Yaml => serde_yaml::to_string(&doc).unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]
@@ -66,9 +46,18 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/translate/examples/bookinfo.yaml");
         let model = MeshModel::from_yaml_file(path).expect("model");
         let t = translate(&model, &Options::default());
-        let text = render("x.default", &t.snapshot.for_node("x.default"), Some("cluster"));
-        assert!(text.contains("### 9080|default|reviews version"), "{text}");
-        assert!(text.contains("from Service default/reviews"), "{text}");
-        assert!(!text.contains("## listener"));
+        let text = render(
+            "x.default",
+            &t.snapshot.for_node("x.default"),
+            Some("cluster"),
+            Format::Json,
+        )
+        .expect("render");
+        let doc: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(doc["node"], "x.default");
+        let types: Vec<&String> = doc["resources"].as_object().expect("by type").keys().collect();
+        assert_eq!(types, ["Cluster"], "only clusters: {text}");
+        assert!(text.contains("9080|default|reviews"), "{text}");
+        assert!(text.contains("Service default/reviews"), "{text}");
     }
 }
