@@ -1,5 +1,6 @@
 //! Real Envoy (a plain process on loopback) against our ADS server: every type is ACKed in
-//! state-of-the-world and delta mode, the config dump matches the model, model changes arrive,
+//! state-of-the-world and delta mode, the config dump matches the model, model changes arrive
+//! (an endpoint change pushes only the changed assignment),
 //! and an invalid resource is NACKed once and never re-sent.
 //!
 //! How traffic reaches the per-service filter chains without iptables: each test gives its
@@ -119,6 +120,8 @@ async fn acks_every_type(ads: Ads) {
     }
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["web-a", "web-b"]);
     // A model change (third pod) reaches Envoy and serves traffic.
+    let pushed_endpoints = format!("xds_pushed_resources_total{{mode=\"{mode}\",type=\"endpoint\"}}");
+    let endpoints_before = server.metric(&pushed_endpoints);
     let c = Backend::start("web-c", "127.0.20.3".parse().expect("ip"), target).await;
     server.publish_snapshot(snapshot(
         &model_yaml(
@@ -135,6 +138,13 @@ async fn acks_every_type(ads: Ads) {
     envoy
         .wait_config("the new endpoint", |d| d.contains("127.0.20.3"))
         .await;
+    // Only web's assignment changed, so only it was pushed (db's was not re-sent, also in SotW).
+    assert_eq!(
+        server.metric(&pushed_endpoints) - endpoints_before,
+        1.0,
+        "{}",
+        server.metrics()
+    );
     let mut hit_c = false;
     for _ in 0..30 {
         hit_c |= http_get(web, "/", &[]).await.expect("request").body_text() == "web-c";

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod rejection;
 pub mod server;
 pub mod sotw;
+pub mod transport;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, Weak};

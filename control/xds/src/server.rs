@@ -2,20 +2,16 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::pin::Pin;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::Streaming;
 use tracing::{debug, info, info_span, warn, Instrument};
 use traffic_translate::snapshot::MeshSnapshot;
 
@@ -23,6 +19,7 @@ use crate::delta::DeltaStream;
 use crate::metrics::{Mode, ModeLabels, TypeLabels, XdsMetrics};
 use crate::rejection::{Rejection, RejectionSink};
 use crate::sotw::SotwStream;
+use crate::transport::AdsService;
 use crate::{type_name, NameSets, View};
 
 /// Errors starting or running the server.
@@ -127,11 +124,33 @@ impl XdsServer {
         })
     }
 
-    /// The tonic service, ready for `tonic::transport::Server::add_service`.
-    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<XdsServer> {
-        AggregatedDiscoveryServiceServer::new(self)
-            .max_decoding_message_size(16 * 1024 * 1024)
-            .max_encoding_message_size(usize::MAX)
+    /// The gRPC service, ready for `tonic::transport::Server::add_service`.
+    pub fn into_service(self) -> AdsService {
+        AdsService::new(self)
+    }
+
+    /// Starts the task serving one SotW stream; its responses come out of the returned channel.
+    pub(crate) fn start_sotw(
+        &self,
+        inbound: Streaming<DiscoveryRequest>,
+        peer: Option<SocketAddr>,
+    ) -> mpsc::Receiver<DiscoveryResponse> {
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let span = info_span!("ads", mode = "sotw", peer = ?peer, node = tracing::field::Empty);
+        tokio::spawn(run_sotw(self.shared.clone(), inbound, tx).instrument(span));
+        rx
+    }
+
+    /// Starts the task serving one delta stream; its responses come out of the returned channel.
+    pub(crate) fn start_delta(
+        &self,
+        inbound: Streaming<DeltaDiscoveryRequest>,
+        peer: Option<SocketAddr>,
+    ) -> mpsc::Receiver<DeltaDiscoveryResponse> {
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let span = info_span!("ads", mode = "delta", peer = ?peer, node = tracing::field::Empty);
+        tokio::spawn(run_delta(self.shared.clone(), inbound, tx).instrument(span));
+        rx
     }
 
     /// Serves ADS on `listener` until `shutdown` completes.
@@ -227,8 +246,8 @@ impl AckTimer {
     }
 }
 
-type SotwSender = mpsc::Sender<Result<DiscoveryResponse, Status>>;
-type DeltaSender = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+type SotwSender = mpsc::Sender<DiscoveryResponse>;
+type DeltaSender = mpsc::Sender<DeltaDiscoveryResponse>;
 
 async fn run_sotw(shared: Arc<Shared>, mut inbound: Streaming<DiscoveryRequest>, tx: SotwSender) {
     const MODE: Mode = Mode::Sotw;
@@ -319,7 +338,7 @@ async fn send_sotw(shared: &Shared, tx: &SotwSender, timer: &mut AckTimer, resp:
     );
     shared.count_push(Mode::Sotw, &resp.type_url, resp.resources.len());
     timer.sent(&resp.nonce);
-    tx.send(Ok(resp)).await.is_ok()
+    tx.send(resp).await.is_ok()
 }
 
 async fn run_delta(shared: Arc<Shared>, mut inbound: Streaming<DeltaDiscoveryRequest>, tx: DeltaSender) {
@@ -420,35 +439,5 @@ async fn send_delta(
         resp.resources.len() + resp.removed_resources.len(),
     );
     timer.sent(&resp.nonce);
-    tx.send(Ok(resp)).await.is_ok()
-}
-
-type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for XdsServer {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let span = info_span!("ads", mode = "sotw", peer = ?peer, node = tracing::field::Empty);
-        tokio::spawn(run_sotw(self.shared.clone(), request.into_inner(), tx).instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
-
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let span = info_span!("ads", mode = "delta", peer = ?peer, node = tracing::field::Empty);
-        tokio::spawn(run_delta(self.shared.clone(), request.into_inner(), tx).instrument(span));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
-    }
+    tx.send(resp).await.is_ok()
 }
