@@ -4,17 +4,7 @@ use std::path::PathBuf;
 /// The cgroup v2 mount point, read from `/proc/mounts` (`/sys/fs/cgroup` on unified hosts,
 /// `/sys/fs/cgroup/unified` on hybrid ones).
 pub fn cgroup2_mount() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-    cgroup2_mount_in(&mounts)
-}
-
-/// Pure part of [`cgroup2_mount`]: the first `cgroup2` entry of a `/proc/mounts` text.
-pub fn cgroup2_mount_in(mounts: &str) -> Option<PathBuf> {
-    mounts.lines().find_map(|line| {
-        let mut f = line.split_whitespace();
-        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(dir))
-    })
+    traffic_redirect::mounts::cgroup2_mount().ok().flatten()
 }
 
 fn is_root() -> bool {
@@ -55,22 +45,4 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .map(|d| PathBuf::from(d).join(name))
         .find(|p| p.is_file());
     found
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cgroup2_mount_is_found_on_hybrid_and_unified_hosts() {
-        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
-                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
-        assert_eq!(
-            cgroup2_mount_in(hybrid),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n";
-        assert_eq!(cgroup2_mount_in(unified), Some(PathBuf::from("/sys/fs/cgroup")));
-        assert_eq!(cgroup2_mount_in("proc /proc proc rw 0 0\n"), None);
-    }
 }

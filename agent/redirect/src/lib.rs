@@ -13,6 +13,7 @@
 
 pub mod ebpf;
 pub mod iptables;
+pub mod mounts;
 pub mod probe;
 
 use std::collections::BTreeSet;

@@ -180,8 +180,8 @@ pub fn probe() -> ProbeReport {
     ProbeReport {
         kernel: KernelVersion::parse(&kernel_release),
         kernel_release,
-        cgroup2: mount_of_type(&mounts, "cgroup2"),
-        bpffs: mount_of_type(&mounts, "bpf"),
+        cgroup2: crate::mounts::mount_of_type(&mounts, "cgroup2"),
+        bpffs: crate::mounts::mount_of_type(&mounts, "bpf"),
         bpf_programs: bpf::PROGRAMS
             .iter()
             .map(|p| Check {
@@ -201,15 +201,6 @@ pub fn probe() -> ProbeReport {
             .collect(),
         ebpf_object: crate::ebpf::object_embedded(),
     }
-}
-
-/// The first mount point of `fstype` in a `/proc/mounts` text.
-pub fn mount_of_type(mounts: &str, fstype: &str) -> Option<PathBuf> {
-    mounts.lines().find_map(|line| {
-        let mut f = line.split_whitespace();
-        let (_dev, dir, ty) = (f.next()?, f.next()?, f.next()?);
-        (ty == fstype).then(|| PathBuf::from(dir))
-    })
 }
 
 /// Applies a chain shaped like ours (owner, comment, tcp, REDIRECT) in a throwaway netns, v4 and v6.
@@ -495,17 +486,6 @@ mod tests {
             "{}",
             d.reason
         );
-    }
-
-    #[test]
-    fn mounts_are_found_by_filesystem_type() {
-        let mounts = "cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\nbpf /sys/fs/bpf bpf rw 0 0\n";
-        assert_eq!(
-            mount_of_type(mounts, "cgroup2"),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(mount_of_type(mounts, "bpf"), Some(PathBuf::from("/sys/fs/bpf")));
-        assert_eq!(mount_of_type("", "bpf"), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::RedirectError;
 
@@ -15,26 +15,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// The conventional bpffs mount point (mounted by us when missing).
 pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 
-/// The first cgroup2 mount point listed in a `/proc/mounts` text.
-pub fn cgroup2_mount_in(mounts: &str) -> Option<PathBuf> {
-    mounts.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let (_src, target, fstype) = (f.next()?, f.next()?, f.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount_path(target)))
-    })
-}
-
-/// `/proc/mounts` escapes space, tab, newline and backslash as octal.
-fn unescape_mount_path(p: &str) -> String {
-    p.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
-}
-
-pub fn cgroup2_mount() -> io::Result<Option<PathBuf>> {
-    Ok(cgroup2_mount_in(&std::fs::read_to_string("/proc/mounts")?))
-}
+pub use crate::mounts::cgroup2_mount;
 
 fn fs_magic(path: &Path) -> io::Result<i64> {
     let s = nix::sys::statfs::statfs(path).map_err(io::Error::from)?;
@@ -217,30 +198,5 @@ pub fn detach_and_unpin(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cgroup2_mount_is_found_among_v1_mounts() {
-        let mounts = "sysfs /sys sysfs rw 0 0\n\
-                      cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
-                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nsdelegate 0 0\n";
-        assert_eq!(
-            cgroup2_mount_in(mounts),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(cgroup2_mount_in("sysfs /sys sysfs rw 0 0\n"), None);
-    }
-
-    #[test]
-    fn escaped_mount_paths_are_unescaped() {
-        assert_eq!(
-            cgroup2_mount_in("none /a\\040b cgroup2 rw 0 0"),
-            Some(PathBuf::from("/a b"))
-        );
     }
 }
