@@ -6,7 +6,8 @@
 //! `traffic-agent run` as host processes logging into a temp dir, runs
 //! `cargo test -p traffic-tests --test e2e` with `TRAFFIC_E2E=1` once per redirect mode (eBPF: every
 //! test; iptables: `both_modes::`), and stops the processes by pid at the end, also on failure
-//! (their logs are printed then). Needs root, `KUBECONFIG` and `DOCKER_HOST` (taken from
+//! (their logs are printed then). Before that, the crates' own cluster tests (kube-source `live`,
+//! sidecar `docker_runtime` and `kube_pod`) run with the cluster required. Needs root, `KUBECONFIG` and `DOCKER_HOST` (taken from
 //! `/run/traffic-e2e/env.sh` when unset).
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -317,6 +318,25 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         .join("debug");
     cmd::output(Command::new("kubectl").args(["get", "--raw", "/readyz"]))
         .context("the cluster's API server is not ready")?;
+    if o.filter.is_none() {
+        // The crates' own tests against the cluster's API server and Docker (skipped by the
+        // workspace run when the cluster is not there; required here).
+        cmd::run(
+            Command::new(&cargo)
+                .current_dir(&root)
+                .env("TRAFFIC_E2E", "1")
+                .env("TRAFFIC_E2E_REQUIRED", "true")
+                .args(["test", "-p", "traffic-kube-source", "--test", "live"])
+                .args([
+                    "-p",
+                    "traffic-sidecar",
+                    "--test",
+                    "docker_runtime",
+                    "--test",
+                    "kube_pod",
+                ]),
+        )?;
+    }
 
     let tmp = std::env::temp_dir().join(format!("traffic-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
