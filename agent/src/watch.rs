@@ -11,6 +11,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -242,7 +243,11 @@ pub async fn run<R: ContainerRuntime + 'static>(
     config: ControllerConfig,
 ) -> Result<(), WatchError> {
     let (poke, mut pokes) = mpsc::channel(1);
-    let (stores, tasks) = spawn_watches(&client, &config.node_name, config.namespace.as_deref(), &poke);
+    let (stores, mut tasks) = spawn_watches(&client, &config.node_name, config.namespace.as_deref(), &poke);
+    tasks.push(tokio::spawn(poke_on_sidecar_exit(
+        applier.runtime.exits(),
+        poke.downgrade(),
+    )));
     drop(poke);
     let guard = AbortOnDrop(tasks);
     match tokio::time::timeout(config.sync_timeout, stores.wait_until_ready()).await {
@@ -275,6 +280,18 @@ pub async fn run<R: ContainerRuntime + 'static>(
         if let Err(error) = applier.round(&desired, annotations).await {
             warn!(%error, "reconcile round skipped");
         }
+    }
+}
+
+/// A sidecar that exits is acted on at once (restart, or redirect off), not at the next resync:
+/// until then the pod's connections would be steered to a proxy that is not there.
+/// Holds the poke channel weakly: the watches alone keep the controller alive.
+async fn poke_on_sidecar_exit(mut exits: BoxStream<'static, String>, poke: mpsc::WeakSender<()>) {
+    while let Some(container) = exits.next().await {
+        let Some(poke) = poke.upgrade() else { return };
+        info!(%container, "sidecar exited; reconciling now");
+        // A full channel already holds a poke: the round it triggers sees this exit too.
+        let _ = poke.try_send(());
     }
 }
 

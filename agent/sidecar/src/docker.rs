@@ -26,7 +26,8 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions, StopContainerOptions,
+    CreateContainerOptions, EventsOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+    StopContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -494,7 +495,56 @@ enum CreateError {
     Other(String),
 }
 
+/// The Docker event filter for "one of our sidecars exited".
+fn exit_filters() -> HashMap<String, Vec<String>> {
+    filters(&[
+        ("type", "container".to_string()),
+        ("event", "die".to_string()),
+        ("label", format!("{LABEL_MANAGED_BY}={MANAGED_BY}")),
+    ])
+}
+
+/// Forwards the ids of exiting sidecars from Docker's event stream into `tx`, subscribing again
+/// (after a second) when the stream fails or ends, until the receiver is gone.
+async fn forward_exits(docker: Docker, tx: tokio::sync::mpsc::Sender<String>) {
+    loop {
+        let mut events = docker.events(Some(EventsOptions {
+            filters: Some(exit_filters()),
+            ..Default::default()
+        }));
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    let Some(id) = event.actor.and_then(|a| a.id) else {
+                        continue;
+                    };
+                    debug!(container = %id, "sidecar exited");
+                    if tx.send(id).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    warn!(%error, "docker event stream failed; subscribing again");
+                    break;
+                }
+            }
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 impl ContainerRuntime for DockerRuntime {
+    fn exits(&self) -> futures_util::stream::BoxStream<'static, String> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(forward_exits(self.docker.clone(), tx));
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|id| (id, rx))
+        }))
+    }
+
     async fn sandbox(&self, pod_uid: &str) -> Result<Option<Sandbox>, RuntimeError> {
         let mut found = self
             .list(

@@ -105,6 +105,11 @@ pub trait ContainerRuntime: Send + Sync {
     ) -> impl Future<Output = Result<Sidecar, RuntimeError>> + Send;
     /// Stop and remove a sidecar. Removing an unknown container is `Ok`.
     fn remove(&self, container_id: &str) -> impl Future<Output = Result<(), RuntimeError>> + Send;
+    /// Container ids of this project's sidecars as they exit, so the agent restarts them (or takes
+    /// the redirect away) at once instead of at its next resync. The default never yields.
+    fn exits(&self) -> futures_util::stream::BoxStream<'static, String> {
+        Box::pin(futures_util::stream::pending())
+    }
 }
 
 /// Typed runtime errors (implementations add variants).
