@@ -1,6 +1,7 @@
-//! The `run`, `proxies`, `logs` and `exec` subcommands (flags, wiring, output).
+//! The `run`, `proxies`, `logs`, `exec` and `uninstall` subcommands (flags, wiring, output).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,10 +9,11 @@ use anyhow::Context;
 use clap::{Args, ValueEnum};
 use tracing::{info, warn};
 use traffic_agent::apply::{Applier, KubeAnnotator, SidecarTemplate};
+use traffic_agent::drain::{self, DaemonSetRef};
 use traffic_agent::metrics::{self, AgentMetrics};
-use traffic_agent::watch::{self, ControllerConfig};
+use traffic_agent::watch::{self, ControllerConfig, DrainConfig};
 use traffic_kube_source::events::{EventMetrics, EventsConfig, KubeEvents};
-use traffic_redirect::ebpf::EbpfRedirector;
+use traffic_redirect::ebpf::{EbpfRedirector, DEFAULT_PIN_ROOT};
 use traffic_redirect::iptables::{IptablesRedirector, DEFAULT_STATE_DIR};
 use traffic_redirect::{probe, Mode, Redirector};
 use traffic_sidecar::bootstrap::{AdsApiType, BootstrapOptions, DEFAULT_ADMIN_PORT};
@@ -79,6 +81,23 @@ pub struct RunArgs {
     /// `reportingInstance` of Events (e.g. the agent's pod name); defaults to the node name.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// Namespace of the agent's pod (with --pod-name: where the agent reports a finished drain).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// The agents' DaemonSet as <namespace>/<name>. When it carries `traffic.agent.drain=true`
+    /// (set by `traffic-agent uninstall`), the agent removes everything it made on this node.
+    #[arg(long, env = "TRAFFIC_AGENT_DAEMONSET")]
+    pub daemonset: Option<DaemonSetRef>,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// The agents' DaemonSet as <namespace>/<name>.
+    #[arg(long, env = "TRAFFIC_AGENT_DAEMONSET")]
+    pub daemonset: DaemonSetRef,
+    /// Give up (exit 1) when the nodes are not drained within this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_seconds: u64,
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +186,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     .context("--control-plane")?;
     let redirect_mode = args.redirect.redirect_mode;
     let redirector = tokio::task::spawn_blocking(move || redirector(redirect_mode)).await??;
+    let mode = redirector.mode();
+    // A previous agent in the other mode may have left redirects: never redirect a pod twice.
+    match tokio::task::spawn_blocking(move || {
+        drain::remove_other_mode(mode, Path::new(DEFAULT_PIN_ROOT), Path::new(DEFAULT_STATE_DIR))
+    })
+    .await?
+    {
+        Ok(0) => {}
+        Ok(n) => info!(removed = n, "removed redirect state of the other mode"),
+        Err(error) => warn!(%error, "cannot remove redirect state of the other mode"),
+    }
     let runtime = Arc::new(docker(Some(Duration::from_secs(args.ready_timeout_seconds))).await?);
     let client = kube::Client::try_default()
         .await
@@ -210,6 +240,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         debounce: Duration::from_millis(200),
         sync_timeout: Duration::from_secs(60),
+        drain: args.daemonset.clone().map(|daemonset| DrainConfig {
+            daemonset,
+            own_pod: args.pod_namespace.clone().zip(args.pod_name.clone()),
+            pin_root: DEFAULT_PIN_ROOT.into(),
+            iptables_state: DEFAULT_STATE_DIR.into(),
+        }),
     };
     tokio::select! {
         r = watch::run(client, applier, config) => r.context("controller stopped")?,
@@ -259,4 +295,70 @@ pub async fn exec(args: ExecArgs) -> anyhow::Result<i64> {
     Ok(runtime
         .exec(&args.id_prefix, &args.cmd, &mut out, &mut err)
         .await?)
+}
+
+/// Tells every agent to drain its node and waits until all have (the chart's pre-delete hook).
+pub async fn uninstall(args: UninstallArgs) -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{ListParams, Patch, PatchParams};
+    use kube::Api;
+
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot build a Kubernetes client (in-cluster service account or KUBECONFIG)")?;
+    let ds = &args.daemonset;
+    let daemon_sets: Api<DaemonSet> = Api::namespaced(client.clone(), &ds.namespace);
+    let patch = serde_json::json!({"metadata": {"annotations": {drain::DRAIN_ANNOTATION: "true"}}});
+    let set = match daemon_sets
+        .patch(&ds.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(set) => set,
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            println!("daemonset {ds} not found: no agent to drain");
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot annotate daemonset {ds}")),
+    };
+    let selector = set
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|s| !s.is_empty())
+        .with_context(|| format!("daemonset {ds} has no matchLabels selector"))?;
+    println!(
+        "asked the agents of {ds} to drain their nodes; waiting (up to {} s)",
+        args.timeout_seconds
+    );
+    let agents: Api<Pod> = Api::namespaced(client.clone(), &ds.namespace);
+    let all: Api<Pod> = Api::all(client);
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.timeout_seconds);
+    loop {
+        let agent_pods = agents.list(&ListParams::default().labels(&selector)).await?.items;
+        let pods = all.list(&ListParams::default()).await?.items;
+        let progress = drain::progress(&agent_pods, &pods);
+        if progress.done() {
+            println!(
+                "drained: {} agent(s) report their nodes clean, no pod is annotated",
+                agent_pods.len()
+            );
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "not drained after {} s: agents pending {:?}, pods still annotated {:?}",
+                args.timeout_seconds,
+                progress.agents_pending,
+                progress.pods_annotated
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }

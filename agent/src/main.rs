@@ -4,6 +4,7 @@
 //! - `run`: the daemon (watch this node's pods, start Envoy sidecars, redirect, annotate).
 //! - `proxies`: the sidecars on this node, with their redirect mode.
 //! - `logs <id-prefix> [-f]`, `exec <id-prefix> -- <cmd>`: operator access to a sidecar.
+//! - `uninstall --daemonset <ns>/<name>`: drain every node (the chart's pre-delete hook).
 //! - `check [--json]`: probe the node (kernel, cgroup v2, bpffs, BPF program types, iptables
 //!   flavours) and print which redirect datapath the agent would use, and why.
 mod cli;
@@ -34,6 +35,9 @@ enum Command {
     Logs(cli::LogsArgs),
     /// Run a command in a sidecar (`traffic-agent exec <id> -- cmd args`).
     Exec(cli::ExecArgs),
+    /// Tell every agent of the DaemonSet to remove all it made (redirects, sidecars, annotations,
+    /// pinned eBPF objects, iptables chains) and wait until they have: run before deleting the agents.
+    Uninstall(cli::UninstallArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,7 +47,11 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Check { json } => check(json),
-        Command::Run(args) => cli::block_on(cli::run(*args)),
+        Command::Run(args) => {
+            join_host_cgroup_namespace();
+            cli::block_on(cli::run(*args))
+        }
+        Command::Uninstall(args) => cli::block_on(cli::uninstall(args)),
         Command::Proxies(args) => cli::block_on(cli::proxies(args)),
         Command::Logs(args) => cli::block_on(cli::logs(args)),
         Command::Exec(args) => {
@@ -98,4 +106,28 @@ fn render(report: &ProbeReport, decision: &Decision) -> String {
         decision.reason
     ));
     out
+}
+
+/// In a container with a private cgroup namespace (the default on cgroup v2 hosts),
+/// `/proc/<pid>/cgroup` shows paths relative to the container's own cgroup, so pod cgroups would
+/// resolve wrongly. With hostPID, `/proc/1` is the host's init: join its cgroup namespace before
+/// any thread starts (setns applies to the calling thread; later threads inherit it).
+fn join_host_cgroup_namespace() {
+    use std::os::fd::AsRawFd;
+    let ns = |p: &str| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    match (ns("/proc/1/ns/cgroup"), ns("/proc/self/ns/cgroup")) {
+        (Ok(host), Ok(own)) if host != own => {}
+        _ => return,
+    }
+    match std::fs::File::open("/proc/1/ns/cgroup") {
+        // SAFETY: setns(2) on an fd we own; no other thread exists yet.
+        Ok(f) if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWCGROUP) } == 0 => {
+            tracing::info!("joined the host's cgroup namespace (pid 1's)");
+        }
+        Ok(_) => tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot join the host's cgroup namespace; pod cgroups may resolve wrongly"
+        ),
+        Err(error) => tracing::warn!(%error, "cannot open /proc/1/ns/cgroup"),
+    }
 }

@@ -8,6 +8,7 @@
 //! half-filled store never looks like "every pod was deleted".
 
 use std::fmt::Debug;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use traffic_sidecar::ContainerRuntime;
 
 use crate::apply::Applier;
 use crate::desired::{desired, Cluster, DesiredPod};
+use crate::drain::{self, DaemonSetRef};
 use crate::reconcile::{reconcile, scope_to_namespace, Annotations, Observed, Plan};
 
 /// Controller settings.
@@ -40,6 +42,18 @@ pub struct ControllerConfig {
     pub debounce: Duration,
     /// Give up starting if the watches have not listed within this time.
     pub sync_timeout: Duration,
+    /// Drain the node when the agents' DaemonSet asks for it (uninstall).
+    pub drain: Option<DrainConfig>,
+}
+
+/// Where the drain signal comes from and what a drained node must not keep.
+#[derive(Debug, Clone)]
+pub struct DrainConfig {
+    pub daemonset: DaemonSetRef,
+    /// This agent's pod (`namespace`, `name`), which gets [`drain::DRAINED_ANNOTATION`].
+    pub own_pod: Option<(String, String)>,
+    pub pin_root: PathBuf,
+    pub iptables_state: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +62,8 @@ pub enum WatchError {
     SyncTimeout(Duration),
     #[error("a watch task ended unexpectedly")]
     WatchEnded,
+    #[error("the drain annotation was removed after this agent drained its node: exiting so that a fresh agent sets the node up again")]
+    DrainCancelled,
 }
 
 /// Read halves of the watches.
@@ -257,19 +273,34 @@ pub async fn run<R: ContainerRuntime + 'static>(
     info!(pods = stores.pods.state().len(), node = %config.node_name, "watches listed; adopting existing sidecars and redirects");
     let mut tick = tokio::time::interval(config.resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut drained = false;
+    let mut again = false;
     loop {
-        tokio::select! {
-            got = pokes.recv() => {
-                if got.is_none() {
-                    drop(guard);
-                    return Err(WatchError::WatchEnded);
+        if !again {
+            tokio::select! {
+                got = pokes.recv() => {
+                    if got.is_none() {
+                        drop(guard);
+                        return Err(WatchError::WatchEnded);
+                    }
+                    tokio::time::sleep(config.debounce).await;
+                    while pokes.try_recv().is_ok() {}
                 }
-                tokio::time::sleep(config.debounce).await;
-                while pokes.try_recv().is_ok() {}
+                _ = tick.tick() => {}
             }
-            _ = tick.tick() => {}
         }
-        let (desired, annotations) = desired_from(
+        again = false;
+        let draining = config
+            .drain
+            .as_ref()
+            .is_some_and(|d| drain::draining(&stores.daemon_sets.state(), &d.daemonset));
+        if drained {
+            if !draining {
+                return Err(WatchError::DrainCancelled);
+            }
+            continue;
+        }
+        let (mut desired, annotations) = desired_from(
             &stores.pods.state(),
             &stores.services.state(),
             &stores.replica_sets.state(),
@@ -277,10 +308,63 @@ pub async fn run<R: ContainerRuntime + 'static>(
             &stores.stateful_sets.state(),
             &stores.daemon_sets.state(),
         );
-        if let Err(error) = applier.round(&desired, annotations).await {
-            warn!(%error, "reconcile round skipped");
+        if draining {
+            for d in &mut desired {
+                d.enabled = false;
+            }
+        }
+        match applier.round(&desired, annotations).await {
+            Ok(plans) if draining => {
+                if plans.is_empty() {
+                    if let Some(d) = &config.drain {
+                        match finish_drain(&client, applier.as_ref(), d).await {
+                            Ok(()) => drained = true,
+                            Err(error) => warn!(%error, "drain not finished; retrying"),
+                        }
+                    }
+                } else {
+                    // Confirm at once that the plans left nothing behind.
+                    again = true;
+                }
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, "reconcile round skipped"),
         }
     }
+}
+
+/// Every pod is disabled and nothing is planned: remove the node-wide state and report.
+async fn finish_drain<R: ContainerRuntime + 'static>(
+    client: &Client,
+    applier: &Applier<R>,
+    d: &DrainConfig,
+) -> Result<(), String> {
+    let left = applier
+        .runtime
+        .sidecars()
+        .await
+        .map_err(|e| format!("cannot list sidecars: {e}"))?;
+    if !left.is_empty() {
+        return Err(format!("{} sidecar(s) still present", left.len()));
+    }
+    let (pins, state) = (d.pin_root.clone(), d.iptables_state.clone());
+    tokio::task::spawn_blocking(move || drain::purge_node(&pins, &state))
+        .await
+        .map_err(|_| "purge task panicked".to_string())?
+        .map_err(|e| e.to_string())?;
+    if let Some((ns, name)) = &d.own_pod {
+        let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let patch = serde_json::json!({"metadata": {"annotations": {drain::DRAINED_ANNOTATION: "true"}}});
+        api.patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .map_err(|e| format!("cannot annotate the agent pod {ns}/{name}: {e}"))?;
+    }
+    info!(daemonset = %d.daemonset, "node drained: no redirect, sidecar, annotation or pinned object left; idle until deleted");
+    Ok(())
 }
 
 /// A sidecar that exits is acted on at once (restart, or redirect off), not at the next resync:
