@@ -72,14 +72,14 @@ VALUE_SETS: list[tuple[str, dict[str, Any]]] = [
     (
         "redirectMode=iptables, outboundPolicy=passthrough, one namespace",
         {
-            "agent": {"redirectMode": "iptables", "namespace": "shop"},
+            "agent": {"redirectMode": "iptables", "namespace": "shop", "uninstall": {"enabled": False}},
             "control": {"outboundPolicy": "passthrough", "watchNamespace": "shop"},
         },
     ),
     (
         "redirectMode=auto (explicit), delta ADS, custom Envoy ports",
         {
-            "agent": {"redirectMode": "auto"},
+            "agent": {"redirectMode": "auto", "uninstall": {"timeoutSeconds": 120}},
             "envoy": {"adsApi": "delta", "adminPort": 19000, "statsPort": 19900},
         },
     ),
