@@ -82,6 +82,8 @@ fn api_listener(name: &str, cluster: &str) -> Listener {
 #[derive(Debug)]
 pub struct WithApiListeners {
     inner: Arc<dyn MeshSnapshot>,
+    /// The clusters `listeners` were built from.
+    clusters: Resources,
     listeners: Resources,
     /// Nodes with their own view (from a translation); everyone else shares the sidecar view.
     own_views: Option<BTreeSet<String>>,
@@ -99,10 +101,35 @@ impl WithApiListeners {
         w
     }
 
+    /// Like [`WithApiListeners::from_translation`], reusing `prev`'s API listeners when the
+    /// clusters they are built from did not change (an endpoint change rebuilds nothing here).
+    pub fn from_translation_reusing(snapshot: Snapshot, prev: &WithApiListeners) -> Self {
+        let own: BTreeSet<String> = snapshot.overridden_nodes().map(str::to_string).collect();
+        let inner: Arc<dyn MeshSnapshot> = Arc::new(snapshot);
+        let clusters = inner.for_node("").by_type.remove(CLUSTER).unwrap_or_default();
+        let same = clusters.len() == prev.clusters.len()
+            && clusters
+                .iter()
+                .zip(&prev.clusters)
+                .all(|((n, r), (pn, pr))| n == pn && (Arc::ptr_eq(r, pr) || r == pr));
+        let mut w = if same {
+            WithApiListeners {
+                inner,
+                clusters,
+                listeners: prev.listeners.clone(),
+                own_views: None,
+            }
+        } else {
+            Self::new(inner)
+        };
+        w.own_views = Some(own);
+        w
+    }
+
     pub fn new(inner: Arc<dyn MeshSnapshot>) -> Self {
-        let view = inner.for_node("");
+        let clusters = inner.for_node("").by_type.remove(CLUSTER).unwrap_or_default();
         let mut listeners = BTreeMap::new();
-        for (cluster, r) in view.by_type.get(CLUSTER).into_iter().flatten() {
+        for (cluster, r) in &clusters {
             let Some(name) = target_name(cluster) else {
                 continue;
             };
@@ -114,6 +141,7 @@ impl WithApiListeners {
         }
         WithApiListeners {
             inner,
+            clusters,
             listeners,
             own_views: None,
         }

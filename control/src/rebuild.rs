@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use traffic_translate::model::MeshModel;
 use traffic_translate::snapshot::MeshSnapshot;
-use traffic_translate::translate::{translate, Options, Translation};
+use traffic_translate::translate::{translate, translate_endpoint_change, Options, Translation};
 
 /// Translation metrics, under `translate_`.
 #[derive(Debug, Clone)]
@@ -54,18 +54,64 @@ impl RebuildMetrics {
 /// Translates `model`, logging what could not be translated.
 pub fn translate_logged(model: &MeshModel, options: &Options) -> Translation {
     let t = translate(model, options);
-    for e in &t.label_errors {
-        warn!(kind = %e.object.kind, namespace = %e.object.namespace, name = %e.object.name, error = %e.error, "invalid label ignored");
-    }
-    for p in &t.problems {
-        warn!(problem = %p, "not translated");
-    }
+    log_translation(&t);
     if let Err(inconsistencies) = t.snapshot.validate() {
         for i in inconsistencies {
             warn!(inconsistency = ?i, "translated snapshot refers to a missing resource");
         }
     }
     t
+}
+
+fn log_translation(t: &Translation) {
+    for e in &t.label_errors {
+        warn!(kind = %e.object.kind, namespace = %e.object.namespace, name = %e.object.name, error = %e.error, "invalid label ignored");
+    }
+    for p in &t.problems {
+        warn!(problem = %p, "not translated");
+    }
+}
+
+/// The last translation, kept to translate the next model incrementally.
+struct Previous {
+    model: Arc<MeshModel>,
+    translation: Translation,
+    published: Arc<crate::grpc::WithApiListeners>,
+}
+
+/// Translates `model`: only its endpoint assignments when it differs from `prev`'s model only in
+/// where pods are ([`translate_endpoint_change`]), otherwise whole. Returns the translation, the
+/// snapshot to publish and whether the shortcut applied.
+fn translate_next(prev: Option<Previous>, model: Arc<MeshModel>, options: &Options) -> (Previous, bool) {
+    if let Some(prev) = prev {
+        if let Some(t) = translate_endpoint_change(&prev.model, &prev.translation, &model, options) {
+            log_translation(&t);
+            let published = Arc::new(crate::grpc::WithApiListeners::from_translation_reusing(
+                t.snapshot.clone(),
+                &prev.published,
+            ));
+            return (
+                Previous {
+                    model,
+                    translation: t,
+                    published,
+                },
+                true,
+            );
+        }
+    }
+    let t = translate_logged(&model, options);
+    let published = Arc::new(crate::grpc::WithApiListeners::from_translation(
+        t.snapshot.clone(),
+    ));
+    (
+        Previous {
+            model,
+            translation: t,
+            published,
+        },
+        false,
+    )
 }
 
 /// Waits for a change of `models`, then for `quiet` without further change (at most `max_wait`
@@ -105,26 +151,30 @@ pub async fn run(
     metrics: RebuildMetrics,
 ) {
     let max_wait = (quiet * 10).max(Duration::from_secs(1));
+    let mut prev: Option<Previous> = None;
     loop {
         let model = models.borrow_and_update().clone();
         let opts = options.clone();
         let started = Instant::now();
-        let joined = tokio::task::spawn_blocking(move || translate_logged(&model, &opts)).await;
+        let last = prev.take();
+        let joined = tokio::task::spawn_blocking(move || translate_next(last, model, &opts)).await;
         match joined {
-            Ok(t) => {
+            Ok((next, incremental)) => {
                 let took = started.elapsed();
+                let t = &next.translation;
                 metrics.rebuilds.inc();
                 metrics.duration.observe(took.as_secs_f64());
                 metrics.label_errors.inc_by(t.label_errors.len() as u64);
                 metrics.problems.inc_by(t.problems.len() as u64);
                 info!(
                     took_ms = took.as_millis() as u64,
+                    incremental,
                     overridden_nodes = t.snapshot.overridden_nodes().count(),
                     "translated model"
                 );
-                out.send_replace(Arc::new(crate::grpc::WithApiListeners::from_translation(
-                    t.snapshot,
-                )));
+                let published: Arc<dyn MeshSnapshot> = next.published.clone();
+                out.send_replace(published);
+                prev = Some(next);
             }
             Err(error) => warn!(%error, "translation panicked; keeping the previous snapshot"),
         }

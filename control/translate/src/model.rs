@@ -342,7 +342,9 @@ impl MeshModel {
         serde_yaml::to_string(self).map_err(|source| ModelError::Yaml { path: None, source })
     }
 
-    fn check_unique(&self) -> Result<(), ModelError> {
+    /// Refuses two objects of the same kind with the same namespace and name (done by the parsers;
+    /// public for sources that assemble a model themselves).
+    pub fn check_unique(&self) -> Result<(), ModelError> {
         fn check<'a>(
             kind: &'static str,
             items: impl Iterator<Item = (&'a str, &'a str)>,

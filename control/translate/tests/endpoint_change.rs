@@ -1,0 +1,72 @@
+//! `translate_endpoint_change`: a pod move re-translates only endpoint assignments and gives
+//! exactly what a full translation gives.
+#![expect(clippy::unwrap_used, reason = "tests fail loudly")]
+
+use std::sync::Arc;
+
+use traffic_translate::model::MeshModel;
+use traffic_translate::snapshot::{MeshSnapshot, CLUSTER, ENDPOINT, LISTENER, ROUTE};
+use traffic_translate::translate::{translate, translate_endpoint_change, Options, INGRESS_NODE_ID};
+
+fn bookinfo() -> MeshModel {
+    MeshModel::from_yaml_file(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bookinfo.yaml")).unwrap()
+}
+
+#[test]
+fn moved_pods_give_the_same_snapshot_as_a_full_translation_sharing_everything_else() {
+    let opts = Options::default();
+    let before = bookinfo();
+    let prev = translate(&before, &opts);
+    let mut after = before.clone();
+    after.pods[1].ip = Some("10.9.9.9".parse().unwrap());
+    after.pods[2].ready = false;
+    after.pods[3].zone = Some("zone-b".into());
+    let fast = translate_endpoint_change(&before, &prev, &after, &opts).expect("endpoint-only change");
+    let full = translate(&after, &opts);
+    assert_eq!(fast.snapshot, full.snapshot);
+    assert_ne!(fast.snapshot, prev.snapshot);
+    for node in ["productpage-v1-6b746f74dc-x7k2p.default", INGRESS_NODE_ID] {
+        let (old, new) = (prev.snapshot.for_node(node), fast.snapshot.for_node(node));
+        for t in [CLUSTER, LISTENER, ROUTE] {
+            for (name, r) in &new.by_type[t] {
+                assert!(Arc::ptr_eq(r, &old.by_type[t][name]), "{t} {name} shared");
+            }
+        }
+        let unchanged = new.by_type[ENDPOINT]
+            .iter()
+            .filter(|(n, r)| Arc::ptr_eq(r, &old.by_type[ENDPOINT][*n]))
+            .count();
+        assert!(unchanged < new.by_type[ENDPOINT].len() && unchanged > 0);
+    }
+    // No change at all: the previous translation.
+    let same = translate_endpoint_change(&after, &full, &after, &opts).unwrap();
+    assert_eq!(same.snapshot, full.snapshot);
+}
+
+#[test]
+fn anything_but_a_pod_move_needs_a_full_translation() {
+    let opts = Options::default();
+    let before = bookinfo();
+    let prev = translate(&before, &opts);
+    let mut relabelled = before.clone();
+    relabelled.pods[0]
+        .labels
+        .insert("traffic.timeout".into(), "2s".into());
+    assert!(translate_endpoint_change(&before, &prev, &relabelled, &opts).is_none());
+    let mut fewer = before.clone();
+    fewer.pods.pop();
+    assert!(translate_endpoint_change(&before, &prev, &fewer, &opts).is_none());
+    let mut service = before.clone();
+    service.services[0]
+        .labels
+        .insert("traffic.port.9080".into(), "tcp".into());
+    assert!(translate_endpoint_change(&before, &prev, &service, &opts).is_none());
+    let loopback = Options {
+        local_endpoint_via_loopback: true,
+        ..Options::default()
+    };
+    let mut moved = before.clone();
+    moved.pods[0].ip = Some("10.9.9.9".parse().unwrap());
+    let prev = translate(&before, &loopback);
+    assert!(translate_endpoint_change(&before, &prev, &moved, &loopback).is_none());
+}
