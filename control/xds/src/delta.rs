@@ -10,32 +10,152 @@
 //! an answer is stale and its ACK/NACK part is ignored. After a NACK the proxy is taken to still
 //! hold its previous version of each resource of the rejected response, and the rejected versions
 //! are not sent again.
+//!
+//! What the proxy holds is not a per-stream name -> version map (1,000 streams x 3,000 resources
+//! was most of the server's memory) but a shared view map (`base`, the last one pushed) seen through
+//! the subscription it was pushed for, plus the few names where the proxy differs from it (NACKed
+//! versions, initial versions, unsubscribed names). A stream in step with its view gets the view's
+//! difference to the next one, computed once and shared by every such stream.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as WireResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use traffic_translate::snapshot::{Resource, Resources};
 
 use crate::rejection::Rejection;
-use crate::{is_full_state, unique_origins, View, ORDER};
+use crate::{is_full_state, unique_origins, EncodedResponse, NameSets, ResourceList, TypeView, View, ORDER};
+
+/// A response of a delta stream; its resources are shared with every stream sending the same.
+#[derive(Debug, Clone)]
+pub struct DeltaResponse {
+    pub system_version_info: String,
+    pub type_url: String,
+    pub nonce: String,
+    pub resources: Arc<ResourceList>,
+    pub removed_resources: Vec<String>,
+}
+
+impl DeltaResponse {
+    /// The protobuf message (decoded form; the server sends [`DeltaResponse::encode`]).
+    pub fn to_message(&self) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            system_version_info: self.system_version_info.clone(),
+            resources: self
+                .resources
+                .resources
+                .iter()
+                .map(|r| crate::wire_resource(r))
+                .collect(),
+            type_url: self.type_url.clone(),
+            removed_resources: self.removed_resources.clone(),
+            nonce: self.nonce.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The gRPC frames of the response, its resources encoded once for every stream.
+    pub fn encode(&self) -> EncodedResponse {
+        let head = DeltaDiscoveryResponse {
+            system_version_info: self.system_version_info.clone(),
+            type_url: self.type_url.clone(),
+            removed_resources: self.removed_resources.clone(),
+            nonce: self.nonce.clone(),
+            ..Default::default()
+        };
+        EncodedResponse::new(&head, self.resources.delta_bytes())
+    }
+}
+
+/// Which names of a type a stream wants.
+#[derive(Debug, Clone, Default)]
+struct Subscription {
+    wildcard: bool,
+    /// Names subscribed explicitly (interned: streams subscribing to the same names share one set).
+    names: Arc<BTreeSet<String>>,
+}
+
+impl Subscription {
+    fn covers(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    fn same(&self, other: &Subscription) -> bool {
+        self.wildcard == other.wildcard
+            && (Arc::ptr_eq(&self.names, &other.names) || self.names == other.names)
+    }
+}
+
+/// What the proxy holds of one type, assuming it accepts what was sent.
+#[derive(Debug, Clone, Default)]
+struct Held {
+    /// The type map of the view last pushed (or empty), whole and shared.
+    base: Arc<Resources>,
+    /// Its [`crate::set_version`] (empty for the empty map).
+    base_version: String,
+    /// The subscription `base` was pushed for: the proxy holds the resources of `base` it covers...
+    base_sub: Subscription,
+    /// ...except these: name -> the version it holds instead (None: it holds nothing).
+    extra: BTreeMap<String, Option<String>>,
+}
+
+impl Held {
+    fn version(&self, name: &str) -> Option<&str> {
+        match self.extra.get(name) {
+            Some(v) => v.as_deref(),
+            None if self.base_sub.covers(name) => self.base.get(name).map(|r| r.version.as_str()),
+            None => None,
+        }
+    }
+
+    fn set(&mut self, name: &str, version: Option<String>) {
+        let from_base = if self.base_sub.covers(name) {
+            self.base.get(name).map(|r| &r.version)
+        } else {
+            None
+        };
+        if from_base == version.as_ref() {
+            self.extra.remove(name);
+        } else {
+            self.extra.insert(name.to_string(), version);
+        }
+    }
+
+    /// Every name the proxy holds, with its version.
+    fn all(&self) -> BTreeMap<&str, &str> {
+        let mut out: BTreeMap<&str, &str> = self
+            .base
+            .iter()
+            .filter(|(n, _)| self.base_sub.covers(n))
+            .map(|(n, r)| (n.as_str(), r.version.as_str()))
+            .collect();
+        for (n, v) in &self.extra {
+            match v {
+                Some(v) => {
+                    out.insert(n, v);
+                }
+                None => {
+                    out.remove(n.as_str());
+                }
+            }
+        }
+        out
+    }
+}
 
 /// A response awaiting its ACK/NACK.
 #[derive(Debug)]
 struct InFlight {
     nonce: String,
-    /// Updated resources with the version the proxy had before (None: it had none).
-    updated: Vec<(Arc<Resource>, Option<String>)>,
+    updated: Arc<ResourceList>,
+    /// What the proxy held before it.
+    before: Held,
 }
 
 #[derive(Debug, Default)]
 struct TypeState {
-    wildcard: bool,
-    names: BTreeSet<String>,
-    /// name -> version the proxy holds (assuming it accepts what was sent).
-    client: BTreeMap<String, String>,
+    sub: Subscription,
+    held: Held,
     /// name -> version the proxy rejected.
     rejected: BTreeMap<String, String>,
     in_flight: VecDeque<InFlight>,
@@ -47,9 +167,9 @@ struct TypeState {
 const MAX_IN_FLIGHT: usize = 64;
 
 /// What a request did, for logging and metrics.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct DeltaOutcome {
-    pub responses: Vec<DeltaDiscoveryResponse>,
+    pub responses: Vec<DeltaResponse>,
     pub acked: Option<String>,
     pub rejection: Option<Rejection>,
     pub stale: bool,
@@ -63,11 +183,20 @@ pub struct DeltaStream {
     nonce: u64,
     /// `system_version_info` of responses: the generation of the resources last taken.
     system_version: String,
+    names: Arc<NameSets>,
 }
 
 impl DeltaStream {
     pub fn new() -> Self {
         DeltaStream::default()
+    }
+
+    /// A stream interning its subscriptions' name sets in `names` (shared by the server's streams).
+    pub fn with_name_sets(names: Arc<NameSets>) -> Self {
+        DeltaStream {
+            names,
+            ..DeltaStream::default()
+        }
     }
 
     pub fn resources(&self) -> &View {
@@ -81,13 +210,11 @@ impl DeltaStream {
         let first = !self.types.contains_key(type_url);
         let ts = self.types.entry(type_url.to_string()).or_default();
         if first {
-            ts.client = req
-                .initial_resource_versions
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
+            for (k, v) in &req.initial_resource_versions {
+                ts.held.extra.insert(k.clone(), Some(v.clone()));
+            }
             // Legacy wildcard: a first request naming nothing, for listeners and clusters.
-            ts.wildcard = req.resource_names_subscribe.is_empty() && is_full_state(type_url);
+            ts.sub.wildcard = req.resource_names_subscribe.is_empty() && is_full_state(type_url);
         }
         if !req.response_nonce.is_empty() {
             match ts.in_flight.iter().position(|f| f.nonce == req.response_nonce) {
@@ -99,19 +226,18 @@ impl DeltaStream {
                         match &req.error_detail {
                             None => out.acked = Some(req.response_nonce.clone()),
                             Some(status) => {
-                                for (res, prev) in &answered.updated {
-                                    if ts.client.get(&res.name) == Some(&res.version) {
-                                        match prev {
-                                            Some(p) => ts.client.insert(res.name.clone(), p.clone()),
-                                            None => ts.client.remove(&res.name),
-                                        };
+                                for res in &answered.updated.resources {
+                                    if ts.held.version(&res.name) == Some(res.version.as_str()) {
+                                        let prev = answered.before.version(&res.name).map(str::to_string);
+                                        ts.held.set(&res.name, prev);
                                     }
                                     ts.rejected.insert(res.name.clone(), res.version.clone());
                                 }
+                                let updated = &answered.updated.resources;
                                 out.rejection = Some(Rejection {
                                     type_url: type_url.to_string(),
-                                    resources: answered.updated.iter().map(|(r, _)| r.name.clone()).collect(),
-                                    origins: unique_origins(answered.updated.iter().map(|(r, _)| r)),
+                                    resources: updated.iter().map(|r| r.name.clone()).collect(),
+                                    origins: unique_origins(updated.iter()),
                                     message: status.message.clone(),
                                     kept_version: String::new(),
                                 });
@@ -122,28 +248,42 @@ impl DeltaStream {
             }
         }
         let mut changed = first;
-        for name in &req.resource_names_subscribe {
+        if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
             changed = true;
-            if name == "*" {
-                ts.wildcard = true;
-            } else {
-                ts.names.insert(name.clone());
-            }
-        }
-        for name in &req.resource_names_unsubscribe {
-            changed = true;
-            if name == "*" {
-                ts.wildcard = false;
-                // The proxy drops what it only had through the wildcard.
-                let names = &ts.names;
-                ts.client.retain(|n, _| names.contains(n));
-            } else {
-                ts.names.remove(name);
-                ts.announced_missing.remove(name);
-                if !ts.wildcard {
-                    ts.client.remove(name);
+            let mut names: BTreeSet<String> = (*ts.sub.names).clone();
+            for name in &req.resource_names_subscribe {
+                if name == "*" {
+                    ts.sub.wildcard = true;
+                } else {
+                    names.insert(name.clone());
                 }
             }
+            for name in &req.resource_names_unsubscribe {
+                if name == "*" {
+                    ts.sub.wildcard = false;
+                    // The proxy drops what it only had through the wildcard.
+                    let dropped: Vec<String> = ts
+                        .held
+                        .all()
+                        .into_keys()
+                        .filter(|n| !names.contains(*n))
+                        .map(str::to_string)
+                        .collect();
+                    for n in &dropped {
+                        ts.held.set(n, None);
+                    }
+                } else {
+                    names.remove(name);
+                    ts.announced_missing.remove(name);
+                    if !ts.sub.wildcard {
+                        ts.held.set(name, None);
+                    }
+                }
+            }
+            ts.sub.names = self.names.intern_set(names);
+        }
+        if first {
+            ts.held.base_sub = ts.sub.clone();
         }
         if changed {
             out.responses.extend(self.push(type_url, first));
@@ -153,7 +293,7 @@ impl DeltaStream {
 
     /// Takes a new set of resources (with its generation, reported as `system_version_info`) and
     /// returns the responses it causes, in make-before-break order.
-    pub fn on_resources(&mut self, resources: Arc<View>, generation: u64) -> Vec<DeltaDiscoveryResponse> {
+    pub fn on_resources(&mut self, resources: Arc<View>, generation: u64) -> Vec<DeltaResponse> {
         self.resources = resources;
         self.system_version = generation.to_string();
         let mut out = Vec::new();
@@ -173,93 +313,163 @@ impl DeltaStream {
         out
     }
 
-    fn push(&mut self, type_url: &str, initial: bool) -> Option<DeltaDiscoveryResponse> {
-        let all: Arc<Resources> = self
-            .resources
-            .get(type_url)
-            .map(|tv| tv.resources.clone())
-            .unwrap_or_default();
-        let all = &*all;
+    fn push(&mut self, type_url: &str, initial: bool) -> Option<DeltaResponse> {
+        let tv: Arc<TypeView> = self.resources.get(type_url).cloned().unwrap_or_default();
         let ts = self.types.get_mut(type_url)?;
-        let mut updated: Vec<(Arc<Resource>, Option<String>)> = Vec::new();
-        let mut moved_on: Vec<String> = Vec::new();
-        {
-            let state: &TypeState = ts;
-            let mut consider = |name: &String, res: &Arc<Resource>| {
-                match state.rejected.get(name) {
-                    Some(bad) if *bad == res.version => return,
-                    Some(_) => moved_on.push(name.clone()),
-                    None => {}
-                }
-                let had = state.client.get(name);
-                if had != Some(&res.version) {
-                    updated.push((res.clone(), had.cloned()));
-                }
-            };
-            if state.wildcard {
-                for (name, res) in all {
-                    consider(name, res);
-                }
-            } else {
-                for name in &state.names {
-                    if let Some(res) = all.get(name) {
-                        consider(name, res);
-                    }
-                }
+        if !ts.rejected.is_empty() {
+            // Forget rejections the snapshot has moved on from (as SotW does).
+            ts.rejected
+                .retain(|name, bad| tv.resources.get(name).is_none_or(|r| r.version == *bad));
+        }
+        let in_step = ts.held.extra.is_empty()
+            && ts.rejected.is_empty()
+            && ts.held.base_sub.same(&ts.sub)
+            && (ts.held.base.is_empty() || !ts.held.base_version.is_empty());
+        let (updated, removed) = if in_step {
+            push_in_step(ts, &tv)
+        } else {
+            push_general(ts, &tv.resources)
+        };
+        let before = std::mem::replace(
+            &mut ts.held,
+            Held {
+                base: tv.resources.clone(),
+                base_version: tv.version.clone(),
+                base_sub: ts.sub.clone(),
+                extra: BTreeMap::new(),
+            },
+        );
+        // Rejected versions still in the snapshot were not sent: the proxy keeps what it had.
+        for (name, bad) in &ts.rejected {
+            if tv.resources.get(name).is_some_and(|r| r.version == *bad) && ts.sub.covers(name) {
+                let kept = before.version(name).map(str::to_string);
+                ts.held.set(name, kept);
             }
         }
-        for name in moved_on {
-            ts.rejected.remove(&name);
-        }
-        let wildcard = ts.wildcard;
-        let mut removed: Vec<String> = ts
-            .client
-            .keys()
-            .filter(|n| !all.contains_key(*n) || !(wildcard || ts.names.contains(*n)))
-            .cloned()
-            .collect();
-        for name in &ts.names {
-            if !all.contains_key(name)
-                && !ts.client.contains_key(name)
-                && ts.announced_missing.insert(name.clone())
-            {
-                removed.push(name.clone());
+        if !ts.announced_missing.is_empty() {
+            for r in &updated.resources {
+                ts.announced_missing.remove(&r.name);
             }
         }
-        for name in &removed {
-            ts.client.remove(name);
-        }
-        for (res, _) in &updated {
-            ts.client.insert(res.name.clone(), res.version.clone());
-            ts.announced_missing.remove(&res.name);
-        }
-        if updated.is_empty() && removed.is_empty() && !(initial && wildcard) {
+        if updated.is_empty() && removed.is_empty() && !(initial && ts.sub.wildcard) {
             return None;
         }
         self.nonce += 1;
         let nonce = self.nonce.to_string();
-        let response = DeltaDiscoveryResponse {
+        let response = DeltaResponse {
             system_version_info: self.system_version.clone(),
-            resources: updated
-                .iter()
-                .map(|(r, _)| WireResource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.body.clone()),
-                    ..Default::default()
-                })
-                .collect(),
+            resources: updated.clone(),
             type_url: type_url.to_string(),
             removed_resources: removed,
             nonce: nonce.clone(),
-            ..Default::default()
         };
-        ts.in_flight.push_back(InFlight { nonce, updated });
+        ts.in_flight.push_back(InFlight {
+            nonce,
+            updated,
+            before,
+        });
         while ts.in_flight.len() > MAX_IN_FLIGHT {
             ts.in_flight.pop_front();
         }
         Some(response)
     }
+}
+
+/// The push of a stream whose proxy holds exactly its last view (through an unchanged
+/// subscription): the view's difference, shared when the subscription covers the whole view.
+fn push_in_step(ts: &mut TypeState, tv: &TypeView) -> (Arc<ResourceList>, Vec<String>) {
+    let changed = tv.changed_since(&ts.held.base, &ts.held.base_version);
+    let gone = tv.removed_since(&ts.held.base, &ts.held.base_version);
+    let updated = if ts.sub.wildcard || changed.is_empty() {
+        changed
+    } else {
+        let names = &ts.sub.names;
+        let all_subscribed = if changed.len() == tv.resources.len() {
+            tv.covered_by(names)
+        } else {
+            changed.resources.iter().all(|r| names.contains(&r.name))
+        };
+        if all_subscribed {
+            changed
+        } else {
+            Arc::new(ResourceList::new(
+                changed
+                    .resources
+                    .iter()
+                    .filter(|r| names.contains(&r.name))
+                    .cloned()
+                    .collect(),
+            ))
+        }
+    };
+    let removed: Vec<String> = gone.iter().filter(|n| ts.sub.covers(n)).cloned().collect();
+    // Explicitly subscribed names that do not exist are reported once: those missing from the
+    // last view already were, so only the ones that just went need remembering.
+    for name in gone.iter() {
+        if ts.sub.names.contains(name) {
+            ts.announced_missing.insert(name.clone());
+        }
+    }
+    let mut removed = removed;
+    if ts.held.base.is_empty() {
+        // The first push: every subscribed name that does not exist is reported.
+        for name in ts.sub.names.iter() {
+            if !tv.resources.contains_key(name) && ts.announced_missing.insert(name.clone()) {
+                removed.push(name.clone());
+            }
+        }
+    }
+    (updated, removed)
+}
+
+/// The push of any other stream: every subscribed name compared with what the proxy holds.
+fn push_general(ts: &mut TypeState, all: &Resources) -> (Arc<ResourceList>, Vec<String>) {
+    let mut updated: Vec<Arc<Resource>> = Vec::new();
+    let mut moved_on: Vec<String> = Vec::new();
+    {
+        let state: &TypeState = ts;
+        let mut consider = |name: &String, res: &Arc<Resource>| {
+            match state.rejected.get(name) {
+                Some(bad) if *bad == res.version => return,
+                Some(_) => moved_on.push(name.clone()),
+                None => {}
+            }
+            if state.held.version(name) != Some(res.version.as_str()) {
+                updated.push(res.clone());
+            }
+        };
+        if state.sub.wildcard {
+            for (name, res) in all {
+                consider(name, res);
+            }
+        } else {
+            for name in state.sub.names.iter() {
+                if let Some(res) = all.get(name) {
+                    consider(name, res);
+                }
+            }
+        }
+    }
+    for name in moved_on {
+        ts.rejected.remove(&name);
+    }
+    let held = ts.held.all();
+    let mut removed: Vec<String> = held
+        .keys()
+        .filter(|n| !all.contains_key(**n) || !ts.sub.covers(n))
+        .map(|n| n.to_string())
+        .collect();
+    // Explicitly subscribed names that do not exist are reported once (those the proxy held are
+    // in `removed` already).
+    for name in ts.sub.names.iter() {
+        if !all.contains_key(name)
+            && ts.announced_missing.insert(name.clone())
+            && !held.contains_key(name.as_str())
+        {
+            removed.push(name.clone());
+        }
+    }
+    (Arc::new(ResourceList::new(updated)), removed)
 }
 
 #[cfg(test)]
@@ -279,8 +489,9 @@ mod tests {
         }
     }
 
-    fn updated(r: &DeltaDiscoveryResponse) -> Vec<(String, String)> {
+    fn updated(r: &DeltaResponse) -> Vec<(String, String)> {
         r.resources
+            .resources
             .iter()
             .map(|w| (w.name.clone(), w.version.clone()))
             .collect()
@@ -319,6 +530,13 @@ mod tests {
         let resp = s.on_request(&r).responses.remove(0);
         assert_eq!(updated(&resp), [pair("b", "2")]);
         assert_eq!(resp.removed_resources, ["gone"]);
+        s.on_request(&req(CLUSTER, &[], &[], &resp.nonce));
+        // in step with the view from now on
+        let next = s
+            .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "b", "2")]), 2)
+            .remove(0);
+        assert_eq!(updated(&next), [pair("a", "2")]);
+        assert!(next.removed_resources.is_empty());
     }
 
     #[test]
@@ -344,6 +562,19 @@ mod tests {
         assert!(s
             .on_resources(node_resources(&[(ENDPOINT, "a", "9"), (ENDPOINT, "b", "2")]), 3)
             .is_empty());
+        // b disappears: removed once; it comes back: sent again
+        let r = s
+            .on_resources(node_resources(&[(ENDPOINT, "a", "9")]), 4)
+            .remove(0);
+        assert!(updated(&r).is_empty());
+        assert_eq!(r.removed_resources, ["b"]);
+        assert!(s
+            .on_resources(node_resources(&[(ENDPOINT, "a", "8")]), 5)
+            .is_empty());
+        let r = s
+            .on_resources(node_resources(&[(ENDPOINT, "a", "8"), (ENDPOINT, "b", "3")]), 6)
+            .remove(0);
+        assert_eq!(updated(&r), [pair("b", "3")]);
     }
 
     #[test]
@@ -375,6 +606,72 @@ mod tests {
             .on_resources(node_resources(&[(CLUSTER, "a", "3")]), 5)
             .remove(0);
         assert_eq!(updated(&r), [pair("a", "3")]);
+    }
+
+    #[test]
+    fn a_nack_keeps_other_resources_in_step_and_the_bad_one_out() {
+        let mut s = DeltaStream::new();
+        s.on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "1")]), 1);
+        let r1 = s.on_request(&req(CLUSTER, &[], &[], "")).responses.remove(0);
+        s.on_request(&req(CLUSTER, &[], &[], &r1.nonce));
+        let r2 = s
+            .on_resources(node_resources(&[(CLUSTER, "a", "bad"), (CLUSTER, "b", "1")]), 2)
+            .remove(0);
+        let mut n = req(CLUSTER, &[], &[], &r2.nonce);
+        n.error_detail = Some(Status {
+            code: 3,
+            message: "no".into(),
+            details: vec![],
+        });
+        s.on_request(&n);
+        // b changes: only b is sent, a stays at the accepted version on the proxy
+        let r3 = s
+            .on_resources(node_resources(&[(CLUSTER, "a", "bad"), (CLUSTER, "b", "2")]), 3)
+            .remove(0);
+        assert_eq!(updated(&r3), [pair("b", "2")]);
+        s.on_request(&req(CLUSTER, &[], &[], &r3.nonce));
+        // a fixed: sent
+        let r4 = s
+            .on_resources(node_resources(&[(CLUSTER, "a", "3"), (CLUSTER, "b", "2")]), 4)
+            .remove(0);
+        assert_eq!(updated(&r4), [pair("a", "3")]);
+    }
+
+    #[test]
+    fn streams_in_step_share_the_encoded_difference() {
+        let sets = Arc::new(NameSets::default());
+        let v1 = node_resources(&[(ENDPOINT, "a", "1"), (ENDPOINT, "b", "1")]);
+        let v2 = node_resources(&[(ENDPOINT, "a", "1"), (ENDPOINT, "b", "2")]);
+        let mut pushed = Vec::new();
+        for _ in 0..2 {
+            let mut s = DeltaStream::with_name_sets(sets.clone());
+            s.on_resources(v1.clone(), 1);
+            let r = s
+                .on_request(&req(ENDPOINT, &["a", "b"], &[], ""))
+                .responses
+                .remove(0);
+            s.on_request(&req(ENDPOINT, &[], &[], &r.nonce));
+            pushed.push(s.on_resources(v2.clone(), 2).remove(0));
+        }
+        assert_eq!(updated(&pushed[0]), [pair("b", "2")]);
+        assert!(Arc::ptr_eq(&pushed[0].resources, &pushed[1].resources));
+    }
+
+    #[test]
+    fn an_encoded_delta_response_decodes_to_its_message() {
+        use prost::Message;
+        let mut s = DeltaStream::new();
+        s.on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "1")]), 1);
+        let mut r = req(CLUSTER, &[], &[], "");
+        r.initial_resource_versions.insert("gone".into(), "1".into());
+        let resp = s.on_request(&r).responses.remove(0);
+        let encoded = resp.encode();
+        let f: Vec<u8> = [&encoded.head[..], &encoded.body[..]].concat();
+        assert_eq!(u32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize, f.len() - 5);
+        let decoded = DeltaDiscoveryResponse::decode(&f[5..]).expect("decode");
+        assert_eq!(decoded, resp.to_message());
+        assert_eq!(decoded.removed_resources, ["gone"]);
+        assert_eq!(decoded.resources.len(), 2);
     }
 
     #[test]

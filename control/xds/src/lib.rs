@@ -12,17 +12,114 @@
 pub mod delta;
 pub mod metrics;
 pub mod rejection;
+pub mod request;
 pub mod server;
 pub mod sotw;
 pub mod transport;
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::Resource as WireResource;
+use prost::Message;
 
 pub use metrics::XdsMetrics;
 pub use rejection::{IgnoreRejections, RejectionSink};
 pub use server::{XdsServer, XdsServerError};
 use traffic_translate::snapshot::{NodeResources, ObjectRef, Resource, Resources};
+
+/// Resources as the `resources` field of a response, encoded at most once per wire format and
+/// shared by every stream that sends exactly these (1,000 streams getting the same 1,000 endpoint
+/// assignments share one encoding instead of holding 1,000 copies in their send queues).
+#[derive(Debug, Default)]
+pub struct ResourceList {
+    pub resources: Vec<Arc<Resource>>,
+    sotw: OnceLock<Bytes>,
+    delta: OnceLock<Bytes>,
+}
+
+impl ResourceList {
+    pub fn new(resources: Vec<Arc<Resource>>) -> Self {
+        ResourceList {
+            resources,
+            ..ResourceList::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.resources.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    /// Field 2 of `DiscoveryResponse` (repeated `Any`), encoded.
+    pub fn sotw_bytes(&self) -> Bytes {
+        self.sotw
+            .get_or_init(|| {
+                let len: usize = self
+                    .resources
+                    .iter()
+                    .map(|r| prost::encoding::message::encoded_len(2, &r.body))
+                    .sum();
+                let mut buf = Vec::with_capacity(len);
+                for r in &self.resources {
+                    prost::encoding::message::encode(2, &r.body, &mut buf);
+                }
+                Bytes::from(buf)
+            })
+            .clone()
+    }
+
+    /// Field 2 of `DeltaDiscoveryResponse` (repeated `Resource` with name, version and body),
+    /// encoded.
+    pub fn delta_bytes(&self) -> Bytes {
+        self.delta
+            .get_or_init(|| {
+                let mut buf = Vec::new();
+                for r in &self.resources {
+                    prost::encoding::message::encode(2, &wire_resource(r), &mut buf);
+                }
+                Bytes::from(buf)
+            })
+            .clone()
+    }
+}
+
+/// A resource as a delta response carries it.
+pub(crate) fn wire_resource(r: &Resource) -> WireResource {
+    WireResource {
+        name: r.name.clone(),
+        version: r.version.clone(),
+        resource: Some(r.body.clone()),
+        ..Default::default()
+    }
+}
+
+/// A response message encoded as gRPC frames: the per-stream fields (version, nonce, ...) with
+/// the length prefix of the whole message, then the shared `resources` field.
+#[derive(Debug, Clone)]
+pub struct EncodedResponse {
+    pub head: Bytes,
+    pub body: Bytes,
+}
+
+impl EncodedResponse {
+    /// `head_fields` (a message without its resources) followed by `body` (encoded resources).
+    pub(crate) fn new<M: Message>(head_fields: &M, body: Bytes) -> Self {
+        let len = head_fields.encoded_len() + body.len();
+        let mut head = Vec::with_capacity(5 + head_fields.encoded_len());
+        head.push(0); // not compressed
+        head.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
+        head_fields.encode_raw(&mut head);
+        EncodedResponse {
+            head: Bytes::from(head),
+            body,
+        }
+    }
+}
 
 /// One type's resources in a [`View`]: the map, its content version (computed once), and the
 /// differences from older versions, computed once and shared by every stream that needs them.
@@ -31,7 +128,10 @@ pub struct TypeView {
     pub resources: Arc<Resources>,
     /// [`set_version`] of `resources`.
     pub version: String,
-    diffs: Mutex<HashMap<String, Arc<Vec<Arc<Resource>>>>>,
+    /// Every resource, as one shared list.
+    all: OnceLock<Arc<ResourceList>>,
+    diffs: Mutex<HashMap<String, Arc<ResourceList>>>,
+    removals: Mutex<HashMap<String, Arc<Vec<String>>>>,
     /// Subscription name sets (interned, see [`NameSets`]) known to cover every resource.
     covering: Mutex<Vec<(Arc<BTreeSet<String>>, bool)>>,
 }
@@ -48,7 +148,9 @@ impl TypeView {
         TypeView {
             resources,
             version,
+            all: OnceLock::new(),
             diffs: Mutex::default(),
+            removals: Mutex::default(),
             covering: Mutex::default(),
         }
     }
@@ -71,24 +173,60 @@ impl TypeView {
         covers
     }
 
-    /// The resources that are new or different compared to `old` (whose version is `old_version`).
-    pub fn changed_since(&self, old: &Resources, old_version: &str) -> Arc<Vec<Arc<Resource>>> {
+    /// The names of `old` (whose version is `old_version`) that this view no longer has.
+    pub fn removed_since(&self, old: &Resources, old_version: &str) -> Arc<Vec<String>> {
         let compute = || {
             Arc::new(
+                old.keys()
+                    .filter(|n| !self.resources.contains_key(*n))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            )
+        };
+        if old.is_empty() {
+            return Arc::default();
+        }
+        let Ok(mut memo) = self.removals.lock() else {
+            return compute();
+        };
+        if let Some(r) = memo.get(old_version) {
+            return r.clone();
+        }
+        let r = compute();
+        memo.insert(old_version.to_string(), r.clone());
+        r
+    }
+
+    /// Every resource of the view, in name order, as one shared list.
+    pub fn all(&self) -> Arc<ResourceList> {
+        self.all
+            .get_or_init(|| Arc::new(ResourceList::new(self.resources.values().cloned().collect())))
+            .clone()
+    }
+
+    /// The resources that are new or different compared to `old` (whose version is `old_version`).
+    pub fn changed_since(&self, old: &Resources, old_version: &str) -> Arc<ResourceList> {
+        if old.is_empty() {
+            return self.all();
+        }
+        let compute = || {
+            Arc::new(ResourceList::new(
                 self.resources
                     .iter()
                     .filter(|(name, r)| old.get(*name).is_none_or(|o| o.version != r.version))
                     .map(|(_, r)| r.clone())
                     .collect::<Vec<_>>(),
-            )
+            ))
         };
         let Ok(mut diffs) = self.diffs.lock() else {
             return compute();
         };
-        diffs
-            .entry(old_version.to_string())
-            .or_insert_with(compute)
-            .clone()
+        if let Some(d) = diffs.get(old_version) {
+            return d.clone();
+        }
+        let d = compute();
+        diffs.insert(old_version.to_string(), d.clone());
+        d
     }
 }
 
@@ -123,13 +261,13 @@ impl From<NodeResources> for View {
 pub struct NameSets(Mutex<HashMap<u64, Vec<Weak<BTreeSet<String>>>>>);
 
 impl NameSets {
-    pub fn intern(&self, names: &[String]) -> Arc<BTreeSet<String>> {
+    pub fn intern(&self, names: &request::NameList) -> Arc<BTreeSet<String>> {
         // Order-insensitive key (Envoy may list names in any order).
         let key = names.iter().fold(names.len() as u64, |acc, n| {
             acc ^ fnv(n.as_bytes()).rotate_left(7)
         });
         let Ok(mut map) = self.0.lock() else {
-            return Arc::new(names.iter().cloned().collect());
+            return Arc::new(names.iter().map(str::to_string).collect());
         };
         let bucket = map.entry(key).or_default();
         bucket.retain(|w| w.strong_count() > 0);
@@ -140,7 +278,29 @@ impl NameSets {
                 }
             }
         }
-        let set: Arc<BTreeSet<String>> = Arc::new(names.iter().cloned().collect());
+        let set: Arc<BTreeSet<String>> = Arc::new(names.iter().map(str::to_string).collect());
+        bucket.push(Arc::downgrade(&set));
+        set
+    }
+
+    /// `names`, or the equal set already interned.
+    pub fn intern_set(&self, names: BTreeSet<String>) -> Arc<BTreeSet<String>> {
+        let key = names.iter().fold(names.len() as u64, |acc, n| {
+            acc ^ fnv(n.as_bytes()).rotate_left(7)
+        });
+        let Ok(mut map) = self.0.lock() else {
+            return Arc::new(names);
+        };
+        let bucket = map.entry(key).or_default();
+        bucket.retain(|w| w.strong_count() > 0);
+        for w in bucket.iter() {
+            if let Some(set) = w.upgrade() {
+                if *set == names {
+                    return set;
+                }
+            }
+        }
+        let set = Arc::new(names);
         bucket.push(Arc::downgrade(&set));
         set
     }

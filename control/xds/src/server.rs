@@ -6,19 +6,19 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::{mpsc, watch};
 use tonic::Streaming;
 use tracing::{debug, info, info_span, warn, Instrument};
 use traffic_translate::snapshot::MeshSnapshot;
 
-use crate::delta::DeltaStream;
+use crate::delta::{DeltaResponse, DeltaStream};
 use crate::metrics::{Mode, ModeLabels, TypeLabels, XdsMetrics};
 use crate::rejection::{Rejection, RejectionSink};
-use crate::sotw::SotwStream;
+use crate::request::SotwRequest;
+use crate::sotw::{SotwResponse, SotwStream};
 use crate::transport::AdsService;
 use crate::{type_name, NameSets, View};
 
@@ -31,7 +31,8 @@ pub enum XdsServerError {
     Transport(#[source] tonic::transport::Error),
 }
 
-/// Responses queued per stream before the stream task waits for the proxy to read.
+/// Frames queued per stream before the stream task waits for the proxy to read (a response is
+/// one or two frames).
 const STREAM_QUEUE: usize = 16;
 
 /// A snapshot as the streams see it: numbered and timestamped when the server received it.
@@ -132,9 +133,9 @@ impl XdsServer {
     /// Starts the task serving one SotW stream; its responses come out of the returned channel.
     pub(crate) fn start_sotw(
         &self,
-        inbound: Streaming<DiscoveryRequest>,
+        inbound: Streaming<SotwRequest>,
         peer: Option<SocketAddr>,
-    ) -> mpsc::Receiver<DiscoveryResponse> {
+    ) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let span = info_span!("ads", mode = "sotw", peer = ?peer, node = tracing::field::Empty);
         tokio::spawn(run_sotw(self.shared.clone(), inbound, tx).instrument(span));
@@ -146,7 +147,7 @@ impl XdsServer {
         &self,
         inbound: Streaming<DeltaDiscoveryRequest>,
         peer: Option<SocketAddr>,
-    ) -> mpsc::Receiver<DeltaDiscoveryResponse> {
+    ) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let span = info_span!("ads", mode = "delta", peer = ?peer, node = tracing::field::Empty);
         tokio::spawn(run_delta(self.shared.clone(), inbound, tx).instrument(span));
@@ -246,10 +247,9 @@ impl AckTimer {
     }
 }
 
-type SotwSender = mpsc::Sender<DiscoveryResponse>;
-type DeltaSender = mpsc::Sender<DeltaDiscoveryResponse>;
+type FrameSender = mpsc::Sender<Bytes>;
 
-async fn run_sotw(shared: Arc<Shared>, mut inbound: Streaming<DiscoveryRequest>, tx: SotwSender) {
+async fn run_sotw(shared: Arc<Shared>, mut inbound: Streaming<SotwRequest>, tx: FrameSender) {
     const MODE: Mode = Mode::Sotw;
     let _connected = Connected::new(&shared.metrics, Mode::Sotw);
     let mut published = shared.published.clone();
@@ -270,7 +270,7 @@ async fn run_sotw(shared: Arc<Shared>, mut inbound: Streaming<DiscoveryRequest>,
                     }
                 };
                 if node.is_none() {
-                    let id = node_id(&req.node).unwrap_or_default();
+                    let id = node_id(&req.message.node).unwrap_or_default();
                     tracing::Span::current().record("node", id.as_str());
                     info!(node = %id, "proxy connected");
                     let p = published.borrow_and_update().clone();
@@ -280,11 +280,13 @@ async fn run_sotw(shared: Arc<Shared>, mut inbound: Streaming<DiscoveryRequest>,
                 }
                 let node = node.as_deref().unwrap_or_default();
                 let out = state.on_request(&req);
+                let names = req.names.len();
+                let req = req.message;
                 debug!(
                     r#type = type_name(&req.type_url),
                     nonce = %req.response_nonce,
                     version = %req.version_info,
-                    names = req.resource_names.len(),
+                    names,
                     stale = out.stale,
                     nack = out.rejection.is_some(),
                     "request"
@@ -328,7 +330,7 @@ async fn run_sotw(shared: Arc<Shared>, mut inbound: Streaming<DiscoveryRequest>,
     info!(node = node.as_deref().unwrap_or_default(), "proxy disconnected");
 }
 
-async fn send_sotw(shared: &Shared, tx: &SotwSender, timer: &mut AckTimer, resp: DiscoveryResponse) -> bool {
+async fn send_sotw(shared: &Shared, tx: &FrameSender, timer: &mut AckTimer, resp: SotwResponse) -> bool {
     debug!(
         r#type = type_name(&resp.type_url),
         version = %resp.version_info,
@@ -338,15 +340,20 @@ async fn send_sotw(shared: &Shared, tx: &SotwSender, timer: &mut AckTimer, resp:
     );
     shared.count_push(Mode::Sotw, &resp.type_url, resp.resources.len());
     timer.sent(&resp.nonce);
-    tx.send(resp).await.is_ok()
+    let encoded = resp.encode();
+    drop(resp);
+    if tx.send(encoded.head).await.is_err() {
+        return false;
+    }
+    encoded.body.is_empty() || tx.send(encoded.body).await.is_ok()
 }
 
-async fn run_delta(shared: Arc<Shared>, mut inbound: Streaming<DeltaDiscoveryRequest>, tx: DeltaSender) {
+async fn run_delta(shared: Arc<Shared>, mut inbound: Streaming<DeltaDiscoveryRequest>, tx: FrameSender) {
     const MODE: Mode = Mode::Delta;
     let _connected = Connected::new(&shared.metrics, Mode::Delta);
     let mut published = shared.published.clone();
     let mut snapshots_live = true;
-    let mut state = DeltaStream::new();
+    let mut state = DeltaStream::with_name_sets(shared.names.clone());
     let mut node: Option<String> = None;
     let mut timer = AckTimer::default();
     loop {
@@ -420,12 +427,7 @@ async fn run_delta(shared: Arc<Shared>, mut inbound: Streaming<DeltaDiscoveryReq
     info!(node = node.as_deref().unwrap_or_default(), "proxy disconnected");
 }
 
-async fn send_delta(
-    shared: &Shared,
-    tx: &DeltaSender,
-    timer: &mut AckTimer,
-    resp: DeltaDiscoveryResponse,
-) -> bool {
+async fn send_delta(shared: &Shared, tx: &FrameSender, timer: &mut AckTimer, resp: DeltaResponse) -> bool {
     debug!(
         r#type = type_name(&resp.type_url),
         nonce = %resp.nonce,
@@ -439,5 +441,10 @@ async fn send_delta(
         resp.resources.len() + resp.removed_resources.len(),
     );
     timer.sent(&resp.nonce);
-    tx.send(resp).await.is_ok()
+    let encoded = resp.encode();
+    drop(resp);
+    if tx.send(encoded.head).await.is_err() {
+        return false;
+    }
+    encoded.body.is_empty() || tx.send(encoded.body).await.is_ok()
 }

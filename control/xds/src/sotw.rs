@@ -17,11 +17,57 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use traffic_translate::snapshot::{Resource, Resources};
 
 use crate::rejection::Rejection;
-use crate::{is_full_state, set_version, unique_origins, NameSets, TypeView, View, ORDER};
+use crate::request::{NameList, SotwRequest};
+use crate::{
+    is_full_state, set_version, unique_origins, EncodedResponse, NameSets, ResourceList, TypeView, View,
+    ORDER,
+};
+
+/// A response of a SotW stream; its resources are shared with every stream sending the same.
+#[derive(Debug, Clone)]
+pub struct SotwResponse {
+    pub version_info: String,
+    pub type_url: String,
+    pub nonce: String,
+    pub resources: Arc<ResourceList>,
+}
+
+impl PartialEq for SotwResponse {
+    fn eq(&self, other: &Self) -> bool {
+        self.version_info == other.version_info
+            && self.type_url == other.type_url
+            && self.nonce == other.nonce
+            && self.resources.resources == other.resources.resources
+    }
+}
+
+impl SotwResponse {
+    /// The protobuf message (decoded form; the server sends [`SotwResponse::encode`]).
+    pub fn to_message(&self) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: self.version_info.clone(),
+            resources: self.resources.resources.iter().map(|r| r.body.clone()).collect(),
+            type_url: self.type_url.clone(),
+            nonce: self.nonce.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// The gRPC frames of the response, its resources encoded once for every stream.
+    pub fn encode(&self) -> EncodedResponse {
+        let head = DiscoveryResponse {
+            version_info: self.version_info.clone(),
+            type_url: self.type_url.clone(),
+            nonce: self.nonce.clone(),
+            ..Default::default()
+        };
+        EncodedResponse::new(&head, self.resources.sotw_bytes())
+    }
+}
 
 /// Which names of a type a stream wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +80,7 @@ pub(crate) enum Subscription {
 impl Subscription {
     /// `first`: this is the stream's first request for the type, where an empty list means
     /// "everything" for listeners and clusters (legacy wildcard).
-    fn from_request(type_url: &str, names: &[String], first_or_wildcard: bool, sets: &NameSets) -> Self {
+    fn from_request(type_url: &str, names: &NameList, first_or_wildcard: bool, sets: &NameSets) -> Self {
         if names.iter().any(|n| n == "*")
             || (names.is_empty() && first_or_wildcard && is_full_state(type_url))
         {
@@ -55,7 +101,7 @@ impl Subscription {
 
     /// Whether a request naming `names` leaves the subscription as it is (checked without
     /// building a set: an Envoy ACK repeats every subscribed name).
-    fn same_as_request(&self, type_url: &str, names: &[String], first_or_wildcard: bool) -> bool {
+    fn same_as_request(&self, type_url: &str, names: &NameList, first_or_wildcard: bool) -> bool {
         let wildcard = names.iter().any(|n| n == "*")
             || (names.is_empty() && first_or_wildcard && is_full_state(type_url));
         match self {
@@ -64,7 +110,7 @@ impl Subscription {
                 !wildcard
                     && set.len() == names.len()
                     // Sorted requests (the usual case) compare in one pass without lookups.
-                    && (set.iter().zip(names).all(|(a, b)| a == b)
+                    && (set.iter().zip(names.iter()).all(|(a, b)| a == b)
                         || names.iter().all(|n| set.contains(n)))
             }
         }
@@ -93,7 +139,7 @@ struct TypeState {
     /// `sent` is a whole type map of a view (so diffs between views apply).
     sent_whole: bool,
     /// Resources of the last response (to attribute a NACK).
-    last_pushed: Vec<Arc<Resource>>,
+    last_pushed: Arc<ResourceList>,
     /// What the proxy held at its last ACK.
     acked: Arc<Resources>,
     acked_version: String,
@@ -115,7 +161,7 @@ impl TypeState {
             sent: Arc::default(),
             sent_version: String::new(),
             sent_whole: false,
-            last_pushed: Vec::new(),
+            last_pushed: Arc::default(),
             acked: Arc::default(),
             acked_version: String::new(),
             rejected: BTreeMap::new(),
@@ -166,7 +212,7 @@ impl TypeState {
 /// What a request did, for logging and metrics.
 #[derive(Debug, Default, PartialEq)]
 pub struct RequestOutcome {
-    pub responses: Vec<DiscoveryResponse>,
+    pub responses: Vec<SotwResponse>,
     /// The request acknowledged the nonce it carried.
     pub acked: Option<String>,
     pub rejection: Option<Rejection>,
@@ -202,12 +248,14 @@ impl SotwStream {
     }
 
     /// Handles one request from the proxy.
-    pub fn on_request(&mut self, req: &DiscoveryRequest) -> RequestOutcome {
+    pub fn on_request(&mut self, request: &SotwRequest) -> RequestOutcome {
+        let req = &request.message;
+        let names = &request.names;
         let type_url = req.type_url.as_str();
         let mut out = RequestOutcome::default();
         if req.response_nonce.is_empty() {
             // A new subscription for this type (first request on the stream).
-            let sub = Subscription::from_request(type_url, &req.resource_names, true, &self.names);
+            let sub = Subscription::from_request(type_url, names, true, &self.names);
             let mut ts = TypeState::new(sub);
             let tv = self.resources.get(type_url).cloned().unwrap_or_default();
             let desired = ts.desired(&tv);
@@ -246,6 +294,7 @@ impl SotwStream {
                 }
                 let rejected: Vec<Arc<Resource>> = ts
                     .last_pushed
+                    .resources
                     .iter()
                     .filter(|r| {
                         ts.acked
@@ -278,10 +327,9 @@ impl SotwStream {
         let first_or_wildcard = ts.subscription == Subscription::Wildcard;
         if !ts
             .subscription
-            .same_as_request(type_url, &req.resource_names, first_or_wildcard)
+            .same_as_request(type_url, names, first_or_wildcard)
         {
-            ts.subscription =
-                Subscription::from_request(type_url, &req.resource_names, first_or_wildcard, &self.names);
+            ts.subscription = Subscription::from_request(type_url, names, first_or_wildcard, &self.names);
             out.responses.extend(self.push(type_url, false));
         }
         out
@@ -289,7 +337,7 @@ impl SotwStream {
 
     /// Takes a new set of resources for this node and returns the responses it causes, in
     /// make-before-break order (secrets, clusters, endpoints, listeners, routes).
-    pub fn on_resources(&mut self, resources: Arc<View>) -> Vec<DiscoveryResponse> {
+    pub fn on_resources(&mut self, resources: Arc<View>) -> Vec<SotwResponse> {
         self.resources = resources;
         let mut out = Vec::new();
         for type_url in ORDER {
@@ -310,7 +358,7 @@ impl SotwStream {
 
     /// The response `type_url` needs now, if any. `initial`: answer even when nothing changed
     /// (the first response to a full-state subscription, which the proxy waits for).
-    fn push(&mut self, type_url: &str, initial: bool) -> Option<DiscoveryResponse> {
+    fn push(&mut self, type_url: &str, initial: bool) -> Option<SotwResponse> {
         let tv = self.resources.get(type_url).cloned().unwrap_or_default();
         let all = &tv.resources;
         let ts = self.types.get_mut(type_url)?;
@@ -326,22 +374,28 @@ impl SotwStream {
         } else {
             set_version(&desired)
         };
-        let pushed: Vec<Arc<Resource>> = if is_full_state(type_url) {
+        let pushed: Arc<ResourceList> = if is_full_state(type_url) {
             if !initial && version == ts.sent_version {
                 ts.sent = desired;
                 ts.sent_whole = whole;
                 return None;
             }
-            desired.values().cloned().collect()
-        } else {
-            let changed: Vec<Arc<Resource>> = if whole && ts.sent_whole {
-                tv.changed_since(&ts.sent, &ts.sent_version).to_vec()
+            if whole {
+                tv.all()
             } else {
-                desired
-                    .iter()
-                    .filter(|(name, r)| ts.sent.get(*name).is_none_or(|s| s.version != r.version))
-                    .map(|(_, r)| r.clone())
-                    .collect()
+                Arc::new(ResourceList::new(desired.values().cloned().collect()))
+            }
+        } else {
+            let changed: Arc<ResourceList> = if whole && (ts.sent_whole || ts.sent.is_empty()) {
+                tv.changed_since(&ts.sent, &ts.sent_version)
+            } else {
+                Arc::new(ResourceList::new(
+                    desired
+                        .iter()
+                        .filter(|(name, r)| ts.sent.get(*name).is_none_or(|s| s.version != r.version))
+                        .map(|(_, r)| r.clone())
+                        .collect(),
+                ))
             };
             if changed.is_empty() {
                 // Forget names that left the snapshot so they are sent again if they come back.
@@ -360,12 +414,11 @@ impl SotwStream {
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         ts.last_nonce = nonce.clone();
-        Some(DiscoveryResponse {
+        Some(SotwResponse {
             version_info: version,
-            resources: ts.last_pushed.iter().map(|r| r.body.clone()).collect(),
+            resources: ts.last_pushed.clone(),
             type_url: type_url.to_string(),
             nonce,
-            ..Default::default()
         })
     }
 }
@@ -374,10 +427,11 @@ impl SotwStream {
 mod tests {
     use super::*;
     use crate::testing::node_resources;
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
     use envoy_types::pb::google::rpc::Status;
     use traffic_translate::snapshot::{CLUSTER, ENDPOINT};
 
-    fn req(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+    fn request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
         DiscoveryRequest {
             type_url: type_url.to_string(),
             resource_names: names.iter().map(|s| s.to_string()).collect(),
@@ -387,19 +441,25 @@ mod tests {
         }
     }
 
-    fn nack(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+    fn req(type_url: &str, names: &[&str], version: &str, nonce: &str) -> SotwRequest {
+        request(type_url, names, version, nonce).into()
+    }
+
+    fn nack(type_url: &str, names: &[&str], version: &str, nonce: &str) -> SotwRequest {
         DiscoveryRequest {
             error_detail: Some(Status {
                 code: 3,
                 message: "bad cluster".into(),
                 details: vec![],
             }),
-            ..req(type_url, names, version, nonce)
+            ..request(type_url, names, version, nonce)
         }
+        .into()
     }
 
-    fn names(r: &DiscoveryResponse) -> Vec<String> {
-        r.resources
+    fn names(r: &SotwResponse) -> Vec<String> {
+        r.to_message()
+            .resources
             .iter()
             .map(|a| {
                 String::from_utf8_lossy(&a.value)
@@ -491,6 +551,7 @@ mod tests {
             .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "b", "bad")]))
             .remove(0);
         let bodies: Vec<String> = r3
+            .to_message()
             .resources
             .iter()
             .map(|a| String::from_utf8_lossy(&a.value).into_owned())
@@ -502,6 +563,7 @@ mod tests {
             .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "b", "3")]))
             .remove(0);
         let bodies: Vec<String> = r4
+            .to_message()
             .resources
             .iter()
             .map(|a| String::from_utf8_lossy(&a.value).into_owned())
@@ -531,6 +593,7 @@ mod tests {
             .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "b", "bad")]))
             .remove(0);
         let bodies: Vec<String> = r3
+            .to_message()
             .resources
             .iter()
             .map(|a| String::from_utf8_lossy(&a.value).into_owned())

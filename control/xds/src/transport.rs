@@ -1,22 +1,22 @@
-//! ADS over HTTP/2 with a response encoder that keeps no buffer between messages.
+//! ADS over HTTP/2 with responses written as prepared frames.
 //!
 //! tonic's generated server encodes every response into one per-stream `BytesMut` that keeps the
 //! capacity of the largest message it ever encoded (the first full set of clusters or endpoint
-//! assignments: hundreds of KB). With 1,000 streams that is most of the server's memory. Here each
-//! response is encoded into its own exactly sized buffer, which is freed as soon as HTTP/2 has
-//! written it. Requests are still decoded by tonic ([`Streaming`]).
+//! assignments: hundreds of KB). With 1,000 streams that was most of the server's memory. Here a
+//! stream task queues each response as two frames: its own small head (length prefix, version,
+//! nonce, type) and the encoded resources, which are shared (`Bytes`) with every stream sending the
+//! same resources (see [`crate::ResourceList`]): the first full push to 1,000 proxies holds one
+//! encoding of the clusters, not 1,000. SotW requests are decoded by [`crate::request`] (names as
+//! slices), delta requests by tonic's prost decoder ([`Streaming`]).
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::Frame;
 use http_body_util::StreamBody;
-use prost::Message;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -25,6 +25,7 @@ use tonic::codec::{Codec, Streaming};
 use tonic::server::NamedService;
 use tonic_prost::ProstCodec;
 
+use crate::request::{SotwRequest, SotwRequestDecoder};
 use crate::server::XdsServer;
 
 const SOTW_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
@@ -65,12 +66,8 @@ impl tower_service::Service<Request<Body>> for AdsService {
             .and_then(|i| i.remote_addr());
         let response = match req.uri().path() {
             SOTW_METHOD => {
-                let inbound: Streaming<DiscoveryRequest> = Streaming::new_request(
-                    ProstCodec::<DiscoveryResponse, DiscoveryRequest>::default().decoder(),
-                    req.into_body(),
-                    None,
-                    Some(MAX_REQUEST),
-                );
+                let inbound: Streaming<SotwRequest> =
+                    Streaming::new_request(SotwRequestDecoder, req.into_body(), None, Some(MAX_REQUEST));
                 grpc_response(self.server.start_sotw(inbound, peer))
             }
             DELTA_METHOD => {
@@ -88,16 +85,6 @@ impl tower_service::Service<Request<Body>> for AdsService {
     }
 }
 
-/// One length-prefixed gRPC message in a buffer of exactly its size.
-pub(crate) fn frame<M: Message>(msg: &M) -> Bytes {
-    let len = msg.encoded_len();
-    let mut buf = Vec::with_capacity(5 + len);
-    buf.push(0); // not compressed
-    buf.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
-    msg.encode_raw(&mut buf);
-    Bytes::from(buf)
-}
-
 fn grpc_headers(headers: &mut HeaderMap) {
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -105,16 +92,16 @@ fn grpc_headers(headers: &mut HeaderMap) {
     );
 }
 
-/// A streaming response: every message the stream task queues, then `grpc-status: 0` when the
-/// task ends.
-fn grpc_response<M: Message + 'static>(rx: mpsc::Receiver<M>) -> Response<Body> {
+/// A streaming response: every frame the stream task queues (gRPC messages, possibly split into
+/// several frames), then `grpc-status: 0` when the task ends.
+fn grpc_response(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
     let done = {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         Frame::trailers(trailers)
     };
     let frames = ReceiverStream::new(rx)
-        .map(|m| Ok::<_, Infallible>(Frame::data(frame(&m))))
+        .map(|b| Ok::<_, Infallible>(Frame::data(b)))
         .chain(tokio_stream::once(Ok(done)));
     let mut response = Response::new(Body::new(StreamBody::new(frames)));
     grpc_headers(response.headers_mut());
@@ -132,20 +119,44 @@ fn unimplemented_method() -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use prost::Message;
 
     #[test]
-    fn a_frame_is_the_grpc_length_prefix_and_the_protobuf_encoding() {
-        let msg = DiscoveryResponse {
+    fn an_encoded_response_is_the_grpc_length_prefix_and_the_protobuf_encoding() {
+        use crate::sotw::SotwResponse;
+        use crate::ResourceList;
+        use std::sync::Arc;
+        use traffic_translate::snapshot::{ObjectRef, Resource};
+
+        let resources = (0..3)
+            .map(|i| {
+                Arc::new(Resource {
+                    name: format!("r{i}"),
+                    body: envoy_types::pb::google::protobuf::Any {
+                        type_url: crate::CLUSTER.into(),
+                        value: vec![i; 100 * usize::from(i)],
+                    },
+                    version: i.to_string(),
+                    origin: None::<ObjectRef>,
+                })
+            })
+            .collect();
+        let resp = SotwResponse {
             version_info: "v1".into(),
+            type_url: crate::CLUSTER.into(),
             nonce: "7".into(),
-            ..Default::default()
+            resources: Arc::new(ResourceList::new(resources)),
         };
-        let f = frame(&msg);
-        let body = msg.encode_to_vec();
+        let encoded = resp.encode();
+        let f: Vec<u8> = [&encoded.head[..], &encoded.body[..]].concat();
+        let body = resp.to_message().encode_to_vec();
         assert_eq!(f[0], 0);
         assert_eq!(u32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize, body.len());
-        assert_eq!(&f[5..], &body[..]);
+        assert_eq!(
+            envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse::decode(&f[5..])
+                .expect("decode"),
+            resp.to_message()
+        );
         assert_eq!(f.len(), 5 + body.len());
     }
 }
