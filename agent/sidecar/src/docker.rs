@@ -26,8 +26,8 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, EventsOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
-    StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
@@ -360,16 +360,18 @@ impl DockerRuntime {
             ..Default::default()
         };
         let name = container_name(&spec.pod);
-        let created = self
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await;
+        let options = || {
+            Some(CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            })
+        };
+        let mut created = self.docker.create_container(options(), body.clone()).await;
+        if matches!(&created, Err(e) if status_of(e) == Some(404)) {
+            // The image is not on the node: pull it once (like kubelet's IfNotPresent), retry.
+            self.pull(&spec.image).await.map_err(CreateError::Other)?;
+            created = self.docker.create_container(options(), body).await;
+        }
         let id = match created {
             Ok(r) => r.id,
             Err(e) if status_of(&e) == Some(409) => return Err(CreateError::NameInUse(name)),
@@ -380,6 +382,23 @@ impl DockerRuntime {
             return Err(CreateError::Other(format!("start {name}: {e}")));
         }
         Ok(id)
+    }
+
+    /// Pulls `image` (registry credentials: none; private registries need the image pre-pulled).
+    async fn pull(&self, image: &str) -> Result<(), String> {
+        info!(%image, "sidecar image not on the node; pulling it");
+        let mut progress = self.docker.create_image(
+            Some(CreateImageOptions {
+                from_image: Some(image.to_string()),
+                ..Default::default()
+            }),
+            None,
+            None,
+        );
+        while let Some(step) = progress.next().await {
+            step.map_err(|e| format!("pull {image}: {e}"))?;
+        }
+        Ok(())
     }
 
     /// The one sidecar whose id starts with `prefix`.

@@ -384,3 +384,25 @@ async fn an_unknown_container_removes_fine_and_unknown_sandboxes_are_none() {
         .unwrap();
     assert_eq!(rt.sandbox("no-such-pod-uid").await.unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envoy_image_missing_on_the_node_is_pulled_and_a_failed_pull_is_reported_with_nothing_left() {
+    let Some(env) = docker_env() else { return };
+    let rt = DockerRuntime::connect(common::config(&env)).await.unwrap();
+    let pod = FakePod::start(&env).await;
+    let pref = pod_ref(&pod);
+    let sandbox = rt.sandbox(&pod.uid).await.unwrap().unwrap();
+    // No registry is reachable here, so the pull itself fails: the error names the pull.
+    let mut missing = spec(&env, &pref, None);
+    missing.image = "traffic-e2e/no-such-envoy:0.0.0".into();
+    match rt.start(&missing, &sandbox).await {
+        Err(RuntimeError::Runtime(detail)) => {
+            assert!(
+                detail.contains("pull traffic-e2e/no-such-envoy:0.0.0"),
+                "{detail}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(sidecars_of(&rt, &pod.uid).await.is_empty());
+}
