@@ -96,7 +96,7 @@ pub struct UninstallArgs {
     #[arg(long, env = "TRAFFIC_AGENT_DAEMONSET")]
     pub daemonset: DaemonSetRef,
     /// Give up (exit 1) when the nodes are not drained within this many seconds.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 240)]
     pub timeout_seconds: u64,
 }
 

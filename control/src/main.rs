@@ -58,8 +58,12 @@ fn config(args: ConfigArgs) -> anyhow::Result<()> {
     let resources = snapshot.for_node(&args.node_id);
     let text = node_config::render(&args.node_id, &resources, args.only.as_deref(), args.format)
         .context("cannot render the node's resources")?;
-    println!("{text}");
-    Ok(())
+    // `| head` closes the pipe early: that is not an error (println! would panic).
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{text}") {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

@@ -3,8 +3,9 @@
 //! [`probe`] gathers facts (kernel release, cgroup v2 and bpffs mounts from `/proc/mounts`, whether
 //! each BPF program type we need actually loads, which iptables flavours work); [`decide`] is the pure
 //! function from those facts to a [`Mode`] with a human reason. eBPF needs: cgroup v2 (the programs
-//! attach to pod cgroups), kernel >= 5.7 (BPF links for cgroups, so pinned attachments survive an
-//! agent restart; cgroup/getsockopt itself is 5.3) and every program type loading. Otherwise iptables.
+//! attach to pod cgroups), kernel >= 5.15 (network namespace cookies in sock_ops and sockopt programs,
+//! which key the per-pod settings; BPF links for cgroups, so pinned attachments survive an agent
+//! restart, are 5.7) and every program type loading. Otherwise iptables.
 //!
 //! `unsafe`: the `bpf(2)` syscall (loading a two-instruction program), and `unshare(2)` between fork
 //! and exec so iptables is tried in a throwaway network namespace, never the host's.
