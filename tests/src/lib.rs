@@ -10,6 +10,7 @@ pub mod bins;
 pub mod demo;
 pub mod e2e;
 pub mod e2e_parse;
+pub mod install;
 pub mod pod;
 pub mod privileged;
 pub mod scratch;

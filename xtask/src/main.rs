@@ -7,6 +7,7 @@
 //! - `cargo xtask demo [--once]` the local demo: Envoy sidecar + eBPF redirect + control plane, no cluster
 //! - `cargo xtask helm`         the chart check (Helm v4 SDK render/lint, Kubernetes schema, dry run)
 //! - `cargo xtask e2e`          the end-to-end suite on the running single-node Kubernetes (root)
+//! - `cargo xtask e2e-install`  the Helm chart installed on that cluster, its suite, uninstall leaves nothing (root)
 use clap::{Parser, Subcommand};
 
 mod bench_redirect;
@@ -17,6 +18,7 @@ mod cmd;
 mod demo;
 mod e2e;
 mod helm;
+mod install;
 mod setup;
 mod test;
 
@@ -42,6 +44,10 @@ enum Command {
     /// End-to-end suite on the running test cluster (root): traffic-control + traffic-agent as
     /// host processes, `cargo test -p traffic-tests --test e2e` per redirect mode.
     E2e(e2e::Options),
+    /// The rendered Helm chart applied to the running test cluster (agent, control plane, ingress
+    /// gateway, Prometheus as pods), `cargo test -p traffic-tests --test install`, then the
+    /// uninstall hook and a check that the node holds nothing of ours (root).
+    E2eInstall(install::Options),
     /// Check the Helm chart: render + lint (Helm v4 SDK) for every documented option, strict
     /// Kubernetes 1.20 schema validation, and a server-side dry run when a cluster is reachable.
     Helm(helm::Options),
@@ -67,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(o) => test::run(o),
         Command::Demo(o) => demo::run(o),
         Command::E2e(o) => e2e::run(o),
+        Command::E2eInstall(o) => install::run(o),
         Command::Helm(o) => helm::run(o),
         Command::Bench {
             which: Bench::Redirect(o),

@@ -80,5 +80,9 @@ fn end_to_end() -> anyhow::Result<()> {
     };
     let _cluster = cluster::Cluster::up(&kit)?;
     crate::helm::server_dry_run_on_cluster()?;
-    e2e::run(E2eDefaults::try_parse_from(["e2e"])?.options)
+    let e2e = e2e::run(E2eDefaults::try_parse_from(["e2e"])?.options);
+    // The chart installed in the same cluster (after the host-process agent of the e2e suite is
+    // gone), also when the e2e suite failed.
+    let installed = crate::install::default_options().and_then(crate::install::run);
+    e2e.and(installed)
 }

@@ -1,0 +1,276 @@
+//! The installed chart on a real Kubernetes node: the agent (DaemonSet), the control plane, the
+//! ingress gateway (Envoy, node id `traffic-ingress`) and Prometheus run as pods, applied from
+//! the rendered Helm chart by `cargo xtask e2e-install`. The original README's walk-through
+//! through the gateway: an Ingress routes `/productpage` to the reviews Service, TLS with a
+//! self-signed Secret, the sidecar's `envoy_cluster_outbound_upstream_rq_completed` in
+//! Prometheus, endpoint weights 100/10/0 and cookie-hash stickiness.
+//!
+//! Gated off unless `TRAFFIC_E2E=1`; each scenario uses its own namespace with the test app
+//! (`tests/e2e/manifests/app.yaml`) and its own Ingress host, so they run concurrently.
+use std::time::{Duration, Instant};
+
+use traffic_tests::e2e::wait_until;
+use traffic_tests::install::{enable, self_signed_cert, serve_path, set_cookie, GatewayTally, Install};
+use traffic_tests::ScratchDir;
+
+/// Label change -> control plane -> the gateway's Envoy.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(60);
+/// The chart's agent runs in eBPF mode here (the local test image has no iptables).
+const MODE: &str = "ebpf";
+const PATH: &str = "/productpage";
+
+fn host_of(ns: &str) -> String {
+    format!("{ns}.install.test")
+}
+
+#[test]
+fn an_ingress_routes_productpage_of_its_host_through_the_gateway_to_every_enabled_reviews_version() {
+    let Some(inst) = Install::require() else { return };
+    let ns = inst.app("ingress").expect("namespace with the test app");
+    ns.label("service/reviews", &["traffic.port.9080=http"])
+        .expect("label svc");
+    for v in ["v1", "v2", "v3"] {
+        enable(
+            &ns,
+            &format!("reviews-{v}"),
+            &format!("app=reviews,version={v}"),
+            MODE,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    }
+    serve_path(&ns, PATH).expect("serve /productpage");
+    let host = host_of(&ns.name);
+    inst.ingress(&ns, "productpage", &host, PATH, ("reviews", 9080), None)
+        .expect("ingress");
+    let t = Instant::now();
+    inst.wait_gateway_serves(&host, PATH, PUSH_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "Ingress applied -> served by the gateway: {} ms",
+        t.elapsed().as_millis()
+    );
+
+    let out = inst.gateway_get_many(&host, PATH, 30, &[]).expect("curl");
+    let tally = GatewayTally::of(&out);
+    eprintln!("30 GETs through the gateway: {tally:?}");
+    assert_eq!(tally.ok, 30, "every request answered 200: {out}");
+    for v in ["v1", "v2", "v3"] {
+        assert!(tally.replies.count(v) > 0, "{v} served (round robin): {tally:?}");
+    }
+    // Only the Ingress' path of its host is routed.
+    let other = inst.gateway_get(&host, "/details", &[]).expect("curl");
+    assert_eq!(
+        other.status, 404,
+        "a path outside the Ingress is not routed: {other:?}"
+    );
+    let wrong_host = inst.gateway_get("unknown.install.test", PATH, &[]).expect("curl");
+    assert_eq!(
+        wrong_host.status, 404,
+        "another host is not routed: {wrong_host:?}"
+    );
+}
+
+#[test]
+fn tls_with_a_self_signed_secret_named_by_the_ingress_verifies_and_serves_productpage() {
+    let Some(inst) = Install::require() else { return };
+    let ns = inst.app("tls").expect("namespace with the test app");
+    serve_path(&ns, PATH).expect("serve /productpage");
+    let host = host_of(&ns.name);
+    let dir = ScratchDir::temp("install-tls").expect("temp dir");
+    let (cert, key) = self_signed_cert(dir.path(), &host).expect("openssl");
+    inst.e2e
+        .kubectl(&[
+            "-n",
+            &ns.name,
+            "create",
+            "secret",
+            "tls",
+            "productpage-cert",
+            &format!("--cert={}", cert.display()),
+            &format!("--key={}", key.display()),
+        ])
+        .expect("tls secret");
+    inst.ingress(
+        &ns,
+        "productpage",
+        &host,
+        PATH,
+        ("reviews", 9080),
+        Some("productpage-cert"),
+    )
+    .expect("ingress");
+    let ip = inst.gateway_ip().expect("gateway ip");
+    let resolve = format!("{host}:443:{ip}");
+    let url = format!("https://{host}{PATH}");
+    let cacert = cert.display().to_string();
+    let body = wait_until(
+        &format!("{url} through the gateway, verified with the Secret's certificate"),
+        PUSH_TIMEOUT,
+        Duration::from_millis(500),
+        || {
+            let out = inst.curl(&[
+                "--cacert",
+                &cacert,
+                "--resolve",
+                &resolve,
+                "-w",
+                "\nverify=%{ssl_verify_result} code=%{http_code}",
+                &url,
+            ])?;
+            Ok((out.ok && out.stdout.contains("verify=0 code=200")).then_some(out.stdout))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        body.starts_with("reviews-"),
+        "a reply of the test app over TLS: {body}"
+    );
+    // Without the CA the self-signed certificate is refused (it is really the Secret's).
+    let out = inst
+        .curl(&["--resolve", &resolve, &url])
+        .expect("curl without --cacert");
+    assert!(
+        !out.ok,
+        "curl without the CA must refuse the certificate: {}",
+        out.stdout
+    );
+    // Plain HTTP for the same host is still served.
+    inst.wait_gateway_serves(&host, PATH, PUSH_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
+#[test]
+fn prometheus_scrapes_the_client_sidecars_outbound_upstream_rq_completed_for_reviews() {
+    let Some(inst) = Install::require() else { return };
+    let ns = inst.app("prom").expect("namespace with the test app");
+    enable(&ns, "client", "app=client", MODE).unwrap_or_else(|e| panic!("{e:#}"));
+    let client = ns.pod("app=client").expect("client pod");
+    let ip = ns.cluster_ip("reviews").expect("cluster ip");
+    let url = format!("http://{ip}:9080/");
+    // The first calls may race the sidecar's first configuration; wait for one good reply.
+    wait_until(
+        "a call through the client's sidecar",
+        PUSH_TIMEOUT,
+        Duration::from_millis(500),
+        || {
+            let (ok, text) = ns.get(&client.name, &url)?;
+            Ok((ok && text.starts_with("reviews-")).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let replies = ns.get_many(&client.name, &url, 20).expect("requests");
+    assert!(!replies.contains("ERR"), "every call answered: {replies}");
+    let cluster = format!("9080|{}|reviews", ns.name);
+    let query = format!("envoy_cluster_outbound_upstream_rq_completed{{envoy_cluster_name=\"{cluster}\"}}");
+    let t = Instant::now();
+    let series = wait_until(
+        &format!("{query} > 0 in Prometheus"),
+        Duration::from_secs(150),
+        Duration::from_secs(2),
+        || {
+            let v = inst.prometheus_query(&query)?;
+            Ok(v.iter().any(|(_, x)| *x >= 20.0).then_some(v))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("Prometheus after {} ms: {series:?}", t.elapsed().as_millis());
+    let (labels, value) = &series[0];
+    assert_eq!(
+        labels["namespace"],
+        ns.name.as_str(),
+        "scraped from the client pod: {labels}"
+    );
+    assert!(*value >= 20.0, "the 20 calls were counted: {value}");
+}
+
+#[test]
+fn weights_100_10_0_on_the_deployments_split_gateway_traffic_near_100_to_10_and_never_to_v3() {
+    let Some(inst) = Install::require() else { return };
+    let ns = inst.app("weights").expect("namespace with the test app");
+    serve_path(&ns, PATH).expect("serve /productpage");
+    let host = host_of(&ns.name);
+    inst.ingress(&ns, "productpage", &host, PATH, ("reviews", 9080), None)
+        .expect("ingress");
+    inst.wait_gateway_serves(&host, PATH, PUSH_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    for (d, w) in [("reviews-v1", 100), ("reviews-v2", 10), ("reviews-v3", 0)] {
+        ns.label(
+            &format!("deployment/{d}"),
+            &[&format!("traffic.endpoint.weight={w}")],
+        )
+        .expect("label");
+    }
+    // Weight 0 leaves the rotation once the new assignment reached the gateway.
+    wait_until(
+        "v3 out of the gateway's rotation",
+        PUSH_TIMEOUT,
+        Duration::from_secs(1),
+        || {
+            let t = GatewayTally::of(&inst.gateway_get_many(&host, PATH, 30, &[])?);
+            Ok((t.ok == 30 && t.replies.count("v3") == 0).then_some(()))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let n = 220;
+    let t = GatewayTally::of(&inst.gateway_get_many(&host, PATH, n, &[]).expect("curl"));
+    eprintln!("split over {n} through the gateway: {:?}", t.replies.by_version);
+    assert_eq!(t.ok, n, "every request answered: {t:?}");
+    assert_eq!(t.replies.count("v3"), 0, "weight 0 is never served");
+    assert!((5..=50).contains(&t.replies.count("v2")), "v2 near 20/220: {t:?}");
+    assert!(t.replies.count("v1") >= 160, "v1 near 200/220: {t:?}");
+}
+
+#[test]
+fn a_cookie_hash_service_sets_the_cookie_with_max_age_and_the_cookie_pins_one_pod() {
+    let Some(inst) = Install::require() else { return };
+    let ns = inst.app("cookie").expect("namespace with the test app");
+    serve_path(&ns, PATH).expect("serve /productpage");
+    let host = host_of(&ns.name);
+    inst.ingress(&ns, "productpage", &host, PATH, ("reviews", 9080), None)
+        .expect("ingress");
+    inst.wait_gateway_serves(&host, PATH, PUSH_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    ns.label(
+        "service/reviews",
+        &["traffic.hash.cookie.name=mycookie", "traffic.hash.cookie.ttl=60"],
+    )
+    .expect("label");
+    let (cookie, max_age, first) = wait_until(
+        "a reply setting mycookie",
+        PUSH_TIMEOUT,
+        Duration::from_millis(500),
+        || {
+            let r = inst.gateway_get(&host, PATH, &[])?;
+            let set = r
+                .header_values("set-cookie")
+                .find_map(|h| set_cookie(h, "mycookie"));
+            Ok(set.map(|(c, age)| (c, age, r.clone())))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "set-cookie: {:?}",
+        first.header_values("set-cookie").collect::<Vec<_>>()
+    );
+    assert!(
+        max_age.is_some_and(|a| a > 0),
+        "the cookie carries Max-Age: {first:?}"
+    );
+    let pod = first.pod().expect("a test-app reply").to_string();
+    let with_cookie = format!("mycookie={cookie}");
+    let out = inst
+        .gateway_get_many(&host, PATH, 20, &["-b", &with_cookie])
+        .expect("curl");
+    let t = GatewayTally::of(&out);
+    assert_eq!(t.ok, 20, "every request answered: {out}");
+    let pods: std::collections::BTreeSet<&str> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|p| p.starts_with("reviews-"))
+        .collect();
+    assert_eq!(pods.len(), 1, "one pod for one cookie: {pods:?}");
+    assert!(
+        pods.contains(pod.as_str()),
+        "the pod of the first reply ({pod}): {pods:?}"
+    );
+}

@@ -1,0 +1,881 @@
+//! `cargo xtask e2e-install`: the Helm chart installed on the real single-node Kubernetes of
+//! `/work/shared/e2e`, with the agent, the control plane, the ingress gateway and Prometheus as
+//! pods, then the install suite (`cargo test -p traffic-tests --test install`), then an uninstall
+//! that must leave nothing on the node.
+//!
+//! 1. builds the eBPF object, release `traffic-agent` (object required) and `traffic-control`,
+//!    and the `install` test;
+//! 2. builds local images into the cluster's Docker (no registry): agent and control with
+//!    `helm/tests/local_images.sh`, Prometheus from Debian's `prometheus` package binary, and a
+//!    Zipkin stand-in (busybox httpd answering `/health`; traces are not stored);
+//! 3. renders the chart with the Helm v4 SDK (the repository's `.venv`) for this cluster (local
+//!    images, Envoy `$TRAFFIC_E2E_ENVOY_IMAGE`, the cgroup2 mount and Docker socket of the node,
+//!    bpffs mount propagation from the host's mount, `monitor.enabled=true`), splitting out the
+//!    `helm.sh/hook` objects;
+//! 4. waits until no other `traffic-agent run` process is on the node (the host-process e2e
+//!    suite's agent would fight the in-cluster one), applies the chart and waits for every
+//!    workload to be ready;
+//! 5. runs the suite with `TRAFFIC_E2E=1`;
+//! 6. uninstalls like `helm uninstall`: with an enabled "witness" pod in place, applies the
+//!    pre-delete hook (`traffic-agent uninstall`) and waits for its Job, deletes the rest, and
+//!    asserts the node holds no sidecar container, no pinned BPF object, no iptables rule of ours
+//!    in any pod netns and no annotated pod.
+//!
+//! Everything applied is deleted at the end, also on failure (a failed run first tries the hook,
+//! so the agent still cleans the node).
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use traffic_tests::e2e::run_timeout;
+use traffic_tests::install as fixtures;
+
+use crate::{build_ebpf, cmd, setup};
+
+const CLUSTER_ENV_SH: &str = "/run/traffic-e2e/env.sh";
+/// Helm release name: object names are `traffic-manager-<component>`.
+const RELEASE: &str = "traffic-manager";
+const PIN_ROOT: &str = "/sys/fs/bpf/traffic-manager";
+/// Prometheus as Debian packages it (the image is built from the package's binary).
+const PROMETHEUS_PACKAGE: &str = "prometheus";
+
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// Namespace to install the chart into (created and deleted).
+    #[arg(long, default_value = fixtures::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Tag of the locally built agent/control/zipkin images.
+    #[arg(long, default_value = "install")]
+    pub tag: String,
+    /// Only tests whose name contains this (passed to the test harness).
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Skip building binaries and images (use what is already built).
+    #[arg(long)]
+    pub no_build: bool,
+    /// How long to wait for another `traffic-agent run` on the node to go away.
+    #[arg(long, default_value_t = 900)]
+    pub wait_agent_seconds: u64,
+    /// Seconds to wait for the chart's pods to be ready.
+    #[arg(long, default_value_t = 240)]
+    pub ready_timeout: u64,
+}
+
+/// `cargo xtask e2e-install` with its defaults (for `cargo xtask test`).
+#[derive(clap::Parser)]
+struct Defaults {
+    #[command(flatten)]
+    options: Options,
+}
+
+pub fn default_options() -> anyhow::Result<Options> {
+    use clap::Parser;
+    Ok(Defaults::try_parse_from(["e2e-install"])?.options)
+}
+
+/// Imports `KUBECONFIG`, `DOCKER_HOST`, `TRAFFIC_E2E_*` from the cluster's env.sh when unset.
+fn cluster_env() -> anyhow::Result<()> {
+    if std::env::var_os("KUBECONFIG").is_some()
+        && std::env::var_os("DOCKER_HOST").is_some()
+        && std::env::var_os("TRAFFIC_E2E_ENVOY_IMAGE").is_some()
+    {
+        return Ok(());
+    }
+    anyhow::ensure!(
+        Path::new(CLUSTER_ENV_SH).is_file(),
+        "KUBECONFIG/DOCKER_HOST are unset and {CLUSTER_ENV_SH} does not exist: bring the cluster up \
+         (/work/shared/e2e/cluster-up.sh)"
+    );
+    let out =
+        cmd::output(Command::new("bash").args(["-c", &format!(". {CLUSTER_ENV_SH} >/dev/null && env -0")]))?;
+    for kv in out.split('\0') {
+        if let Some((k, v)) = kv.split_once('=') {
+            if k.starts_with("TRAFFIC_E2E_")
+                || matches!(k, "KUBECONFIG" | "DOCKER_HOST" | "PATH" | "ENVOY_BIN")
+            {
+                // Single-threaded at this point.
+                std::env::set_var(k, v);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn env(key: &str) -> anyhow::Result<String> {
+    std::env::var(key).with_context(|| format!("{key} is unset (the cluster's env.sh sets it)"))
+}
+
+/// Runs `cmd` with a deadline; its output on success, an error with stderr otherwise.
+fn output_within(cmd: &mut Command, timeout: Duration) -> anyhow::Result<String> {
+    let line = format!("{cmd:?}");
+    let out = run_timeout(cmd, timeout)?;
+    if !out.ok {
+        bail!("{line} failed: {}{}", out.stderr.trim(), out.stdout.trim());
+    }
+    Ok(out.stdout)
+}
+
+fn kubectl(args: &[&str], timeout: Duration) -> anyhow::Result<String> {
+    eprintln!("+ kubectl {}", args.join(" "));
+    output_within(Command::new("kubectl").args(args), timeout)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images
+
+fn image_exists(image: &str) -> bool {
+    Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", image])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// `docker build -t image` of a context with `files` and a Dockerfile.
+fn docker_build(image: &str, dockerfile: &str, files: &[(&str, &Path)]) -> anyhow::Result<()> {
+    let ctx = std::env::temp_dir().join(format!("traffic-install-image-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&ctx);
+    std::fs::create_dir_all(&ctx)?;
+    let res = (|| {
+        for (name, src) in files {
+            std::fs::copy(src, ctx.join(name)).with_context(|| format!("copy {}", src.display()))?;
+        }
+        std::fs::write(ctx.join("Dockerfile"), dockerfile)?;
+        cmd::run(
+            Command::new("docker")
+                .args(["build", "-q", "-t", image])
+                .arg(&ctx),
+        )
+    })();
+    let _ = std::fs::remove_dir_all(&ctx);
+    res
+}
+
+/// Prometheus from Debian's package: the binary (it needs only libc, which the busybox test
+/// image carries) on the busybox image. Built once per package version.
+fn prometheus_image(work: &Path, base: &str) -> anyhow::Result<String> {
+    let policy = cmd::output(Command::new("apt-cache").args(["policy", PROMETHEUS_PACKAGE]))?;
+    let version = policy
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate:"))
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && *v != "(none)")
+        .context("apt-cache policy prometheus: no candidate (apt-get update?)")?;
+    // 2.42.0+ds-5+deb12u1 -> 2.42.0
+    let upstream: String = version
+        .split(['+', '-', '~'])
+        .next()
+        .unwrap_or(version)
+        .to_string();
+    let image = format!("traffic-manager/prometheus:{upstream}");
+    if image_exists(&image) {
+        return Ok(image);
+    }
+    let dl = work.join("prometheus-deb");
+    let _ = std::fs::remove_dir_all(&dl);
+    std::fs::create_dir_all(&dl)?;
+    cmd::run(
+        Command::new("apt-get")
+            .current_dir(&dl)
+            .args(["download", &format!("{PROMETHEUS_PACKAGE}={version}")]),
+    )?;
+    let deb = std::fs::read_dir(&dl)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no .deb")?;
+    let root = dl.join("root");
+    cmd::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    let bin = root.join("usr/bin/prometheus");
+    let libs = cmd::output(Command::new("ldd").arg(&bin))?;
+    for lib in libs.lines().filter_map(|l| l.split("=>").nth(1)) {
+        let lib = lib.split_whitespace().next().unwrap_or("");
+        anyhow::ensure!(
+            lib.contains("libc.so") || lib.is_empty(),
+            "prometheus links {lib}, which the base image may lack"
+        );
+    }
+    docker_build(
+        &image,
+        &format!(
+            "FROM {base}\nCOPY prometheus /bin/prometheus\nUSER 65534\nENTRYPOINT [\"/bin/prometheus\"]\n\
+             CMD [\"--config.file=/etc/prometheus/prometheus.yml\"]\n"
+        ),
+        &[("prometheus", &bin)],
+    )?;
+    let _ = std::fs::remove_dir_all(&dl);
+    Ok(image)
+}
+
+/// A Zipkin stand-in: answers `/health` on `$QUERY_PORT` (the chart's readiness probe) with
+/// busybox httpd. It stores no traces; the install suite does not test tracing.
+fn zipkin_image(tag: &str, base: &str) -> anyhow::Result<String> {
+    let image = format!("traffic-manager/zipkin-stub:{tag}");
+    docker_build(
+        &image,
+        &format!(
+            "FROM {base}\nRUN mkdir -p /www/api/v2 && echo '{{\"status\":\"UP\"}}' > /www/health\n\
+             ENTRYPOINT [\"sh\", \"-c\", \"exec httpd -f -p \\\"${{QUERY_PORT:-9411}}\\\" -h /www\"]\n"
+        ),
+        &[],
+    )?;
+    Ok(image)
+}
+
+struct Images {
+    agent: (String, String),
+    control: (String, String),
+    envoy: (String, String),
+    prometheus: (String, String),
+    zipkin: (String, String),
+}
+
+/// `repo:tag` -> (`repo`, `tag`) (the tag is after the last `:` that follows the last `/`).
+fn split_image(image: &str) -> (String, String) {
+    match image.rsplit_once(':') {
+        Some((repo, tag)) if !tag.contains('/') => (repo.to_string(), tag.to_string()),
+        _ => (image.to_string(), "latest".to_string()),
+    }
+}
+
+fn build_images(o: &Options, release_dir: &Path, work: &Path) -> anyhow::Result<Images> {
+    let base = std::env::var("TRAFFIC_E2E_APP_IMAGE").unwrap_or_else(|_| "traffic-e2e/busybox:1.37.0".into());
+    let agent = format!("traffic-manager/agent:{}", o.tag);
+    let control = format!("traffic-manager/control:{}", o.tag);
+    if !o.no_build || !image_exists(&agent) || !image_exists(&control) {
+        cmd::run(
+            Command::new(cmd::workspace_root().join("helm/tests/local_images.sh"))
+                .arg(&o.tag)
+                .arg("--agent")
+                .arg(release_dir.join("traffic-agent"))
+                .arg("--control")
+                .arg(release_dir.join("traffic-control")),
+        )?;
+    }
+    let prometheus = prometheus_image(work, &base)?;
+    let zipkin = zipkin_image(&o.tag, &base)?;
+    Ok(Images {
+        agent: split_image(&agent),
+        control: split_image(&control),
+        envoy: split_image(&env("TRAFFIC_E2E_ENVOY_IMAGE")?),
+        prometheus: split_image(&prometheus),
+        zipkin: split_image(&zipkin),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rendering
+
+/// Mount propagation for bpffs the chart README asks for: Bidirectional on a shared host mount,
+/// None on a private one. `mountinfo` is `/proc/self/mountinfo`.
+fn bpffs_propagation(mountinfo: &str, bpffs: &str) -> &'static str {
+    let shared = mountinfo.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // id parent major:minor root mountpoint options [optional fields...] - fstype ...
+        f.len() > 6
+            && f[4] == bpffs
+            && f[6..]
+                .iter()
+                .take_while(|x| **x != "-")
+                .any(|x| x.starts_with("shared:"))
+    });
+    if shared {
+        "Bidirectional"
+    } else {
+        "None"
+    }
+}
+
+fn image_value((repository, tag): &(String, String)) -> Value {
+    json!({"repository": repository, "tag": tag})
+}
+
+fn values(images: &Images, propagation: &str) -> anyhow::Result<Value> {
+    Ok(json!({
+        "imagePullPolicy": "Never",
+        "agent": {
+            "image": image_value(&images.agent),
+            // The local test image has no iptables binaries.
+            "redirectMode": "ebpf",
+            "bpffsMountPropagation": propagation,
+            "hostPaths": {
+                "cgroup2": env("TRAFFIC_E2E_CGROUP2_MOUNT")?,
+                "dockerSocket": env("TRAFFIC_E2E_DOCKER_SOCK")?,
+            },
+            "uninstall": {"timeoutSeconds": 120},
+        },
+        "control": {"image": image_value(&images.control)},
+        "envoy": {"image": image_value(&images.envoy)},
+        "monitor": {
+            "enabled": true,
+            "prometheus": {"image": image_value(&images.prometheus), "scrapeInterval": "5s"},
+            "zipkin": {"image": image_value(&images.zipkin)},
+        },
+    }))
+}
+
+/// Renders the chart with the Helm SDK; prints `{"main": [...], "hooks": [...]}` in Helm's
+/// install order (hooks by weight).
+const RENDER_PY: &str = r#"
+import json, sys
+import helm_python as helm
+import yaml
+chart_dir, values, release, namespace = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+ORDER = ["Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange", "PodSecurityPolicy",
+         "PodDisruptionBudget", "ServiceAccount", "Secret", "SecretList", "ConfigMap", "StorageClass",
+         "PersistentVolume", "PersistentVolumeClaim", "CustomResourceDefinition", "ClusterRole",
+         "ClusterRoleList", "ClusterRoleBinding", "ClusterRoleBindingList", "Role", "RoleList",
+         "RoleBinding", "RoleBindingList", "Service", "DaemonSet", "Pod", "ReplicationController",
+         "ReplicaSet", "Deployment", "HorizontalPodAutoscaler", "StatefulSet", "Job", "CronJob",
+         "IngressClass", "Ingress", "APIService"]
+rank = lambda o: ORDER.index(o["kind"]) if o["kind"] in ORDER else len(ORDER)
+with helm.Chart.load(chart_dir) as chart:
+    chart.validate_schema(values)
+    manifests = chart.render(values=values, name=release, namespace=namespace, is_install=True)
+main, hooks = [], []
+for template, text in sorted(manifests.items()):
+    if template.endswith("NOTES.txt") or not text.strip():
+        continue
+    for doc in yaml.safe_load_all(text):
+        if not doc:
+            continue
+        ann = (doc.get("metadata") or {}).get("annotations") or {}
+        if "helm.sh/hook" in ann:
+            hooks.append((int(ann.get("helm.sh/hook-weight", "0")), rank(doc), doc))
+        else:
+            main.append((rank(doc), doc))
+main.sort(key=lambda x: x[0])
+hooks.sort(key=lambda x: (x[0], x[1]))
+json.dump({"main": [d for _, d in main], "hooks": [d for _, _, d in hooks]}, sys.stdout)
+"#;
+
+struct Rendered {
+    main: Vec<Value>,
+    hooks: Vec<Value>,
+}
+
+fn render(values: &Value, namespace: &str) -> anyhow::Result<Rendered> {
+    setup::python_venv()?;
+    let out = cmd::output(
+        Command::new(setup::venv_dir().join("bin/python"))
+            .args(["-c", RENDER_PY])
+            .arg(cmd::workspace_root().join("helm/traffic-manager"))
+            .arg(values.to_string())
+            .args([RELEASE, namespace]),
+    )
+    .context("rendering the chart with the Helm SDK")?;
+    let v: Value = serde_json::from_str(&out).context("renderer output")?;
+    let list = |k: &str| v.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
+    let r = Rendered {
+        main: list("main"),
+        hooks: list("hooks"),
+    };
+    anyhow::ensure!(!r.main.is_empty(), "the chart rendered no objects");
+    Ok(r)
+}
+
+/// `kind/name` of the rendered workloads, for `kubectl rollout status`.
+fn workloads(objs: &[Value]) -> Vec<String> {
+    objs.iter()
+        .filter_map(|o| {
+            let kind = o.get("kind")?.as_str()?;
+            let name = o.pointer("/metadata/name")?.as_str()?;
+            matches!(kind, "Deployment" | "DaemonSet")
+                .then(|| format!("{}/{name}", kind.to_ascii_lowercase()))
+        })
+        .collect()
+}
+
+fn object_name(objs: &[Value], kind: &str, component: &str) -> Option<String> {
+    objs.iter()
+        .find(|o| {
+            o.get("kind").and_then(Value::as_str) == Some(kind)
+                && o.pointer("/metadata/labels/app.kubernetes.io~1component")
+                    .and_then(Value::as_str)
+                    == Some(component)
+        })
+        .and_then(|o| o.pointer("/metadata/name")?.as_str().map(str::to_string))
+}
+
+fn write_list(path: &Path, items: &[Value]) -> anyhow::Result<()> {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    std::fs::write(path, serde_json::to_vec_pretty(&list)?)
+        .with_context(|| format!("write {}", path.display()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Other agents on the node
+
+/// Pids of `traffic-agent run` processes on the node, with whether each runs in a pod.
+fn agent_processes() -> Vec<(u32, bool)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| fixtures::is_agent_run(&c)))
+        .map(|pid| {
+            let in_pod =
+                std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains("kubepods"));
+            (pid, in_pod)
+        })
+        .collect()
+}
+
+fn wait_no_other_agent(timeout: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        let others = agent_processes();
+        if others.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("other traffic-agent run processes stayed on the node for {timeout:?}: {others:?}");
+        }
+        eprintln!(
+            "e2e-install: waiting for other traffic-agent run processes (pid, in a pod) to end: {others:?} \
+             (an in-cluster agent would fight them)"
+        );
+        std::thread::sleep(Duration::from_secs(20));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Install / uninstall
+
+/// The applied chart; deleted on drop (after a best-effort hook run when the uninstall did not
+/// happen), with the suite's namespaces.
+struct Installed {
+    namespace: String,
+    main_file: PathBuf,
+    hooks_file: PathBuf,
+    hooks: Vec<Value>,
+    uninstalled: bool,
+}
+
+impl Installed {
+    fn job_name(&self) -> Option<String> {
+        self.hooks.iter().find_map(|o| {
+            (o.get("kind").and_then(Value::as_str) == Some("Job"))
+                .then(|| o.pointer("/metadata/name")?.as_str().map(str::to_string))
+                .flatten()
+        })
+    }
+
+    /// The chart's pre-delete hook: apply its objects, wait for the Job (`traffic-agent
+    /// uninstall`: every agent drains its node) to complete.
+    fn run_uninstall_hook(&self, timeout: Duration) -> anyhow::Result<()> {
+        let Some(job) = self.job_name() else {
+            bail!("the chart renders no pre-delete hook Job (agent.uninstall.enabled?)");
+        };
+        kubectl(
+            &["apply", "-f", &self.hooks_file.to_string_lossy()],
+            Duration::from_secs(60),
+        )?;
+        let res = kubectl(
+            &[
+                "-n",
+                &self.namespace,
+                "wait",
+                "--for=condition=complete",
+                &format!("job/{job}"),
+                &format!("--timeout={}s", timeout.as_secs()),
+            ],
+            timeout + Duration::from_secs(30),
+        );
+        if res.is_err() {
+            let _ = kubectl(
+                &["-n", &self.namespace, "logs", &format!("job/{job}"), "--tail=60"],
+                Duration::from_secs(30),
+            )
+            .map(|l| eprintln!("=== uninstall Job log:\n{l}"));
+        }
+        res.map(drop)
+    }
+
+    fn delete_chart(&self) -> anyhow::Result<()> {
+        kubectl(
+            &[
+                "delete",
+                "--ignore-not-found",
+                "--wait=true",
+                "--timeout=120s",
+                "-f",
+                &self.main_file.to_string_lossy(),
+            ],
+            Duration::from_secs(150),
+        )?;
+        Ok(())
+    }
+
+    fn dump_diagnostics(&self) {
+        for args in [
+            vec![
+                "-n",
+                &self.namespace,
+                "get",
+                "pods,svc,ds,deploy,jobs",
+                "-o",
+                "wide",
+            ],
+            vec![
+                "-n",
+                &self.namespace,
+                "logs",
+                "-l",
+                "app.kubernetes.io/instance=traffic-manager",
+                "--all-containers",
+                "--prefix",
+                "--tail=40",
+                "--max-log-requests=10",
+            ],
+        ] {
+            match kubectl(&args, Duration::from_secs(60)) {
+                Ok(out) => eprintln!("{out}"),
+                Err(e) => eprintln!("{e:#}"),
+            }
+        }
+        let _ = kubectl(
+            &["-n", &self.namespace, "get", "events", "--sort-by=.lastTimestamp"],
+            Duration::from_secs(30),
+        )
+        .map(|e| eprintln!("{}", e.lines().rev().take(30).collect::<Vec<_>>().join("\n")));
+    }
+}
+
+fn sweep_suite_namespaces() {
+    let _ = kubectl(
+        &[
+            "delete",
+            "namespace",
+            "-l",
+            &format!("{}=true", fixtures::NAMESPACE_LABEL),
+            "--wait=false",
+        ],
+        Duration::from_secs(60),
+    );
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        if !self.uninstalled {
+            eprintln!("e2e-install: cleaning up: running the uninstall hook first (best effort)");
+            if let Err(e) = self.run_uninstall_hook(Duration::from_secs(90)) {
+                eprintln!("e2e-install: uninstall hook failed: {e:#}");
+            }
+        }
+        let _ = kubectl(
+            &[
+                "delete",
+                "--ignore-not-found",
+                "--wait=false",
+                "-f",
+                &self.hooks_file.to_string_lossy(),
+            ],
+            Duration::from_secs(60),
+        );
+        if let Err(e) = self.delete_chart() {
+            eprintln!("e2e-install: deleting the chart: {e:#}");
+        }
+        sweep_suite_namespaces();
+        let _ = kubectl(
+            &[
+                "delete",
+                "namespace",
+                &self.namespace,
+                "--ignore-not-found",
+                "--wait=false",
+            ],
+            Duration::from_secs(60),
+        );
+    }
+}
+
+/// An enabled pod that must come out of the uninstall unannotated and without its sidecar.
+fn witness_namespace() -> anyhow::Result<String> {
+    let ns =
+        traffic_tests::e2e_parse::dns_name("e2e-install-uninstall", &traffic_tests::e2e::random_suffix());
+    let t = Duration::from_secs(60);
+    kubectl(&["create", "namespace", &ns], t)?;
+    kubectl(
+        &[
+            "label",
+            "namespace",
+            &ns,
+            &format!("{}=true", fixtures::NAMESPACE_LABEL),
+            "traffic-e2e=true",
+        ],
+        t,
+    )?;
+    let app = cmd::workspace_root().join("tests/e2e/manifests/app.yaml");
+    kubectl(&["apply", "-n", &ns, "-f", &app.to_string_lossy()], t)?;
+    kubectl(
+        &[
+            "-n",
+            &ns,
+            "wait",
+            "--for=condition=available",
+            "deployment/client",
+            "--timeout=120s",
+        ],
+        Duration::from_secs(150),
+    )?;
+    kubectl(
+        &[
+            "-n",
+            &ns,
+            "label",
+            "deployment/client",
+            "traffic.envoy.enabled=true",
+        ],
+        t,
+    )?;
+    let start = Instant::now();
+    loop {
+        let pods: Value = serde_json::from_str(&kubectl(
+            &["-n", &ns, "get", "pods", "-l", "app=client", "-o", "json"],
+            t,
+        )?)?;
+        if !fixtures::annotated_pods(&pods).is_empty() {
+            return Ok(ns);
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("the agent did not enable the witness pod in {ns} within 120 s");
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn timed<T>(
+    phases: &mut Vec<(String, Duration)>,
+    what: &str,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let t = Instant::now();
+    let r = f();
+    phases.push((what.to_string(), t.elapsed()));
+    eprintln!("e2e-install: {what}: {:.1} s", t.elapsed().as_secs_f64());
+    r
+}
+
+pub fn run(o: Options) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cmd::is_root(),
+        "the install suite checks pinned BPF objects and pod network namespaces: run it as root"
+    );
+    cluster_env()?;
+    let total = Instant::now();
+    let mut phases = Vec::new();
+    let root = cmd::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let work = target.join("e2e-install");
+    std::fs::create_dir_all(&work)?;
+
+    if !o.no_build {
+        timed(&mut phases, "build (eBPF, release agent + control, test)", || {
+            build_ebpf::run(build_ebpf::Options::default())?;
+            cmd::run(
+                Command::new(&cargo)
+                    .current_dir(&root)
+                    .env("TRAFFIC_EBPF_REQUIRED", "1")
+                    .args([
+                        "build",
+                        "--release",
+                        "-p",
+                        "traffic-agent",
+                        "--bin",
+                        "traffic-agent",
+                    ])
+                    .args(["-p", "traffic-control", "--bin", "traffic-control"]),
+            )?;
+            cmd::run(Command::new(&cargo).current_dir(&root).args([
+                "test",
+                "-p",
+                "traffic-tests",
+                "--test",
+                "install",
+                "--no-run",
+            ]))
+        })?;
+    }
+    let images = timed(&mut phases, "images", || {
+        build_images(&o, &target.join("release"), &work)
+    })?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let propagation = bpffs_propagation(&mountinfo, "/sys/fs/bpf");
+    let values = values(&images, propagation)?;
+    eprintln!("e2e-install: values {values}");
+    let rendered = timed(&mut phases, "render (Helm SDK)", || render(&values, &o.namespace))?;
+    let main_file = work.join("chart.json");
+    let hooks_file = work.join("hooks.json");
+    write_list(&main_file, &rendered.main)?;
+    write_list(&hooks_file, &rendered.hooks)?;
+    let prometheus = object_name(&rendered.main, "Service", "prometheus")
+        .context("monitor.enabled rendered no Prometheus Service")?;
+
+    // A previous run's leftovers of this install (same objects), then wait for other agents.
+    let _ = kubectl(
+        &[
+            "delete",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+            "-f",
+            &main_file.to_string_lossy(),
+        ],
+        Duration::from_secs(150),
+    );
+    timed(&mut phases, "wait for other agents to end", || {
+        wait_no_other_agent(Duration::from_secs(o.wait_agent_seconds))
+    })?;
+
+    let mut installed = Installed {
+        namespace: o.namespace.clone(),
+        main_file,
+        hooks_file,
+        hooks: rendered.hooks.clone(),
+        uninstalled: false,
+    };
+    let ns_yaml = work.join("namespace.json");
+    std::fs::write(
+        &ns_yaml,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": o.namespace}}).to_string(),
+    )?;
+    let t = Duration::from_secs(60);
+    let result = (|| -> anyhow::Result<()> {
+        timed(&mut phases, "apply + ready", || {
+            kubectl(&["apply", "-f", &ns_yaml.to_string_lossy()], t)?;
+            kubectl(&["apply", "-f", &installed.main_file.to_string_lossy()], t)?;
+            for w in workloads(&rendered.main) {
+                kubectl(
+                    &[
+                        "-n",
+                        &o.namespace,
+                        "rollout",
+                        "status",
+                        &w,
+                        &format!("--timeout={}s", o.ready_timeout),
+                    ],
+                    Duration::from_secs(o.ready_timeout + 30),
+                )
+                .inspect_err(|_| installed.dump_diagnostics())?;
+            }
+            Ok(())
+        })?;
+        let tests = timed(&mut phases, "install suite", || {
+            let mut test = Command::new(&cargo);
+            test.current_dir(&root)
+                .args(["test", "-p", "traffic-tests", "--test", "install", "--"])
+                .env("TRAFFIC_E2E", "1")
+                .env(fixtures::ENV_NAMESPACE, &o.namespace)
+                .env(fixtures::ENV_PROMETHEUS, &prometheus);
+            if let Some(f) = &o.filter {
+                test.arg(f);
+            }
+            cmd::run(&mut test)
+        });
+        if tests.is_err() {
+            installed.dump_diagnostics();
+        }
+        let foreign: Vec<_> = agent_processes()
+            .into_iter()
+            .filter(|(_, in_pod)| !in_pod)
+            .collect();
+        if !foreign.is_empty() {
+            eprintln!(
+                "e2e-install: WARNING: host traffic-agent processes appeared during the suite: {foreign:?}"
+            );
+        }
+        sweep_suite_namespaces();
+        let uninstall = timed(&mut phases, "uninstall + node check", || {
+            uninstall(&mut installed)
+        });
+        tests.and(uninstall)
+    })();
+    drop(installed);
+    eprintln!("=== e2e-install phases:");
+    for (what, d) in &phases {
+        eprintln!("  {what:<45} {:>7.1} s", d.as_secs_f64());
+    }
+    eprintln!("  {:<45} {:>7.1} s", "total", total.elapsed().as_secs_f64());
+    result
+}
+
+/// Like `helm uninstall`: the pre-delete hook with an enabled witness pod in place, then the
+/// chart's objects; the node must hold nothing of ours afterwards.
+fn uninstall(installed: &mut Installed) -> anyhow::Result<()> {
+    let witness = witness_namespace()?;
+    let t = Duration::from_secs(60);
+    let hook = installed.run_uninstall_hook(Duration::from_secs(180));
+    installed.uninstalled = hook.is_ok();
+    hook.context("the chart's pre-delete hook (traffic-agent uninstall)")?;
+    // The witness pod is still running, without annotations and sidecar.
+    let pods: Value = serde_json::from_str(&kubectl(
+        &["-n", &witness, "get", "pods", "-l", "app=client", "-o", "json"],
+        t,
+    )?)?;
+    let annotated = fixtures::annotated_pods(&pods);
+    installed.delete_chart()?;
+    let left = fixtures::node_leftovers(Path::new(PIN_ROOT))?;
+    let _ = kubectl(&["delete", "namespace", &witness, "--wait=false"], t);
+    anyhow::ensure!(
+        annotated.is_empty(),
+        "after the uninstall hook the witness pod is still annotated: {annotated:?}"
+    );
+    if !left.is_empty() {
+        bail!("the uninstall left state on the node: {left:#?}");
+    }
+    eprintln!(
+        "e2e-install: uninstall left nothing: no sidecar container, {PIN_ROOT} empty or absent, no iptables \
+         rule of ours in any pod netns, no annotated pod"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bpffs_propagation_follows_the_host_mount() {
+        let shared = "35 24 0:30 / /sys/fs/bpf rw,nosuid shared:12 - bpf bpf rw,mode=700\n";
+        let private = "35 24 0:30 / /sys/fs/bpf rw,nosuid - bpf bpf rw,mode=700\n";
+        assert_eq!(bpffs_propagation(shared, "/sys/fs/bpf"), "Bidirectional");
+        assert_eq!(bpffs_propagation(private, "/sys/fs/bpf"), "None");
+        assert_eq!(bpffs_propagation("", "/sys/fs/bpf"), "None");
+    }
+
+    #[test]
+    fn images_split_at_the_tag_not_at_a_registry_port() {
+        assert_eq!(
+            split_image("traffic-e2e/envoy:1.39.3"),
+            ("traffic-e2e/envoy".into(), "1.39.3".into())
+        );
+        assert_eq!(
+            split_image("reg:5000/envoy"),
+            ("reg:5000/envoy".into(), "latest".into())
+        );
+    }
+
+    #[test]
+    fn workloads_are_the_deployments_and_daemonsets() {
+        let objs = vec![
+            json!({"kind": "Service", "metadata": {"name": "s"}}),
+            json!({"kind": "DaemonSet", "metadata": {"name": "a"}}),
+            json!({"kind": "Deployment", "metadata": {"name": "c"}}),
+        ];
+        assert_eq!(workloads(&objs), vec!["daemonset/a", "deployment/c"]);
+    }
+
+    #[test]
+    fn objects_are_found_by_kind_and_component() {
+        let objs = vec![
+            json!({"kind": "Service", "metadata": {"name": "p", "labels": {"app.kubernetes.io/component": "prometheus"}}}),
+        ];
+        assert_eq!(object_name(&objs, "Service", "prometheus").as_deref(), Some("p"));
+        assert_eq!(object_name(&objs, "Service", "zipkin"), None);
+    }
+}
