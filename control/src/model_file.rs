@@ -110,40 +110,58 @@ fn split_sections(text: &str) -> Option<[Vec<&str>; 5]> {
     Some(sections)
 }
 
-/// Parsed items by their exact text.
+/// The items of one list as last parsed: their exact text and value, in file order.
 #[derive(Debug)]
-struct ItemCache<T>(HashMap<String, T>);
+struct ItemCache<T>(Vec<(String, T)>);
 
 impl<T> Default for ItemCache<T> {
     fn default() -> Self {
-        ItemCache(HashMap::new())
+        ItemCache(Vec::new())
     }
 }
 
 impl<T: DeserializeOwned + Clone> ItemCache<T> {
-    /// Every item of `chunks`, parsing only texts not seen last time; the cache then holds exactly
-    /// these items. `None` if an item does not parse on its own.
+    /// Every item of `chunks`, parsing only texts not seen last time (an item at the same position
+    /// with the same text costs a comparison; one that moved, a lookup); the cache then holds
+    /// exactly these items. `None` if an item does not parse on its own.
     fn items(&mut self, chunks: &[&str]) -> Option<(Vec<T>, usize)> {
-        let mut next = HashMap::with_capacity(chunks.len());
+        let mut old: Vec<Option<(String, T)>> = std::mem::take(&mut self.0).into_iter().map(Some).collect();
+        let mut by_text: Option<HashMap<String, usize>> = None;
+        let mut next = Vec::with_capacity(chunks.len());
         let mut out = Vec::with_capacity(chunks.len());
         let mut parsed = 0;
-        for chunk in chunks {
-            let value = match self.0.remove(*chunk) {
-                Some(v) => v,
-                None => match next.get(*chunk) {
-                    Some(v) => T::clone(v),
-                    None => {
-                        parsed += 1;
-                        let mut one: Vec<T> = serde_yaml::from_str(chunk).ok()?;
-                        if one.len() != 1 {
-                            return None;
-                        }
-                        one.pop()?
-                    }
-                },
+        for (i, chunk) in chunks.iter().enumerate() {
+            let same_place = old
+                .get(i)
+                .and_then(|o| o.as_ref())
+                .is_some_and(|(text, _)| text == chunk);
+            let found = if same_place {
+                old.get_mut(i).and_then(Option::take)
+            } else {
+                let index = by_text.get_or_insert_with(|| {
+                    old.iter()
+                        .enumerate()
+                        .filter_map(|(j, o)| o.as_ref().map(|(text, _)| (text.clone(), j)))
+                        .collect()
+                });
+                index
+                    .get(*chunk)
+                    .and_then(|j| old.get_mut(*j))
+                    .and_then(Option::take)
             };
-            out.push(value.clone());
-            next.insert((*chunk).to_string(), value);
+            let item = match found {
+                Some(item) => item,
+                None => {
+                    parsed += 1;
+                    let mut one: Vec<T> = serde_yaml::from_str(chunk).ok()?;
+                    if one.len() != 1 {
+                        return None;
+                    }
+                    ((*chunk).to_string(), one.pop()?)
+                }
+            };
+            out.push(item.1.clone());
+            next.push(item);
         }
         self.0 = next;
         Some((out, parsed))
@@ -233,6 +251,7 @@ pub fn watch_model_file(
             last_stamp = now;
             // Parsing is CPU work: off the runtime's worker threads.
             let p = path.clone();
+            let started = std::time::Instant::now();
             let Ok((back, parsed)) = tokio::task::spawn_blocking(move || {
                 let parsed = parser.parse_file(&p);
                 (parser, parsed)
@@ -246,7 +265,11 @@ pub fn watch_model_file(
             match parsed {
                 Ok(model) => {
                     if **tx.borrow() != model {
-                        info!(path = %path.display(), "model file changed");
+                        info!(
+                            path = %path.display(),
+                            took_ms = started.elapsed().as_millis() as u64,
+                            "model file changed"
+                        );
                         tx.send_replace(Arc::new(model));
                     }
                 }

@@ -394,8 +394,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(&model_path, model_yaml(&m)?)?;
     let exe = std::env::current_exe()?.with_file_name("traffic-control");
     let (xds_port, http_port) = (free_port()?, free_port()?);
+    // Profiling: `XDS_BENCH_SERVER_WRAPPER=heaptrack` runs the server under a wrapper (the RSS
+    // figures are then the wrapper's, not the server's).
+    let mut command = match std::env::var_os("XDS_BENCH_SERVER_WRAPPER") {
+        Some(wrapper) => {
+            let mut c = std::process::Command::new(wrapper);
+            c.arg(&exe);
+            c
+        }
+        None => std::process::Command::new(&exe),
+    };
     let server = Server(
-        std::process::Command::new(&exe)
+        command
             .args(["serve", "--model"])
             .arg(&model_path)
             .args([
@@ -405,7 +415,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 &format!("127.0.0.1:{http_port}"),
             ])
             .args(["--model-poll-ms", "10", "--debounce-ms", "0"])
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("XDS_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_string()),
+            )
             .spawn()
             .with_context(|| {
                 format!(

@@ -43,6 +43,13 @@ impl NameList {
         self.spans.is_empty()
     }
 
+    /// The names as bytes (no UTF-8 check: for comparisons).
+    pub fn iter_bytes(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.spans
+            .iter()
+            .map(|&(at, len)| &self.buf[at as usize..(at + len) as usize])
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
         self.spans.iter().map(|&(at, len)| {
             // Validated when decoded (or built from strings).

@@ -81,7 +81,7 @@ impl Subscription {
     /// `first`: this is the stream's first request for the type, where an empty list means
     /// "everything" for listeners and clusters (legacy wildcard).
     fn from_request(type_url: &str, names: &NameList, first_or_wildcard: bool, sets: &NameSets) -> Self {
-        if names.iter().any(|n| n == "*")
+        if names.iter_bytes().any(|n| n == b"*")
             || (names.is_empty() && first_or_wildcard && is_full_state(type_url))
         {
             Subscription::Wildcard
@@ -102,7 +102,7 @@ impl Subscription {
     /// Whether a request naming `names` leaves the subscription as it is (checked without
     /// building a set: an Envoy ACK repeats every subscribed name).
     fn same_as_request(&self, type_url: &str, names: &NameList, first_or_wildcard: bool) -> bool {
-        let wildcard = names.iter().any(|n| n == "*")
+        let wildcard = names.iter_bytes().any(|n| n == b"*")
             || (names.is_empty() && first_or_wildcard && is_full_state(type_url));
         match self {
             Subscription::Wildcard => wildcard,
@@ -110,7 +110,7 @@ impl Subscription {
                 !wildcard
                     && set.len() == names.len()
                     // Sorted requests (the usual case) compare in one pass without lookups.
-                    && (set.iter().zip(names.iter()).all(|(a, b)| a == b)
+                    && (set.iter().zip(names.iter_bytes()).all(|(a, b)| a.as_bytes() == b)
                         || names.iter().all(|n| set.contains(n)))
             }
         }
