@@ -6,11 +6,9 @@
 //! names stay slices of the received message ([`NameList`]); they are copied only when a
 //! subscription really changes. Every other field is decoded by prost as usual.
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use prost::Message;
-use tonic::codec::{DecodeBuf, Decoder};
-use tonic::Status;
 
 /// `resource_names` of a request: UTF-8 slices of the received bytes.
 #[derive(Debug, Clone, Default)]
@@ -141,22 +139,6 @@ pub fn decode_sotw(bytes: Bytes) -> Result<SotwRequest, prost::DecodeError> {
             names: NameList { buf: bytes, spans },
         }),
         None => DiscoveryRequest::decode(bytes).map(SotwRequest::from),
-    }
-}
-
-/// tonic decoder of SotW requests.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SotwRequestDecoder;
-
-impl Decoder for SotwRequestDecoder {
-    type Item = SotwRequest;
-    type Error = Status;
-
-    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<SotwRequest>, Status> {
-        let bytes = buf.copy_to_bytes(buf.remaining());
-        decode_sotw(bytes)
-            .map(Some)
-            .map_err(|e| Status::internal(format!("invalid DiscoveryRequest: {e}")))
     }
 }
 

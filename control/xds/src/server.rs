@@ -10,7 +10,6 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::{mpsc, watch};
-use tonic::Streaming;
 use tracing::{debug, info, info_span, warn, Instrument};
 use traffic_translate::snapshot::MeshSnapshot;
 
@@ -19,7 +18,7 @@ use crate::metrics::{Mode, ModeLabels, TypeLabels, XdsMetrics};
 use crate::rejection::{Rejection, RejectionSink};
 use crate::request::SotwRequest;
 use crate::sotw::{SotwResponse, SotwStream};
-use crate::transport::AdsService;
+use crate::transport::{AdsService, Inbound};
 use crate::{type_name, NameSets, View};
 
 /// Errors starting or running the server.
@@ -133,7 +132,7 @@ impl XdsServer {
     /// Starts the task serving one SotW stream; its responses come out of the returned channel.
     pub(crate) fn start_sotw(
         &self,
-        inbound: Streaming<SotwRequest>,
+        inbound: Inbound<SotwRequest>,
         peer: Option<SocketAddr>,
     ) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
@@ -145,7 +144,7 @@ impl XdsServer {
     /// Starts the task serving one delta stream; its responses come out of the returned channel.
     pub(crate) fn start_delta(
         &self,
-        inbound: Streaming<DeltaDiscoveryRequest>,
+        inbound: Inbound<DeltaDiscoveryRequest>,
         peer: Option<SocketAddr>,
     ) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
@@ -249,7 +248,7 @@ impl AckTimer {
 
 type FrameSender = mpsc::Sender<Bytes>;
 
-async fn run_sotw(shared: Arc<Shared>, mut inbound: Streaming<SotwRequest>, tx: FrameSender) {
+async fn run_sotw(shared: Arc<Shared>, mut inbound: Inbound<SotwRequest>, tx: FrameSender) {
     const MODE: Mode = Mode::Sotw;
     let _connected = Connected::new(&shared.metrics, Mode::Sotw);
     let mut published = shared.published.clone();
@@ -348,7 +347,7 @@ async fn send_sotw(shared: &Shared, tx: &FrameSender, timer: &mut AckTimer, resp
     encoded.body.is_empty() || tx.send(encoded.body).await.is_ok()
 }
 
-async fn run_delta(shared: Arc<Shared>, mut inbound: Streaming<DeltaDiscoveryRequest>, tx: FrameSender) {
+async fn run_delta(shared: Arc<Shared>, mut inbound: Inbound<DeltaDiscoveryRequest>, tx: FrameSender) {
     const MODE: Mode = Mode::Delta;
     let _connected = Connected::new(&shared.metrics, Mode::Delta);
     let mut published = shared.published.clone();
