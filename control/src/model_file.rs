@@ -59,7 +59,7 @@ fn split_sections(text: &str) -> Option<[Vec<&str>; 5]> {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue; // belongs to whatever item surrounds it (or to none)
         }
-        if content.contains('\t') && col == 0 {
+        if col == 0 && content.contains('\t') {
             return None;
         }
         if col == 0 && !trimmed.starts_with('-') {
@@ -126,7 +126,10 @@ impl<T: DeserializeOwned + Clone> ItemCache<T> {
     /// exactly these items. `None` if an item does not parse on its own.
     fn items(&mut self, chunks: &[&str]) -> Option<(Vec<T>, usize)> {
         let mut old: Vec<Option<(String, T)>> = std::mem::take(&mut self.0).into_iter().map(Some).collect();
+        // Built only when items moved (several misses at their old position): a changed item is
+        // one miss, and indexing 10,000 texts for it would cost more than parsing it.
         let mut by_text: Option<HashMap<String, usize>> = None;
+        let mut misses = 0;
         let mut next = Vec::with_capacity(chunks.len());
         let mut out = Vec::with_capacity(chunks.len());
         let mut parsed = 0;
@@ -137,6 +140,9 @@ impl<T: DeserializeOwned + Clone> ItemCache<T> {
                 .is_some_and(|(text, _)| text == chunk);
             let found = if same_place {
                 old.get_mut(i).and_then(Option::take)
+            } else if misses < 8 {
+                misses += 1;
+                None
             } else {
                 let index = by_text.get_or_insert_with(|| {
                     old.iter()

@@ -101,6 +101,9 @@ fn split(bytes: &Bytes) -> Option<(Vec<u8>, Spans)> {
     let mut rest = Vec::new();
     let mut spans = Vec::new();
     let mut pos = 0;
+    // The names are usually one run of field-3 entries: (start of the first, end of the last).
+    let mut run: Option<(usize, usize)> = None;
+    let mut one_run = true;
     while pos < data.len() {
         let start = pos;
         let key = varint(data, &mut pos)?;
@@ -114,9 +117,12 @@ fn split(bytes: &Bytes) -> Option<(Vec<u8>, Spans)> {
                 let len = usize::try_from(varint(data, &mut pos)?).ok()?;
                 let end = pos.checked_add(len)?;
                 if key >> 3 == 3 {
-                    let name = data.get(pos..end)?;
-                    std::str::from_utf8(name).ok()?;
+                    data.get(pos..end)?;
                     spans.push((u32::try_from(pos).ok()?, u32::try_from(len).ok()?));
+                    run = Some(match run {
+                        None => (pos, end),
+                        Some((first, _)) => (first, end),
+                    });
                     pos = end;
                     continue;
                 }
@@ -126,7 +132,24 @@ fn split(bytes: &Bytes) -> Option<(Vec<u8>, Spans)> {
             _ => return None,
         };
         rest.extend_from_slice(data.get(start..end)?);
+        if run.is_some() {
+            one_run = false;
+        }
         pos = end;
+    }
+    // UTF-8 check of every name. One check over the whole run suffices when it passes: each name
+    // is then preceded by an ASCII byte (the last byte of its length) and followed by one (the
+    // next key, 0x1a) or the run's end, so no name can start or end inside a multi-byte sequence.
+    // If it fails (a length of 128+ bytes is itself not UTF-8), each name is checked.
+    let run_ok = one_run
+        && run.is_some_and(|(first, last)| {
+            data.get(first..last)
+                .is_some_and(|r| std::str::from_utf8(r).is_ok())
+        });
+    if !run_ok {
+        for &(at, len) in &spans {
+            std::str::from_utf8(data.get(at as usize..(at + len) as usize)?).ok()?;
+        }
     }
     Some((rest, spans))
 }
@@ -174,6 +197,33 @@ mod tests {
         );
         assert!(decoded.message.resource_names.is_empty());
         assert_eq!(decoded.message.node, req.node);
+    }
+
+    #[test]
+    fn names_are_checked_for_utf8_whatever_their_length_or_position() {
+        let long = "é".repeat(100); // 200 bytes: a two-byte length, not UTF-8 itself
+        let req = DiscoveryRequest {
+            resource_names: vec!["a".into(), long.clone(), "ü".into()],
+            type_url: "t".into(),
+            ..Default::default()
+        };
+        let decoded = decode_sotw(Bytes::from(req.encode_to_vec())).expect("decode");
+        assert_eq!(
+            decoded.names.iter().collect::<Vec<_>>(),
+            ["a", long.as_str(), "ü"]
+        );
+        // A name cut inside a two-byte character, followed by another name.
+        let mut bad = Vec::new();
+        prost::encoding::bytes::encode(3, &vec![b'a', 0xc3], &mut bad);
+        prost::encoding::bytes::encode(3, &b"b".to_vec(), &mut bad);
+        assert!(decode_sotw(Bytes::from(bad.clone())).is_err());
+        assert!(DiscoveryRequest::decode(bad.as_slice()).is_err());
+        // Names with another field between them.
+        let mut split = Vec::new();
+        prost::encoding::string::encode(3, &"x".to_string(), &mut split);
+        prost::encoding::string::encode(4, &"t".to_string(), &mut split);
+        prost::encoding::bytes::encode(3, &vec![0xff], &mut split);
+        assert!(decode_sotw(Bytes::from(split)).is_err());
     }
 
     #[test]
