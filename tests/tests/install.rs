@@ -15,8 +15,6 @@ use traffic_tests::ScratchDir;
 
 /// Label change -> control plane -> the gateway's Envoy.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(60);
-/// The chart's agent runs in eBPF mode here (the local test image has no iptables).
-const MODE: &str = "ebpf";
 const PATH: &str = "/productpage";
 
 fn host_of(ns: &str) -> String {
@@ -34,7 +32,7 @@ fn an_ingress_routes_productpage_of_its_host_through_the_gateway_to_every_enable
             &ns,
             &format!("reviews-{v}"),
             &format!("app=reviews,version={v}"),
-            MODE,
+            &inst.e2e.mode,
         )
         .unwrap_or_else(|e| panic!("{e:#}"));
     }
@@ -143,7 +141,7 @@ fn tls_with_a_self_signed_secret_named_by_the_ingress_verifies_and_serves_produc
 fn prometheus_scrapes_the_client_sidecars_outbound_upstream_rq_completed_for_reviews() {
     let Some(inst) = Install::require() else { return };
     let ns = inst.app("prom").expect("namespace with the test app");
-    enable(&ns, "client", "app=client", MODE).unwrap_or_else(|e| panic!("{e:#}"));
+    enable(&ns, "client", "app=client", &inst.e2e.mode).unwrap_or_else(|e| panic!("{e:#}"));
     let client = ns.pod("app=client").expect("client pod");
     let ip = ns.cluster_ip("reviews").expect("cluster ip");
     let url = format!("http://{ip}:9080/");

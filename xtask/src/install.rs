@@ -6,12 +6,14 @@
 //! 1. builds the eBPF object, release `traffic-agent` (object required) and `traffic-control`,
 //!    and the `install` test;
 //! 2. builds local images into the cluster's Docker (no registry): agent and control with
-//!    `helm/tests/local_images.sh`, Prometheus from Debian's `prometheus` package binary, and a
-//!    Zipkin stand-in (busybox httpd answering `/health`; traces are not stored);
+//!    `helm/tests/local_images.sh` (the agent's plus the host's iptables), Prometheus from Debian's
+//!    `prometheus` package binary (which lacks Kubernetes discovery: see [`emulate_kubernetes_sd`]),
+//!    and a Zipkin stand-in (busybox httpd answering `/health`; traces are not stored);
 //! 3. renders the chart with the Helm v4 SDK (the repository's `.venv`) for this cluster (local
 //!    images, Envoy `$TRAFFIC_E2E_ENVOY_IMAGE`, the cgroup2 mount and Docker socket of the node,
 //!    bpffs mount propagation from the host's mount, `monitor.enabled=true`), splitting out the
-//!    `helm.sh/hook` objects;
+//!    `helm.sh/hook` objects (steps 3 to 6 run once per redirect mode of the agent, `--modes`,
+//!    default `ebpf,iptables`, each in its own namespace `<--namespace>-<mode>`);
 //! 4. waits until no other `traffic-agent run` process is on the node (the host-process e2e
 //!    suite's agent would fight the in-cluster one), applies the chart and waits for every
 //!    workload to be ready;
@@ -45,12 +47,15 @@ const POD_SD_PORT: u16 = 19195;
 
 #[derive(clap::Args, Debug)]
 pub struct Options {
-    /// Namespace to install the chart into (created and deleted).
+    /// Namespace to install the chart into, suffixed with `-<mode>` (created and deleted).
     #[arg(long, default_value = fixtures::DEFAULT_NAMESPACE)]
     pub namespace: String,
     /// Tag of the locally built agent/control/zipkin images.
     #[arg(long, default_value = "install")]
     pub tag: String,
+    /// Redirect modes of the agent, one install -> suite -> uninstall pass each.
+    #[arg(long, value_delimiter = ',', default_value = "ebpf,iptables")]
+    pub modes: Vec<String>,
     /// Only tests whose name contains this (passed to the test harness).
     #[arg(long)]
     pub filter: Option<String>,
@@ -381,13 +386,12 @@ fn image_value((repository, tag): &(String, String)) -> Value {
     json!({"repository": repository, "tag": tag})
 }
 
-fn values(images: &Images, propagation: &str) -> anyhow::Result<Value> {
+fn values(images: &Images, propagation: &str, mode: &str) -> anyhow::Result<Value> {
     Ok(json!({
         "imagePullPolicy": "Never",
         "agent": {
             "image": image_value(&images.agent),
-            // The local test image has no iptables binaries.
-            "redirectMode": "ebpf",
+            "redirectMode": mode,
             "bpffsMountPropagation": propagation,
             "hostPaths": {
                 "cgroup2": env("TRAFFIC_E2E_CGROUP2_MOUNT")?,
@@ -1021,128 +1025,186 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let images = timed(&mut phases, "images", || {
         build_images(&o, &target.join("release"), &work)
     })?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let propagation = bpffs_propagation(&mountinfo, "/sys/fs/bpf");
-    let values = values(&images, propagation)?;
-    eprintln!("e2e-install: values {values}");
-    let mut rendered = timed(&mut phases, "render (Helm SDK)", || render(&values, &o.namespace))?;
     let sd_addr = format!("{}:{POD_SD_PORT}", env("TRAFFIC_E2E_NODE_IP")?);
-    patch_prometheus_config(&mut rendered.main, &format!("http://{sd_addr}/pods"))?;
-    let main_file = work.join("chart.json");
-    let hooks_file = work.join("hooks.json");
-    write_list(&main_file, &rendered.main)?;
-    write_list(&hooks_file, &rendered.hooks)?;
-    let prometheus = object_name(&rendered.main, "Service", "prometheus")
-        .context("monitor.enabled rendered no Prometheus Service")?;
-
-    // A previous run's leftovers of this install (same objects), then wait for other agents.
-    let _ = kubectl(
-        &[
-            "delete",
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=120s",
-            "-f",
-            &main_file.to_string_lossy(),
-        ],
-        Duration::from_secs(150),
-    );
-    // A namespace left by a previous run may still be terminating (up to a minute or so).
-    kubectl(
-        &[
-            "delete",
-            "namespace",
-            &o.namespace,
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=240s",
-        ],
-        Duration::from_secs(260),
-    )?;
-    timed(&mut phases, "wait for other agents to end", || {
-        wait_no_other_agent(Duration::from_secs(o.wait_agent_seconds))
-    })?;
-
     serve_pod_sd(&sd_addr)?;
-    let mut installed = Installed {
-        namespace: o.namespace.clone(),
-        main_file,
-        hooks_file,
-        hooks: rendered.hooks.clone(),
-        uninstalled: false,
+    let pass = Pass {
+        o: &o,
+        images: &images,
+        work: &work,
+        cargo: &cargo,
+        root: &root,
+        sd_url: format!("http://{sd_addr}/pods"),
     };
-    let ns_yaml = work.join("namespace.json");
-    std::fs::write(
-        &ns_yaml,
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": o.namespace}}).to_string(),
-    )?;
-    let t = Duration::from_secs(60);
-    let result = (|| -> anyhow::Result<()> {
-        timed(&mut phases, "apply + ready", || {
-            kubectl(&["apply", "-f", &ns_yaml.to_string_lossy()], t)?;
-            kubectl(&["apply", "-f", &installed.main_file.to_string_lossy()], t)?;
-            for w in workloads(&rendered.main) {
-                kubectl(
-                    &[
-                        "-n",
-                        &o.namespace,
-                        "rollout",
-                        "status",
-                        &w,
-                        &format!("--timeout={}s", o.ready_timeout),
-                    ],
-                    Duration::from_secs(o.ready_timeout + 30),
-                )
-                .inspect_err(|_| installed.dump_diagnostics())?;
-            }
-            Ok(())
-        })?;
-        let tests = timed(&mut phases, "install suite", || {
-            let mut test = Command::new(&cargo);
-            test.current_dir(&root)
-                .args(["test", "-p", "traffic-tests", "--test", "install", "--"])
-                .env("TRAFFIC_E2E", "1")
-                // The scenarios print what they measured (split, times, the Prometheus series).
-                .env("RUST_TEST_NOCAPTURE", "1")
-                .env(fixtures::ENV_NAMESPACE, &o.namespace)
-                .env(fixtures::ENV_PROMETHEUS, &prometheus);
-            if let Some(f) = &o.filter {
-                test.arg(f);
-            }
-            cmd::run(&mut test)
-        });
-        if tests.is_err() {
-            installed.dump_diagnostics();
+    let mut failed = Vec::new();
+    for mode in &o.modes {
+        if let Err(e) = pass.run(mode, &mut phases) {
+            eprintln!("e2e-install: {mode} pass failed: {e:#}");
+            failed.push(format!("{mode}: {e:#}"));
         }
-        let foreign: Vec<_> = agent_processes()
-            .into_iter()
-            .filter(|(_, in_pod)| !in_pod)
-            .collect();
-        if !foreign.is_empty() {
-            eprintln!(
-                "e2e-install: WARNING: host traffic-agent processes appeared during the suite: {foreign:?}"
-            );
-        }
-        sweep_suite_namespaces();
-        let uninstall = timed(&mut phases, "uninstall + node check", || {
-            uninstall(&mut installed)
-        });
-        tests.and(uninstall)
-    })();
-    drop(installed);
+    }
     eprintln!("=== e2e-install phases:");
     for (what, d) in &phases {
         eprintln!("  {what:<45} {:>7.1} s", d.as_secs_f64());
     }
     eprintln!("  {:<45} {:>7.1} s", "total", total.elapsed().as_secs_f64());
-    result
+    if !failed.is_empty() {
+        bail!("e2e-install failed: {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+/// One install -> suite -> uninstall round with the agent in one redirect mode.
+struct Pass<'a> {
+    o: &'a Options,
+    images: &'a Images,
+    work: &'a Path,
+    cargo: &'a str,
+    root: &'a Path,
+    sd_url: String,
+}
+
+impl Pass<'_> {
+    fn run(&self, mode: &str, phases: &mut Vec<(String, Duration)>) -> anyhow::Result<()> {
+        let o = self.o;
+        // One namespace per pass: the previous pass' may still be terminating (up to a minute).
+        let namespace = format!("{}-{mode}", o.namespace);
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let propagation = bpffs_propagation(&mountinfo, "/sys/fs/bpf");
+        let values = values(self.images, propagation, mode)?;
+        eprintln!("e2e-install: values {values}");
+        let mut rendered = timed(phases, &format!("[{mode}] render (Helm SDK)"), || {
+            render(&values, &namespace)
+        })?;
+        patch_prometheus_config(&mut rendered.main, &self.sd_url)?;
+        let main_file = self.work.join("chart.json");
+        let hooks_file = self.work.join("hooks.json");
+        write_list(&main_file, &rendered.main)?;
+        write_list(&hooks_file, &rendered.hooks)?;
+        let prometheus = object_name(&rendered.main, "Service", "prometheus")
+            .context("monitor.enabled rendered no Prometheus Service")?;
+
+        // A previous run's leftovers of this install (same objects; its namespace may still be
+        // terminating, up to a minute or so), then wait for other agents.
+        let _ = kubectl(
+            &[
+                "delete",
+                "--ignore-not-found",
+                "--wait=true",
+                "--timeout=120s",
+                "-f",
+                &main_file.to_string_lossy(),
+            ],
+            Duration::from_secs(150),
+        );
+        timed(phases, &format!("[{mode}] previous namespace gone"), || {
+            kubectl(
+                &[
+                    "delete",
+                    "namespace",
+                    &namespace,
+                    "--ignore-not-found",
+                    "--wait=true",
+                    "--timeout=240s",
+                ],
+                Duration::from_secs(260),
+            )
+        })?;
+        timed(phases, &format!("[{mode}] wait for other agents to end"), || {
+            wait_no_other_agent(Duration::from_secs(o.wait_agent_seconds))
+        })?;
+
+        let mut installed = Installed {
+            namespace: namespace.clone(),
+            main_file,
+            hooks_file,
+            hooks: rendered.hooks.clone(),
+            uninstalled: false,
+        };
+        let ns_yaml = self.work.join("namespace.json");
+        std::fs::write(
+            &ns_yaml,
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}).to_string(),
+        )?;
+        let t = Duration::from_secs(60);
+        let result = (|| -> anyhow::Result<()> {
+            timed(phases, &format!("[{mode}] apply + ready"), || {
+                kubectl(&["apply", "-f", &ns_yaml.to_string_lossy()], t)?;
+                kubectl(&["apply", "-f", &installed.main_file.to_string_lossy()], t)?;
+                for w in workloads(&rendered.main) {
+                    kubectl(
+                        &[
+                            "-n",
+                            &namespace,
+                            "rollout",
+                            "status",
+                            &w,
+                            &format!("--timeout={}s", o.ready_timeout),
+                        ],
+                        Duration::from_secs(o.ready_timeout + 30),
+                    )
+                    .inspect_err(|_| installed.dump_diagnostics())?;
+                }
+                Ok(())
+            })?;
+            let tests = timed(phases, &format!("[{mode}] install suite"), || {
+                let mut test = Command::new(self.cargo);
+                test.current_dir(self.root)
+                    .args(["test", "-p", "traffic-tests", "--test", "install", "--"])
+                    .env("TRAFFIC_E2E", "1")
+                    .env(traffic_tests::e2e::ENV_MODE, mode)
+                    // The scenarios print what they measured (split, times, the Prometheus series).
+                    .env("RUST_TEST_NOCAPTURE", "1")
+                    .env(fixtures::ENV_NAMESPACE, &namespace)
+                    .env(fixtures::ENV_PROMETHEUS, &prometheus);
+                if let Some(f) = &o.filter {
+                    test.arg(f);
+                }
+                cmd::run(&mut test)
+            });
+            if tests.is_err() {
+                installed.dump_diagnostics();
+            }
+            let foreign: Vec<_> = agent_processes()
+                .into_iter()
+                .filter(|(_, in_pod)| !in_pod)
+                .collect();
+            if !foreign.is_empty() {
+                eprintln!("e2e-install: WARNING: host traffic-agent processes appeared during the suite: {foreign:?}");
+            }
+            sweep_suite_namespaces();
+            let uninstall = timed(phases, &format!("[{mode}] uninstall + node check"), || {
+                uninstall(&mut installed, mode)
+            });
+            tests.and(uninstall)
+        })();
+        drop(installed);
+        result
+    }
 }
 
 /// Like `helm uninstall`: the pre-delete hook with an enabled witness pod in place, then the
 /// chart's objects; the node must hold nothing of ours afterwards.
-fn uninstall(installed: &mut Installed) -> anyhow::Result<()> {
+fn uninstall(installed: &mut Installed, mode: &str) -> anyhow::Result<()> {
     let witness = witness_namespace()?;
     let t = Duration::from_secs(60);
+    // Before: the witness' sidecar and its redirect of `mode` are on the node (so the checks
+    // after the uninstall look at something that was there).
+    let before = fixtures::node_leftovers(Path::new(PIN_ROOT))?;
+    let redirect_seen = match mode {
+        "iptables" => !before.iptables.is_empty(),
+        _ => !before.bpf_pins.is_empty(),
+    };
+    anyhow::ensure!(
+        !before.sidecars.is_empty() && redirect_seen && !before.annotated_pods.is_empty(),
+        "before the uninstall the node should hold the witness' sidecar, {mode} redirect and annotation: {before:#?}"
+    );
+    eprintln!(
+        "e2e-install: before the uninstall: {} sidecar(s), {} pin root entr(y/ies), {} iptables rule(s), annotated pods {:?}",
+        before.sidecars.len(),
+        before.bpf_pins.len(),
+        before.iptables.len(),
+        before.annotated_pods
+    );
     let hook = installed.run_uninstall_hook(Duration::from_secs(180));
     installed.uninstalled = hook.is_ok();
     hook.context("the chart's pre-delete hook (traffic-agent uninstall)")?;

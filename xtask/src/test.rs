@@ -2,8 +2,9 @@
 //! It installs what it needs first (`setup`), builds the eBPF object, then runs the workspace tests
 //! with the object required, so a missing toolchain fails loudly instead of skipping. Last, the
 //! end-to-end suite (`cargo xtask e2e`) on the real single-node Kubernetes of this machine's e2e
-//! kit, brought up for it and down after (see `cluster`); under `CI=true` a machine without the
-//! kit fails instead of skipping it.
+//! kit, then the installed chart's suite (`cargo xtask e2e-install`) on the same cluster, brought
+//! up for them and down after (see `cluster`); under `CI=true` a machine without the kit fails
+//! instead of skipping it.
 use std::process::Command;
 
 use clap::Parser;
