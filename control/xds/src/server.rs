@@ -34,6 +34,12 @@ pub enum XdsServerError {
 /// one or two frames).
 const STREAM_QUEUE: usize = 16;
 
+/// Largest HTTP/2 frame proxies may send (advertised in SETTINGS; the default is 16 KB). A SotW
+/// ACK repeats every subscribed name (1,000 endpoint names: 20 KB); in one frame it is read as a
+/// slice of that frame instead of being gathered from two into a new buffer per ACK per stream
+/// (xds-bench, 1,000 streams: RSS after ten changes 125 -> 101 MB, less CPU on both sides).
+const MAX_FRAME: u32 = 64 * 1024;
+
 /// A snapshot as the streams see it: numbered and timestamped when the server received it.
 #[derive(Clone)]
 struct Published {
@@ -162,6 +168,7 @@ impl XdsServer {
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+            .max_frame_size(Some(MAX_FRAME))
             .add_service(self.into_service())
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
