@@ -59,6 +59,10 @@ pub struct Options {
     /// Only tests whose name contains this (passed to the test harness).
     #[arg(long)]
     pub filter: Option<String>,
+    /// Cargo profile of the agent and control binaries in the images: release, or debug (what
+    /// `cargo xtask e2e` already built: saves the release build when time is short).
+    #[arg(long, value_enum, default_value = "release")]
+    pub profile: Profile,
     /// Skip building binaries and images (use what is already built).
     #[arg(long)]
     pub no_build: bool,
@@ -68,6 +72,21 @@ pub struct Options {
     /// Seconds to wait for the chart's pods to be ready.
     #[arg(long, default_value_t = 240)]
     pub ready_timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    Release,
+    Debug,
+}
+
+impl Profile {
+    fn dir(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::Debug => "debug",
+        }
+    }
 }
 
 /// `cargo xtask e2e-install` with its defaults (for `cargo xtask test`).
@@ -996,22 +1015,20 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
 
     if !o.no_build {
-        timed(&mut phases, "build (eBPF, release agent + control, test)", || {
+        let what = format!("build (eBPF, {} agent + control, test)", o.profile.dir());
+        timed(&mut phases, &what, || {
             build_ebpf::run(build_ebpf::Options::default())?;
-            cmd::run(
-                Command::new(&cargo)
-                    .current_dir(&root)
-                    .env("TRAFFIC_EBPF_REQUIRED", "1")
-                    .args([
-                        "build",
-                        "--release",
-                        "-p",
-                        "traffic-agent",
-                        "--bin",
-                        "traffic-agent",
-                    ])
-                    .args(["-p", "traffic-control", "--bin", "traffic-control"]),
-            )?;
+            let mut build = Command::new(&cargo);
+            build
+                .current_dir(&root)
+                .env("TRAFFIC_EBPF_REQUIRED", "1")
+                .arg("build")
+                .args(["-p", "traffic-agent", "--bin", "traffic-agent"])
+                .args(["-p", "traffic-control", "--bin", "traffic-control"]);
+            if o.profile == Profile::Release {
+                build.arg("--release");
+            }
+            cmd::run(&mut build)?;
             cmd::run(Command::new(&cargo).current_dir(&root).args([
                 "test",
                 "-p",
@@ -1023,7 +1040,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         })?;
     }
     let images = timed(&mut phases, "images", || {
-        build_images(&o, &target.join("release"), &work)
+        build_images(&o, &target.join(o.profile.dir()), &work)
     })?;
     let sd_addr = format!("{}:{POD_SD_PORT}", env("TRAFFIC_E2E_NODE_IP")?);
     serve_pod_sd(&sd_addr)?;
