@@ -349,7 +349,8 @@ impl MeshModel {
             kind: &'static str,
             items: impl Iterator<Item = (&'a str, &'a str)>,
         ) -> Result<(), ModelError> {
-            let mut seen = std::collections::BTreeSet::new();
+            // Hashing: 10,000 pods are checked on every model file re-read.
+            let mut seen = std::collections::HashSet::with_capacity(items.size_hint().0);
             for (ns, name) in items {
                 if !seen.insert((ns, name)) {
                     return Err(ModelError::Duplicate {
