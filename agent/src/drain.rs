@@ -107,11 +107,18 @@ fn remove_pins(pin_root: &Path) -> Result<usize, DrainError> {
 }
 
 fn remove_iptables(state: &Path) -> Result<usize, DrainError> {
-    if !state.is_dir() {
+    let has_records = std::fs::read_dir(state).is_ok_and(|rd| {
+        rd.flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "json"))
+    });
+    if !has_records {
+        // Nothing recorded: no iptables tools needed (an eBPF-only image may have none).
         return Ok(0);
     }
-    // `disable` uses the flavour recorded per pod, so any flavour opens the records.
-    let ipt = IptablesRedirector::new(Flavour::Nft, state).map_err(RedirectError::from)?;
+    // `disable` uses the flavour recorded per pod, so any flavour whose tools exist opens them.
+    let ipt = IptablesRedirector::new(Flavour::Nft, state)
+        .or_else(|_| IptablesRedirector::new(Flavour::Legacy, state))
+        .map_err(RedirectError::from)?;
     let pods = ipt.list()?;
     for p in &pods {
         ipt.disable(&p.key)?;
@@ -256,6 +263,15 @@ mod tests {
         assert!(!p.done());
         let agents = [pod("agent-a", "Running", &[(DRAINED_ANNOTATION, "true")])];
         assert!(progress(&agents, &[pods[1].clone(), pods[2].clone()]).done());
+    }
+
+    #[test]
+    fn an_iptables_state_directory_without_records_needs_no_iptables_tools() {
+        let dir = std::env::temp_dir().join(format!("traffic-drain-empty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("notes.txt"), "not a record").expect("write");
+        assert_eq!(remove_iptables(&dir).ok(), Some(0));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -84,6 +84,14 @@ fn end_to_end() -> anyhow::Result<()> {
     let e2e = e2e::run(E2eDefaults::try_parse_from(["e2e"])?.options);
     // The chart installed in the same cluster (after the host-process agent of the e2e suite is
     // gone), also when the e2e suite failed.
-    let installed = crate::install::default_options().and_then(crate::install::run);
+    // Debug binaries in the images: the ones `cargo xtask e2e` just built. A cold release build
+    // of the agent and the control plane takes longer than the whole CI budget leaves
+    // (`cargo xtask e2e-install` alone defaults to release).
+    let installed = crate::install::default_options()
+        .map(|mut o| {
+            o.profile = crate::install::Profile::Debug;
+            o
+        })
+        .and_then(crate::install::run);
     e2e.and(installed)
 }
