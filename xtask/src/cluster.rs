@@ -3,15 +3,13 @@
 //! `TRAFFIC_E2E_KIT`). `cargo xtask test` brings it up when it is not running, runs the e2e
 //! suites on it, and brings it down again (also on failure); a cluster that was already running
 //! is used and left running.
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use crate::cmd;
 
-/// The API server address `cluster-up.sh` uses by default (`TRAFFIC_E2E_NODE_IP:TRAFFIC_E2E_API_PORT`).
-const DEFAULT_API: &str = "10.201.0.1:6443";
+/// What `cluster-up.sh` writes for a running cluster (default `TRAFFIC_E2E_STATE`).
+const ENV_SH: &str = "/run/traffic-e2e/env.sh";
 
 /// The directory holding `cluster-up.sh`, if this machine has the kit.
 pub fn kit() -> Option<PathBuf> {
@@ -28,12 +26,21 @@ pub fn kit() -> Option<PathBuf> {
     candidates.into_iter().find(|d| d.join("cluster-up.sh").is_file())
 }
 
-fn api_reachable() -> bool {
-    let addr = std::env::var("TRAFFIC_E2E_NODE_IP")
-        .ok()
-        .and_then(|ip| format!("{ip}:6443").parse::<SocketAddr>().ok())
-        .or_else(|| DEFAULT_API.parse().ok());
-    addr.is_some_and(|a| TcpStream::connect_timeout(&a, Duration::from_secs(1)).is_ok())
+/// Whether a cluster of the kit is running: its `env.sh` exists and its API server answers
+/// `/readyz` (a bare TCP connect is not enough: a sandbox proxy may accept any address).
+fn cluster_running() -> bool {
+    if !Path::new(ENV_SH).is_file() {
+        return false;
+    }
+    Command::new("bash")
+        .args([
+            "-c",
+            &format!(". {ENV_SH} >/dev/null 2>&1 && kubectl --request-timeout=5s get --raw /readyz"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// A running cluster; brought down on drop when this process brought it up.
@@ -45,7 +52,7 @@ pub struct Cluster {
 impl Cluster {
     /// Brings the cluster up (idempotent; a partly dead cluster is restarted by the script).
     pub fn up(kit: &Path) -> anyhow::Result<Self> {
-        let was_up = api_reachable();
+        let was_up = cluster_running();
         let mut cluster = Self {
             kit: kit.to_path_buf(),
             owned: !was_up,
