@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use crate::cmd;
 
 /// What `cluster-up.sh` writes for a running cluster (default `TRAFFIC_E2E_STATE`).
-const ENV_SH: &str = "/run/traffic-e2e/env.sh";
+pub const ENV_SH: &str = "/run/traffic-e2e/env.sh";
 
 /// The directory holding `cluster-up.sh`, if this machine has the kit.
 pub fn kit() -> Option<PathBuf> {
@@ -41,6 +41,42 @@ fn cluster_running() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// The variables the running cluster's env.sh exports that the tasks use: `KUBECONFIG`,
+/// `DOCKER_HOST`, `PATH` (kubectl, docker), `ENVOY_BIN` and every `TRAFFIC_E2E_*`.
+pub fn env_vars() -> anyhow::Result<Vec<(String, String)>> {
+    anyhow::ensure!(
+        Path::new(ENV_SH).is_file(),
+        "{ENV_SH} does not exist: bring the cluster up (cluster-up.sh of the e2e kit) or export \
+         KUBECONFIG and DOCKER_HOST"
+    );
+    let out = cmd::output(Command::new("bash").args(["-c", &format!(". {ENV_SH} >/dev/null && env -0")]))?;
+    Ok(parse_env(&out))
+}
+
+/// The cluster's variables among NUL-separated `k=v` pairs (`env -0`).
+fn parse_env(out: &str) -> Vec<(String, String)> {
+    out.split('\0')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| {
+            k.starts_with("TRAFFIC_E2E_") || matches!(*k, "KUBECONFIG" | "DOCKER_HOST" | "PATH" | "ENVOY_BIN")
+        })
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Imports [`env_vars`] into this process unless every variable of `needed` is set already.
+/// Call it before any thread starts.
+pub fn import_env(needed: &[&str]) -> anyhow::Result<()> {
+    if needed.iter().all(|k| std::env::var_os(k).is_some()) {
+        return Ok(());
+    }
+    for (k, v) in env_vars()? {
+        // Single-threaded at this point (the caller's contract).
+        std::env::set_var(k, v);
+    }
+    Ok(())
 }
 
 /// A running cluster; brought down on drop when this process brought it up.
@@ -76,5 +112,24 @@ impl Drop for Cluster {
                 eprintln!("e2e: cluster-down failed: {e:#}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_clusters_variables_are_taken_from_env_output() {
+        let out =
+            "HOME=/root\0KUBECONFIG=/run/x/kubeconfig\0PATH=/a:/b\0X=a=b\0TRAFFIC_E2E_NODE_IP=10.201.0.1\0";
+        assert_eq!(
+            parse_env(out),
+            vec![
+                ("KUBECONFIG".to_string(), "/run/x/kubeconfig".to_string()),
+                ("PATH".to_string(), "/a:/b".to_string()),
+                ("TRAFFIC_E2E_NODE_IP".to_string(), "10.201.0.1".to_string()),
+            ]
+        );
     }
 }

@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::{build_ebpf, cmd};
-
-const CLUSTER_ENV_SH: &str = "/run/traffic-e2e/env.sh";
+use crate::{build_ebpf, cluster, cmd};
 
 #[derive(clap::Args, Debug)]
 pub struct Options {
@@ -46,31 +44,6 @@ pub struct Options {
     /// Keep the temp dir with the logs.
     #[arg(long)]
     pub keep_logs: bool,
-}
-
-/// Imports `KUBECONFIG`, `DOCKER_HOST` and friends from the cluster's env.sh when unset.
-fn cluster_env() -> anyhow::Result<()> {
-    if std::env::var_os("KUBECONFIG").is_some() && std::env::var_os("DOCKER_HOST").is_some() {
-        return Ok(());
-    }
-    anyhow::ensure!(
-        Path::new(CLUSTER_ENV_SH).is_file(),
-        "KUBECONFIG/DOCKER_HOST are unset and {CLUSTER_ENV_SH} does not exist: bring the cluster up \
-         (/work/shared/e2e/cluster-up.sh) or export them"
-    );
-    let out =
-        cmd::output(Command::new("bash").args(["-c", &format!(". {CLUSTER_ENV_SH} >/dev/null && env -0")]))?;
-    for kv in out.split('\0') {
-        if let Some((k, v)) = kv.split_once('=') {
-            if k.starts_with("TRAFFIC_E2E_")
-                || matches!(k, "KUBECONFIG" | "DOCKER_HOST" | "PATH" | "ENVOY_BIN")
-            {
-                // Single-threaded at this point.
-                std::env::set_var(k, v);
-            }
-        }
-    }
-    Ok(())
 }
 
 fn env_or(key: &str, default: &str) -> String {
@@ -281,7 +254,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         cmd::is_root(),
         "the e2e suite attaches BPF programs and enters pod namespaces: run it as root"
     );
-    cluster_env()?;
+    cluster::import_env(&["KUBECONFIG", "DOCKER_HOST"])?;
     let root = cmd::workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     if !o.no_build {

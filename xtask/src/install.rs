@@ -34,9 +34,8 @@ use serde_json::{json, Value};
 use traffic_tests::e2e::run_timeout;
 use traffic_tests::install as fixtures;
 
-use crate::{build_ebpf, cmd, setup};
+use crate::{build_ebpf, cluster, cmd, setup};
 
-const CLUSTER_ENV_SH: &str = "/run/traffic-e2e/env.sh";
 /// Helm release name: object names are `traffic-manager-<component>`.
 const RELEASE: &str = "traffic-manager";
 const PIN_ROOT: &str = "/sys/fs/bpf/traffic-manager";
@@ -99,34 +98,6 @@ struct Defaults {
 pub fn default_options() -> anyhow::Result<Options> {
     use clap::Parser;
     Ok(Defaults::try_parse_from(["e2e-install"])?.options)
-}
-
-/// Imports `KUBECONFIG`, `DOCKER_HOST`, `TRAFFIC_E2E_*` from the cluster's env.sh when unset.
-fn cluster_env() -> anyhow::Result<()> {
-    if std::env::var_os("KUBECONFIG").is_some()
-        && std::env::var_os("DOCKER_HOST").is_some()
-        && std::env::var_os("TRAFFIC_E2E_ENVOY_IMAGE").is_some()
-    {
-        return Ok(());
-    }
-    anyhow::ensure!(
-        Path::new(CLUSTER_ENV_SH).is_file(),
-        "KUBECONFIG/DOCKER_HOST are unset and {CLUSTER_ENV_SH} does not exist: bring the cluster up \
-         (/work/shared/e2e/cluster-up.sh)"
-    );
-    let out =
-        cmd::output(Command::new("bash").args(["-c", &format!(". {CLUSTER_ENV_SH} >/dev/null && env -0")]))?;
-    for kv in out.split('\0') {
-        if let Some((k, v)) = kv.split_once('=') {
-            if k.starts_with("TRAFFIC_E2E_")
-                || matches!(k, "KUBECONFIG" | "DOCKER_HOST" | "PATH" | "ENVOY_BIN")
-            {
-                // Single-threaded at this point.
-                std::env::set_var(k, v);
-            }
-        }
-    }
-    Ok(())
 }
 
 fn env(key: &str) -> anyhow::Result<String> {
@@ -1003,7 +974,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         cmd::is_root(),
         "the install suite checks pinned BPF objects and pod network namespaces: run it as root"
     );
-    cluster_env()?;
+    cluster::import_env(&["KUBECONFIG", "DOCKER_HOST", "TRAFFIC_E2E_ENVOY_IMAGE"])?;
     let total = Instant::now();
     let mut phases = Vec::new();
     let root = cmd::workspace_root();
