@@ -29,6 +29,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         cmd::is_root(),
         "the test suite attaches eBPF programs and creates network namespaces: run it as root"
     );
+    report_disk("start");
     setup::run(setup::Options { no_apt: o.no_apt })?;
     build_ebpf::run(build_ebpf::Options::default())?;
     let root = cmd::workspace_root();
@@ -60,7 +61,24 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     if o.no_e2e {
         return Ok(());
     }
-    end_to_end()
+    report_disk("before the e2e phase");
+    let result = end_to_end();
+    if result.is_err() {
+        report_disk("after a failed e2e phase");
+    }
+    result
+}
+
+/// Prints the free space where the builds, the images and the cluster write: this machine's disk is
+/// shared, and a full one fails far from its cause (a pod never ready, an image not written).
+fn report_disk(stage: &str) {
+    eprintln!("disk space ({stage}):");
+    let root = cmd::workspace_root();
+    let mut df = Command::new("df");
+    df.arg("-h").arg(&root).arg(std::env::temp_dir());
+    if let Err(e) = df.status() {
+        eprintln!("df: {e}");
+    }
 }
 
 /// `cargo xtask e2e` with its defaults.
