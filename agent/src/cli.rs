@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use tracing::{info, warn};
 use traffic_agent::apply::{Applier, KubeAnnotator, SidecarTemplate};
 use traffic_agent::drain::{self, DaemonSetRef};
-use traffic_agent::metrics::{self, AgentMetrics};
+use traffic_agent::metrics::AgentMetrics;
 use traffic_agent::watch::{self, ControllerConfig, DrainConfig};
 use traffic_kube_source::events::{EventMetrics, EventsConfig, KubeEvents};
 use traffic_redirect::ebpf::{EbpfRedirector, DEFAULT_PIN_ROOT};
@@ -216,7 +216,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     let registry = Arc::new(registry);
     let addr = args.metrics_addr;
-    let http = tokio::spawn(async move { metrics::serve(addr, registry).await });
+    let http = tokio::spawn(async move { traffic_metrics_http::serve(addr, registry).await });
     info!(%addr, "serving /metrics and /healthz");
 
     let applier = Arc::new(Applier {

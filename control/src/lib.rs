@@ -6,13 +6,12 @@
 //! - [`model_file`]: a static model file, re-read when it changes.
 //! - [`rebuild`]: debounces model changes and translates once per quiet period; all ADS streams
 //!   share the result.
-//! - [`http`]: the metrics and health endpoints.
+//! - the metrics and health endpoints come from `traffic_metrics_http`.
 //! - [`node_config`]: what one node receives, for `traffic-control config`.
 //! - [`grpc`]: API listeners for proxyless gRPC clients (`xds:///` targets).
 
 pub mod cli;
 pub mod grpc;
-pub mod http;
 pub mod model_file;
 pub mod node_config;
 pub mod rebuild;

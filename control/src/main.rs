@@ -8,7 +8,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{info, warn};
 use traffic_control::cli::{Cli, Command, ConfigArgs, ServeArgs};
-use traffic_control::{http, model_file, node_config, rebuild};
+use traffic_control::{model_file, node_config, rebuild};
 use traffic_kube_source::{
     rejection_sink, EventMetrics, EventsConfig, KubeEvents, KubeSource, SourceConfig, SourceMetrics,
 };
@@ -133,7 +133,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     spawn_heap_trim();
     let registry = Arc::new(registry);
     let http_addr = args.http_addr;
-    let http_task = tokio::spawn(async move { http::serve(http_addr, registry).await });
+    let http_task = tokio::spawn(async move { traffic_metrics_http::serve(http_addr, registry).await });
     info!(addr = %http_addr, "serving /metrics and /healthz");
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
