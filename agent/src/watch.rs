@@ -17,12 +17,13 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
+use traffic_kube_source::watch::{spawn_reflector, Change};
 use traffic_sidecar::ContainerRuntime;
 
 use crate::apply::Applier;
@@ -153,24 +154,12 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone + Default,
 {
     let poke = poke.clone();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(|o: &mut K| o.managed_fields_mut().clear())
-        .reflect(writer);
-    let task = async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => {
-                    // A full channel already means "reconcile soon".
-                    let _ = poke.try_send(());
-                }
-                Err(error) => warn!(%error, "watch error, retrying with backoff"),
-            }
+    spawn_reflector(api, config, writer, resource, move |change| {
+        if change != Change::Failed {
+            // A full channel already means "reconcile soon".
+            let _ = poke.try_send(());
         }
-    };
-    tokio::spawn(task.instrument(tracing::info_span!("watch", resource)))
+    })
 }
 
 /// Everything desired from the current store contents (pure).

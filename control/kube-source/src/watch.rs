@@ -401,9 +401,50 @@ where
     };
     let events = metrics.watch_events.get_or_create(&labels).clone();
     let errors = metrics.watch_errors.get_or_create(&labels).clone();
+    spawn_reflector(api, config, writer, kind.as_str(), move |change| {
+        match change {
+            Change::Listed => {}
+            Change::Object => {
+                events.inc();
+            }
+            Change::Failed => {
+                errors.inc();
+                return;
+            }
+        }
+        let _ = poke.try_send(kind);
+    })
+}
+
+/// What a reflector task saw (see [`spawn_reflector`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The initial list, or a relist after the watch expired, is complete: the store holds it.
+    Listed,
+    /// An object was created, changed or deleted; the store already has it.
+    Object,
+    /// The watch failed; it is retried with backoff.
+    Failed,
+}
+
+/// A list+watch of `api` feeding the reflector store of `writer` on its own task (managedFields
+/// dropped: nobody reads them and they are a large share of each object's memory). `on_change`
+/// hears every completed list, object change and failure; changes and failures are also logged,
+/// under `resource`.
+pub fn spawn_reflector<K, F>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    resource: &'static str,
+    mut on_change: F,
+) -> JoinHandle<()>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default,
+    F: FnMut(Change) + Send + 'static,
+{
     let stream = watcher(api, config)
         .default_backoff()
-        // Nobody reads managedFields; they are a large share of each object's memory.
         .modify(|o: &mut K| o.managed_fields_mut().clear())
         .reflect(writer);
     let task = async move {
@@ -413,27 +454,26 @@ where
                 // Pages of a (re)list: the store swaps in the new state at InitDone.
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Ok(watcher::Event::InitDone) => {
-                    debug!("initial list complete");
-                    let _ = poke.try_send(kind);
+                    debug!("list complete");
+                    on_change(Change::Listed);
                 }
                 Ok(watcher::Event::Apply(o) | watcher::Event::Delete(o)) => {
-                    events.inc();
                     debug!(
                         namespace = o.namespace().unwrap_or_default(),
                         name = o.name_any(),
                         "changed"
                     );
-                    let _ = poke.try_send(kind);
+                    on_change(Change::Object);
                 }
                 Err(error) => {
-                    errors.inc();
                     warn!(%error, "watch failed, retrying with backoff");
+                    on_change(Change::Failed);
                 }
             }
         }
         warn!("watch stream ended");
     };
-    tokio::spawn(task.instrument(tracing::info_span!("kube_watch", resource = kind.as_str())))
+    tokio::spawn(task.instrument(tracing::info_span!("kube_watch", resource)))
 }
 
 fn report_label_problems(model: &MeshModel, sink: Option<&dyn EventSink>, metrics: &SourceMetrics) {
