@@ -202,7 +202,38 @@ impl Drop for Connected {
     }
 }
 
+/// What a request said about the previous response, whatever the protocol variant.
+struct Answer<'a> {
+    /// It answered an older response than the last one sent.
+    stale: bool,
+    /// The nonce it acknowledged.
+    acked: Option<&'a str>,
+    rejection: Option<&'a Rejection>,
+}
+
 impl Shared {
+    /// Counts a request's answer (stale, ACK with its latency, NACK reported).
+    fn account_request(
+        &self,
+        mode: Mode,
+        node: &str,
+        type_url: &str,
+        timer: &mut AckTimer,
+        answer: Answer<'_>,
+    ) {
+        let labels = TypeLabels::new(mode, type_url);
+        if answer.stale {
+            self.metrics.stale_requests.get_or_create(&labels).inc();
+        }
+        if let Some(nonce) = answer.acked {
+            timer.acked(&self.metrics, nonce);
+            self.metrics.acks.get_or_create(&labels).inc();
+        }
+        if let Some(rejection) = answer.rejection {
+            self.report_rejection(mode, node, rejection);
+        }
+    }
+
     fn report_rejection(&self, mode: Mode, node: &str, rejection: &Rejection) {
         warn!(
             node,
@@ -257,7 +288,7 @@ type FrameSender = mpsc::Sender<Bytes>;
 
 async fn run_sotw(shared: Arc<Shared>, mut inbound: Inbound<SotwRequest>, tx: FrameSender) {
     const MODE: Mode = Mode::Sotw;
-    let _connected = Connected::new(&shared.metrics, Mode::Sotw);
+    let _connected = Connected::new(&shared.metrics, MODE);
     let mut published = shared.published.clone();
     let mut snapshots_live = true;
     let mut state = SotwStream::with_name_sets(shared.names.clone());
@@ -297,16 +328,11 @@ async fn run_sotw(shared: Arc<Shared>, mut inbound: Inbound<SotwRequest>, tx: Fr
                     nack = out.rejection.is_some(),
                     "request"
                 );
-                if out.stale {
-                    shared.metrics.stale_requests.get_or_create(&TypeLabels::new(Mode::Sotw, &req.type_url)).inc();
-                }
-                if let Some(nonce) = &out.acked {
-                    timer.acked(&shared.metrics, nonce);
-                    shared.metrics.acks.get_or_create(&TypeLabels::new(MODE, &req.type_url)).inc();
-                }
-                if let Some(rejection) = &out.rejection {
-                    shared.report_rejection(Mode::Sotw, node, rejection);
-                }
+                shared.account_request(MODE, node, &req.type_url, &mut timer, Answer {
+                    stale: out.stale,
+                    acked: out.acked.as_deref(),
+                    rejection: out.rejection.as_ref(),
+                });
                 for resp in out.responses {
                     if !send_sotw(&shared, &tx, &mut timer, resp).await {
                         return;
@@ -356,7 +382,7 @@ async fn send_sotw(shared: &Shared, tx: &FrameSender, timer: &mut AckTimer, resp
 
 async fn run_delta(shared: Arc<Shared>, mut inbound: Inbound<DeltaDiscoveryRequest>, tx: FrameSender) {
     const MODE: Mode = Mode::Delta;
-    let _connected = Connected::new(&shared.metrics, Mode::Delta);
+    let _connected = Connected::new(&shared.metrics, MODE);
     let mut published = shared.published.clone();
     let mut snapshots_live = true;
     let mut state = DeltaStream::with_name_sets(shared.names.clone());
@@ -394,16 +420,11 @@ async fn run_delta(shared: Arc<Shared>, mut inbound: Inbound<DeltaDiscoveryReque
                     nack = out.rejection.is_some(),
                     "delta request"
                 );
-                if out.stale {
-                    shared.metrics.stale_requests.get_or_create(&TypeLabels::new(Mode::Delta, &req.type_url)).inc();
-                }
-                if let Some(nonce) = &out.acked {
-                    timer.acked(&shared.metrics, nonce);
-                    shared.metrics.acks.get_or_create(&TypeLabels::new(MODE, &req.type_url)).inc();
-                }
-                if let Some(rejection) = &out.rejection {
-                    shared.report_rejection(Mode::Delta, node, rejection);
-                }
+                shared.account_request(MODE, node, &req.type_url, &mut timer, Answer {
+                    stale: out.stale,
+                    acked: out.acked.as_deref(),
+                    rejection: out.rejection.as_ref(),
+                });
                 for resp in out.responses {
                     if !send_delta(&shared, &tx, &mut timer, resp).await {
                         return;
