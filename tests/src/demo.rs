@@ -264,10 +264,7 @@ pub fn run(o: &Options) -> anyhow::Result<Report> {
     step(3, "Envoy sidecar: client pod netns, own cgroup, ADS bootstrap");
     let node_id = plan.client.node_id();
     let bootstrap = scratch.path().join("envoy.yaml");
-    std::fs::write(
-        &bootstrap,
-        envoy::bootstrap_yaml(&node_id, xds, envoy::ADMIN_PORT),
-    )?;
+    std::fs::write(&bootstrap, envoy::bootstrap(&plan.client, xds)?)?;
     set_mode(&bootstrap, 0o644)?;
     let envoy_log = scratch.path().join("envoy.log");
     let envoy_bin = resolve_envoy(&o.envoy);

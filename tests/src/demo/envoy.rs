@@ -7,43 +7,28 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use traffic_sidecar::bootstrap::BootstrapOptions;
+use traffic_sidecar::PodRef;
+
+use super::plan::DemoPod;
 
 /// Envoy's admin port on the pod's loopback.
 pub const ADMIN_PORT: u16 = 15000;
 /// The outbound listener the redirect sends connections to.
 pub const OUTBOUND_PORT: u16 = 15001;
 
-/// The ADS bootstrap of a sidecar: node id `<pod>.<namespace>`, admin on 127.0.0.1 only, every
-/// resource over one (state-of-the-world) ADS stream to the control plane at `xds`.
-pub fn bootstrap_yaml(node_id: &str, xds: SocketAddr, admin_port: u16) -> String {
-    format!(
-        r#"node: {{id: "{node_id}", cluster: traffic-demo}}
-admin:
-  address: {{socket_address: {{address: 127.0.0.1, port_value: {admin_port}}}}}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    set_node_on_first_message_only: true
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds}}}}]
-  cds_config: {{ads: {{}}, resource_api_version: V3}}
-  lds_config: {{ads: {{}}, resource_api_version: V3}}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{http2_protocol_options: {{}}}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: "{ip}", port_value: {port}}}}}}}}}]}}]
-"#,
-        ip = xds.ip(),
-        port = xds.port()
-    )
+/// The bootstrap the agent gives its sidecars (`traffic_sidecar::bootstrap`): node id
+/// `<pod>.<namespace>`, admin on 127.0.0.1 only, every resource over one state-of-the-world ADS
+/// stream to the control plane at `xds`.
+pub fn bootstrap(pod: &DemoPod, xds: SocketAddr) -> anyhow::Result<String> {
+    let pod = PodRef {
+        uid: format!("demo-{}", pod.name),
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+    };
+    let mut options = BootstrapOptions::new(xds.to_string());
+    options.admin_port = ADMIN_PORT;
+    Ok(traffic_sidecar::bootstrap::render(&pod, &options)?)
 }
 
 /// Runs `f` on a thread that entered the network namespace at `netns` (only that thread moves).
@@ -137,16 +122,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_bootstrap_names_the_node_and_points_ads_at_the_control_plane() {
-        let b = bootstrap_yaml(
-            "client.default",
-            "169.254.1.1:15010".parse().expect("addr"),
-            15000,
-        );
-        assert!(b.contains(r#"node: {id: "client.default""#), "{b}");
-        assert!(b.contains("address: 127.0.0.1, port_value: 15000"), "{b}");
-        assert!(b.contains(r#"address: "169.254.1.1", port_value: 15010"#), "{b}");
-        assert!(b.contains("api_type: GRPC"), "{b}");
+    fn the_bootstrap_is_the_sidecars_with_the_demo_pods_node_id() {
+        let pod = DemoPod {
+            name: "client".into(),
+            namespace: "default".into(),
+            ip: "10.244.0.2".parse().expect("ip"),
+            body: String::new(),
+            weight: 0,
+        };
+        let b = bootstrap(&pod, "169.254.1.1:15010".parse().expect("addr")).expect("bootstrap");
+        let v: serde_json::Value = serde_json::from_str(&b).expect("JSON");
+        assert_eq!(v["node"]["id"], "client.default");
+        assert_eq!(v["admin"]["address"]["socket_address"]["address"], "127.0.0.1");
+        assert_eq!(v["admin"]["address"]["socket_address"]["port_value"], 15000);
+        assert_eq!(v["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
+        assert!(b.contains(r#""address":"169.254.1.1","port_value":15010"#), "{b}");
     }
 
     #[test]
