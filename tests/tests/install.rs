@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use traffic_tests::e2e::wait_until;
+use traffic_tests::e2e::TestNamespace;
 use traffic_tests::install::{enable, self_signed_cert, serve_path, set_cookie, GatewayTally, Install};
 use traffic_tests::ScratchDir;
 
@@ -19,6 +20,20 @@ const PATH: &str = "/productpage";
 
 fn host_of(ns: &str) -> String {
     format!("{ns}.install.test")
+}
+
+/// Serves /productpage from the test app of `ns` and routes it through the gateway with a
+/// plain-HTTP Ingress to reviews:9080; returns the Ingress host once the gateway serves it, and
+/// how long that took after the Ingress was applied.
+fn route_productpage(inst: &Install, ns: &TestNamespace) -> (String, Duration) {
+    serve_path(ns, PATH).expect("serve /productpage");
+    let host = host_of(&ns.name);
+    inst.ingress(ns, "productpage", &host, PATH, ("reviews", 9080), None)
+        .expect("ingress");
+    let t = Instant::now();
+    inst.wait_gateway_serves(&host, PATH, PUSH_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    (host, t.elapsed())
 }
 
 #[test]
@@ -36,16 +51,10 @@ fn an_ingress_routes_productpage_of_its_host_through_the_gateway_to_every_enable
         )
         .unwrap_or_else(|e| panic!("{e:#}"));
     }
-    serve_path(&ns, PATH).expect("serve /productpage");
-    let host = host_of(&ns.name);
-    inst.ingress(&ns, "productpage", &host, PATH, ("reviews", 9080), None)
-        .expect("ingress");
-    let t = Instant::now();
-    inst.wait_gateway_serves(&host, PATH, PUSH_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (host, took) = route_productpage(&inst, &ns);
     eprintln!(
         "Ingress applied -> served by the gateway: {} ms",
-        t.elapsed().as_millis()
+        took.as_millis()
     );
 
     let out = inst.gateway_get_many(&host, PATH, 30, &[]).expect("curl");
@@ -187,12 +196,7 @@ fn prometheus_scrapes_the_client_sidecars_outbound_upstream_rq_completed_for_rev
 fn weights_100_10_0_on_the_deployments_split_gateway_traffic_near_100_to_10_and_never_to_v3() {
     let Some(inst) = Install::require() else { return };
     let ns = inst.app("weights").expect("namespace with the test app");
-    serve_path(&ns, PATH).expect("serve /productpage");
-    let host = host_of(&ns.name);
-    inst.ingress(&ns, "productpage", &host, PATH, ("reviews", 9080), None)
-        .expect("ingress");
-    inst.wait_gateway_serves(&host, PATH, PUSH_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (host, _) = route_productpage(&inst, &ns);
     for (d, w) in [("reviews-v1", 100), ("reviews-v2", 10), ("reviews-v3", 0)] {
         ns.label(
             &format!("deployment/{d}"),
@@ -224,12 +228,7 @@ fn weights_100_10_0_on_the_deployments_split_gateway_traffic_near_100_to_10_and_
 fn a_cookie_hash_service_sets_the_cookie_with_max_age_and_the_cookie_pins_one_pod() {
     let Some(inst) = Install::require() else { return };
     let ns = inst.app("cookie").expect("namespace with the test app");
-    serve_path(&ns, PATH).expect("serve /productpage");
-    let host = host_of(&ns.name);
-    inst.ingress(&ns, "productpage", &host, PATH, ("reviews", 9080), None)
-        .expect("ingress");
-    inst.wait_gateway_serves(&host, PATH, PUSH_TIMEOUT)
-        .unwrap_or_else(|e| panic!("{e:#}"));
+    let (host, _) = route_productpage(&inst, &ns);
     ns.label(
         "service/reviews",
         &["traffic.hash.cookie.name=mycookie", "traffic.hash.cookie.ttl=60"],
