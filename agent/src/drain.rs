@@ -172,19 +172,23 @@ mod tests {
     use k8s_openapi::api::core::v1::PodStatus;
     use kube::api::ObjectMeta;
 
+    fn meta(ns: &str, name: &str, annotations: &[(&str, &str)]) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
     fn pod(name: &str, phase: &str, annotations: &[(&str, &str)]) -> Pod {
         Pod {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some("ns".into()),
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
+            metadata: meta("ns", name, annotations),
             status: Some(PodStatus {
                 phase: Some(phase.into()),
                 ..Default::default()
@@ -195,17 +199,7 @@ mod tests {
 
     fn ds(ns: &str, name: &str, annotations: &[(&str, &str)]) -> Arc<DaemonSet> {
         Arc::new(DaemonSet {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                namespace: Some(ns.into()),
-                annotations: Some(
-                    annotations
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
-                ..Default::default()
-            },
+            metadata: meta(ns, name, annotations),
             ..Default::default()
         })
     }
