@@ -68,6 +68,16 @@ pub struct Service {
     pub labels: Labels,
 }
 
+impl Service {
+    /// Whether this Service selects `pod`: same namespace and a non-empty selector whose every
+    /// label the pod carries.
+    pub fn selects(&self, pod: &Pod) -> bool {
+        !self.selector.is_empty()
+            && pod.namespace == self.namespace
+            && self.selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+    }
+}
+
 /// One entry of `spec.ports`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -411,20 +421,12 @@ impl MeshModel {
     /// Pods selected by a Service (same namespace, non-empty selector all matching), whether
     /// ready or not.
     pub fn selected_pods<'m>(&'m self, service: &'m Service) -> impl Iterator<Item = &'m Pod> + 'm {
-        self.pods.iter().filter(move |pod| {
-            !service.selector.is_empty()
-                && pod.namespace == service.namespace
-                && service.selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
-        })
+        self.pods.iter().filter(move |pod| service.selects(pod))
     }
 
     /// Services selecting a pod.
     pub fn services_of<'m>(&'m self, pod: &'m Pod) -> impl Iterator<Item = &'m Service> + 'm {
-        self.services.iter().filter(move |service| {
-            !service.selector.is_empty()
-                && pod.namespace == service.namespace
-                && service.selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
-        })
+        self.services.iter().filter(move |service| service.selects(pod))
     }
 
     /// The computed endpoints of one Service port: ready, selected pods with an IP whose target
@@ -485,7 +487,7 @@ impl<'m> PodIndex<'m> {
         shortest
             .iter()
             .map(|i| &self.pods[*i])
-            .filter(|pod| service.selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
+            .filter(|pod| service.selects(pod))
             .collect()
     }
 }

@@ -627,16 +627,11 @@ pub fn translate_endpoint_change(
     if moved.len() > 64 {
         return None; // a mass change: one full translation is as quick
     }
-    let selects = |s: &Service, p: &Pod| {
-        !s.selector.is_empty()
-            && p.namespace == s.namespace
-            && s.selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
-    };
     // Labels did not change, so the same Services select the moved pods before and after.
     let services: Vec<Service> = model
         .services
         .iter()
-        .filter(|s| moved.iter().any(|p| selects(s, p)))
+        .filter(|s| moved.iter().any(|p| s.selects(p)))
         .cloned()
         .collect();
     // Those Services with their pods (in model order) and every workload (endpoint weights) are
@@ -644,7 +639,7 @@ pub fn translate_endpoint_change(
     let pods: Vec<Pod> = model
         .pods
         .iter()
-        .filter(|p| services.iter().any(|s| selects(s, p)))
+        .filter(|p| services.iter().any(|s| s.selects(p)))
         .cloned()
         .collect();
     let part = MeshModel {
