@@ -489,6 +489,17 @@ mod tests {
         }
     }
 
+    /// A NACK of the response with `nonce`.
+    fn nack(type_url: &str, nonce: &str) -> DeltaDiscoveryRequest {
+        let mut n = req(type_url, &[], &[], nonce);
+        n.error_detail = Some(Status {
+            code: 3,
+            message: "no".into(),
+            details: vec![],
+        });
+        n
+    }
+
     fn updated(r: &DeltaResponse) -> Vec<(String, String)> {
         r.resources
             .resources
@@ -586,13 +597,7 @@ mod tests {
         let r2 = s
             .on_resources(node_resources(&[(CLUSTER, "a", "bad")]), 2)
             .remove(0);
-        let mut n = req(CLUSTER, &[], &[], &r2.nonce);
-        n.error_detail = Some(Status {
-            code: 3,
-            message: "no".into(),
-            details: vec![],
-        });
-        let out = s.on_request(&n);
+        let out = s.on_request(&nack(CLUSTER, &r2.nonce));
         assert_eq!(out.rejection.expect("rejection").resources, ["a"]);
         assert!(out.responses.is_empty());
         assert!(s
@@ -617,13 +622,7 @@ mod tests {
         let r2 = s
             .on_resources(node_resources(&[(CLUSTER, "a", "bad"), (CLUSTER, "b", "1")]), 2)
             .remove(0);
-        let mut n = req(CLUSTER, &[], &[], &r2.nonce);
-        n.error_detail = Some(Status {
-            code: 3,
-            message: "no".into(),
-            details: vec![],
-        });
-        s.on_request(&n);
+        s.on_request(&nack(CLUSTER, &r2.nonce));
         // b changes: only b is sent, a stays at the accepted version on the proxy
         let r3 = s
             .on_resources(node_resources(&[(CLUSTER, "a", "bad"), (CLUSTER, "b", "2")]), 3)
