@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::e2e_parse::{dns_name, timing_line};
+use crate::e2e_parse::{cluster_vars, dns_name, timing_line};
 
 /// Label on every Docker container the agent starts as a sidecar: the pod uid.
 pub const SIDECAR_POD_UID: &str = "traffic.envoy.pod-uid";
@@ -38,7 +38,8 @@ pub const ENV_AGENT_PIDFILE: &str = "TRAFFIC_E2E_AGENT_PIDFILE";
 pub const ENV_AGENT_ARGV: &str = "TRAFFIC_E2E_AGENT_ARGV";
 pub const ENV_AGENT_LOG: &str = "TRAFFIC_E2E_AGENT_LOG";
 pub const ENV_TIMINGS: &str = "TRAFFIC_E2E_TIMINGS";
-const CLUSTER_ENV_SH: &str = "/run/traffic-e2e/env.sh";
+/// What the kit's `cluster-up.sh` writes for a running cluster (default `TRAFFIC_E2E_STATE`).
+pub const CLUSTER_ENV_SH: &str = "/run/traffic-e2e/env.sh";
 
 /// What one command printed.
 #[derive(Debug, Clone)]
@@ -217,22 +218,15 @@ fn skip_or_fail(reason: String) -> Option<E2e> {
     None
 }
 
-/// Variables `/run/traffic-e2e/env.sh` exports (read through bash, so its logic applies).
-fn cluster_env(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
+/// The cluster's variables (see [`cluster_vars`]) that the env.sh at `path` exports, read through
+/// bash so that its logic applies.
+pub fn cluster_env(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
     let out = run_timeout(
         Command::new("bash").args(["-c", &format!(". '{}' >/dev/null && env -0", path.display())]),
         Duration::from_secs(10),
     )?;
     anyhow::ensure!(out.ok, "sourcing {} failed: {}", path.display(), out.stderr);
-    Ok(out
-        .stdout
-        .split('\0')
-        .filter_map(|kv| kv.split_once('='))
-        .filter(|(k, _)| {
-            k.starts_with("TRAFFIC_E2E_") || matches!(*k, "KUBECONFIG" | "DOCKER_HOST" | "PATH" | "ENVOY_BIN")
-        })
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect())
+    Ok(cluster_vars(&out.stdout))
 }
 
 impl E2e {

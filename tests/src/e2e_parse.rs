@@ -154,6 +154,19 @@ pub fn summarize_timings(text: &str) -> String {
     out
 }
 
+/// The cluster's variables among the NUL-separated `k=v` pairs `env -0` printed after sourcing the
+/// kit's env.sh: `KUBECONFIG`, `DOCKER_HOST`, `PATH` (kubectl, docker), `ENVOY_BIN` and every
+/// `TRAFFIC_E2E_*`.
+pub fn cluster_vars(env0: &str) -> Vec<(String, String)> {
+    env0.split('\0')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| {
+            k.starts_with("TRAFFIC_E2E_") || matches!(*k, "KUBECONFIG" | "DOCKER_HOST" | "PATH" | "ENVOY_BIN")
+        })
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,5 +237,19 @@ mod tests {
         assert!(s.contains("n=2"), "{s}");
         assert!(s.contains("p50=   100 ms"), "{s}");
         assert!(s.contains("p99=   300 ms"), "{s}");
+    }
+
+    #[test]
+    fn only_the_clusters_variables_are_taken_from_env_output() {
+        let out =
+            "HOME=/root\0KUBECONFIG=/run/x/kubeconfig\0PATH=/a:/b\0X=a=b\0TRAFFIC_E2E_NODE_IP=10.201.0.1\0";
+        assert_eq!(
+            cluster_vars(out),
+            vec![
+                ("KUBECONFIG".to_string(), "/run/x/kubeconfig".to_string()),
+                ("PATH".to_string(), "/a:/b".to_string()),
+                ("TRAFFIC_E2E_NODE_IP".to_string(), "10.201.0.1".to_string()),
+            ]
+        );
     }
 }

@@ -6,10 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::cmd;
+use traffic_tests::e2e::{cluster_env, CLUSTER_ENV_SH as ENV_SH};
 
-/// What `cluster-up.sh` writes for a running cluster (default `TRAFFIC_E2E_STATE`).
-pub const ENV_SH: &str = "/run/traffic-e2e/env.sh";
+use crate::cmd;
 
 /// The directory holding `cluster-up.sh`, if this machine has the kit.
 pub fn kit() -> Option<PathBuf> {
@@ -18,7 +17,6 @@ pub fn kit() -> Option<PathBuf> {
         candidates.push(PathBuf::from(dir));
     }
     let root = cmd::workspace_root();
-    candidates.push(root.join("../shared/e2e"));
     if let Some(parent) = root.parent() {
         candidates.push(parent.join("shared/e2e"));
     }
@@ -51,19 +49,7 @@ pub fn env_vars() -> anyhow::Result<Vec<(String, String)>> {
         "{ENV_SH} does not exist: bring the cluster up (cluster-up.sh of the e2e kit) or export \
          KUBECONFIG and DOCKER_HOST"
     );
-    let out = cmd::output(Command::new("bash").args(["-c", &format!(". {ENV_SH} >/dev/null && env -0")]))?;
-    Ok(parse_env(&out))
-}
-
-/// The cluster's variables among NUL-separated `k=v` pairs (`env -0`).
-fn parse_env(out: &str) -> Vec<(String, String)> {
-    out.split('\0')
-        .filter_map(|kv| kv.split_once('='))
-        .filter(|(k, _)| {
-            k.starts_with("TRAFFIC_E2E_") || matches!(*k, "KUBECONFIG" | "DOCKER_HOST" | "PATH" | "ENVOY_BIN")
-        })
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    cluster_env(Path::new(ENV_SH))
 }
 
 /// Imports [`env_vars`] into this process unless every variable of `needed` is set already.
@@ -112,24 +98,5 @@ impl Drop for Cluster {
                 eprintln!("e2e: cluster-down failed: {e:#}");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_the_clusters_variables_are_taken_from_env_output() {
-        let out =
-            "HOME=/root\0KUBECONFIG=/run/x/kubeconfig\0PATH=/a:/b\0X=a=b\0TRAFFIC_E2E_NODE_IP=10.201.0.1\0";
-        assert_eq!(
-            parse_env(out),
-            vec![
-                ("KUBECONFIG".to_string(), "/run/x/kubeconfig".to_string()),
-                ("PATH".to_string(), "/a:/b".to_string()),
-                ("TRAFFIC_E2E_NODE_IP".to_string(), "10.201.0.1".to_string()),
-            ]
-        );
     }
 }

@@ -9,8 +9,6 @@ use std::process::Command;
 
 use crate::{cluster, cmd, setup};
 
-/// The e2e cluster's environment file (`KUBECONFIG`, `PATH` with its kubectl).
-
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ServerDryRun {
     /// When `KUBECONFIG` is set and the API server answers.
