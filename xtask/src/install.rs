@@ -119,6 +119,22 @@ fn kubectl(args: &[&str], timeout: Duration) -> anyhow::Result<String> {
     output_within(Command::new("kubectl").args(args), timeout)
 }
 
+/// Deletes the objects of a rendered list file and waits until they are gone (up to 120 s).
+fn delete_objects(file: &Path) -> anyhow::Result<()> {
+    kubectl(
+        &[
+            "delete",
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=120s",
+            "-f",
+            &file.to_string_lossy(),
+        ],
+        Duration::from_secs(150),
+    )?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Images
 
@@ -805,18 +821,7 @@ impl Installed {
     }
 
     fn delete_chart(&self) -> anyhow::Result<()> {
-        kubectl(
-            &[
-                "delete",
-                "--ignore-not-found",
-                "--wait=true",
-                "--timeout=120s",
-                "-f",
-                &self.main_file.to_string_lossy(),
-            ],
-            Duration::from_secs(150),
-        )?;
-        Ok(())
+        delete_objects(&self.main_file)
     }
 
     fn dump_diagnostics(&self) {
@@ -1073,17 +1078,7 @@ impl Pass<'_> {
 
         // A previous run's leftovers of this install (same objects; its namespace may still be
         // terminating, up to a minute or so), then wait for other agents.
-        let _ = kubectl(
-            &[
-                "delete",
-                "--ignore-not-found",
-                "--wait=true",
-                "--timeout=120s",
-                "-f",
-                &main_file.to_string_lossy(),
-            ],
-            Duration::from_secs(150),
-        );
+        let _ = delete_objects(&main_file);
         timed(phases, &format!("[{mode}] previous namespace gone"), || {
             kubectl(
                 &[
