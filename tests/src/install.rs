@@ -35,12 +35,31 @@ pub const MODE_ANNOTATION: &str = "traffic.redirect.mode";
 /// Comment prefix of every iptables rule the agent installs in a pod netns.
 pub const IPTABLES_COMMENT: &str = "traffic-manager:";
 
+/// ClusterIP of `service` in `namespace`.
+fn service_ip(e2e: &E2e, namespace: &str, service: &str) -> anyhow::Result<String> {
+    let ip = e2e.kubectl(&[
+        "-n",
+        namespace,
+        "get",
+        "service",
+        service,
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    let ip = ip.trim().to_string();
+    anyhow::ensure!(!ip.is_empty(), "Service {service} has no ClusterIP");
+    Ok(ip)
+}
+
 /// The suite's view of the installed chart.
 pub struct Install {
     pub e2e: E2e,
     /// Namespace of the chart's objects.
     pub namespace: String,
     pub prometheus_service: String,
+    /// ClusterIP of the gateway Service (the host reaches it through kube-proxy); read once, the
+    /// chart's Services stay for the whole pass.
+    pub gateway_ip: String,
 }
 
 fn skip_or_fail(reason: String) -> Option<Install> {
@@ -57,15 +76,19 @@ impl Install {
         let e2e = E2e::require()?;
         let namespace = std::env::var(ENV_NAMESPACE).unwrap_or_else(|_| DEFAULT_NAMESPACE.into());
         let prometheus_service = std::env::var(ENV_PROMETHEUS).unwrap_or_else(|_| DEFAULT_PROMETHEUS.into());
-        if let Err(e) = e2e.kubectl(&["-n", &namespace, "get", "service", GATEWAY_SERVICE]) {
-            return skip_or_fail(format!(
-                "the chart is not installed in {namespace} (cargo xtask e2e-install does it): {e:#}"
-            ));
-        }
+        let gateway_ip = match service_ip(&e2e, &namespace, GATEWAY_SERVICE) {
+            Ok(ip) => ip,
+            Err(e) => {
+                return skip_or_fail(format!(
+                    "the chart is not installed in {namespace} (cargo xtask e2e-install does it): {e:#}"
+                ))
+            }
+        };
         Some(Self {
             e2e,
             namespace,
             prometheus_service,
+            gateway_ip,
         })
     }
 
@@ -75,26 +98,6 @@ impl Install {
         self.e2e
             .kubectl(&["label", "namespace", &ns.name, &format!("{NAMESPACE_LABEL}=true")])?;
         Ok(ns)
-    }
-
-    fn service_ip(&self, service: &str) -> anyhow::Result<String> {
-        let ip = self.e2e.kubectl(&[
-            "-n",
-            &self.namespace,
-            "get",
-            "service",
-            service,
-            "-o",
-            "jsonpath={.spec.clusterIP}",
-        ])?;
-        let ip = ip.trim().to_string();
-        anyhow::ensure!(!ip.is_empty(), "Service {service} has no ClusterIP");
-        Ok(ip)
-    }
-
-    /// ClusterIP of the gateway Service (the host reaches it through kube-proxy).
-    pub fn gateway_ip(&self) -> anyhow::Result<String> {
-        self.service_ip(GATEWAY_SERVICE)
     }
 
     /// `kubectl apply` of a YAML document (through a temp file).
@@ -131,8 +134,7 @@ impl Install {
     /// One plain HTTP GET of `path` through the gateway with `Host: host` (and extra curl args):
     /// the parsed reply.
     pub fn gateway_get(&self, host: &str, path: &str, extra: &[&str]) -> anyhow::Result<Reply> {
-        let ip = self.gateway_ip()?;
-        let url = format!("http://{ip}{path}");
+        let url = format!("http://{}{path}", self.gateway_ip);
         let mut args = vec!["-i", "-H"];
         let host_header = format!("Host: {host}");
         args.push(&host_header);
@@ -152,8 +154,7 @@ impl Install {
         n: usize,
         extra: &[&str],
     ) -> anyhow::Result<String> {
-        let ip = self.gateway_ip()?;
-        let url = format!("http://{ip}{path}");
+        let url = format!("http://{}{path}", self.gateway_ip);
         let host_header = format!("Host: {host}");
         let mut args: Vec<&str> = vec!["-H", &host_header, "-w", "HTTP %{http_code}\\n"];
         args.extend_from_slice(extra);
@@ -182,7 +183,7 @@ impl Install {
 
     /// A Prometheus instant query through its HTTP API: `(labels, value)` per series.
     pub fn prometheus_query(&self, query: &str) -> anyhow::Result<Vec<(Value, f64)>> {
-        let ip = self.service_ip(&self.prometheus_service)?;
+        let ip = service_ip(&self.e2e, &self.namespace, &self.prometheus_service)?;
         let port = self.e2e.kubectl(&[
             "-n",
             &self.namespace,

@@ -106,7 +106,7 @@ fn tls_with_a_self_signed_secret_named_by_the_ingress_verifies_and_serves_produc
         Some("productpage-cert"),
     )
     .expect("ingress");
-    let ip = inst.gateway_ip().expect("gateway ip");
+    let ip = &inst.gateway_ip;
     let resolve = format!("{host}:443:{ip}");
     let url = format!("https://{host}{PATH}");
     let cacert = cert.display().to_string();
