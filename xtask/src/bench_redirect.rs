@@ -422,7 +422,7 @@ fn measure(
 /// `cargo build -p traffic-tests --bins`; returns the directory holding the binaries.
 fn build_test_binaries(debug: bool) -> anyhow::Result<PathBuf> {
     let root = cmd::workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = cmd::cargo();
     let mut build = Command::new(cargo);
     build
         .current_dir(&root)
@@ -431,9 +431,7 @@ fn build_test_binaries(debug: bool) -> anyhow::Result<PathBuf> {
         build.arg("--release");
     }
     cmd::run(&mut build)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let target = cmd::target_dir();
     Ok(target.join(if debug { "debug" } else { "release" }))
 }
 

@@ -60,7 +60,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         "Envoy not found at {}: run `cargo xtask setup` or set ENVOY_BIN",
         envoy.display()
     );
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = cmd::cargo();
     if !o.no_build {
         eprintln!("demo: building the eBPF object, traffic-control and the demo binaries...");
         build_ebpf::run(build_ebpf::Options::default())?;
@@ -79,10 +79,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             "demo-http",
         ]))?;
     }
-    let bin_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("debug");
+    let bin_dir = cmd::target_dir().join("debug");
     let model = o
         .model
         .clone()

@@ -256,7 +256,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     );
     cluster::import_env(&["KUBECONFIG", "DOCKER_HOST"])?;
     let root = cmd::workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = cmd::cargo();
     if !o.no_build {
         build_ebpf::run(build_ebpf::Options::default())?;
         // The agent must embed the object just built (no silent stub).
@@ -285,10 +285,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             "--no-run",
         ]))?;
     }
-    let bin_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"))
-        .join("debug");
+    let bin_dir = cmd::target_dir().join("debug");
     cmd::output(Command::new("kubectl").args(["get", "--raw", "/readyz"]))
         .context("the cluster's API server is not ready")?;
     if o.filter.is_none() {

@@ -983,10 +983,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let total = Instant::now();
     let mut phases = Vec::new();
     let root = cmd::workspace_root();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("target"));
+    let cargo = cmd::cargo();
+    let target = cmd::target_dir();
     let work = target.join("e2e-install");
     std::fs::create_dir_all(&work)?;
 

@@ -34,7 +34,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     build_ebpf::run(build_ebpf::Options::default())?;
     let root = cmd::workspace_root();
     let envoy = setup::venv_dir().join("bin/envoy");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let cargo = cmd::cargo();
     cmd::run(
         Command::new(&cargo)
             .current_dir(&root)
