@@ -455,8 +455,8 @@ struct Rendered {
     hooks: Vec<Value>,
 }
 
+/// Renders the chart with the venv's Helm SDK (`setup::python_venv` must have run).
 fn render(values: &Value, namespace: &str) -> anyhow::Result<Rendered> {
-    setup::python_venv()?;
     let out = cmd::output(
         Command::new(setup::venv_dir().join("bin/python"))
             .args(["-c", RENDER_PY])
@@ -987,6 +987,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let target = cmd::target_dir();
     let work = target.join("e2e-install");
     std::fs::create_dir_all(&work)?;
+    // The Helm SDK that renders the chart, once for every pass.
+    setup::python_venv()?;
 
     if !o.no_build {
         let what = format!("build (eBPF, {} agent + control, test)", o.profile.dir());
