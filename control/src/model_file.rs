@@ -17,7 +17,9 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
-use traffic_translate::model::{Ingress, MeshModel, ModelError, Pod, Service, TlsSecret, Workload};
+use traffic_translate::model::{
+    read_model_file, Ingress, MeshModel, ModelError, Pod, Service, TlsSecret, Workload,
+};
 
 /// What identifies a revision of the file cheaply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,17 +220,7 @@ impl ModelParser {
 
     /// Reads and parses `path`.
     pub fn parse_file(&mut self, path: &Path) -> Result<MeshModel, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        self.parse(&text).map_err(|e| match e {
-            ModelError::Yaml { path: None, source } => ModelError::Yaml {
-                path: Some(path.display().to_string()),
-                source,
-            },
-            other => other,
-        })
+        self.parse(&read_model_file(path)?).map_err(|e| e.in_file(path))
     }
 }
 

@@ -323,6 +323,27 @@ pub enum ModelError {
     },
 }
 
+impl ModelError {
+    /// Names `path` in a YAML error that does not name its file yet.
+    pub fn in_file(self, path: &Path) -> Self {
+        match self {
+            ModelError::Yaml { path: None, source } => ModelError::Yaml {
+                path: Some(path.display().to_string()),
+                source,
+            },
+            other => other,
+        }
+    }
+}
+
+/// The text of a model file.
+pub fn read_model_file(path: &Path) -> Result<String, ModelError> {
+    std::fs::read_to_string(path).map_err(|source| ModelError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 impl MeshModel {
     /// Parse a model from YAML text and check it for duplicates.
     pub fn from_yaml_str(text: &str) -> Result<Self, ModelError> {
@@ -335,16 +356,7 @@ impl MeshModel {
     /// Read and parse a YAML model file.
     pub fn from_yaml_file(path: impl AsRef<Path>) -> Result<Self, ModelError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let model: MeshModel = serde_yaml::from_str(&text).map_err(|source| ModelError::Yaml {
-            path: Some(path.display().to_string()),
-            source,
-        })?;
-        model.check_unique()?;
-        Ok(model)
+        Self::from_yaml_str(&read_model_file(path)?).map_err(|e| e.in_file(path))
     }
 
     /// Render the model as YAML (for `config` dumps and fixtures).
