@@ -218,6 +218,25 @@ fn skip_or_fail(reason: String) -> Option<E2e> {
     None
 }
 
+/// What each installed iptables flavour (`iptables-save`, `iptables-legacy-save`) dumps, with
+/// `args`, in the network namespace of process `pid`: `(tool, rules)` per flavour that answered.
+pub fn netns_iptables_saves(pid: &str, args: &[&str]) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let mut dumps = Vec::new();
+    for save in ["iptables-save", "iptables-legacy-save"] {
+        if crate::privileged::which(save).is_none() {
+            continue;
+        }
+        let out = run_timeout(
+            Command::new("nsenter").args(["-t", pid, "-n", save]).args(args),
+            Duration::from_secs(10),
+        )?;
+        if out.ok {
+            dumps.push((save, out.stdout));
+        }
+    }
+    Ok(dumps)
+}
+
 /// The cluster's variables (see [`cluster_vars`]) that the env.sh at `path` exports, read through
 /// bash so that its logic applies.
 pub fn cluster_env(path: &Path) -> anyhow::Result<Vec<(String, String)>> {
@@ -415,18 +434,9 @@ impl E2e {
             }
         }
         if let Some(pid) = self.sandbox_pid(pod_uid)? {
-            for save in ["iptables-save", "iptables-legacy-save"] {
-                if crate::privileged::which(save).is_none() {
-                    continue;
-                }
-                let out = run_timeout(
-                    Command::new("nsenter").args(["-t", &pid.to_string(), "-n", save, "-t", "nat"]),
-                    Duration::from_secs(10),
-                )?;
-                if out.ok && out.stdout.contains(IPTABLES_CHAIN) {
-                    st.iptables_chain = true;
-                }
-            }
+            st.iptables_chain = netns_iptables_saves(&pid.to_string(), &["-t", "nat"])?
+                .iter()
+                .any(|(_, rules)| rules.contains(IPTABLES_CHAIN));
         }
         st.bpf_pins = Path::new(BPF_PIN_ROOT).join("pods").join(pod_uid).exists();
         st.iptables_record = Path::new(IPTABLES_STATE_DIR)

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::e2e::{run_timeout, wait_until, E2e, Out, TestNamespace};
+use crate::e2e::{netns_iptables_saves, run_timeout, wait_until, E2e, Out, TestNamespace};
 
 /// Namespace the chart is installed in (set by the xtask; default [`DEFAULT_NAMESPACE`]).
 pub const ENV_NAMESPACE: &str = "TRAFFIC_INSTALL_NAMESPACE";
@@ -554,21 +554,12 @@ pub fn node_leftovers(pin_root: &Path) -> anyhow::Result<Leftovers> {
         if pid == "0" {
             continue;
         }
-        for save in ["iptables-save", "iptables-legacy-save"] {
-            if crate::privileged::which(save).is_none() {
-                continue;
-            }
-            let out = run_timeout(
-                Command::new("nsenter").args(["-t", pid, "-n", save]),
-                Duration::from_secs(10),
-            )?;
-            if out.ok {
-                left.iptables.extend(
-                    our_iptables_rules(&out.stdout)
-                        .into_iter()
-                        .map(|r| format!("{pod} ({save}): {r}")),
-                );
-            }
+        for (save, rules) in netns_iptables_saves(pid, &[])? {
+            left.iptables.extend(
+                our_iptables_rules(&rules)
+                    .into_iter()
+                    .map(|r| format!("{pod} ({save}): {r}")),
+            );
         }
     }
     let pods: Value = serde_json::from_str(&output(
