@@ -285,12 +285,10 @@ fn agent_image_with_iptables(base: &str, image: &str, work: &Path) -> anyhow::Re
     }
     files.extend(exts);
     files.extend(libs);
-    let ctx = work.join("agent-iptables");
-    let _ = std::fs::remove_dir_all(&ctx);
-    std::fs::create_dir_all(&ctx)?;
+    let tar_path = work.join("agent-iptables.tar");
     // -h: the libraries' soname links become files.
     let mut tar = Command::new("tar");
-    tar.arg("-chf").arg(ctx.join("iptables.tar")).arg("-C").arg("/");
+    tar.arg("-chf").arg(&tar_path).arg("-C").arg("/");
     for f in &files {
         tar.arg(f.strip_prefix("/").unwrap_or(f));
     }
@@ -302,20 +300,13 @@ fn agent_image_with_iptables(base: &str, image: &str, work: &Path) -> anyhow::Re
             .collect::<Vec<_>>()
             .join(" && ")
     };
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!(
-            "FROM {base}\nADD iptables.tar /\nRUN {} && {}\n",
-            links(NFT, "xtables-nft-multi"),
-            links(LEGACY, "xtables-legacy-multi")
-        ),
-    )?;
-    let res = cmd::run(
-        Command::new("docker")
-            .args(["build", "-q", "-t", image])
-            .arg(&ctx),
+    let dockerfile = format!(
+        "FROM {base}\nADD iptables.tar /\nRUN {} && {}\n",
+        links(NFT, "xtables-nft-multi"),
+        links(LEGACY, "xtables-legacy-multi")
     );
-    let _ = std::fs::remove_dir_all(&ctx);
+    let res = docker_build(image, &dockerfile, &[("iptables.tar", &tar_path)]);
+    let _ = std::fs::remove_file(&tar_path);
     res
 }
 
