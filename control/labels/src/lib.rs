@@ -45,6 +45,34 @@ pub mod names {
     pub const RATE_LIMIT: &str = "traffic.rate.limit";
     pub const TRACING_ENABLED: &str = "traffic.tracing.enabled";
     pub const TRACING_SAMPLING: &str = "traffic.tracing.sampling";
+
+    /// Every label with a fixed name (all but `traffic.port.<N>`), for tests and fuzzers that
+    /// must cover the whole contract.
+    pub const ALL: [&str; 23] = [
+        ENVOY_ENABLED,
+        LOCAL_USE_PODIP,
+        ENDPOINT_WEIGHT,
+        LB_POLICY,
+        HASH_COOKIE_NAME,
+        HASH_COOKIE_TTL,
+        HASH_HEADER_NAME,
+        CONNECTION_TIMEOUT,
+        REQUEST_TIMEOUT,
+        RETRIES_MAX,
+        RETRIES_5XX,
+        RETRIES_CONNECT_FAILURE,
+        RETRIES_GATEWAY_ERROR,
+        CONNECTION_MAX,
+        REQUEST_MAX_PENDING,
+        REQUEST_MAX,
+        FAULT_DELAY_TIME,
+        FAULT_DELAY_PERCENTAGE,
+        FAULT_ABORT_STATUS,
+        FAULT_ABORT_PERCENTAGE,
+        RATE_LIMIT,
+        TRACING_ENABLED,
+        TRACING_SAMPLING,
+    ];
 }
 
 /// Prefix shared by every label of the contract.
@@ -287,6 +315,45 @@ impl Settings {
             ports,
             cluster: base.cluster.clone(),
             traffic: self.traffic.overlay(&base.traffic),
+        }
+    }
+}
+
+impl Settings {
+    /// Whether `label`'s value landed in its field. With [`parse`]'s errors this makes the
+    /// contract checkable: every `traffic.*` label of an object is either applied or reported.
+    pub fn holds(&self, label: &str) -> bool {
+        use names::*;
+        let c = &self.cluster;
+        let t = &self.traffic;
+        match label {
+            ENVOY_ENABLED => self.enabled.is_some(),
+            LOCAL_USE_PODIP => self.use_podip.is_some(),
+            ENDPOINT_WEIGHT => self.weight.is_some(),
+            LB_POLICY => c.lb_policy.is_some(),
+            HASH_COOKIE_NAME => c.hash_cookie_name.is_some(),
+            HASH_COOKIE_TTL => c.hash_cookie_ttl.is_some(),
+            HASH_HEADER_NAME => c.hash_header_name.is_some(),
+            CONNECTION_TIMEOUT => c.connection_timeout.is_some(),
+            RETRIES_MAX => c.retries_max.is_some(),
+            CONNECTION_MAX => c.connection_max.is_some(),
+            REQUEST_MAX_PENDING => c.request_max_pending.is_some(),
+            REQUEST_MAX => c.request_max.is_some(),
+            REQUEST_TIMEOUT => t.request_timeout.is_some(),
+            RETRIES_5XX => t.retries.on_5xx.is_some(),
+            RETRIES_CONNECT_FAILURE => t.retries.on_connect_failure.is_some(),
+            RETRIES_GATEWAY_ERROR => t.retries.on_gateway_error.is_some(),
+            FAULT_DELAY_TIME => t.fault.delay_time.is_some(),
+            FAULT_DELAY_PERCENTAGE => t.fault.delay_percentage.is_some(),
+            FAULT_ABORT_STATUS => t.fault.abort_status.is_some(),
+            FAULT_ABORT_PERCENTAGE => t.fault.abort_percentage.is_some(),
+            RATE_LIMIT => t.rate_limit_kbps.is_some(),
+            TRACING_ENABLED => t.tracing_enabled.is_some(),
+            TRACING_SAMPLING => t.tracing_sampling.is_some(),
+            other => other
+                .strip_prefix(PORT_PREFIX)
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_some_and(|p| self.ports.contains_key(&p)),
         }
     }
 }

@@ -388,3 +388,59 @@ fn pod_traffic_settings_override_the_services_field_by_field() {
     assert_eq!(eff.ports[&9080], PortProtocol::Tcp);
     assert_eq!(eff.cluster.connection_max, Some(7));
 }
+
+#[test]
+fn every_label_of_the_contract_is_known_and_lands_in_its_own_field() {
+    let unique: std::collections::BTreeSet<_> = names::ALL.iter().collect();
+    assert_eq!(unique.len(), names::ALL.len());
+    for label in names::ALL {
+        let applied = [ObjectKind::Service, ObjectKind::Pod, ObjectKind::Workload]
+            .into_iter()
+            .filter(|kind| {
+                // A value every label of its type accepts.
+                ["1", "true", "round_robin", "200"].iter().any(|v| {
+                    let p = one(*kind, label, v);
+                    p.errors.is_empty() && p.settings.holds(label)
+                })
+            })
+            .count();
+        assert!(applied >= 1, "{label} never applies");
+        let others: Vec<_> = names::ALL.iter().filter(|l| **l != label).collect();
+        let p = one(ObjectKind::Service, label, "1");
+        assert!(others.iter().all(|l| !p.settings.holds(l)), "{label} sets another field");
+    }
+    let p = one(ObjectKind::Service, "traffic.port.80", "http");
+    assert!(p.settings.holds("traffic.port.80") && !p.settings.holds("traffic.port.81"));
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(&names::ALL[..]).prop_map(String::from),
+            any::<String>().prop_map(|p| format!("{}{p}", names::PORT_PREFIX)),
+            "traffic\\.[a-z.0-9-]{0,20}",
+            any::<String>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// The short in-CI version of `cargo fuzz run labels` (control/fuzz).
+        #[test]
+        fn any_labels_on_any_object_are_applied_or_reported_and_never_panic(
+            kind in proptest::sample::select(&[ObjectKind::Pod, ObjectKind::Workload, ObjectKind::Service][..]),
+            labels in proptest::collection::btree_map(key(), any::<String>(), 0..12),
+        ) {
+            let parsed = parse(kind, &labels);
+            for (label, value) in labels.iter().filter(|(l, _)| l.starts_with(PREFIX)) {
+                let reported = parsed.errors.iter().any(|e| &e.label == label);
+                prop_assert!(reported || parsed.settings.holds(label), "{kind} {label}={value:?}");
+            }
+            prop_assert!(parsed.errors.iter().all(|e| labels.get(&e.label) == Some(&e.value)));
+        }
+    }
+}
