@@ -6,9 +6,13 @@
 //! - [`snapshot`]: the seam the xDS server consumes.
 //! - [`consistency`]: every referenced route/cluster/endpoint/secret name exists.
 //! - [`render`]: a static Envoy bootstrap of a node's resources, and a readable text dump.
+//! - [`tls`], [`ingress_check`]: TLS Secrets, Ingress hosts and paths checked against what
+//!   Envoy accepts, so one bad object costs only its own hosts, never the shared listeners.
 pub mod consistency;
 pub mod envoy;
+pub mod ingress_check;
 pub mod model;
 pub mod render;
 pub mod snapshot;
+pub mod tls;
 pub mod translate;

@@ -185,6 +185,10 @@ pub struct Options {
     /// and the pod IP always works for a Service endpoint anyway. Sidecars have no inbound
     /// listener in this design, so this is the only place `use_podip` can matter.
     pub local_endpoint_via_loopback: bool,
+    /// The time TLS certificates are checked against (expired: not served; within 14 days of
+    /// expiry: a warning). `None`: the current time when [`translate`] runs, which is the one
+    /// input that is not the model; tests pin it.
+    pub now: Option<std::time::SystemTime>,
 }
 
 impl Default for Options {
@@ -199,6 +203,7 @@ impl Default for Options {
             ingress_https_port: 8443,
             ingress_tls: TlsDelivery::Inline,
             local_endpoint_via_loopback: false,
+            now: None,
         }
     }
 }
@@ -258,6 +263,30 @@ pub enum Problem {
     MissingSecret { ingress: ObjectRef, secret: String },
     #[error("{ingress}: TLS host {host:?} is already served by another Ingress; ignored here")]
     DuplicateTlsHost { ingress: ObjectRef, host: String },
+    #[error("{ingress}: TLS Secret {secret} is not usable, its hosts are not served over HTTPS: {error}")]
+    InvalidTlsSecret {
+        ingress: ObjectRef,
+        secret: String,
+        error: crate::tls::TlsError,
+    },
+    #[error("{ingress}: the certificate of TLS Secret {secret} expires on {not_after}")]
+    TlsSecretExpiringSoon {
+        ingress: ObjectRef,
+        secret: String,
+        not_after: String,
+    },
+    #[error("{ingress}: host {host:?} ignored: {error}")]
+    InvalidHost {
+        ingress: ObjectRef,
+        host: String,
+        error: crate::ingress_check::IngressValueError,
+    },
+    #[error("{ingress}: path {path:?} ignored: {error}")]
+    InvalidPath {
+        ingress: ObjectRef,
+        path: String,
+        error: crate::ingress_check::IngressValueError,
+    },
 }
 
 impl Problem {
@@ -267,8 +296,30 @@ impl Problem {
             Problem::MissingService { ingress, .. }
             | Problem::MissingPort { ingress, .. }
             | Problem::MissingSecret { ingress, .. }
-            | Problem::DuplicateTlsHost { ingress, .. } => ingress,
+            | Problem::DuplicateTlsHost { ingress, .. }
+            | Problem::InvalidTlsSecret { ingress, .. }
+            | Problem::TlsSecretExpiringSoon { ingress, .. }
+            | Problem::InvalidHost { ingress, .. }
+            | Problem::InvalidPath { ingress, .. } => ingress,
         }
+    }
+
+    /// The TLS Secret (in the Ingress's namespace) the problem is about, if any: it is reported
+    /// there too, where whoever renews the certificate looks.
+    pub fn secret(&self) -> Option<ObjectRef> {
+        match self {
+            Problem::MissingSecret { .. } => None,
+            Problem::InvalidTlsSecret { ingress, secret, .. }
+            | Problem::TlsSecretExpiringSoon { ingress, secret, .. } => {
+                Some(ObjectRef::new("Secret", &ingress.namespace, secret))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the object is (partly) not served, rather than served with a warning.
+    pub fn is_warning_only(&self) -> bool {
+        matches!(self, Problem::TlsSecretExpiringSoon { .. })
     }
 }
 
@@ -1380,6 +1431,14 @@ fn ingress_route(
     path: &str,
     problems: &mut Vec<Problem>,
 ) -> Option<IngressPathRoute> {
+    if let Err(error) = crate::ingress_check::check_path(path) {
+        problems.push(Problem::InvalidPath {
+            ingress: ingress_ref(ing),
+            path: path.to_string(),
+            error,
+        });
+        return None;
+    }
     let Some(s) = ctx
         .services
         .iter()
@@ -1450,7 +1509,20 @@ fn gateway(
     let mut defaults: Vec<IngressPathRoute> = Vec::new();
     for ing in &ingresses {
         for rule in &ing.rules {
-            let host = rule.host.clone().unwrap_or_else(|| "*".to_string());
+            let host = match &rule.host {
+                None => "*".to_string(),
+                Some(host) => match crate::ingress_check::check_host(host) {
+                    Ok(host) => host,
+                    Err(error) => {
+                        problems.push(Problem::InvalidHost {
+                            ingress: ingress_ref(ing),
+                            host: host.clone(),
+                            error,
+                        });
+                        continue;
+                    }
+                },
+            };
             for p in &rule.paths {
                 if let Some(r) = ingress_route(ctx, ing, &p.backend, p.path_type, &p.path, problems) {
                     hosts.entry(host.clone()).or_default().push(r);
@@ -1537,6 +1609,10 @@ fn gateway(
     let mut secrets = Resources::new();
     let mut chains = Vec::new();
     let mut claimed: BTreeSet<String> = BTreeSet::new();
+    let now = opts.now.unwrap_or_else(std::time::SystemTime::now);
+    // Each Secret is checked once, however many Ingresses use it.
+    let mut verdicts: BTreeMap<(&str, &str), Result<crate::tls::CheckedSecret, crate::tls::TlsError>> =
+        BTreeMap::new();
     for ing in &ingresses {
         for tls in &ing.tls {
             let Some(secret) = ctx.model.secret(&ing.namespace, &tls.secret_name) else {
@@ -1546,8 +1622,38 @@ fn gateway(
                 });
                 continue;
             };
+            let verdict = verdicts
+                .entry((&secret.namespace, &secret.name))
+                .or_insert_with(|| crate::tls::check(&secret.cert_pem, &secret.key_pem, now));
+            match verdict {
+                Err(error) => {
+                    problems.push(Problem::InvalidTlsSecret {
+                        ingress: ingress_ref(ing),
+                        secret: tls.secret_name.clone(),
+                        error: error.clone(),
+                    });
+                    continue;
+                }
+                Ok(checked) if checked.expires_soon => problems.push(Problem::TlsSecretExpiringSoon {
+                    ingress: ingress_ref(ing),
+                    secret: tls.secret_name.clone(),
+                    not_after: checked.not_after.clone(),
+                }),
+                Ok(_) => {}
+            }
             let mut server_names = Vec::new();
             for host in &tls.hosts {
+                let host = match crate::ingress_check::check_host(host) {
+                    Ok(host) => host,
+                    Err(error) => {
+                        problems.push(Problem::InvalidHost {
+                            ingress: ingress_ref(ing),
+                            host: host.clone(),
+                            error,
+                        });
+                        continue;
+                    }
+                };
                 if claimed.insert(host.clone()) {
                     server_names.push(host.clone());
                 } else {

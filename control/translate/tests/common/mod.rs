@@ -1,6 +1,7 @@
 //! Helpers shared by the translation tests: build small models, decode resources back.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
+pub mod certs;
 pub mod live;
 
 use std::collections::BTreeMap;
