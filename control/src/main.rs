@@ -10,7 +10,8 @@ use tracing::{info, warn};
 use traffic_control::cli::{Cli, Command, ConfigArgs, ServeArgs};
 use traffic_control::{model_file, node_config, rebuild};
 use traffic_kube_source::{
-    rejection_sink, EventMetrics, EventsConfig, KubeEvents, KubeSource, SourceConfig, SourceMetrics,
+    rejection_sink, EventMetrics, EventSink, EventsConfig, KubeEvents, KubeSource, SourceConfig,
+    SourceMetrics,
 };
 use traffic_translate::model::MeshModel;
 use traffic_translate::snapshot::MeshSnapshot;
@@ -73,48 +74,58 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let rebuild_metrics = rebuild::RebuildMetrics::register(&mut registry);
 
     // The Kubernetes source debounces itself; the file source relies on the rebuild's debounce.
-    let (models, sink, quiet, _source): (watch::Receiver<Arc<MeshModel>>, Arc<dyn RejectionSink>, _, _) =
-        match &args.model {
-            Some(path) => {
-                let (rx, _task) = model_file::watch_model_file(path.clone(), args.model_poll())
-                    .with_context(|| format!("cannot load the model file {}", path.display()))?;
-                (rx, Arc::new(IgnoreRejections), args.debounce(), None)
-            }
-            None => {
-                let client = kube::Client::try_default().await.context(
-                    "no --model and no usable Kubernetes configuration (in-cluster or KUBECONFIG)",
-                )?;
-                let events_config = EventsConfig {
-                    instance: args.pod_name.clone(),
-                    ..EventsConfig::default()
-                };
-                let (events, _events_task) = KubeEvents::spawn(
-                    client.clone(),
-                    events_config,
-                    EventMetrics::register(&mut registry),
-                );
-                let source_config = SourceConfig {
-                    namespace: args.namespace.clone(),
-                    debounce: args.debounce(),
-                    ..SourceConfig::default()
-                };
-                let source = KubeSource::start(
-                    client,
-                    source_config,
-                    SourceMetrics::register(&mut registry),
-                    Some(Arc::new(events.clone())),
-                )
+    #[expect(
+        clippy::type_complexity,
+        reason = "one tuple per source, destructured at once"
+    )]
+    let (models, sink, problem_events, quiet, _source): (
+        watch::Receiver<Arc<MeshModel>>,
+        Arc<dyn RejectionSink>,
+        Option<Arc<dyn EventSink>>,
+        _,
+        _,
+    ) = match &args.model {
+        Some(path) => {
+            let (rx, _task) = model_file::watch_model_file(path.clone(), args.model_poll())
+                .with_context(|| format!("cannot load the model file {}", path.display()))?;
+            (rx, Arc::new(IgnoreRejections), None, args.debounce(), None)
+        }
+        None => {
+            let client = kube::Client::try_default()
                 .await
-                .context("cannot sync the mesh model from Kubernetes")?;
-                info!("mesh model synced from Kubernetes");
-                (
-                    source.models.clone(),
-                    rejection_sink(events),
-                    std::time::Duration::ZERO,
-                    Some(source),
-                )
-            }
-        };
+                .context("no --model and no usable Kubernetes configuration (in-cluster or KUBECONFIG)")?;
+            let events_config = EventsConfig {
+                instance: args.pod_name.clone(),
+                ..EventsConfig::default()
+            };
+            let (events, _events_task) = KubeEvents::spawn(
+                client.clone(),
+                events_config,
+                EventMetrics::register(&mut registry),
+            );
+            let source_config = SourceConfig {
+                namespace: args.namespace.clone(),
+                debounce: args.debounce(),
+                ..SourceConfig::default()
+            };
+            let source = KubeSource::start(
+                client,
+                source_config,
+                SourceMetrics::register(&mut registry),
+                Some(Arc::new(events.clone())),
+            )
+            .await
+            .context("cannot sync the mesh model from Kubernetes")?;
+            info!("mesh model synced from Kubernetes");
+            (
+                source.models.clone(),
+                rejection_sink(events.clone()),
+                Some(Arc::new(events)),
+                std::time::Duration::ZERO,
+                Some(source),
+            )
+        }
+    };
 
     let empty: Arc<dyn MeshSnapshot> = Arc::new(StaticSnapshot::default());
     let (snapshots_tx, snapshots_rx) = watch::channel(empty);
@@ -124,6 +135,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         quiet,
         snapshots_tx,
         rebuild_metrics,
+        problem_events,
     ));
     let server = XdsServer::new(snapshots_rx, xds_metrics, sink)?;
     let listener = tokio::net::TcpListener::bind(args.xds_addr)

@@ -9,6 +9,8 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
+use traffic_kube_source::events::EventSink;
+use traffic_kube_source::problems::problem_events;
 use traffic_translate::model::MeshModel;
 use traffic_translate::snapshot::MeshSnapshot;
 use traffic_translate::translate::{translate, translate_endpoint_change, Options, Translation};
@@ -141,14 +143,25 @@ pub async fn debounced_change<T>(
     }
 }
 
+/// Writes an Event for every problem of `t` (an Ingress backend, host or path that is not
+/// served, a TLS Secret that is not usable or expires soon). The sink deduplicates repeats.
+pub fn report_problems(t: &Translation, events: &dyn EventSink) {
+    for p in &t.problems {
+        for e in problem_events(p) {
+            events.report(&e.object, e.type_, e.reason, &e.message);
+        }
+    }
+}
+
 /// Translates the current model now and then after every debounced change, publishing each
-/// snapshot on `out`. Returns when `models` closes.
+/// snapshot on `out` and reporting problems to `events`. Returns when `models` closes.
 pub async fn run(
     mut models: watch::Receiver<Arc<MeshModel>>,
     options: Options,
     quiet: Duration,
     out: watch::Sender<Arc<dyn MeshSnapshot>>,
     metrics: RebuildMetrics,
+    events: Option<Arc<dyn EventSink>>,
 ) {
     let max_wait = (quiet * 10).max(Duration::from_secs(1));
     let mut prev: Option<Previous> = None;
@@ -166,6 +179,9 @@ pub async fn run(
                 metrics.duration.observe(took.as_secs_f64());
                 metrics.label_errors.inc_by(t.label_errors.len() as u64);
                 metrics.problems.inc_by(t.problems.len() as u64);
+                if let Some(events) = &events {
+                    report_problems(t, events.as_ref());
+                }
                 info!(
                     took_ms = took.as_millis() as u64,
                     incremental,
