@@ -407,7 +407,10 @@ fn every_label_of_the_contract_is_known_and_lands_in_its_own_field() {
         assert!(applied >= 1, "{label} never applies");
         let others: Vec<_> = names::ALL.iter().filter(|l| **l != label).collect();
         let p = one(ObjectKind::Service, label, "1");
-        assert!(others.iter().all(|l| !p.settings.holds(l)), "{label} sets another field");
+        assert!(
+            others.iter().all(|l| !p.settings.holds(l)),
+            "{label} sets another field"
+        );
     }
     let p = one(ObjectKind::Service, "traffic.port.80", "http");
     assert!(p.settings.holds("traffic.port.80") && !p.settings.holds("traffic.port.81"));

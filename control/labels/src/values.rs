@@ -5,6 +5,19 @@
 //! for a dump of the annotations). A value that passes here must never make Envoy reject the
 //! config it ends up in: in state-of-the-world xDS one rejected Cluster fails the whole CDS
 //! update, for every pod (issue 9). Where we are stricter than Envoy, the doc says why.
+//!
+//! | label | Envoy field: rule | here |
+//! |---|---|---|
+//! | `connection.timeout` | `Cluster.connect_timeout`: `gt 0s` | [`parse_positive_duration`] |
+//! | `request.timeout`, `hash.cookie.ttl` | `RouteAction.timeout`, `Cookie.ttl`: a valid Duration | [`parse_duration`], at most [`MAX_DURATION_MS`] |
+//! | `fault.delay.time` | `FaultDelay.fixed_delay`: `gt 0s` | [`parse_duration`]; 0 = no delay, not emitted |
+//! | `fault.abort.status` | `FaultAbort.http_status`: `gte 200, lt 600` | 0 (none) or 200..=599 |
+//! | `rate.limit` | `BandwidthLimit.limit_kbps`: `gte 1` | 0..=u32::MAX; 0 = no limit, not emitted |
+//! | `endpoint.weight` | `LbEndpoint.load_balancing_weight`: `gte 1` | 0..=128; 0 = endpoint left out |
+//! | `*.percentage`, `tracing.sampling` | `FractionalPercent`: numerator over a defined denominator | [`parse_percent`], 0..=100 |
+//! | `hash.header.name` | `HashPolicy.Header.header_name`: `min_len 1`, no NUL/CR/LF | [`parse_token`] |
+//! | `hash.cookie.name` | `HashPolicy.Cookie.name`: `min_len 1` | [`parse_token`] |
+//! | `retries.*`, `*.max` | `UInt32Value`s without rules | any u32; 0 = unset |
 
 use std::time::Duration;
 
