@@ -236,6 +236,21 @@ fn connection_timeout_sets_connect_timeout() {
 }
 
 #[test]
+fn a_zero_connection_timeout_is_reported_and_the_cluster_keeps_the_default() {
+    // Envoy rejects `connect_timeout: 0s`; in SotW that failed every cluster of every pod.
+    let t = svc(&[("traffic.connection.timeout", "0"), ("traffic.retries.max", "3")]);
+    let c = cluster(&sidecar(&t, CLIENT), WEB);
+    assert_eq!(c.connect_timeout, secs(60));
+    assert!(
+        c.circuit_breakers.is_some(),
+        "the rest of the Service's labels apply"
+    );
+    assert_eq!(t.label_errors.len(), 1);
+    assert_eq!(t.label_errors[0].error.label, "traffic.connection.timeout");
+    assert_eq!(t.label_errors[0].object.name, "web");
+}
+
+#[test]
 fn request_timeout_sets_the_route_timeout() {
     let t = svc(&[("traffic.request.timeout", "3000")]);
     assert_eq!(
