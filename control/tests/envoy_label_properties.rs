@@ -138,7 +138,13 @@ fn random_label_sets_are_all_applied_or_reported_and_translate_consistently() {
 /// Waits until `envoy` shows `marker` in its active clusters and `second` in the config dump of
 /// `second_resource` (the whole update of this generation was taken), or panics with what was
 /// rejected.
-async fn wait_taken(envoy: &Envoy, server: &TestServer, what: &str, marker: &str, second: (&str, &str)) {
+async fn wait_taken(
+    envoy: &Envoy,
+    server: &TestServer,
+    what: &str,
+    marker: &str,
+    second: (&str, &str),
+) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     let (second_resource, second) = second;
     loop {
@@ -149,14 +155,15 @@ async fn wait_taken(envoy: &Envoy, server: &TestServer, what: &str, marker: &str
             .admin_get(&format!("/config_dump?resource={second_resource}"))
             .await;
         if clusters.contains(marker) && other.contains(second) {
-            return;
+            return Ok(());
         }
         let rejected = server.rejections.0.lock().expect("lock").clone();
-        assert!(
-            rejected.is_empty() && Instant::now() < deadline,
-            "{what}: generation {marker} not taken; rejections: {rejected:#?}\nclusters: {clusters}\n\
-             {second_resource}: {other}"
-        );
+        if !rejected.is_empty() || Instant::now() > deadline {
+            return Err(format!(
+                "{what}: generation {marker} not taken; rejections: {rejected:#?}\nclusters: {clusters}\n\
+                 {second_resource}: {other}"
+            ));
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -213,7 +220,7 @@ async fn real_envoy_sidecars_and_gateway_take_every_random_label_set_without_a_n
         let host = format!("gen-{generation}.example.com");
         // The sidecar's own random `traffic.port.<N>` may make the marker `tcp`: no route then,
         // but its filter chain (named like the cluster) is there either way.
-        tokio::join!(
+        let (on_sidecar, on_gateway) = tokio::join!(
             wait_taken(
                 &sidecar,
                 &server,
@@ -229,6 +236,9 @@ async fn real_envoy_sidecars_and_gateway_take_every_random_label_set_without_a_n
                 ("dynamic_route_configs", &host)
             ),
         );
+        if let Err(e) = on_sidecar.and(on_gateway) {
+            panic!("{e}\nthe random part of this mesh: {case:#?}");
+        }
     }
     let took = started.elapsed();
     let metrics = server.metrics();
@@ -243,4 +253,67 @@ async fn real_envoy_sidecars_and_gateway_take_every_random_label_set_without_a_n
         "{batches} random meshes ({services} Services, {label_errors} invalid labels and {problems} \
          Ingress problems reported) pushed to a sidecar (SotW) and a gateway (delta) in {took:?}: 0 NACKs"
     );
+}
+
+/// The harness does see a rejection: the same kind of push with the marker cluster's connect
+/// timeout set to 0 s (what `traffic.connection.timeout=0` used to produce) is NACKed and reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_harness_reports_the_nack_of_a_zero_connect_timeout_so_zero_nacks_means_something() {
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use envoy_types::pb::google::protobuf::Duration as PbDuration;
+    use prost::Message;
+    use traffic_translate::snapshot::{NodeResources, CLUSTER};
+
+    /// Every node's view, with cluster `.1`'s connect timeout replaced by 0 s.
+    #[derive(Debug)]
+    struct ZeroTimeout(Arc<dyn MeshSnapshot>, String);
+    impl MeshSnapshot for ZeroTimeout {
+        fn for_node(&self, node_id: &str) -> NodeResources {
+            let mut nr = self.0.for_node(node_id);
+            if let Some(r) = nr.by_type.get_mut(CLUSTER).and_then(|m| m.get_mut(&self.1)) {
+                let mut c = Cluster::decode(r.body.value.as_slice()).expect("cluster");
+                c.connect_timeout = Some(PbDuration { seconds: 0, nanos: 0 });
+                *r = common::resources::resource(&self.1, &c, r.origin.clone());
+            }
+            nr
+        }
+    }
+
+    let Some(bin) = envoy_binary() else { return };
+    let (port, http, https) = (free_port(), free_port(), free_port());
+    let mut runner = runner();
+    let strategy = mesh_case(port, 1);
+    let certs = Certs {
+        now: certs::unix_now(),
+    };
+    let mut cert = |c: CertCase, host: &str| certs.make(c, host);
+    let first = model(
+        &strategy.new_tree(&mut runner).expect("case").current(),
+        port,
+        0,
+        &mut cert,
+    );
+    let snapshot: Arc<dyn MeshSnapshot> =
+        Arc::new(translate(&first, &options(port, http, https, 0)).snapshot);
+    let server = TestServer::start_with(snapshot).await;
+    let sidecar = Envoy::start(&bin, "client.default", server.addr, Ads::Sotw).await;
+    let m = model(
+        &strategy.new_tree(&mut runner).expect("case").current(),
+        port,
+        1,
+        &mut cert,
+    );
+    let marker = format!("{port}|default|gen-1");
+    let t = translate(&m, &options(port, http, https, 1));
+    server.publish_snapshot(Arc::new(ZeroTimeout(Arc::new(t.snapshot), marker.clone())));
+    let err = wait_taken(
+        &sidecar,
+        &server,
+        "sidecar",
+        &marker,
+        ("dynamic_listeners", &marker),
+    )
+    .await
+    .expect_err("a zero connect timeout must be rejected");
+    assert!(err.contains("connect_timeout"), "{err}");
 }
