@@ -143,6 +143,11 @@ pub async fn debounced_change<T>(
     }
 }
 
+/// How often the model is translated again without any change, so that a TLS certificate that
+/// expires (or comes within 14 days of it) while nothing else changes is taken off the gateway and
+/// reported.
+pub const RECHECK: Duration = Duration::from_secs(3600);
+
 /// Writes an Event for every problem of `t` (an Ingress backend, host or path that is not
 /// served, a TLS Secret that is not usable or expires soon). The sink deduplicates repeats.
 pub fn report_problems(t: &Translation, events: &dyn EventSink) {
@@ -165,11 +170,13 @@ pub async fn run(
 ) {
     let max_wait = (quiet * 10).max(Duration::from_secs(1));
     let mut prev: Option<Previous> = None;
+    let mut recheck = false;
     loop {
         let model = models.borrow_and_update().clone();
         let opts = options.clone();
         let started = Instant::now();
-        let last = prev.take();
+        // A recheck translates in full: the incremental path would reuse the previous verdicts.
+        let last = prev.take().filter(|_| !recheck);
         let joined = tokio::task::spawn_blocking(move || translate_next(last, model, &opts)).await;
         match joined {
             Ok((next, incremental)) => {
@@ -194,7 +201,12 @@ pub async fn run(
             }
             Err(error) => warn!(%error, "translation panicked; keeping the previous snapshot"),
         }
-        if !debounced_change(&mut models, quiet, max_wait).await {
+        let changed = tokio::select! {
+            changed = debounced_change(&mut models, quiet, max_wait) => Some(changed),
+            _ = tokio::time::sleep(RECHECK) => None,
+        };
+        recheck = changed.is_none();
+        if changed == Some(false) {
             debug!("model source closed");
             return;
         }
@@ -226,6 +238,39 @@ mod tests {
             waited >= Duration::from_millis(300) && waited < Duration::from_millis(400),
             "{waited:?}"
         );
+    }
+
+    /// Waits (in paused time) until `metrics` counted `n` rebuilds.
+    async fn rebuilds_reach(metrics: &RebuildMetrics, n: u64) {
+        for _ in 0..100_000 {
+            if metrics.rebuilds.get() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("{} rebuilds, not {n}", metrics.rebuilds.get());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unchanged_model_is_translated_again_after_the_recheck_interval() {
+        let (_models_tx, models) = watch::channel(Arc::new(MeshModel::default()));
+        let empty: Arc<dyn MeshSnapshot> = Arc::new(traffic_xds::StaticSnapshot::default());
+        let (out, _snapshots) = watch::channel(empty);
+        let metrics = RebuildMetrics::register(&mut Registry::default());
+        let task = tokio::spawn(run(
+            models,
+            Options::default(),
+            Duration::from_millis(10),
+            out,
+            metrics.clone(),
+            None,
+        ));
+        rebuilds_reach(&metrics, 1).await;
+        tokio::time::sleep(RECHECK / 2).await;
+        assert_eq!(metrics.rebuilds.get(), 1, "nothing changed yet");
+        tokio::time::sleep(RECHECK).await;
+        rebuilds_reach(&metrics, 2).await;
+        task.abort();
     }
 
     #[tokio::test(start_paused = true)]
