@@ -308,18 +308,12 @@ impl Problem {
     /// there too, where whoever renews the certificate looks.
     pub fn secret(&self) -> Option<ObjectRef> {
         match self {
-            Problem::MissingSecret { .. } => None,
             Problem::InvalidTlsSecret { ingress, secret, .. }
             | Problem::TlsSecretExpiringSoon { ingress, secret, .. } => {
                 Some(ObjectRef::new("Secret", &ingress.namespace, secret))
             }
             _ => None,
         }
-    }
-
-    /// Whether the object is (partly) not served, rather than served with a warning.
-    pub fn is_warning_only(&self) -> bool {
-        matches!(self, Problem::TlsSecretExpiringSoon { .. })
     }
 }
 
