@@ -6,10 +6,13 @@
 //! those it holds that no longer exist (or that it asked for by name and that do not exist).
 //!
 //! Subscription changes are applied from every request, whatever its nonce: unlike SotW they are
-//! incremental and would be lost otherwise. A nonce that is not one of the responses still awaiting
-//! an answer is stale and its ACK/NACK part is ignored. After a NACK the proxy is taken to still
-//! hold its previous version of each resource of the rejected response, and the rejected versions
-//! are not sent again.
+//! incremental and would be lost otherwise. Every response awaiting an answer is remembered by
+//! nonce, so a NACK is acted on even when newer responses were sent after the one it answers; a
+//! nonce that is not one of them is stale and its ACK/NACK part is ignored (a NACK is still
+//! counted). After a NACK the proxy is taken to still hold its previous version of each resource
+//! of the rejected response (and the ones it removed); Envoy rejects a delta response as a whole,
+//! so its resources are suspects that [`Quarantine`] narrows down by sending subsets, keeping only
+//! the rejected one out until it changes.
 //!
 //! What the proxy holds is not a per-stream name -> version map (1,000 streams x 3,000 resources
 //! was most of the server's memory) but a shared view map (`base`, the last one pushed) seen through
@@ -23,8 +26,9 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use traffic_translate::snapshot::{Resource, Resources};
 
+use crate::quarantine::{Quarantine, Verdict};
 use crate::rejection::Rejection;
-use crate::{is_full_state, unique_origins, EncodedResponse, NameSets, ResourceList, TypeView, View, ORDER};
+use crate::{is_full_state, EncodedResponse, NameSets, ResourceList, TypeView, View, ORDER};
 
 /// A response of a delta stream; its resources are shared with every stream sending the same.
 #[derive(Debug, Clone)]
@@ -148,6 +152,7 @@ impl Held {
 struct InFlight {
     nonce: String,
     updated: Arc<ResourceList>,
+    removed: Vec<String>,
     /// What the proxy held before it.
     before: Held,
 }
@@ -156,8 +161,8 @@ struct InFlight {
 struct TypeState {
     sub: Subscription,
     held: Held,
-    /// name -> version the proxy rejected.
-    rejected: BTreeMap<String, String>,
+    /// Resources the proxy rejected, and suspects being narrowed down.
+    quarantine: Quarantine,
     in_flight: VecDeque<InFlight>,
     /// Names subscribed explicitly that do not exist and were already reported as removed.
     announced_missing: BTreeSet<String>,
@@ -203,6 +208,13 @@ impl DeltaStream {
         &self.resources
     }
 
+    /// type URL -> number of resources kept out of this proxy's configuration.
+    pub fn quarantined(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.types
+            .iter()
+            .map(|(t, ts)| (t.as_str(), ts.quarantine.len()))
+    }
+
     /// Handles one request from the proxy.
     pub fn on_request(&mut self, req: &DeltaDiscoveryRequest) -> DeltaOutcome {
         let type_url = req.type_url.as_str();
@@ -216,28 +228,40 @@ impl DeltaStream {
             // Legacy wildcard: a first request naming nothing, for listeners and clusters.
             ts.sub.wildcard = req.resource_names_subscribe.is_empty() && is_full_state(type_url);
         }
+        let mut changed = first;
         if !req.response_nonce.is_empty() {
             match ts.in_flight.iter().position(|f| f.nonce == req.response_nonce) {
-                None => out.stale = true,
+                None => {
+                    out.stale = true;
+                    if let Some(status) = &req.error_detail {
+                        out.rejection = Some(Rejection {
+                            type_url: type_url.to_string(),
+                            nonce: req.response_nonce.clone(),
+                            stale: true,
+                            verdict: Verdict::Unexplained,
+                            message: status.message.clone(),
+                            kept_version: String::new(),
+                        });
+                    }
+                }
                 Some(pos) => {
                     // Older unanswered responses are implicitly answered.
+                    let newer_sent = pos + 1 < ts.in_flight.len();
                     let answered = ts.in_flight.drain(..=pos).next_back();
                     if let Some(answered) = answered {
                         match &req.error_detail {
-                            None => out.acked = Some(req.response_nonce.clone()),
+                            None => {
+                                out.acked = Some(req.response_nonce.clone());
+                                changed |= ts.quarantine.accepted(answered.updated.resources.iter());
+                            }
                             Some(status) => {
-                                for res in &answered.updated.resources {
-                                    if ts.held.version(&res.name) == Some(res.version.as_str()) {
-                                        let prev = answered.before.version(&res.name).map(str::to_string);
-                                        ts.held.set(&res.name, prev);
-                                    }
-                                    ts.rejected.insert(res.name.clone(), res.version.clone());
-                                }
-                                let updated = &answered.updated.resources;
+                                let verdict = rejected(ts, &answered, &status.message);
+                                changed |= verdict.changes_config();
                                 out.rejection = Some(Rejection {
                                     type_url: type_url.to_string(),
-                                    resources: updated.iter().map(|r| r.name.clone()).collect(),
-                                    origins: unique_origins(updated.iter()),
+                                    nonce: req.response_nonce.clone(),
+                                    stale: newer_sent,
+                                    verdict,
                                     message: status.message.clone(),
                                     kept_version: String::new(),
                                 });
@@ -247,7 +271,6 @@ impl DeltaStream {
                 }
             }
         }
-        let mut changed = first;
         if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
             changed = true;
             let mut names: BTreeSet<String> = (*ts.sub.names).clone();
@@ -316,13 +339,12 @@ impl DeltaStream {
     fn push(&mut self, type_url: &str, initial: bool) -> Option<DeltaResponse> {
         let tv: Arc<TypeView> = self.resources.get(type_url).cloned().unwrap_or_default();
         let ts = self.types.get_mut(type_url)?;
-        if !ts.rejected.is_empty() {
-            // Forget rejections the snapshot has moved on from (as SotW does).
-            ts.rejected
-                .retain(|name, bad| tv.resources.get(name).is_none_or(|r| r.version == *bad));
+        if !ts.quarantine.is_empty() {
+            // Forget rejections and suspicions the snapshot has moved on from (as SotW does).
+            ts.quarantine.retain_current(&tv.resources);
         }
         let in_step = ts.held.extra.is_empty()
-            && ts.rejected.is_empty()
+            && ts.quarantine.is_empty()
             && ts.held.base_sub.same(&ts.sub)
             && (ts.held.base.is_empty() || !ts.held.base_version.is_empty());
         let (updated, removed) = if in_step {
@@ -339,11 +361,12 @@ impl DeltaStream {
                 extra: BTreeMap::new(),
             },
         );
-        // Rejected versions still in the snapshot were not sent: the proxy keeps what it had.
-        for (name, bad) in &ts.rejected {
-            if tv.resources.get(name).is_some_and(|r| r.version == *bad) && ts.sub.covers(name) {
-                let kept = before.version(name).map(str::to_string);
-                ts.held.set(name, kept);
+        // Rejected and held-back versions still in the snapshot were not sent: the proxy keeps
+        // what it had.
+        for r in ts.quarantine.withheld() {
+            if tv.resources.get(&r.name).is_some_and(|c| c.version == r.version) && ts.sub.covers(&r.name) {
+                let kept = before.version(&r.name).map(str::to_string);
+                ts.held.set(&r.name, kept);
             }
         }
         if !ts.announced_missing.is_empty() {
@@ -360,12 +383,13 @@ impl DeltaStream {
             system_version_info: self.system_version.clone(),
             resources: updated.clone(),
             type_url: type_url.to_string(),
-            removed_resources: removed,
+            removed_resources: removed.clone(),
             nonce: nonce.clone(),
         };
         ts.in_flight.push_back(InFlight {
             nonce,
             updated,
+            removed,
             before,
         });
         while ts.in_flight.len() > MAX_IN_FLIGHT {
@@ -373,6 +397,30 @@ impl DeltaStream {
         }
         Some(response)
     }
+}
+
+/// A NACK of `answered`: the proxy keeps what it held before it (also in the `before` of the
+/// responses sent after it), and its resources are suspects.
+fn rejected(ts: &mut TypeState, answered: &InFlight, message: &str) -> Verdict {
+    for res in &answered.updated.resources {
+        if ts.held.version(&res.name) == Some(res.version.as_str()) {
+            let prev = answered.before.version(&res.name).map(str::to_string);
+            ts.held.set(&res.name, prev.clone());
+            for later in &mut ts.in_flight {
+                if later.before.version(&res.name) == Some(res.version.as_str()) {
+                    later.before.set(&res.name, prev.clone());
+                }
+            }
+        }
+    }
+    for name in &answered.removed {
+        if ts.held.version(name).is_none() {
+            let prev = answered.before.version(name).map(str::to_string);
+            ts.held.set(name, prev);
+        }
+    }
+    ts.quarantine
+        .rejected(answered.updated.resources.clone(), message)
 }
 
 /// The push of a stream whose proxy holds exactly its last view (through an unchanged
@@ -425,16 +473,10 @@ fn push_in_step(ts: &mut TypeState, tv: &TypeView) -> (Arc<ResourceList>, Vec<St
 /// The push of any other stream: every subscribed name compared with what the proxy holds.
 fn push_general(ts: &mut TypeState, all: &Resources) -> (Arc<ResourceList>, Vec<String>) {
     let mut updated: Vec<Arc<Resource>> = Vec::new();
-    let mut moved_on: Vec<String> = Vec::new();
     {
         let state: &TypeState = ts;
         let mut consider = |name: &String, res: &Arc<Resource>| {
-            match state.rejected.get(name) {
-                Some(bad) if *bad == res.version => return,
-                Some(_) => moved_on.push(name.clone()),
-                None => {}
-            }
-            if state.held.version(name) != Some(res.version.as_str()) {
+            if state.quarantine.admits(res) && state.held.version(name) != Some(res.version.as_str()) {
                 updated.push(res.clone());
             }
         };
@@ -449,9 +491,6 @@ fn push_general(ts: &mut TypeState, all: &Resources) -> (Arc<ResourceList>, Vec<
                 }
             }
         }
-    }
-    for name in moved_on {
-        ts.rejected.remove(&name);
     }
     let held = ts.held.all();
     let mut removed: Vec<String> = held
@@ -598,7 +637,7 @@ mod tests {
             .on_resources(node_resources(&[(CLUSTER, "a", "bad")]), 2)
             .remove(0);
         let out = s.on_request(&nack(CLUSTER, &r2.nonce));
-        assert_eq!(out.rejection.expect("rejection").resources, ["a"]);
+        assert_eq!(out.rejection.expect("rejection").resource_names(), ["a"]);
         assert!(out.responses.is_empty());
         assert!(s
             .on_resources(node_resources(&[(CLUSTER, "a", "bad")]), 3)
@@ -681,5 +720,101 @@ mod tests {
         let out = s.on_request(&req(ENDPOINT, &["a"], &[], "42"));
         assert!(out.stale);
         assert_eq!(updated(&out.responses[0]), [pair("a", "1")]);
+    }
+
+    fn nack_saying(type_url: &str, nonce: &str, message: &str) -> DeltaDiscoveryRequest {
+        let mut n = nack(type_url, nonce);
+        if let Some(e) = n.error_detail.as_mut() {
+            e.message = message.into();
+        }
+        n
+    }
+
+    #[test]
+    fn a_rejected_delta_response_is_narrowed_down_to_the_resource_the_proxy_cannot_take() {
+        let mut s = DeltaStream::new();
+        s.on_resources(
+            node_resources(&[
+                (CLUSTER, "a", "1"),
+                (CLUSTER, "b", "1"),
+                (CLUSTER, "bad", "1"),
+                (CLUSTER, "c", "1"),
+            ]),
+            1,
+        );
+        let r1 = s.on_request(&req(CLUSTER, &[], &[], "")).responses.remove(0);
+        assert_eq!(updated(&r1).len(), 4);
+        let message = "Error adding/updating cluster(s) bad: invalid";
+        let mut out = s.on_request(&nack_saying(CLUSTER, &r1.nonce, message));
+        assert!(matches!(out.rejection.expect("nack").verdict, Verdict::Narrowing(_)));
+        let r2 = out.responses.remove(0);
+        assert_eq!(updated(&r2), [pair("a", "1"), pair("b", "1"), pair("c", "1")]);
+        let mut out = s.on_request(&req(CLUSTER, &[], &[], &r2.nonce));
+        let r3 = out.responses.remove(0);
+        assert_eq!(updated(&r3), [pair("bad", "1")], "only what the proxy lacks");
+        let out = s.on_request(&nack_saying(CLUSTER, &r3.nonce, message));
+        assert_eq!(out.rejection.expect("nack").resource_names(), ["bad"]);
+        assert!(out.responses.is_empty());
+        assert_eq!(s.quarantined().map(|(_, n)| n).sum::<usize>(), 1);
+        // Others keep changing without it; when it changes it is sent again.
+        let r4 = s
+            .on_resources(
+                node_resources(&[
+                    (CLUSTER, "a", "2"),
+                    (CLUSTER, "b", "1"),
+                    (CLUSTER, "bad", "1"),
+                    (CLUSTER, "c", "1"),
+                ]),
+                2,
+            )
+            .remove(0);
+        assert_eq!(updated(&r4), [pair("a", "2")]);
+        s.on_request(&req(CLUSTER, &[], &[], &r4.nonce));
+        let r5 = s
+            .on_resources(
+                node_resources(&[
+                    (CLUSTER, "a", "2"),
+                    (CLUSTER, "b", "1"),
+                    (CLUSTER, "bad", "2"),
+                    (CLUSTER, "c", "1"),
+                ]),
+                3,
+            )
+            .remove(0);
+        assert_eq!(updated(&r5), [pair("bad", "2")]);
+    }
+
+    #[test]
+    fn a_delta_nack_of_an_older_response_is_reported_as_stale_and_its_resources_kept_out() {
+        let mut s = DeltaStream::new();
+        s.on_resources(node_resources(&[(CLUSTER, "a", "1")]), 1);
+        let r1 = s.on_request(&req(CLUSTER, &[], &[], "")).responses.remove(0);
+        s.on_request(&req(CLUSTER, &[], &[], &r1.nonce));
+        let r2 = s
+            .on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "bad", "1")]), 2)
+            .remove(0);
+        let r3 = s
+            .on_resources(
+                node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "bad", "1")]),
+                3,
+            )
+            .remove(0);
+        assert_eq!(updated(&r3), [pair("a", "2")]);
+        let out = s.on_request(&nack(CLUSTER, &r2.nonce));
+        let rej = out.rejection.expect("nack");
+        assert!(rej.stale, "r3 was already sent");
+        assert_eq!(rej.resource_names(), ["bad"]);
+        assert!(out.responses.is_empty(), "r3 does not carry it");
+        s.on_request(&req(CLUSTER, &[], &[], &r3.nonce));
+        assert!(s
+            .on_resources(
+                node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "bad", "1")]),
+                4
+            )
+            .is_empty());
+        // A NACK of a nonce the stream no longer knows is still counted.
+        let out = s.on_request(&nack(CLUSTER, "999"));
+        assert!(out.stale);
+        assert_eq!(out.rejection.expect("counted").verdict, Verdict::Unexplained);
     }
 }

@@ -8,9 +8,13 @@
 //! - Listeners and clusters are "full state": every response carries the whole subscribed set.
 //!   Routes, endpoints and secrets are requested by name and a response carries only the resources
 //!   that changed.
-//! - After a NACK the rejected resources are never sent again at the same version: the proxy keeps
-//!   its last accepted copy (full-state responses carry that copy instead), and the next real change
-//!   is pushed normally.
+//! - A NACK is acted on whatever its nonce: the stream remembers its last few responses by nonce,
+//!   so a NACK of an older response (answered while newer config was already on its way) still
+//!   names what the proxy could not take. The resources that response introduced (those differing
+//!   from the set of the version the proxy reports holding) are the suspects; [`Quarantine`] narrows
+//!   them down by sending subsets and keeps the culprit out. A rejected resource is never sent again
+//!   at the same version: the proxy keeps its last accepted copy (full-state responses carry that
+//!   copy instead), and everything else is pushed as usual.
 //! - `version_info` is a content hash of the whole set the proxy holds after applying the response,
 //!   so a proxy reconnecting with the current version gets no redundant response.
 
@@ -20,10 +24,11 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use traffic_translate::snapshot::{Resource, Resources};
 
+use crate::quarantine::Quarantine;
 use crate::rejection::Rejection;
 use crate::request::{NameList, SotwRequest};
 use crate::{
-    is_full_state, set_version, unique_origins, EncodedResponse, NameSets, ResourceList, TypeView, View,
+    is_full_state, set_version, EncodedResponse, NameSets, ResourceList, TypeView, View,
     ORDER,
 };
 
@@ -128,6 +133,18 @@ impl Subscription {
     }
 }
 
+/// A response as the stream remembers it, to interpret the proxy's answer to it.
+#[derive(Debug, Clone)]
+struct Sent {
+    /// Empty for a set the proxy reported holding when it connected (no response was sent).
+    nonce: String,
+    version: String,
+    /// What the proxy holds once it accepts the response.
+    set: Arc<Resources>,
+    /// The resources the response carried.
+    pushed: Arc<ResourceList>,
+}
+
 #[derive(Debug)]
 struct TypeState {
     subscription: Subscription,
@@ -138,20 +155,18 @@ struct TypeState {
     sent_version: String,
     /// `sent` is a whole type map of a view (so diffs between views apply).
     sent_whole: bool,
-    /// Resources of the last response (to attribute a NACK).
-    last_pushed: Arc<ResourceList>,
-    /// What the proxy held at its last ACK.
+    /// What the proxy held at its last answer.
     acked: Arc<Resources>,
     acked_version: String,
-    /// name -> version the proxy rejected; not sent again while the snapshot still has it.
-    rejected: BTreeMap<String, String>,
-    /// The last few sets sent, by version: a NACK names the version the proxy is still on, which
-    /// tells exactly what it holds even when ACKs were skipped as stale.
-    history: VecDeque<(String, Arc<Resources>)>,
+    /// Resources the proxy rejected, and suspects being narrowed down.
+    quarantine: Quarantine,
+    /// The last few responses, newest last: an answer names a nonce (which response it is about)
+    /// and a version (which set the proxy holds), even when it is stale.
+    history: VecDeque<Sent>,
 }
 
-/// Sets remembered per type for NACK attribution.
-const HISTORY: usize = 8;
+/// Responses remembered per type for answers to arrive late.
+const HISTORY: usize = 16;
 
 impl TypeState {
     fn new(subscription: Subscription) -> Self {
@@ -161,21 +176,28 @@ impl TypeState {
             sent: Arc::default(),
             sent_version: String::new(),
             sent_whole: false,
-            last_pushed: Arc::default(),
             acked: Arc::default(),
             acked_version: String::new(),
-            rejected: BTreeMap::new(),
+            quarantine: Quarantine::default(),
             history: VecDeque::new(),
         }
     }
 
-    fn remember(&mut self, version: &str, set: &Arc<Resources>) {
-        if self.history.iter().any(|(v, _)| v == version) {
-            return;
-        }
-        self.history.push_back((version.to_string(), set.clone()));
+    fn remember(&mut self, sent: Sent) {
+        self.history.push_back(sent);
         while self.history.len() > HISTORY {
             self.history.pop_front();
+        }
+    }
+
+    /// Takes the set of `version` (from the history) as what the proxy holds, if known.
+    fn holds_version(&mut self, version: &str) {
+        if let Some(h) = self.history.iter().rev().find(|h| h.version == version) {
+            self.acked = h.set.clone();
+            self.acked_version = h.version.clone();
+        } else if version.is_empty() {
+            self.acked = Arc::default();
+            self.acked_version = String::new();
         }
     }
 
@@ -184,25 +206,20 @@ impl TypeState {
     /// and with everything subscribed this is the snapshot's map itself (shared, not copied).
     fn desired(&mut self, tv: &TypeView) -> Arc<Resources> {
         let all = &tv.resources;
-        if !self.rejected.is_empty() {
-            // Forget rejections the snapshot has moved on from.
-            self.rejected
-                .retain(|name, bad| all.get(name).is_none_or(|r| r.version == *bad));
+        if !self.quarantine.is_empty() {
+            // Forget rejections and suspicions the snapshot has moved on from.
+            self.quarantine.retain_current(all);
         }
-        if self.rejected.is_empty() && self.subscription.covers_all(tv) {
+        if self.quarantine.is_empty() && self.subscription.covers_all(tv) {
             return all.clone();
         }
         let mut desired = Resources::new();
         for (name, res) in self.subscription.select(all) {
-            match self.rejected.get(name) {
-                Some(_) => {
-                    if let Some(kept) = self.acked.get(name) {
-                        desired.insert(name.clone(), kept.clone());
-                    }
-                }
-                None => {
-                    desired.insert(name.clone(), res.clone());
-                }
+            if self.quarantine.admits(res) {
+                desired.insert(name.clone(), res.clone());
+            } else if let Some(kept) = self.acked.get(name).filter(|k| self.quarantine.admits(k)) {
+                // The last accepted copy, unless the proxy is only taken to hold it.
+                desired.insert(name.clone(), kept.clone());
             }
         }
         Arc::new(desired)
@@ -247,6 +264,13 @@ impl SotwStream {
         &self.resources
     }
 
+    /// type URL -> number of resources kept out of this proxy's configuration.
+    pub fn quarantined(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.types
+            .iter()
+            .map(|(t, ts)| (t.as_str(), ts.quarantine.len()))
+    }
+
     /// Handles one request from the proxy.
     pub fn on_request(&mut self, request: &SotwRequest) -> RequestOutcome {
         let req = &request.message;
@@ -262,7 +286,12 @@ impl SotwStream {
             let version = set_version(&desired);
             if !req.version_info.is_empty() && req.version_info == version {
                 // The proxy already holds exactly this (reconnect): nothing to send.
-                ts.remember(&version, &desired);
+                ts.remember(Sent {
+                    nonce: String::new(),
+                    version: version.clone(),
+                    set: desired.clone(),
+                    pushed: Arc::default(),
+                });
                 ts.sent = desired.clone();
                 ts.sent_version = version.clone();
                 ts.acked = desired;
@@ -278,58 +307,65 @@ impl SotwStream {
             out.stale = true;
             return out;
         };
-        if req.response_nonce != ts.last_nonce {
-            out.stale = true;
-            return out;
-        }
-        match &req.error_detail {
-            Some(status) => {
+        let latest = req.response_nonce == ts.last_nonce;
+        out.stale = !latest;
+        let answered = ts
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.nonce == req.response_nonce)
+            .cloned();
+        let mut push = false;
+        match (&req.error_detail, answered) {
+            (Some(status), answered) => {
                 // What the proxy still holds: the set of the version it reports, when known.
-                if let Some((v, set)) = ts.history.iter().find(|(v, _)| *v == req.version_info) {
-                    ts.acked = set.clone();
-                    ts.acked_version = v.clone();
-                } else if req.version_info.is_empty() {
-                    ts.acked = Arc::default();
-                    ts.acked_version = String::new();
-                }
-                let rejected: Vec<Arc<Resource>> = ts
-                    .last_pushed
-                    .resources
+                ts.holds_version(&req.version_info);
+                // Suspects: what the answered response carried that the proxy does not hold.
+                let suspects: Vec<Arc<Resource>> = answered
                     .iter()
-                    .filter(|r| {
-                        ts.acked
-                            .get(&r.name)
-                            .map(|a| a.version != r.version)
-                            .unwrap_or(true)
-                    })
+                    .flat_map(|a| a.pushed.resources.iter())
+                    .filter(|r| ts.acked.get(&r.name).is_none_or(|a| a.version != r.version))
                     .cloned()
                     .collect();
-                for r in &rejected {
-                    ts.rejected.insert(r.name.clone(), r.version.clone());
+                let verdict = ts.quarantine.rejected(suspects, &status.message);
+                // A stale NACK changes nothing in flight unless it teaches something: the newest
+                // response may still be accepted.
+                if latest || verdict.changes_config() {
+                    ts.sent = ts.acked.clone();
+                    ts.sent_version = ts.acked_version.clone();
+                    ts.sent_whole = false;
+                    push = verdict != crate::quarantine::Verdict::Unexplained;
                 }
-                ts.sent = ts.acked.clone();
-                ts.sent_version = ts.acked_version.clone();
-                ts.sent_whole = false;
                 out.rejection = Some(Rejection {
                     type_url: type_url.to_string(),
-                    resources: rejected.iter().map(|r| r.name.clone()).collect(),
-                    origins: unique_origins(rejected.iter()),
+                    nonce: req.response_nonce.clone(),
+                    stale: !latest,
+                    verdict,
                     message: status.message.clone(),
                     kept_version: req.version_info.clone(),
                 });
             }
-            None => {
-                ts.acked = ts.sent.clone();
-                ts.acked_version = ts.sent_version.clone();
-                out.acked = Some(req.response_nonce.clone());
+            (None, Some(answered)) => {
+                push = ts.quarantine.accepted(answered.pushed.resources.iter());
+                if latest {
+                    ts.acked = ts.sent.clone();
+                    ts.acked_version = ts.sent_version.clone();
+                    out.acked = Some(req.response_nonce.clone());
+                }
+            }
+            (None, None) => {}
+        }
+        if latest {
+            let first_or_wildcard = ts.subscription == Subscription::Wildcard;
+            if !ts
+                .subscription
+                .same_as_request(type_url, names, first_or_wildcard)
+            {
+                ts.subscription = Subscription::from_request(type_url, names, first_or_wildcard, &self.names);
+                push = true;
             }
         }
-        let first_or_wildcard = ts.subscription == Subscription::Wildcard;
-        if !ts
-            .subscription
-            .same_as_request(type_url, names, first_or_wildcard)
-        {
-            ts.subscription = Subscription::from_request(type_url, names, first_or_wildcard, &self.names);
+        if push {
             out.responses.extend(self.push(type_url, false));
         }
         out
@@ -362,7 +398,7 @@ impl SotwStream {
         let tv = self.resources.get(type_url).cloned().unwrap_or_default();
         let all = &tv.resources;
         let ts = self.types.get_mut(type_url)?;
-        if !initial && ts.rejected.is_empty() && ts.sent_whole && ts.sent_version == tv.version {
+        if !initial && ts.quarantine.is_empty() && ts.sent_whole && ts.sent_version == tv.version {
             // Same content as what the proxy holds: adopt the new map so the old one can go.
             ts.sent = all.clone();
             return None;
@@ -407,16 +443,20 @@ impl SotwStream {
             changed
         };
         ts.sent_whole = whole;
-        ts.remember(&version, &desired);
-        ts.sent = desired;
-        ts.sent_version = version.clone();
-        ts.last_pushed = pushed;
         self.nonce += 1;
         let nonce = self.nonce.to_string();
+        ts.remember(Sent {
+            nonce: nonce.clone(),
+            version: version.clone(),
+            set: desired.clone(),
+            pushed: pushed.clone(),
+        });
+        ts.sent = desired;
+        ts.sent_version = version.clone();
         ts.last_nonce = nonce.clone();
         Some(SotwResponse {
             version_info: version,
-            resources: ts.last_pushed.clone(),
+            resources: pushed,
             type_url: type_url.to_string(),
             nonce,
         })
@@ -539,7 +579,7 @@ mod tests {
             .remove(0);
         let out = s.on_request(&nack(CLUSTER, &[], &r1.version_info, &r2.nonce));
         let rej = out.rejection.expect("rejection");
-        assert_eq!(rej.resources, ["b"]);
+        assert_eq!(rej.resource_names(), ["b"]);
         assert_eq!(rej.message, "bad cluster");
         assert!(out.responses.is_empty(), "no immediate re-send after a NACK");
         // republishing the same content sends nothing
@@ -587,7 +627,7 @@ mod tests {
             .on_request(&nack(CLUSTER, &[], &r1.version_info, &r2.nonce))
             .rejection
             .expect("nack");
-        assert_eq!(rej.resources, ["b"]);
+        assert_eq!(rej.resource_names(), ["b"]);
         // the next change keeps a (which the proxy has) and leaves b out
         let r3 = s
             .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "b", "bad")]))
@@ -669,5 +709,149 @@ mod tests {
             .responses
             .remove(0);
         assert_ne!(a.nonce, b.nonce);
+    }
+
+    fn nack_saying(type_url: &str, version: &str, nonce: &str, message: &str) -> SotwRequest {
+        let names: &[&str] = if type_url == ENDPOINT {
+            &["a", "b", "c", "d"]
+        } else {
+            &[]
+        };
+        let mut r = request(type_url, names, version, nonce);
+        r.error_detail = Some(Status {
+            code: 3,
+            message: message.into(),
+            details: vec![],
+        });
+        r.into()
+    }
+
+    fn quarantined(s: &SotwStream, type_url: &str) -> usize {
+        s.quarantined()
+            .find(|(t, _)| *t == type_url)
+            .map_or(0, |(_, n)| n)
+    }
+
+    #[test]
+    fn a_fresh_proxy_rejecting_one_cluster_gets_every_other_one_and_the_culprit_is_found() {
+        let mut s = SotwStream::new();
+        s.on_resources(node_resources(&[
+            (CLUSTER, "a", "1"),
+            (CLUSTER, "b", "1"),
+            (CLUSTER, "bad", "1"),
+            (CLUSTER, "c", "1"),
+        ]));
+        let r1 = s.on_request(&req(CLUSTER, &[], "", "")).responses.remove(0);
+        assert_eq!(names(&r1), ["a", "b", "bad", "c"]);
+        let message = "Proto constraint validation failed: name: \"bad\"";
+        let mut out = s.on_request(&nack_saying(CLUSTER, "", &r1.nonce, message));
+        let rej = out.rejection.expect("rejection");
+        assert!(matches!(rej.verdict, crate::quarantine::Verdict::Narrowing(_)));
+        assert_eq!(rej.resource_names(), ["a", "b", "bad", "c"]);
+        // Everything the message does not name goes out at once.
+        let r2 = out.responses.remove(0);
+        assert_eq!(names(&r2), ["a", "b", "c"]);
+        let r3 = s
+            .on_request(&req(CLUSTER, &[], &r2.version_info, &r2.nonce))
+            .responses
+            .remove(0);
+        assert_eq!(names(&r3), ["a", "b", "bad", "c"], "the named one, on its own");
+        let out = s.on_request(&nack_saying(CLUSTER, &r2.version_info, &r3.nonce, message));
+        let rej = out.rejection.expect("rejection");
+        assert_eq!(rej.verdict, crate::quarantine::Verdict::Quarantined(vec![crate::testing::res(CLUSTER, "bad", "1")]));
+        assert!(out.responses.is_empty(), "the proxy already holds the rest");
+        assert_eq!(quarantined(&s, CLUSTER), 1);
+        // Unrelated changes keep flowing without it; its fix is sent.
+        let r4 = s
+            .on_resources(node_resources(&[
+                (CLUSTER, "a", "2"),
+                (CLUSTER, "b", "1"),
+                (CLUSTER, "bad", "1"),
+                (CLUSTER, "c", "1"),
+            ]))
+            .remove(0);
+        assert_eq!(names(&r4), ["a", "b", "c"]);
+        s.on_request(&req(CLUSTER, &[], &r4.version_info, &r4.nonce));
+        let r5 = s
+            .on_resources(node_resources(&[
+                (CLUSTER, "a", "2"),
+                (CLUSTER, "b", "1"),
+                (CLUSTER, "bad", "2"),
+                (CLUSTER, "c", "1"),
+            ]))
+            .remove(0);
+        assert_eq!(names(&r5), ["a", "b", "bad", "c"]);
+        assert_eq!(quarantined(&s, CLUSTER), 0);
+    }
+
+    #[test]
+    fn a_nack_with_an_older_nonce_is_reported_and_acted_on() {
+        let mut s = SotwStream::new();
+        s.on_resources(node_resources(&[(CLUSTER, "a", "1")]));
+        let r1 = s.on_request(&req(CLUSTER, &[], "", "")).responses.remove(0);
+        s.on_request(&req(CLUSTER, &[], &r1.version_info, &r1.nonce));
+        let r2 = s
+            .on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "bad", "1")]))
+            .remove(0);
+        // Newer config is already on its way when the proxy answers r2.
+        let r3 = s
+            .on_resources(node_resources(&[
+                (CLUSTER, "a", "1"),
+                (CLUSTER, "bad", "1"),
+                (CLUSTER, "c", "1"),
+            ]))
+            .remove(0);
+        let mut out = s.on_request(&nack(CLUSTER, &[], &r1.version_info, &r2.nonce));
+        assert!(out.stale);
+        let rej = out.rejection.expect("a stale NACK is still a rejection");
+        assert!(rej.stale);
+        assert_eq!(rej.resource_names(), ["bad"]);
+        assert!(matches!(rej.verdict, crate::quarantine::Verdict::Quarantined(_)));
+        // r3 carries the bad cluster too: a corrected response goes out without waiting.
+        let r4 = out.responses.remove(0);
+        assert_eq!(names(&r4), ["a", "c"]);
+        // The proxy then rejects r3 (stale now): explained by the quarantined cluster, c is not
+        // blamed and nothing more is sent.
+        let out = s.on_request(&nack(CLUSTER, &[], &r1.version_info, &r3.nonce));
+        let rej = out.rejection.expect("rejection");
+        assert!(matches!(rej.verdict, crate::quarantine::Verdict::Explained(_)));
+        assert_eq!(rej.resource_names(), ["bad"]);
+        assert!(out.responses.is_empty());
+        let out = s.on_request(&req(CLUSTER, &[], &r4.version_info, &r4.nonce));
+        assert_eq!(out.acked.as_deref(), Some(r4.nonce.as_str()));
+        assert!(out.responses.is_empty());
+        assert_eq!(quarantined(&s, CLUSTER), 1);
+    }
+
+    #[test]
+    fn a_rejected_endpoint_assignment_is_narrowed_down_and_the_others_are_sent() {
+        let mut s = SotwStream::new();
+        s.on_resources(node_resources(&[
+            (ENDPOINT, "a", "1"),
+            (ENDPOINT, "b", "1"),
+            (ENDPOINT, "c", "1"),
+            (ENDPOINT, "d", "1"),
+        ]));
+        let subscribed = ["a", "b", "c", "d"];
+        let r1 = s
+            .on_request(&req(ENDPOINT, &subscribed, "", ""))
+            .responses
+            .remove(0);
+        // An opaque message: halves.
+        let mut out = s.on_request(&nack_saying(ENDPOINT, "", &r1.nonce, "invalid"));
+        let r2 = out.responses.remove(0);
+        assert_eq!(names(&r2), ["a", "b"]);
+        let mut out = s.on_request(&req(ENDPOINT, &subscribed, &r2.version_info, &r2.nonce));
+        let r3 = out.responses.remove(0);
+        assert_eq!(names(&r3), ["c", "d"]);
+        let mut out = s.on_request(&nack_saying(ENDPOINT, &r2.version_info, &r3.nonce, "invalid"));
+        let r4 = out.responses.remove(0);
+        assert_eq!(names(&r4), ["c"]);
+        let mut out = s.on_request(&req(ENDPOINT, &subscribed, &r4.version_info, &r4.nonce));
+        let r5 = out.responses.remove(0);
+        assert_eq!(names(&r5), ["d"]);
+        let out = s.on_request(&nack_saying(ENDPOINT, &r4.version_info, &r5.nonce, "invalid"));
+        assert_eq!(out.rejection.expect("rejection").resource_names(), ["d"]);
+        assert!(out.responses.is_empty());
     }
 }
