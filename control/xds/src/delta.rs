@@ -28,7 +28,7 @@ use traffic_translate::snapshot::{Resource, Resources};
 
 use crate::quarantine::{Quarantine, Verdict};
 use crate::rejection::Rejection;
-use crate::{is_full_state, EncodedResponse, NameSets, ResourceList, TypeView, View, ORDER};
+use crate::{is_full_state, EncodedResponse, NameSets, ResourceList, TypeView, View, CLUSTER, ENDPOINT, ORDER};
 
 /// A response of a delta stream; its resources are shared with every stream sending the same.
 #[derive(Debug, Clone)]
@@ -310,6 +310,9 @@ impl DeltaStream {
         }
         if changed {
             out.responses.extend(self.push(type_url, first));
+            if type_url == CLUSTER {
+                out.responses.extend(self.push(ENDPOINT, false));
+            }
         }
         out
     }
@@ -377,6 +380,16 @@ impl DeltaStream {
         if updated.is_empty() && removed.is_empty() && !(initial && ts.sub.wildcard) {
             return None;
         }
+        let updated_clusters: Vec<String> = if type_url == CLUSTER {
+            updated
+                .resources
+                .iter()
+                .filter(|r| before.version(&r.name).is_some())
+                .map(|r| r.name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         let response = DeltaResponse {
@@ -394,6 +407,15 @@ impl DeltaStream {
         });
         while ts.in_flight.len() > MAX_IN_FLIGHT {
             ts.in_flight.pop_front();
+        }
+        if let Some(eds) = self.types.get_mut(ENDPOINT) {
+            // Envoy warms an updated cluster until its endpoints arrive again, even unchanged
+            // (up to its 15 s initial fetch timeout): the endpoint push that follows re-sends them.
+            for name in &updated_clusters {
+                if eds.held.version(name).is_some() {
+                    eds.held.set(name, None);
+                }
+            }
         }
         Some(response)
     }
@@ -516,7 +538,6 @@ mod tests {
     use super::*;
     use crate::testing::node_resources;
     use envoy_types::pb::google::rpc::Status;
-    use traffic_translate::snapshot::{CLUSTER, ENDPOINT};
 
     fn req(type_url: &str, sub: &[&str], unsub: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
         DeltaDiscoveryRequest {
@@ -816,5 +837,23 @@ mod tests {
         let out = s.on_request(&nack(CLUSTER, "999"));
         assert!(out.stale);
         assert_eq!(out.rejection.expect("counted").verdict, Verdict::Unexplained);
+    }
+
+    #[test]
+    fn an_updated_cluster_is_followed_by_its_unchanged_endpoints_in_delta_too() {
+        let mut s = DeltaStream::new();
+        let v1 = node_resources(&[(CLUSTER, "a", "1"), (ENDPOINT, "a", "1"), (ENDPOINT, "b", "1")]);
+        s.on_resources(v1, 1);
+        let cds = s.on_request(&req(CLUSTER, &[], &[], "")).responses.remove(0);
+        s.on_request(&req(CLUSTER, &[], &[], &cds.nonce));
+        let eds = s.on_request(&req(ENDPOINT, &["a", "b"], &[], "")).responses.remove(0);
+        s.on_request(&req(ENDPOINT, &[], &[], &eds.nonce));
+        let pushed = s.on_resources(
+            node_resources(&[(CLUSTER, "a", "2"), (ENDPOINT, "a", "1"), (ENDPOINT, "b", "1")]),
+            2,
+        );
+        assert_eq!(pushed.len(), 2);
+        assert_eq!(updated(&pushed[1]), [pair("a", "1")]);
+        assert!(pushed[1].removed_resources.is_empty());
     }
 }
