@@ -130,7 +130,10 @@ impl Fixture {
 
     /// Waits until Envoy's active clusters include these Services' clusters, returning /clusters.
     async fn wait_clusters(&self, services: &[&str]) -> String {
-        let wanted: Vec<String> = services.iter().map(|s| format!("{}::", self.cluster(s))).collect();
+        let wanted: Vec<String> = services
+            .iter()
+            .map(|s| format!("{}::", self.cluster(s)))
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let clusters = self.envoy.admin_get("/clusters").await;
@@ -181,12 +184,19 @@ impl Fixture {
 }
 
 async fn only_the_rejected_cluster_is_kept_out(ads: Ads) {
-    let Some((f, converged)) = Fixture::start(ads).await else { return };
+    let Some((f, converged)) = Fixture::start(ads).await else {
+        return;
+    };
     let mode = Fixture::mode(ads);
-    eprintln!("{mode}: fresh Envoy with one corrupt cluster: every other cluster active {converged:?} after start");
+    eprintln!(
+        "{mode}: fresh Envoy with one corrupt cluster: every other cluster active {converged:?} after start"
+    );
     let clusters = f.wait_clusters(&["web", "api"]).await;
     let db = f.cluster("db");
-    assert!(!clusters.contains(&format!("{db}::")), "the rejected cluster is active:\n{clusters}");
+    assert!(
+        !clusters.contains(&format!("{db}::")),
+        "the rejected cluster is active:\n{clusters}"
+    );
     // Listeners arrived too, and real traffic flows through the listener's web chain.
     let dump = f
         .envoy
@@ -209,14 +219,27 @@ async fn only_the_rejected_cluster_is_kept_out(ads: Ads) {
     assert!(envoy_nacks >= 1);
     eprintln!("{mode}: NACKs Envoy {envoy_nacks}, server {server_nacks}");
     let labels = format!("{{mode=\"{mode}\",type=\"cluster\"}}");
-    assert_eq!(f.server.metric(&format!("xds_rejected_resources_total{labels}")), 1.0);
-    assert_eq!(f.server.metric(&format!("xds_quarantined_resources{labels}")), 1.0);
+    assert_eq!(
+        f.server.metric(&format!("xds_rejected_resources_total{labels}")),
+        1.0
+    );
+    assert_eq!(
+        f.server.metric(&format!("xds_quarantined_resources{labels}")),
+        1.0
+    );
     let rejected = f.server.rejections.0.lock().expect("lock").clone();
     assert_eq!(rejected.len(), 1, "{rejected:?}");
-    assert_eq!(rejected[0].resources, [db.clone()]);
+    assert_eq!(rejected[0].resources, std::slice::from_ref(&db));
     assert_eq!(rejected[0].type_url, CLUSTER);
-    assert_eq!(rejected[0].origins, vec![common::resources::service_ref("db").expect("ref")]);
-    assert!(rejected[0].message.contains("greater than"), "{}", rejected[0].message);
+    assert_eq!(
+        rejected[0].origins,
+        vec![common::resources::service_ref("db").expect("ref")]
+    );
+    assert!(
+        rejected[0].message.contains("greater than"),
+        "{}",
+        rejected[0].message
+    );
     assert_eq!(f.envoy.stat("listener_manager.lds.update_rejected").await, 0);
 
     // A live proxy: a change that brings a new good cluster along with a new bad version of db.
@@ -227,11 +250,17 @@ async fn only_the_rejected_cluster_is_kept_out(ads: Ads) {
     let deadline = Instant::now() + Duration::from_secs(15);
     let want = "connect_timeout\": \"1.001s\"";
     loop {
-        let dump = f.envoy.admin_get("/config_dump?resource=dynamic_active_clusters").await;
+        let dump = f
+            .envoy
+            .admin_get("/config_dump?resource=dynamic_active_clusters")
+            .await;
         if dump.contains(want) {
             break;
         }
-        assert!(Instant::now() < deadline, "web's new version never arrived:\n{dump}");
+        assert!(
+            Instant::now() < deadline,
+            "web's new version never arrived:\n{dump}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     eprintln!(
@@ -244,7 +273,10 @@ async fn only_the_rejected_cluster_is_kept_out(ads: Ads) {
         f.server.metric(&format!("xds_rejected_resources_total{labels}")),
         before + 1.0
     );
-    assert_eq!(f.server.metric(&format!("xds_quarantined_resources{labels}")), 1.0);
+    assert_eq!(
+        f.server.metric(&format!("xds_quarantined_resources{labels}")),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,7 +293,9 @@ async fn over_delta_only_the_cluster_envoy_rejects_is_kept_out_and_it_is_named()
 /// cluster and a new bad version of db's: every NACK Envoy sends is counted, stale or not, and
 /// at the end Envoy has the last web version and no bad db.
 async fn every_nack_is_counted_while_config_churns(ads: Ads) {
-    let Some((f, _)) = Fixture::start(ads).await else { return };
+    let Some((f, _)) = Fixture::start(ads).await else {
+        return;
+    };
     let mode = Fixture::mode(ads);
     let started = Instant::now();
     const CHANGES: u32 = 30;
@@ -280,11 +314,17 @@ async fn every_nack_is_counted_while_config_churns(ads: Ads) {
     let want = format!("connect_timeout\": \"1.{LAST:03}s\"");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let dump = f.envoy.admin_get("/config_dump?resource=dynamic_active_clusters").await;
+        let dump = f
+            .envoy
+            .admin_get("/config_dump?resource=dynamic_active_clusters")
+            .await;
         if dump.contains(&want) {
             break;
         }
-        assert!(Instant::now() < deadline, "the last web version never arrived ({want}):\n{dump}");
+        assert!(
+            Instant::now() < deadline,
+            "the last web version never arrived ({want}):\n{dump}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (envoy_nacks, server_nacks) = f.settled_nacks(ads).await;
@@ -296,15 +336,24 @@ async fn every_nack_is_counted_while_config_churns(ads: Ads) {
         started.elapsed()
     );
     assert_eq!(envoy_nacks, server_nacks, "{}", f.server.metrics());
-    assert!(envoy_nacks >= u64::from(CHANGES), "each spaced change's bad db was tried");
+    assert!(
+        envoy_nacks >= u64::from(CHANGES),
+        "each spaced change's bad db was tried"
+    );
     assert_eq!(f.envoy.stat("listener_manager.lds.update_rejected").await, 0);
     // Acted on: every spaced change's bad version was quarantined (in the burst some versions
     // were superseded before being tried), only db ever was, and one is still out.
     assert!(rejected >= f64::from(CHANGES) + 1.0, "{rejected}");
-    assert_eq!(f.server.metric(&format!("xds_quarantined_resources{labels}")), 1.0);
+    assert_eq!(
+        f.server.metric(&format!("xds_quarantined_resources{labels}")),
+        1.0
+    );
     let db = f.cluster("db");
     let sink = f.server.rejections.0.lock().expect("lock").clone();
-    assert!(sink.iter().all(|r| r.resources == [db.clone()]), "{sink:?}");
+    assert!(
+        sink.iter().all(|r| r.resources == std::slice::from_ref(&db)),
+        "{sink:?}"
+    );
     let clusters = f.wait_clusters(&["web", "api"]).await;
     assert!(!clusters.contains(&format!("{db}::")));
 }

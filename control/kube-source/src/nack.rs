@@ -116,12 +116,15 @@ mod tests {
         assert_eq!(svc.1, EventType::Warning);
         assert_eq!(svc.2, REJECTED_REASON);
         assert!(
-            svc.3.contains("Cluster 9080|default|reviews, 9081|default|reviews"),
+            svc.3
+                .contains("Cluster 9080|default|reviews, 9081|default|reviews"),
             "{}",
             svc.3
         );
         assert!(svc.3.ends_with("bad lb policy"));
         assert!(!svc.3.contains("productpage-1"));
-        assert!(got.iter().any(|e| e.0.name == "reviews-v1-abc" && e.3.contains("inbound|9080")));
+        assert!(got
+            .iter()
+            .any(|e| e.0.name == "reviews-v1-abc" && e.3.contains("inbound|9080")));
     }
 }

@@ -28,7 +28,9 @@ use traffic_translate::snapshot::{Resource, Resources};
 
 use crate::quarantine::{Quarantine, Verdict};
 use crate::rejection::Rejection;
-use crate::{is_full_state, EncodedResponse, NameSets, ResourceList, TypeView, View, CLUSTER, ENDPOINT, ORDER};
+use crate::{
+    is_full_state, EncodedResponse, NameSets, ResourceList, TypeView, View, CLUSTER, ENDPOINT, ORDER,
+};
 
 /// A response of a delta stream; its resources are shared with every stream sending the same.
 #[derive(Debug, Clone)]
@@ -210,9 +212,7 @@ impl DeltaStream {
 
     /// type URL -> number of resources kept out of this proxy's configuration.
     pub fn quarantined(&self) -> impl Iterator<Item = (&str, usize)> {
-        self.types
-            .iter()
-            .map(|(t, ts)| (t.as_str(), ts.quarantine.len()))
+        self.types.iter().map(|(t, ts)| (t.as_str(), ts.quarantine.len()))
     }
 
     /// Handles one request from the proxy.
@@ -767,7 +767,10 @@ mod tests {
         assert_eq!(updated(&r1).len(), 4);
         let message = "Error adding/updating cluster(s) bad: invalid";
         let mut out = s.on_request(&nack_saying(CLUSTER, &r1.nonce, message));
-        assert!(matches!(out.rejection.expect("nack").verdict, Verdict::Narrowing(_)));
+        assert!(matches!(
+            out.rejection.expect("nack").verdict,
+            Verdict::Narrowing(_)
+        ));
         let r2 = out.responses.remove(0);
         assert_eq!(updated(&r2), [pair("a", "1"), pair("b", "1"), pair("c", "1")]);
         let mut out = s.on_request(&req(CLUSTER, &[], &[], &r2.nonce));
@@ -815,10 +818,7 @@ mod tests {
             .on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "bad", "1")]), 2)
             .remove(0);
         let r3 = s
-            .on_resources(
-                node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "bad", "1")]),
-                3,
-            )
+            .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "bad", "1")]), 3)
             .remove(0);
         assert_eq!(updated(&r3), [pair("a", "2")]);
         let out = s.on_request(&nack(CLUSTER, &r2.nonce));
@@ -828,10 +828,7 @@ mod tests {
         assert!(out.responses.is_empty(), "r3 does not carry it");
         s.on_request(&req(CLUSTER, &[], &[], &r3.nonce));
         assert!(s
-            .on_resources(
-                node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "bad", "1")]),
-                4
-            )
+            .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "bad", "1")]), 4)
             .is_empty());
         // A NACK of a nonce the stream no longer knows is still counted.
         let out = s.on_request(&nack(CLUSTER, "999"));
@@ -846,7 +843,10 @@ mod tests {
         s.on_resources(v1, 1);
         let cds = s.on_request(&req(CLUSTER, &[], &[], "")).responses.remove(0);
         s.on_request(&req(CLUSTER, &[], &[], &cds.nonce));
-        let eds = s.on_request(&req(ENDPOINT, &["a", "b"], &[], "")).responses.remove(0);
+        let eds = s
+            .on_request(&req(ENDPOINT, &["a", "b"], &[], ""))
+            .responses
+            .remove(0);
         s.on_request(&req(ENDPOINT, &[], &[], &eds.nonce));
         let pushed = s.on_resources(
             node_resources(&[(CLUSTER, "a", "2"), (ENDPOINT, "a", "1"), (ENDPOINT, "b", "1")]),

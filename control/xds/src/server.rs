@@ -262,7 +262,11 @@ impl Shared {
                 "proxy rejected a response; sending subsets of it to find the rejected resource"
             ),
             Verdict::Explained(_) => debug!(
-                node, r#type, ?resources, nonce, stale,
+                node,
+                r#type,
+                ?resources,
+                nonce,
+                stale,
                 "proxy rejected a response carrying resources already kept out"
             ),
             Verdict::Unexplained => warn!(

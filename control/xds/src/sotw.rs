@@ -28,7 +28,7 @@ use crate::quarantine::Quarantine;
 use crate::rejection::Rejection;
 use crate::request::{NameList, SotwRequest};
 use crate::{
-    is_full_state, set_version, EncodedResponse, CLUSTER, ENDPOINT, NameSets, ResourceList, TypeView, View,
+    is_full_state, set_version, EncodedResponse, NameSets, ResourceList, TypeView, View, CLUSTER, ENDPOINT,
     ORDER,
 };
 
@@ -266,9 +266,7 @@ impl SotwStream {
 
     /// type URL -> number of resources kept out of this proxy's configuration.
     pub fn quarantined(&self) -> impl Iterator<Item = (&str, usize)> {
-        self.types
-            .iter()
-            .map(|(t, ts)| (t.as_str(), ts.quarantine.len()))
+        self.types.iter().map(|(t, ts)| (t.as_str(), ts.quarantine.len()))
     }
 
     /// Handles one request from the proxy.
@@ -793,7 +791,10 @@ mod tests {
         assert_eq!(names(&r3), ["a", "b", "bad", "c"], "the named one, on its own");
         let out = s.on_request(&nack_saying(CLUSTER, &r2.version_info, &r3.nonce, message));
         let rej = out.rejection.expect("rejection");
-        assert_eq!(rej.verdict, crate::quarantine::Verdict::Quarantined(vec![crate::testing::res(CLUSTER, "bad", "1")]));
+        assert_eq!(
+            rej.verdict,
+            crate::quarantine::Verdict::Quarantined(vec![crate::testing::res(CLUSTER, "bad", "1")])
+        );
         assert!(out.responses.is_empty(), "the proxy already holds the rest");
         assert_eq!(quarantined(&s, CLUSTER), 1);
         // Unrelated changes keep flowing without it; its fix is sent.
@@ -901,7 +902,10 @@ mod tests {
         ]));
         let cds = s.on_request(&req(CLUSTER, &[], "", "")).responses.remove(0);
         s.on_request(&req(CLUSTER, &[], &cds.version_info, &cds.nonce));
-        let eds = s.on_request(&req(ENDPOINT, &["a", "b"], "", "")).responses.remove(0);
+        let eds = s
+            .on_request(&req(ENDPOINT, &["a", "b"], "", ""))
+            .responses
+            .remove(0);
         s.on_request(&req(ENDPOINT, &["a", "b"], &eds.version_info, &eds.nonce));
         let pushed = s.on_resources(node_resources(&[
             (CLUSTER, "a", "2"),
