@@ -166,7 +166,7 @@ struct TypeState {
 }
 
 /// Responses remembered per type for answers to arrive late.
-const HISTORY: usize = 16;
+const HISTORY: usize = 8;
 
 impl TypeState {
     fn new(subscription: Subscription) -> Self {
