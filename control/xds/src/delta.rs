@@ -26,7 +26,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use traffic_translate::snapshot::{Resource, Resources};
 
-use crate::quarantine::{Quarantine, Verdict};
+use crate::quarantine::{current_in, Quarantine, Verdict};
 use crate::rejection::Rejection;
 use crate::{
     is_full_state, EncodedResponse, NameSets, ResourceList, TypeView, View, CLUSTER, ENDPOINT, ORDER,
@@ -343,8 +343,11 @@ impl DeltaStream {
         let tv: Arc<TypeView> = self.resources.get(type_url).cloned().unwrap_or_default();
         let ts = self.types.get_mut(type_url)?;
         if !ts.quarantine.is_empty() {
-            // Forget rejections and suspicions the snapshot has moved on from (as SotW does).
-            ts.quarantine.retain_current(&tv.resources);
+            // Forget rejections and suspicions the snapshot or the subscription has moved on
+            // from (as SotW does).
+            let sub = &ts.sub;
+            ts.quarantine
+                .retain(|r| current_in(&tv.resources, r) && sub.covers(&r.name));
         }
         let in_step = ts.held.extra.is_empty()
             && ts.quarantine.is_empty()

@@ -169,17 +169,23 @@ impl Quarantine {
         changed
     }
 
-    /// Forgets every entry whose resource `current` no longer has at that version: a changed
-    /// input is retried. Returns whether anything was forgotten.
-    pub fn retain_current(&mut self, current: &Resources) -> bool {
+    /// Forgets every entry `keep` refuses: those whose resource the snapshot no longer has at
+    /// that version (a changed input is retried) and those no longer subscribed (they would never
+    /// be answered, stalling the search). Returns whether anything was forgotten.
+    pub fn retain(&mut self, keep: impl Fn(&Resource) -> bool) -> bool {
         let before = self.bad.len() + self.groups.iter().map(BTreeMap::len).sum::<usize>();
-        self.bad.retain(|_, r| holds(current, r));
+        self.bad.retain(|_, r| keep(r));
         for g in &mut self.groups {
-            g.retain(|_, r| holds(current, r));
+            g.retain(|_, r| keep(r));
         }
         self.groups.retain(|g| !g.is_empty());
         before != self.bad.len() + self.groups.iter().map(BTreeMap::len).sum::<usize>()
     }
+}
+
+/// Whether `current` has `r` at its version (for [`Quarantine::retain`]).
+pub fn current_in(current: &Resources, r: &Resource) -> bool {
+    holds(current, r)
 }
 
 /// Whether `message` names `name` as a whole word (`"name"`, or between separators).
@@ -323,12 +329,12 @@ mod tests {
         let mut current = Resources::new();
         current.insert("a".into(), c("a", "2"));
         current.insert("b".into(), c("b", "1"));
-        assert!(q.retain_current(&current));
+        assert!(q.retain(|r| current_in(&current, r)));
         assert_eq!(q.len(), 0);
         assert!(q.narrowing(), "b is still a suspect");
         current.insert("b".into(), c("b", "2"));
-        q.retain_current(&current);
+        q.retain(|r| current_in(&current, r));
         assert!(q.is_empty());
-        assert!(!q.retain_current(&current));
+        assert!(!q.retain(|r| current_in(&current, r)));
     }
 }

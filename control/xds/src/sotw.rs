@@ -24,7 +24,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use traffic_translate::snapshot::{Resource, Resources};
 
-use crate::quarantine::Quarantine;
+use crate::quarantine::{current_in, Quarantine};
 use crate::rejection::Rejection;
 use crate::request::{NameList, SotwRequest};
 use crate::{
@@ -121,6 +121,13 @@ impl Subscription {
         }
     }
 
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Subscription::Wildcard => true,
+            Subscription::Names(names) => names.contains(name),
+        }
+    }
+
     /// The subscribed subset of `all`.
     fn select<'a>(
         &'a self,
@@ -207,8 +214,10 @@ impl TypeState {
     fn desired(&mut self, tv: &TypeView) -> Arc<Resources> {
         let all = &tv.resources;
         if !self.quarantine.is_empty() {
-            // Forget rejections and suspicions the snapshot has moved on from.
-            self.quarantine.retain_current(all);
+            // Forget rejections and suspicions the snapshot or the subscription has moved on from.
+            let sub = &self.subscription;
+            self.quarantine
+                .retain(|r| current_in(all, r) && sub.contains(&r.name));
         }
         if self.quarantine.is_empty() && self.subscription.covers_all(tv) {
             return all.clone();

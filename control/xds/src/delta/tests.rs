@@ -321,3 +321,29 @@ fn an_updated_cluster_is_followed_by_its_unchanged_endpoints_in_delta_too() {
     assert_eq!(updated(&pushed[1]), [pair("a", "1")]);
     assert!(pushed[1].removed_resources.is_empty());
 }
+
+#[test]
+fn a_suspect_no_longer_subscribed_does_not_hold_back_the_others() {
+    let mut s = DeltaStream::new();
+    s.on_resources(
+        node_resources(&[
+            (ENDPOINT, "a", "1"),
+            (ENDPOINT, "b", "1"),
+            (ENDPOINT, "c", "1"),
+            (ENDPOINT, "d", "1"),
+        ]),
+        1,
+    );
+    let r1 = s
+        .on_request(&req(ENDPOINT, &["a", "b", "c", "d"], &[], ""))
+        .responses
+        .remove(0);
+    let mut out = s.on_request(&nack_saying(ENDPOINT, &r1.nonce, "invalid"));
+    assert_eq!(
+        updated(&out.responses.remove(0)),
+        [pair("a", "1"), pair("b", "1")]
+    );
+    // Before answering that probe the proxy drops a and b: c and d are not held back for ever.
+    let out = s.on_request(&req(ENDPOINT, &[], &["a", "b"], ""));
+    assert_eq!(updated(&out.responses[0]), [pair("c", "1"), pair("d", "1")]);
+}
