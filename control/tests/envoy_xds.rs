@@ -35,25 +35,8 @@ fn model_yaml(port: u16, target: u16, pods: &[(&str, &str)]) -> String {
     y
 }
 
-fn options(port: u16) -> Options {
-    Options {
-        outbound_port: port,
-        stats_port: None,
-        ..Options::default()
-    }
-}
-
 fn snapshot(yaml: &str, port: u16) -> Arc<dyn MeshSnapshot> {
-    let model = MeshModel::from_yaml_str(yaml).expect("model");
-    let t = translate(&model, &options(port));
-    assert!(
-        t.label_errors.is_empty() && t.problems.is_empty(),
-        "{:?} {:?}",
-        t.label_errors,
-        t.problems
-    );
-    t.snapshot.validate().expect("consistent snapshot");
-    Arc::new(t.snapshot)
+    common::mesh::translated(yaml, port)
 }
 
 /// A snapshot with extra resources added for every node.

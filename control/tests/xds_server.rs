@@ -246,3 +246,39 @@ async fn the_connected_gauge_drops_when_a_proxy_goes_away() {
         server.metric("xds_connected_proxies{mode=\"sotw\"}")
     );
 }
+
+#[tokio::test]
+async fn a_rejected_resource_is_named_and_counted_as_quarantined_while_its_stream_lasts() {
+    let server = TestServer::start(mesh(1)).await;
+    let gauge = "xds_quarantined_resources{mode=\"sotw\",type=\"cluster\"}";
+    let wait_for = |want: f64| {
+        let server = &server;
+        async move {
+            for _ in 0..100 {
+                if server.metric(gauge) == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("{gauge} is not {want}:\n{}", server.metrics());
+        }
+    };
+    {
+        let mut c = SotwClient::connect(&server.url(), "p.default").await;
+        c.subscribe(CLUSTER, &[]).await;
+        let good = c.recv().await;
+        c.ack(&good, &[]).await;
+        server.publish(mesh(2));
+        let bad = c.recv().await;
+        c.nack(&bad, &[], &good.version_info, "cluster b: invalid").await;
+        wait_for(1.0).await;
+        assert_eq!(
+            server.metric("xds_rejected_resources_total{mode=\"sotw\",type=\"cluster\"}"),
+            1.0
+        );
+        let seen = server.rejections.0.lock().expect("lock").clone();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].resources, ["b"]);
+    }
+    wait_for(0.0).await;
+}

@@ -1,8 +1,9 @@
 //! NACKs as Events: adapts an [`EventSink`] to the xDS server's [`RejectionSink`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use traffic_translate::snapshot::ObjectRef;
+use traffic_translate::snapshot::{ObjectRef, Resource};
 use traffic_xds::RejectionSink;
 
 use crate::events::{EventSink, EventType};
@@ -10,9 +11,10 @@ use crate::events::{EventSink, EventType};
 /// The Event reason for a configuration Envoy rejected.
 pub const REJECTED_REASON: &str = "ProxyRejectedConfig";
 
-/// A Warning Event on every origin object of a rejected push. The node is left out of the
-/// message on purpose: when many proxies reject the same configuration, the object gets one
-/// Event (deduplicated), not one per proxy; the xDS server's log line names each node.
+/// A Warning Event on the origin object of every rejected resource, naming the resources. The
+/// node is left out of the message on purpose: when many proxies reject the same resource, the
+/// object gets one Event (deduplicated), not one per proxy; the xDS server's log line names each
+/// node.
 #[derive(Debug, Clone)]
 pub struct NackEvents<S>(pub S);
 
@@ -21,24 +23,31 @@ fn short_type(type_url: &str) -> &str {
     type_url.rsplit('.').next().unwrap_or(type_url)
 }
 
-/// The Event message for a rejection (pure).
-pub fn rejection_message(type_url: &str, message: &str) -> String {
+/// The Event message for rejected resources `names` of one object (pure).
+pub fn rejection_message(type_url: &str, names: &[&str], message: &str) -> String {
     format!(
-        "Envoy rejected the {} configuration derived from this object (the previous configuration stays in effect): {message}",
-        short_type(type_url)
+        "Envoy rejected the {} {} derived from this object; it is kept out of the proxy's configuration (everything else is still sent) until the object changes: {message}",
+        short_type(type_url),
+        names.join(", ")
     )
 }
 
 impl<S: EventSink> RejectionSink for NackEvents<S> {
-    fn rejected(&self, node: &str, type_url: &str, origins: &[ObjectRef], message: &str) {
+    fn rejected(&self, node: &str, type_url: &str, resources: &[Arc<Resource>], message: &str) {
         tracing::debug!(
             node,
             type_url,
-            origins = origins.len(),
+            resources = resources.len(),
             "rejection reported as events"
         );
-        let text = rejection_message(type_url, message);
-        for origin in origins {
+        let mut by_origin: BTreeMap<&ObjectRef, Vec<&str>> = BTreeMap::new();
+        for r in resources {
+            if let Some(origin) = &r.origin {
+                by_origin.entry(origin).or_default().push(r.name.as_str());
+            }
+        }
+        for (origin, names) in by_origin {
+            let text = rejection_message(type_url, &names, message);
             self.0.report(origin, EventType::Warning, REJECTED_REASON, &text);
         }
     }
@@ -68,35 +77,54 @@ mod tests {
         }
     }
 
+    fn resource(name: &str, origin: &ObjectRef) -> Arc<Resource> {
+        Arc::new(Resource {
+            name: name.into(),
+            body: Default::default(),
+            version: "1".into(),
+            origin: Some(origin.clone()),
+        })
+    }
+
     #[test]
-    fn a_rejection_becomes_one_warning_per_origin_object() {
+    fn a_rejection_becomes_one_warning_per_origin_object_naming_its_resources() {
         let rec = Arc::new(Recorded::default());
         let sink = rejection_sink(rec.clone());
-        let origins = [
-            ObjectRef {
-                kind: "Service".into(),
-                namespace: "default".into(),
-                name: "reviews".into(),
-            },
-            ObjectRef {
-                kind: "Pod".into(),
-                namespace: "default".into(),
-                name: "reviews-v1-abc".into(),
-            },
-        ];
+        let reviews = ObjectRef {
+            kind: "Service".into(),
+            namespace: "default".into(),
+            name: "reviews".into(),
+        };
+        let pod = ObjectRef {
+            kind: "Pod".into(),
+            namespace: "default".into(),
+            name: "reviews-v1-abc".into(),
+        };
         sink.rejected(
             "productpage-1.default",
             "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-            &origins,
+            &[
+                resource("9080|default|reviews", &reviews),
+                resource("9081|default|reviews", &reviews),
+                resource("inbound|9080", &pod),
+            ],
             "bad lb policy",
         );
         let got = rec.0.lock().unwrap();
         assert_eq!(got.len(), 2);
-        assert_eq!(got[0].0.name, "reviews");
-        assert_eq!(got[0].1, EventType::Warning);
-        assert_eq!(got[0].2, REJECTED_REASON);
-        assert!(got[0].3.contains("Cluster configuration"), "{}", got[0].3);
-        assert!(got[0].3.ends_with("bad lb policy"));
-        assert!(!got[0].3.contains("productpage-1"));
+        let svc = got.iter().find(|e| e.0.name == "reviews").unwrap();
+        assert_eq!(svc.1, EventType::Warning);
+        assert_eq!(svc.2, REJECTED_REASON);
+        assert!(
+            svc.3
+                .contains("Cluster 9080|default|reviews, 9081|default|reviews"),
+            "{}",
+            svc.3
+        );
+        assert!(svc.3.ends_with("bad lb policy"));
+        assert!(!svc.3.contains("productpage-1"));
+        assert!(got
+            .iter()
+            .any(|e| e.0.name == "reviews-v1-abc" && e.3.contains("inbound|9080")));
     }
 }

@@ -364,9 +364,15 @@ async fn a_repeat_after_the_dedup_window_bumps_the_count_and_a_nack_lands_on_a_d
         name: "reviews-v1".into(),
     };
     let type_url = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    let rejected = [std::sync::Arc::new(traffic_translate::snapshot::Resource {
+        name: "9080|default|reviews".into(),
+        body: Default::default(),
+        version: "1".into(),
+        origin: Some(origin.clone()),
+    })];
     // Many proxies reject the same push at once: one Event.
     for node in ["a.default", "b.default", "c.default"] {
-        sink.rejected(node, type_url, std::slice::from_ref(&origin), "invalid cluster");
+        sink.rejected(node, type_url, &rejected, "invalid cluster");
     }
     let api: Api<Event> = Api::namespaced(client.clone(), &ns.name);
     let list = |api: Api<Event>| async move {
@@ -386,12 +392,7 @@ async fn a_repeat_after_the_dedup_window_bumps_the_count_and_a_nack_lands_on_a_d
 
     // After the window, the same rejection bumps the existing Event.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    sink.rejected(
-        "a.default",
-        type_url,
-        std::slice::from_ref(&origin),
-        "invalid cluster",
-    );
+    sink.rejected("a.default", type_url, &rejected, "invalid cluster");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let now = list(api.clone()).await;

@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use traffic_translate::snapshot::{MeshSnapshot, NodeResources, ObjectRef};
+use traffic_translate::snapshot::{MeshSnapshot, NodeResources, ObjectRef, Resource};
 use traffic_xds::{RejectionSink, StaticSnapshot, XdsMetrics, XdsServer};
 
 use super::resources::name_of;
@@ -26,6 +26,8 @@ use super::resources::name_of;
 pub struct Rejected {
     pub node: String,
     pub type_url: String,
+    /// The rejected resources' names.
+    pub resources: Vec<String>,
     pub origins: Vec<ObjectRef>,
     pub message: String,
 }
@@ -34,11 +36,12 @@ pub struct Rejected {
 pub struct RecordingSink(pub Arc<Mutex<Vec<Rejected>>>);
 
 impl RejectionSink for RecordingSink {
-    fn rejected(&self, node: &str, type_url: &str, origins: &[ObjectRef], message: &str) {
+    fn rejected(&self, node: &str, type_url: &str, resources: &[Arc<Resource>], message: &str) {
         self.0.lock().expect("sink lock").push(Rejected {
             node: node.into(),
             type_url: type_url.into(),
-            origins: origins.to_vec(),
+            resources: resources.iter().map(|r| r.name.clone()).collect(),
+            origins: resources.iter().filter_map(|r| r.origin.clone()).collect(),
             message: message.into(),
         });
     }

@@ -150,3 +150,23 @@ impl Mesh {
             .unwrap_or(0)
     }
 }
+
+/// `yaml` translated for an Envoy whose outbound listener is on `port` (no stats listener),
+/// after checking that translation found nothing wrong with it.
+pub fn translated(yaml: &str, port: u16) -> Arc<dyn MeshSnapshot> {
+    let model = MeshModel::from_yaml_str(yaml).expect("model");
+    let opts = Options {
+        outbound_port: port,
+        stats_port: None,
+        ..Options::default()
+    };
+    let t = translate(&model, &opts);
+    assert!(
+        t.label_errors.is_empty() && t.problems.is_empty(),
+        "{:?} {:?}",
+        t.label_errors,
+        t.problems
+    );
+    t.snapshot.validate().expect("consistent snapshot");
+    Arc::new(t.snapshot)
+}

@@ -6,10 +6,13 @@
 //! those it holds that no longer exist (or that it asked for by name and that do not exist).
 //!
 //! Subscription changes are applied from every request, whatever its nonce: unlike SotW they are
-//! incremental and would be lost otherwise. A nonce that is not one of the responses still awaiting
-//! an answer is stale and its ACK/NACK part is ignored. After a NACK the proxy is taken to still
-//! hold its previous version of each resource of the rejected response, and the rejected versions
-//! are not sent again.
+//! incremental and would be lost otherwise. Every response awaiting an answer is remembered by
+//! nonce, so a NACK is acted on even when newer responses were sent after the one it answers; a
+//! nonce that is not one of them is stale and its ACK/NACK part is ignored (a NACK is still
+//! counted). After a NACK the proxy is taken to still hold its previous version of each resource
+//! of the rejected response (and the ones it removed); Envoy rejects a delta response as a whole,
+//! so its resources are suspects that [`Quarantine`] narrows down by sending subsets, keeping only
+//! the rejected one out until it changes.
 //!
 //! What the proxy holds is not a per-stream name -> version map (1,000 streams x 3,000 resources
 //! was most of the server's memory) but a shared view map (`base`, the last one pushed) seen through
@@ -23,8 +26,11 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 use traffic_translate::snapshot::{Resource, Resources};
 
+use crate::quarantine::{current_in, Quarantine, Verdict};
 use crate::rejection::Rejection;
-use crate::{is_full_state, unique_origins, EncodedResponse, NameSets, ResourceList, TypeView, View, ORDER};
+use crate::{
+    is_full_state, EncodedResponse, NameSets, ResourceList, TypeView, View, CLUSTER, ENDPOINT, ORDER,
+};
 
 /// A response of a delta stream; its resources are shared with every stream sending the same.
 #[derive(Debug, Clone)]
@@ -148,6 +154,7 @@ impl Held {
 struct InFlight {
     nonce: String,
     updated: Arc<ResourceList>,
+    removed: Vec<String>,
     /// What the proxy held before it.
     before: Held,
 }
@@ -156,8 +163,8 @@ struct InFlight {
 struct TypeState {
     sub: Subscription,
     held: Held,
-    /// name -> version the proxy rejected.
-    rejected: BTreeMap<String, String>,
+    /// Resources the proxy rejected, and suspects being narrowed down.
+    quarantine: Quarantine,
     in_flight: VecDeque<InFlight>,
     /// Names subscribed explicitly that do not exist and were already reported as removed.
     announced_missing: BTreeSet<String>,
@@ -203,6 +210,11 @@ impl DeltaStream {
         &self.resources
     }
 
+    /// type URL -> number of resources kept out of this proxy's configuration.
+    pub fn quarantined(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.types.iter().map(|(t, ts)| (t.as_str(), ts.quarantine.len()))
+    }
+
     /// Handles one request from the proxy.
     pub fn on_request(&mut self, req: &DeltaDiscoveryRequest) -> DeltaOutcome {
         let type_url = req.type_url.as_str();
@@ -216,28 +228,40 @@ impl DeltaStream {
             // Legacy wildcard: a first request naming nothing, for listeners and clusters.
             ts.sub.wildcard = req.resource_names_subscribe.is_empty() && is_full_state(type_url);
         }
+        let mut changed = first;
         if !req.response_nonce.is_empty() {
             match ts.in_flight.iter().position(|f| f.nonce == req.response_nonce) {
-                None => out.stale = true,
+                None => {
+                    out.stale = true;
+                    if let Some(status) = &req.error_detail {
+                        out.rejection = Some(Rejection {
+                            type_url: type_url.to_string(),
+                            nonce: req.response_nonce.clone(),
+                            stale: true,
+                            verdict: Verdict::Unexplained,
+                            message: status.message.clone(),
+                            kept_version: String::new(),
+                        });
+                    }
+                }
                 Some(pos) => {
                     // Older unanswered responses are implicitly answered.
+                    let newer_sent = pos + 1 < ts.in_flight.len();
                     let answered = ts.in_flight.drain(..=pos).next_back();
                     if let Some(answered) = answered {
                         match &req.error_detail {
-                            None => out.acked = Some(req.response_nonce.clone()),
+                            None => {
+                                out.acked = Some(req.response_nonce.clone());
+                                changed |= ts.quarantine.accepted(answered.updated.resources.iter());
+                            }
                             Some(status) => {
-                                for res in &answered.updated.resources {
-                                    if ts.held.version(&res.name) == Some(res.version.as_str()) {
-                                        let prev = answered.before.version(&res.name).map(str::to_string);
-                                        ts.held.set(&res.name, prev);
-                                    }
-                                    ts.rejected.insert(res.name.clone(), res.version.clone());
-                                }
-                                let updated = &answered.updated.resources;
+                                let verdict = rejected(ts, &answered, &status.message);
+                                changed |= verdict.changes_config();
                                 out.rejection = Some(Rejection {
                                     type_url: type_url.to_string(),
-                                    resources: updated.iter().map(|r| r.name.clone()).collect(),
-                                    origins: unique_origins(updated.iter()),
+                                    nonce: req.response_nonce.clone(),
+                                    stale: newer_sent,
+                                    verdict,
                                     message: status.message.clone(),
                                     kept_version: String::new(),
                                 });
@@ -247,7 +271,6 @@ impl DeltaStream {
                 }
             }
         }
-        let mut changed = first;
         if !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty() {
             changed = true;
             let mut names: BTreeSet<String> = (*ts.sub.names).clone();
@@ -287,6 +310,9 @@ impl DeltaStream {
         }
         if changed {
             out.responses.extend(self.push(type_url, first));
+            if type_url == CLUSTER {
+                out.responses.extend(self.push(ENDPOINT, false));
+            }
         }
         out
     }
@@ -316,13 +342,15 @@ impl DeltaStream {
     fn push(&mut self, type_url: &str, initial: bool) -> Option<DeltaResponse> {
         let tv: Arc<TypeView> = self.resources.get(type_url).cloned().unwrap_or_default();
         let ts = self.types.get_mut(type_url)?;
-        if !ts.rejected.is_empty() {
-            // Forget rejections the snapshot has moved on from (as SotW does).
-            ts.rejected
-                .retain(|name, bad| tv.resources.get(name).is_none_or(|r| r.version == *bad));
+        if !ts.quarantine.is_empty() {
+            // Forget rejections and suspicions the snapshot or the subscription has moved on
+            // from (as SotW does).
+            let sub = &ts.sub;
+            ts.quarantine
+                .retain(|r| current_in(&tv.resources, r) && sub.covers(&r.name));
         }
         let in_step = ts.held.extra.is_empty()
-            && ts.rejected.is_empty()
+            && ts.quarantine.is_empty()
             && ts.held.base_sub.same(&ts.sub)
             && (ts.held.base.is_empty() || !ts.held.base_version.is_empty());
         let (updated, removed) = if in_step {
@@ -339,11 +367,12 @@ impl DeltaStream {
                 extra: BTreeMap::new(),
             },
         );
-        // Rejected versions still in the snapshot were not sent: the proxy keeps what it had.
-        for (name, bad) in &ts.rejected {
-            if tv.resources.get(name).is_some_and(|r| r.version == *bad) && ts.sub.covers(name) {
-                let kept = before.version(name).map(str::to_string);
-                ts.held.set(name, kept);
+        // Rejected and held-back versions still in the snapshot were not sent: the proxy keeps
+        // what it had.
+        for r in ts.quarantine.withheld() {
+            if tv.resources.get(&r.name).is_some_and(|c| c.version == r.version) && ts.sub.covers(&r.name) {
+                let kept = before.version(&r.name).map(str::to_string);
+                ts.held.set(&r.name, kept);
             }
         }
         if !ts.announced_missing.is_empty() {
@@ -354,25 +383,69 @@ impl DeltaStream {
         if updated.is_empty() && removed.is_empty() && !(initial && ts.sub.wildcard) {
             return None;
         }
+        let updated_clusters: Vec<String> = if type_url == CLUSTER {
+            updated
+                .resources
+                .iter()
+                .filter(|r| before.version(&r.name).is_some())
+                .map(|r| r.name.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.nonce += 1;
         let nonce = self.nonce.to_string();
         let response = DeltaResponse {
             system_version_info: self.system_version.clone(),
             resources: updated.clone(),
             type_url: type_url.to_string(),
-            removed_resources: removed,
+            removed_resources: removed.clone(),
             nonce: nonce.clone(),
         };
         ts.in_flight.push_back(InFlight {
             nonce,
             updated,
+            removed,
             before,
         });
         while ts.in_flight.len() > MAX_IN_FLIGHT {
             ts.in_flight.pop_front();
         }
+        if let Some(eds) = self.types.get_mut(ENDPOINT) {
+            // Envoy warms an updated cluster until its endpoints arrive again, even unchanged
+            // (up to its 15 s initial fetch timeout): the endpoint push that follows re-sends them.
+            for name in &updated_clusters {
+                if eds.held.version(name).is_some() {
+                    eds.held.set(name, None);
+                }
+            }
+        }
         Some(response)
     }
+}
+
+/// A NACK of `answered`: the proxy keeps what it held before it (also in the `before` of the
+/// responses sent after it), and its resources are suspects.
+fn rejected(ts: &mut TypeState, answered: &InFlight, message: &str) -> Verdict {
+    for res in &answered.updated.resources {
+        if ts.held.version(&res.name) == Some(res.version.as_str()) {
+            let prev = answered.before.version(&res.name).map(str::to_string);
+            ts.held.set(&res.name, prev.clone());
+            for later in &mut ts.in_flight {
+                if later.before.version(&res.name) == Some(res.version.as_str()) {
+                    later.before.set(&res.name, prev.clone());
+                }
+            }
+        }
+    }
+    for name in &answered.removed {
+        if ts.held.version(name).is_none() {
+            let prev = answered.before.version(name).map(str::to_string);
+            ts.held.set(name, prev);
+        }
+    }
+    ts.quarantine
+        .rejected(answered.updated.resources.clone(), message)
 }
 
 /// The push of a stream whose proxy holds exactly its last view (through an unchanged
@@ -425,16 +498,10 @@ fn push_in_step(ts: &mut TypeState, tv: &TypeView) -> (Arc<ResourceList>, Vec<St
 /// The push of any other stream: every subscribed name compared with what the proxy holds.
 fn push_general(ts: &mut TypeState, all: &Resources) -> (Arc<ResourceList>, Vec<String>) {
     let mut updated: Vec<Arc<Resource>> = Vec::new();
-    let mut moved_on: Vec<String> = Vec::new();
     {
         let state: &TypeState = ts;
         let mut consider = |name: &String, res: &Arc<Resource>| {
-            match state.rejected.get(name) {
-                Some(bad) if *bad == res.version => return,
-                Some(_) => moved_on.push(name.clone()),
-                None => {}
-            }
-            if state.held.version(name) != Some(res.version.as_str()) {
+            if state.quarantine.admits(res) && state.held.version(name) != Some(res.version.as_str()) {
                 updated.push(res.clone());
             }
         };
@@ -449,9 +516,6 @@ fn push_general(ts: &mut TypeState, all: &Resources) -> (Arc<ResourceList>, Vec<
                 }
             }
         }
-    }
-    for name in moved_on {
-        ts.rejected.remove(&name);
     }
     let held = ts.held.all();
     let mut removed: Vec<String> = held
@@ -473,213 +537,4 @@ fn push_general(ts: &mut TypeState, all: &Resources) -> (Arc<ResourceList>, Vec<
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::node_resources;
-    use envoy_types::pb::google::rpc::Status;
-    use traffic_translate::snapshot::{CLUSTER, ENDPOINT};
-
-    fn req(type_url: &str, sub: &[&str], unsub: &[&str], nonce: &str) -> DeltaDiscoveryRequest {
-        DeltaDiscoveryRequest {
-            type_url: type_url.to_string(),
-            resource_names_subscribe: sub.iter().map(|s| s.to_string()).collect(),
-            resource_names_unsubscribe: unsub.iter().map(|s| s.to_string()).collect(),
-            response_nonce: nonce.to_string(),
-            ..Default::default()
-        }
-    }
-
-    /// A NACK of the response with `nonce`.
-    fn nack(type_url: &str, nonce: &str) -> DeltaDiscoveryRequest {
-        let mut n = req(type_url, &[], &[], nonce);
-        n.error_detail = Some(Status {
-            code: 3,
-            message: "no".into(),
-            details: vec![],
-        });
-        n
-    }
-
-    fn updated(r: &DeltaResponse) -> Vec<(String, String)> {
-        r.resources
-            .resources
-            .iter()
-            .map(|w| (w.name.clone(), w.version.clone()))
-            .collect()
-    }
-
-    fn pair(n: &str, v: &str) -> (String, String) {
-        (n.to_string(), v.to_string())
-    }
-
-    #[test]
-    fn only_changed_and_removed_clusters_are_sent() {
-        let mut s = DeltaStream::new();
-        s.on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "1")]), 1);
-        let r1 = s.on_request(&req(CLUSTER, &[], &[], "")).responses.remove(0);
-        assert_eq!(updated(&r1), [pair("a", "1"), pair("b", "1")]);
-        s.on_request(&req(CLUSTER, &[], &[], &r1.nonce));
-        let r2 = s
-            .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "c", "1")]), 2)
-            .remove(0);
-        assert_eq!(updated(&r2), [pair("a", "2"), pair("c", "1")]);
-        assert_eq!(r2.removed_resources, ["b"]);
-        assert_eq!(r2.system_version_info, "2");
-        assert!(s
-            .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "c", "1")]), 3)
-            .is_empty());
-    }
-
-    #[test]
-    fn initial_resource_versions_are_honoured() {
-        let mut s = DeltaStream::new();
-        s.on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "2")]), 1);
-        let mut r = req(CLUSTER, &[], &[], "");
-        r.initial_resource_versions.insert("a".into(), "1".into());
-        r.initial_resource_versions.insert("b".into(), "1".into());
-        r.initial_resource_versions.insert("gone".into(), "1".into());
-        let resp = s.on_request(&r).responses.remove(0);
-        assert_eq!(updated(&resp), [pair("b", "2")]);
-        assert_eq!(resp.removed_resources, ["gone"]);
-        s.on_request(&req(CLUSTER, &[], &[], &resp.nonce));
-        // in step with the view from now on
-        let next = s
-            .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "b", "2")]), 2)
-            .remove(0);
-        assert_eq!(updated(&next), [pair("a", "2")]);
-        assert!(next.removed_resources.is_empty());
-    }
-
-    #[test]
-    fn named_subscriptions_get_their_resources_and_missing_names_are_reported_once() {
-        let mut s = DeltaStream::new();
-        s.on_resources(node_resources(&[(ENDPOINT, "a", "1"), (ENDPOINT, "b", "1")]), 1);
-        let r = s
-            .on_request(&req(ENDPOINT, &["a", "nope"], &[], ""))
-            .responses
-            .remove(0);
-        assert_eq!(updated(&r), [pair("a", "1")]);
-        assert_eq!(r.removed_resources, ["nope"]);
-        assert!(s
-            .on_resources(node_resources(&[(ENDPOINT, "a", "1"), (ENDPOINT, "b", "2")]), 2)
-            .is_empty());
-        let r = s
-            .on_request(&req(ENDPOINT, &["b"], &["a"], &r.nonce))
-            .responses
-            .remove(0);
-        assert_eq!(updated(&r), [pair("b", "2")]);
-        assert!(r.removed_resources.is_empty());
-        // a changes after being unsubscribed: nothing
-        assert!(s
-            .on_resources(node_resources(&[(ENDPOINT, "a", "9"), (ENDPOINT, "b", "2")]), 3)
-            .is_empty());
-        // b disappears: removed once; it comes back: sent again
-        let r = s
-            .on_resources(node_resources(&[(ENDPOINT, "a", "9")]), 4)
-            .remove(0);
-        assert!(updated(&r).is_empty());
-        assert_eq!(r.removed_resources, ["b"]);
-        assert!(s
-            .on_resources(node_resources(&[(ENDPOINT, "a", "8")]), 5)
-            .is_empty());
-        let r = s
-            .on_resources(node_resources(&[(ENDPOINT, "a", "8"), (ENDPOINT, "b", "3")]), 6)
-            .remove(0);
-        assert_eq!(updated(&r), [pair("b", "3")]);
-    }
-
-    #[test]
-    fn a_rejected_version_is_not_resent_and_the_proxy_keeps_its_previous_one() {
-        let mut s = DeltaStream::new();
-        s.on_resources(node_resources(&[(CLUSTER, "a", "1")]), 1);
-        let r1 = s.on_request(&req(CLUSTER, &[], &[], "")).responses.remove(0);
-        s.on_request(&req(CLUSTER, &[], &[], &r1.nonce));
-        let r2 = s
-            .on_resources(node_resources(&[(CLUSTER, "a", "bad")]), 2)
-            .remove(0);
-        let out = s.on_request(&nack(CLUSTER, &r2.nonce));
-        assert_eq!(out.rejection.expect("rejection").resources, ["a"]);
-        assert!(out.responses.is_empty());
-        assert!(s
-            .on_resources(node_resources(&[(CLUSTER, "a", "bad")]), 3)
-            .is_empty());
-        // back to the accepted version: the proxy already has it, nothing to send
-        assert!(s
-            .on_resources(node_resources(&[(CLUSTER, "a", "1")]), 4)
-            .is_empty());
-        let r = s
-            .on_resources(node_resources(&[(CLUSTER, "a", "3")]), 5)
-            .remove(0);
-        assert_eq!(updated(&r), [pair("a", "3")]);
-    }
-
-    #[test]
-    fn a_nack_keeps_other_resources_in_step_and_the_bad_one_out() {
-        let mut s = DeltaStream::new();
-        s.on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "1")]), 1);
-        let r1 = s.on_request(&req(CLUSTER, &[], &[], "")).responses.remove(0);
-        s.on_request(&req(CLUSTER, &[], &[], &r1.nonce));
-        let r2 = s
-            .on_resources(node_resources(&[(CLUSTER, "a", "bad"), (CLUSTER, "b", "1")]), 2)
-            .remove(0);
-        s.on_request(&nack(CLUSTER, &r2.nonce));
-        // b changes: only b is sent, a stays at the accepted version on the proxy
-        let r3 = s
-            .on_resources(node_resources(&[(CLUSTER, "a", "bad"), (CLUSTER, "b", "2")]), 3)
-            .remove(0);
-        assert_eq!(updated(&r3), [pair("b", "2")]);
-        s.on_request(&req(CLUSTER, &[], &[], &r3.nonce));
-        // a fixed: sent
-        let r4 = s
-            .on_resources(node_resources(&[(CLUSTER, "a", "3"), (CLUSTER, "b", "2")]), 4)
-            .remove(0);
-        assert_eq!(updated(&r4), [pair("a", "3")]);
-    }
-
-    #[test]
-    fn streams_in_step_share_the_encoded_difference() {
-        let sets = Arc::new(NameSets::default());
-        let v1 = node_resources(&[(ENDPOINT, "a", "1"), (ENDPOINT, "b", "1")]);
-        let v2 = node_resources(&[(ENDPOINT, "a", "1"), (ENDPOINT, "b", "2")]);
-        let mut pushed = Vec::new();
-        for _ in 0..2 {
-            let mut s = DeltaStream::with_name_sets(sets.clone());
-            s.on_resources(v1.clone(), 1);
-            let r = s
-                .on_request(&req(ENDPOINT, &["a", "b"], &[], ""))
-                .responses
-                .remove(0);
-            s.on_request(&req(ENDPOINT, &[], &[], &r.nonce));
-            pushed.push(s.on_resources(v2.clone(), 2).remove(0));
-        }
-        assert_eq!(updated(&pushed[0]), [pair("b", "2")]);
-        assert!(Arc::ptr_eq(&pushed[0].resources, &pushed[1].resources));
-    }
-
-    #[test]
-    fn an_encoded_delta_response_decodes_to_its_message() {
-        use prost::Message;
-        let mut s = DeltaStream::new();
-        s.on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "1")]), 1);
-        let mut r = req(CLUSTER, &[], &[], "");
-        r.initial_resource_versions.insert("gone".into(), "1".into());
-        let resp = s.on_request(&r).responses.remove(0);
-        let encoded = resp.encode();
-        let f: Vec<u8> = [&encoded.head[..], &encoded.body[..]].concat();
-        assert_eq!(u32::from_be_bytes([f[1], f[2], f[3], f[4]]) as usize, f.len() - 5);
-        let decoded = DeltaDiscoveryResponse::decode(&f[5..]).expect("decode");
-        assert_eq!(decoded, resp.to_message());
-        assert_eq!(decoded.removed_resources, ["gone"]);
-        assert_eq!(decoded.resources.len(), 2);
-    }
-
-    #[test]
-    fn an_ack_for_an_unknown_nonce_is_stale_but_its_subscriptions_apply() {
-        let mut s = DeltaStream::new();
-        s.on_resources(node_resources(&[(ENDPOINT, "a", "1")]), 1);
-        s.on_request(&req(ENDPOINT, &[], &[], ""));
-        let out = s.on_request(&req(ENDPOINT, &["a"], &[], "42"));
-        assert!(out.stale);
-        assert_eq!(updated(&out.responses[0]), [pair("a", "1")]);
-    }
-}
+mod tests;

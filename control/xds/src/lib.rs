@@ -6,11 +6,14 @@
 //! [`MeshSnapshot`](traffic_translate::snapshot::MeshSnapshot)s from translation and, per stream,
 //! asks the snapshot for the node's resources (shared `Arc`s) and works out what to send. The
 //! protocol bookkeeping lives in pure state machines ([`sotw`], [`delta`]) that are unit-tested
-//! without gRPC; [`server`] is the plumbing. Rejected configuration (NACK) is logged, counted and
-//! handed to a [`RejectionSink`], and never sent again.
+//! without gRPC; [`server`] is the plumbing. When a proxy rejects configuration (NACK), the stream
+//! finds the rejected resources ([`quarantine`]) and keeps only those out of that proxy's
+//! configuration until they change; every NACK is logged and counted, and each rejected resource
+//! is handed to a [`RejectionSink`] (an Event on its origin object).
 
 pub mod delta;
 pub mod metrics;
+pub mod quarantine;
 pub mod rejection;
 pub mod request;
 pub mod server;
@@ -27,7 +30,7 @@ use prost::Message;
 pub use metrics::XdsMetrics;
 pub use rejection::{IgnoreRejections, RejectionSink};
 pub use server::{XdsServer, XdsServerError};
-use traffic_translate::snapshot::{NodeResources, ObjectRef, Resource, Resources};
+use traffic_translate::snapshot::{NodeResources, Resource, Resources};
 
 /// Resources as the `resources` field of a response, encoded at most once per wire format and
 /// shared by every stream that sends exactly these (1,000 streams getting the same 1,000 endpoint
@@ -350,15 +353,6 @@ pub fn set_version(resources: &Resources) -> String {
     format!("{h:016x}")
 }
 
-/// The distinct origins of `resources`, sorted.
-pub(crate) fn unique_origins<'a>(resources: impl Iterator<Item = &'a Arc<Resource>>) -> Vec<ObjectRef> {
-    resources
-        .filter_map(|r| r.origin.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect()
-}
-
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
@@ -373,7 +367,7 @@ pub(crate) mod testing {
                 value: format!("{name}@{version}").into_bytes(),
             },
             version: version.to_string(),
-            origin: Some(ObjectRef {
+            origin: Some(traffic_translate::snapshot::ObjectRef {
                 kind: "Service".into(),
                 namespace: "default".into(),
                 name: name.into(),

@@ -64,8 +64,16 @@ pub struct XdsMetrics {
     pub pushed_resources: Family<TypeLabels, Counter>,
     /// Responses the proxy accepted.
     pub acks: Family<TypeLabels, Counter>,
-    /// Responses the proxy rejected.
+    /// Responses the proxy rejected (every NACK, whatever nonce it carries: compare with Envoy's
+    /// own `update_rejected` counters).
     pub nacks: Family<TypeLabels, Counter>,
+    /// NACKs answering an older response than the last one sent.
+    pub stale_nacks: Family<TypeLabels, Counter>,
+    /// Resources found rejected and kept out of a proxy's configuration (one per resource and
+    /// stream; the names are in the log and the Event).
+    pub rejected_resources: Family<TypeLabels, Counter>,
+    /// Resources currently kept out of some proxy's configuration, summed over streams.
+    pub quarantined_resources: Family<TypeLabels, Gauge>,
     /// Requests ignored because their nonce was not the last one sent (or unknown).
     pub stale_requests: Family<TypeLabels, Counter>,
     /// Streams that ended with an error (transport failure, malformed request).
@@ -84,6 +92,9 @@ impl Default for XdsMetrics {
             pushed_resources: Family::default(),
             acks: Family::default(),
             nacks: Family::default(),
+            stale_nacks: Family::default(),
+            rejected_resources: Family::default(),
+            quarantined_resources: Family::default(),
             stale_requests: Family::default(),
             stream_errors: Family::default(),
             // 100 µs .. ~6.5 s
@@ -111,6 +122,21 @@ impl XdsMetrics {
         );
         r.register("acks", "xDS responses accepted by proxies", m.acks.clone());
         r.register("nacks", "xDS responses rejected by proxies", m.nacks.clone());
+        r.register(
+            "stale_nacks",
+            "NACKs answering an older response than the last one sent",
+            m.stale_nacks.clone(),
+        );
+        r.register(
+            "rejected_resources",
+            "Resources found rejected by a proxy and kept out of its configuration",
+            m.rejected_resources.clone(),
+        );
+        r.register(
+            "quarantined_resources",
+            "Resources currently kept out of a proxy's configuration because it rejected them (summed over streams)",
+            m.quarantined_resources.clone(),
+        );
         r.register(
             "stale_requests",
             "xDS requests ignored because their nonce is not the last one sent",

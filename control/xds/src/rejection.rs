@@ -1,17 +1,21 @@
 //! Where NACKs go besides the log and the metrics: the Kubernetes objects behind the rejected
 //! resources (`traffic-kube-source` turns them into Events).
 
-use traffic_translate::snapshot::ObjectRef;
+use std::sync::Arc;
 
-/// Told about every configuration a proxy rejected.
+use traffic_translate::snapshot::Resource;
+
+use crate::quarantine::Verdict;
+
+/// Told about every resource a proxy rejected, once the stream has found which one it was.
 ///
 /// Called on the stream's task: implementations must return quickly (queue the work, e.g. on a
 /// channel, rather than calling the API server inline).
 pub trait RejectionSink: Send + Sync + 'static {
-    /// Proxy `node` rejected a push of `type_url`. `origins` are the labelled objects of the
-    /// resources that push introduced (deduplicated, possibly empty); `message` is the proxy's
-    /// `error_detail.message`.
-    fn rejected(&self, node: &str, type_url: &str, origins: &[ObjectRef], message: &str);
+    /// Proxy `node` rejected `resources` of `type_url` (at least one; each with its name and the
+    /// labelled object it came from, if any); they are kept out of that proxy's configuration
+    /// until they change. `message` is the proxy's `error_detail.message`.
+    fn rejected(&self, node: &str, type_url: &str, resources: &[Arc<Resource>], message: &str);
 }
 
 /// A sink that does nothing beyond the server's own log line and metric.
@@ -19,18 +23,27 @@ pub trait RejectionSink: Send + Sync + 'static {
 pub struct IgnoreRejections;
 
 impl RejectionSink for IgnoreRejections {
-    fn rejected(&self, _node: &str, _type_url: &str, _origins: &[ObjectRef], _message: &str) {}
+    fn rejected(&self, _node: &str, _type_url: &str, _resources: &[Arc<Resource>], _message: &str) {}
 }
 
-/// One rejection, as the pure stream state machines report it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One NACK, as the pure stream state machines report it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rejection {
     pub type_url: String,
-    /// Names of the resources the rejected push introduced (they will not be sent again at the
-    /// same version).
-    pub resources: Vec<String>,
-    pub origins: Vec<ObjectRef>,
+    /// The nonce the NACK answered.
+    pub nonce: String,
+    /// It answered an older response than the last one sent (newer config was on its way).
+    pub stale: bool,
+    /// What it told about the resources of that response.
+    pub verdict: Verdict,
     pub message: String,
-    /// The version the proxy says it is still on.
+    /// The version the proxy says it is still on (SotW; empty in delta).
     pub kept_version: String,
+}
+
+impl Rejection {
+    /// Names of the resources the verdict is about.
+    pub fn resource_names(&self) -> Vec<&str> {
+        self.verdict.resources().iter().map(|r| r.name.as_str()).collect()
+    }
 }

@@ -15,6 +15,7 @@ use traffic_translate::snapshot::MeshSnapshot;
 
 use crate::delta::{DeltaResponse, DeltaStream};
 use crate::metrics::{Mode, ModeLabels, TypeLabels, XdsMetrics};
+use crate::quarantine::Verdict;
 use crate::rejection::{Rejection, RejectionSink};
 use crate::request::SotwRequest;
 use crate::sotw::{SotwResponse, SotwStream};
@@ -235,20 +236,44 @@ impl Shared {
     }
 
     fn report_rejection(&self, mode: Mode, node: &str, rejection: &Rejection) {
-        warn!(
-            node,
-            r#type = type_name(&rejection.type_url),
-            resources = ?rejection.resources,
-            origins = ?rejection.origins,
-            message = %rejection.message,
-            "proxy rejected configuration; keeping it on its last accepted version"
-        );
-        self.metrics
-            .nacks
-            .get_or_create(&TypeLabels::new(mode, &rejection.type_url))
-            .inc();
-        self.sink
-            .rejected(node, &rejection.type_url, &rejection.origins, &rejection.message);
+        let labels = TypeLabels::new(mode, &rejection.type_url);
+        self.metrics.nacks.get_or_create(&labels).inc();
+        if rejection.stale {
+            self.metrics.stale_nacks.get_or_create(&labels).inc();
+        }
+        let r#type = type_name(&rejection.type_url);
+        let resources = rejection.resource_names();
+        let (nonce, stale, message) = (&rejection.nonce, rejection.stale, &rejection.message);
+        match &rejection.verdict {
+            Verdict::Quarantined(rejected) => {
+                warn!(
+                    node, r#type, ?resources, nonce, stale, %message,
+                    "proxy rejected these resources; keeping them out of its configuration until they change"
+                );
+                self.metrics
+                    .rejected_resources
+                    .get_or_create(&labels)
+                    .inc_by(rejected.len() as u64);
+                self.sink
+                    .rejected(node, &rejection.type_url, rejected, &rejection.message);
+            }
+            Verdict::Narrowing(_) => info!(
+                node, r#type, suspects = ?resources, nonce, stale, %message,
+                "proxy rejected a response; sending subsets of it to find the rejected resource"
+            ),
+            Verdict::Explained(_) => debug!(
+                node,
+                r#type,
+                ?resources,
+                nonce,
+                stale,
+                "proxy rejected a response carrying resources already kept out"
+            ),
+            Verdict::Unexplained => warn!(
+                node, r#type, nonce, stale, %message,
+                "proxy rejected a response that introduced no new resource; keeping it on its last accepted version"
+            ),
+        }
     }
 
     fn count_push(&self, mode: Mode, type_url: &str, resources: usize) {
@@ -262,6 +287,50 @@ impl Shared {
 
     fn node_resources(&self, published: &Published, node: &str) -> Arc<View> {
         published.view(node)
+    }
+}
+
+/// Keeps `xds_quarantined_resources` in step with one stream's quarantines, and takes the
+/// stream's share back when it ends, however it ends.
+struct QuarantineGauge {
+    metrics: XdsMetrics,
+    mode: Mode,
+    /// type URL -> resources this stream has quarantined, as last added to the gauge.
+    counts: HashMap<String, usize>,
+}
+
+impl QuarantineGauge {
+    fn new(metrics: &XdsMetrics, mode: Mode) -> Self {
+        QuarantineGauge {
+            metrics: metrics.clone(),
+            mode,
+            counts: HashMap::new(),
+        }
+    }
+
+    fn update<'a>(&mut self, counts: impl Iterator<Item = (&'a str, usize)>) {
+        for (type_url, n) in counts {
+            let prev = self.counts.get(type_url).copied().unwrap_or(0);
+            if prev != n {
+                let gauge = self
+                    .metrics
+                    .quarantined_resources
+                    .get_or_create(&TypeLabels::new(self.mode, type_url));
+                gauge.inc_by(n as i64 - prev as i64);
+                self.counts.insert(type_url.to_string(), n);
+            }
+        }
+    }
+}
+
+impl Drop for QuarantineGauge {
+    fn drop(&mut self) {
+        for (type_url, n) in &self.counts {
+            self.metrics
+                .quarantined_resources
+                .get_or_create(&TypeLabels::new(self.mode, type_url))
+                .dec_by(*n as i64);
+        }
     }
 }
 
@@ -294,6 +363,7 @@ async fn run_sotw(shared: Arc<Shared>, mut inbound: Inbound<SotwRequest>, tx: Fr
     let mut state = SotwStream::with_name_sets(shared.names.clone());
     let mut node: Option<String> = None;
     let mut timer = AckTimer::default();
+    let mut quarantined = QuarantineGauge::new(&shared.metrics, MODE);
     loop {
         tokio::select! {
             req = inbound.message() => {
@@ -333,6 +403,7 @@ async fn run_sotw(shared: Arc<Shared>, mut inbound: Inbound<SotwRequest>, tx: Fr
                     acked: out.acked.as_deref(),
                     rejection: out.rejection.as_ref(),
                 });
+                quarantined.update(state.quarantined());
                 for resp in out.responses {
                     if !send_sotw(&shared, &tx, &mut timer, resp).await {
                         return;
@@ -347,6 +418,7 @@ async fn run_sotw(shared: Arc<Shared>, mut inbound: Inbound<SotwRequest>, tx: Fr
                 let p = published.borrow_and_update().clone();
                 let resources = shared.node_resources(&p, node.as_deref().unwrap_or_default());
                 let responses = state.on_resources(resources);
+                quarantined.update(state.quarantined());
                 let n = responses.len();
                 for resp in responses {
                     if !send_sotw(&shared, &tx, &mut timer, resp).await {
@@ -388,6 +460,7 @@ async fn run_delta(shared: Arc<Shared>, mut inbound: Inbound<DeltaDiscoveryReque
     let mut state = DeltaStream::with_name_sets(shared.names.clone());
     let mut node: Option<String> = None;
     let mut timer = AckTimer::default();
+    let mut quarantined = QuarantineGauge::new(&shared.metrics, MODE);
     loop {
         tokio::select! {
             req = inbound.message() => {
@@ -425,6 +498,7 @@ async fn run_delta(shared: Arc<Shared>, mut inbound: Inbound<DeltaDiscoveryReque
                     acked: out.acked.as_deref(),
                     rejection: out.rejection.as_ref(),
                 });
+                quarantined.update(state.quarantined());
                 for resp in out.responses {
                     if !send_delta(&shared, &tx, &mut timer, resp).await {
                         return;
@@ -439,6 +513,7 @@ async fn run_delta(shared: Arc<Shared>, mut inbound: Inbound<DeltaDiscoveryReque
                 let p = published.borrow_and_update().clone();
                 let resources = shared.node_resources(&p, node.as_deref().unwrap_or_default());
                 let responses = state.on_resources(resources, p.generation);
+                quarantined.update(state.quarantined());
                 let n = responses.len();
                 for resp in responses {
                     if !send_delta(&shared, &tx, &mut timer, resp).await {

@@ -8,22 +8,27 @@
 //! - Listeners and clusters are "full state": every response carries the whole subscribed set.
 //!   Routes, endpoints and secrets are requested by name and a response carries only the resources
 //!   that changed.
-//! - After a NACK the rejected resources are never sent again at the same version: the proxy keeps
-//!   its last accepted copy (full-state responses carry that copy instead), and the next real change
-//!   is pushed normally.
+//! - A NACK is acted on whatever its nonce: the stream remembers its last few responses by nonce,
+//!   so a NACK of an older response (answered while newer config was already on its way) still
+//!   names what the proxy could not take. The resources that response introduced (those differing
+//!   from the set of the version the proxy reports holding) are the suspects; [`Quarantine`] narrows
+//!   them down by sending subsets and keeps the culprit out. A rejected resource is never sent again
+//!   at the same version: the proxy keeps its last accepted copy (full-state responses carry that
+//!   copy instead), and everything else is pushed as usual.
 //! - `version_info` is a content hash of the whole set the proxy holds after applying the response,
 //!   so a proxy reconnecting with the current version gets no redundant response.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use traffic_translate::snapshot::{Resource, Resources};
 
+use crate::quarantine::{current_in, Quarantine};
 use crate::rejection::Rejection;
 use crate::request::{NameList, SotwRequest};
 use crate::{
-    is_full_state, set_version, unique_origins, EncodedResponse, NameSets, ResourceList, TypeView, View,
+    is_full_state, set_version, EncodedResponse, NameSets, ResourceList, TypeView, View, CLUSTER, ENDPOINT,
     ORDER,
 };
 
@@ -116,6 +121,13 @@ impl Subscription {
         }
     }
 
+    fn contains(&self, name: &str) -> bool {
+        match self {
+            Subscription::Wildcard => true,
+            Subscription::Names(names) => names.contains(name),
+        }
+    }
+
     /// The subscribed subset of `all`.
     fn select<'a>(
         &'a self,
@@ -128,6 +140,18 @@ impl Subscription {
     }
 }
 
+/// A response as the stream remembers it, to interpret the proxy's answer to it.
+#[derive(Debug, Clone)]
+struct Sent {
+    /// Empty for a set the proxy reported holding when it connected (no response was sent).
+    nonce: String,
+    version: String,
+    /// What the proxy holds once it accepts the response.
+    set: Arc<Resources>,
+    /// The resources the response carried.
+    pushed: Arc<ResourceList>,
+}
+
 #[derive(Debug)]
 struct TypeState {
     subscription: Subscription,
@@ -138,19 +162,17 @@ struct TypeState {
     sent_version: String,
     /// `sent` is a whole type map of a view (so diffs between views apply).
     sent_whole: bool,
-    /// Resources of the last response (to attribute a NACK).
-    last_pushed: Arc<ResourceList>,
-    /// What the proxy held at its last ACK.
+    /// What the proxy held at its last answer.
     acked: Arc<Resources>,
     acked_version: String,
-    /// name -> version the proxy rejected; not sent again while the snapshot still has it.
-    rejected: BTreeMap<String, String>,
-    /// The last few sets sent, by version: a NACK names the version the proxy is still on, which
-    /// tells exactly what it holds even when ACKs were skipped as stale.
-    history: VecDeque<(String, Arc<Resources>)>,
+    /// Resources the proxy rejected, and suspects being narrowed down.
+    quarantine: Quarantine,
+    /// The last few responses, newest last: an answer names a nonce (which response it is about)
+    /// and a version (which set the proxy holds), even when it is stale.
+    history: VecDeque<Sent>,
 }
 
-/// Sets remembered per type for NACK attribution.
+/// Responses remembered per type for answers to arrive late.
 const HISTORY: usize = 8;
 
 impl TypeState {
@@ -161,21 +183,28 @@ impl TypeState {
             sent: Arc::default(),
             sent_version: String::new(),
             sent_whole: false,
-            last_pushed: Arc::default(),
             acked: Arc::default(),
             acked_version: String::new(),
-            rejected: BTreeMap::new(),
+            quarantine: Quarantine::default(),
             history: VecDeque::new(),
         }
     }
 
-    fn remember(&mut self, version: &str, set: &Arc<Resources>) {
-        if self.history.iter().any(|(v, _)| v == version) {
-            return;
-        }
-        self.history.push_back((version.to_string(), set.clone()));
+    fn remember(&mut self, sent: Sent) {
+        self.history.push_back(sent);
         while self.history.len() > HISTORY {
             self.history.pop_front();
+        }
+    }
+
+    /// Takes the set of `version` (from the history) as what the proxy holds, if known.
+    fn holds_version(&mut self, version: &str) {
+        if let Some(h) = self.history.iter().rev().find(|h| h.version == version) {
+            self.acked = h.set.clone();
+            self.acked_version = h.version.clone();
+        } else if version.is_empty() {
+            self.acked = Arc::default();
+            self.acked_version = String::new();
         }
     }
 
@@ -184,25 +213,22 @@ impl TypeState {
     /// and with everything subscribed this is the snapshot's map itself (shared, not copied).
     fn desired(&mut self, tv: &TypeView) -> Arc<Resources> {
         let all = &tv.resources;
-        if !self.rejected.is_empty() {
-            // Forget rejections the snapshot has moved on from.
-            self.rejected
-                .retain(|name, bad| all.get(name).is_none_or(|r| r.version == *bad));
+        if !self.quarantine.is_empty() {
+            // Forget rejections and suspicions the snapshot or the subscription has moved on from.
+            let sub = &self.subscription;
+            self.quarantine
+                .retain(|r| current_in(all, r) && sub.contains(&r.name));
         }
-        if self.rejected.is_empty() && self.subscription.covers_all(tv) {
+        if self.quarantine.is_empty() && self.subscription.covers_all(tv) {
             return all.clone();
         }
         let mut desired = Resources::new();
         for (name, res) in self.subscription.select(all) {
-            match self.rejected.get(name) {
-                Some(_) => {
-                    if let Some(kept) = self.acked.get(name) {
-                        desired.insert(name.clone(), kept.clone());
-                    }
-                }
-                None => {
-                    desired.insert(name.clone(), res.clone());
-                }
+            if self.quarantine.admits(res) {
+                desired.insert(name.clone(), res.clone());
+            } else if let Some(kept) = self.acked.get(name).filter(|k| self.quarantine.admits(k)) {
+                // The last accepted copy, unless the proxy is only taken to hold it.
+                desired.insert(name.clone(), kept.clone());
             }
         }
         Arc::new(desired)
@@ -247,6 +273,11 @@ impl SotwStream {
         &self.resources
     }
 
+    /// type URL -> number of resources kept out of this proxy's configuration.
+    pub fn quarantined(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.types.iter().map(|(t, ts)| (t.as_str(), ts.quarantine.len()))
+    }
+
     /// Handles one request from the proxy.
     pub fn on_request(&mut self, request: &SotwRequest) -> RequestOutcome {
         let req = &request.message;
@@ -262,7 +293,12 @@ impl SotwStream {
             let version = set_version(&desired);
             if !req.version_info.is_empty() && req.version_info == version {
                 // The proxy already holds exactly this (reconnect): nothing to send.
-                ts.remember(&version, &desired);
+                ts.remember(Sent {
+                    nonce: String::new(),
+                    version: version.clone(),
+                    set: desired.clone(),
+                    pushed: Arc::default(),
+                });
                 ts.sent = desired.clone();
                 ts.sent_version = version.clone();
                 ts.acked = desired;
@@ -278,59 +314,70 @@ impl SotwStream {
             out.stale = true;
             return out;
         };
-        if req.response_nonce != ts.last_nonce {
-            out.stale = true;
-            return out;
-        }
-        match &req.error_detail {
-            Some(status) => {
+        let latest = req.response_nonce == ts.last_nonce;
+        out.stale = !latest;
+        let answered = ts
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.nonce == req.response_nonce)
+            .cloned();
+        let mut push = false;
+        match (&req.error_detail, answered) {
+            (Some(status), answered) => {
                 // What the proxy still holds: the set of the version it reports, when known.
-                if let Some((v, set)) = ts.history.iter().find(|(v, _)| *v == req.version_info) {
-                    ts.acked = set.clone();
-                    ts.acked_version = v.clone();
-                } else if req.version_info.is_empty() {
-                    ts.acked = Arc::default();
-                    ts.acked_version = String::new();
-                }
-                let rejected: Vec<Arc<Resource>> = ts
-                    .last_pushed
-                    .resources
+                ts.holds_version(&req.version_info);
+                // Suspects: what the answered response carried that the proxy does not hold.
+                let suspects: Vec<Arc<Resource>> = answered
                     .iter()
-                    .filter(|r| {
-                        ts.acked
-                            .get(&r.name)
-                            .map(|a| a.version != r.version)
-                            .unwrap_or(true)
-                    })
+                    .flat_map(|a| a.pushed.resources.iter())
+                    .filter(|r| ts.acked.get(&r.name).is_none_or(|a| a.version != r.version))
                     .cloned()
                     .collect();
-                for r in &rejected {
-                    ts.rejected.insert(r.name.clone(), r.version.clone());
+                let verdict = ts.quarantine.rejected(suspects, &status.message);
+                // A stale NACK changes nothing in flight unless it teaches something: the newest
+                // response may still be accepted.
+                if latest || verdict.changes_config() {
+                    ts.sent = ts.acked.clone();
+                    ts.sent_version = ts.acked_version.clone();
+                    ts.sent_whole = false;
+                    push = verdict != crate::quarantine::Verdict::Unexplained;
                 }
-                ts.sent = ts.acked.clone();
-                ts.sent_version = ts.acked_version.clone();
-                ts.sent_whole = false;
                 out.rejection = Some(Rejection {
                     type_url: type_url.to_string(),
-                    resources: rejected.iter().map(|r| r.name.clone()).collect(),
-                    origins: unique_origins(rejected.iter()),
+                    nonce: req.response_nonce.clone(),
+                    stale: !latest,
+                    verdict,
                     message: status.message.clone(),
                     kept_version: req.version_info.clone(),
                 });
             }
-            None => {
-                ts.acked = ts.sent.clone();
-                ts.acked_version = ts.sent_version.clone();
-                out.acked = Some(req.response_nonce.clone());
+            (None, Some(answered)) => {
+                push = ts.quarantine.accepted(answered.pushed.resources.iter());
+                if latest {
+                    ts.acked = ts.sent.clone();
+                    ts.acked_version = ts.sent_version.clone();
+                    out.acked = Some(req.response_nonce.clone());
+                }
+            }
+            (None, None) => {}
+        }
+        if latest {
+            let first_or_wildcard = ts.subscription == Subscription::Wildcard;
+            if !ts
+                .subscription
+                .same_as_request(type_url, names, first_or_wildcard)
+            {
+                ts.subscription = Subscription::from_request(type_url, names, first_or_wildcard, &self.names);
+                push = true;
             }
         }
-        let first_or_wildcard = ts.subscription == Subscription::Wildcard;
-        if !ts
-            .subscription
-            .same_as_request(type_url, names, first_or_wildcard)
-        {
-            ts.subscription = Subscription::from_request(type_url, names, first_or_wildcard, &self.names);
+        if push {
             out.responses.extend(self.push(type_url, false));
+            if type_url == CLUSTER {
+                // Clusters updated by this push need their endpoints again.
+                out.responses.extend(self.push(ENDPOINT, false));
+            }
         }
         out
     }
@@ -362,7 +409,7 @@ impl SotwStream {
         let tv = self.resources.get(type_url).cloned().unwrap_or_default();
         let all = &tv.resources;
         let ts = self.types.get_mut(type_url)?;
-        if !initial && ts.rejected.is_empty() && ts.sent_whole && ts.sent_version == tv.version {
+        if !initial && ts.quarantine.is_empty() && ts.sent_whole && ts.sent_version == tv.version {
             // Same content as what the proxy holds: adopt the new map so the old one can go.
             ts.sent = all.clone();
             return None;
@@ -406,268 +453,58 @@ impl SotwStream {
             }
             changed
         };
+        let updated_clusters: Vec<String> = if type_url == CLUSTER {
+            desired
+                .iter()
+                .filter(|(n, r)| ts.sent.get(*n).is_some_and(|s| s.version != r.version))
+                .map(|(n, _)| n.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         ts.sent_whole = whole;
-        ts.remember(&version, &desired);
-        ts.sent = desired;
-        ts.sent_version = version.clone();
-        ts.last_pushed = pushed;
         self.nonce += 1;
         let nonce = self.nonce.to_string();
+        ts.remember(Sent {
+            nonce: nonce.clone(),
+            version: version.clone(),
+            set: desired.clone(),
+            pushed: pushed.clone(),
+        });
+        ts.sent = desired;
+        ts.sent_version = version.clone();
         ts.last_nonce = nonce.clone();
-        Some(SotwResponse {
+        let response = SotwResponse {
             version_info: version,
-            resources: ts.last_pushed.clone(),
+            resources: pushed,
             type_url: type_url.to_string(),
             nonce,
-        })
+        };
+        if !updated_clusters.is_empty() {
+            self.forget_endpoints(&updated_clusters);
+        }
+        Some(response)
+    }
+
+    /// Envoy warms an updated cluster until its endpoints arrive again, even when they did not
+    /// change (up to its 15 s initial fetch timeout, measured with the NACK tests): forget that
+    /// the proxy has them, so the endpoint push that follows the cluster push re-sends them.
+    fn forget_endpoints(&mut self, clusters: &[String]) {
+        let Some(eds) = self.types.get_mut(ENDPOINT) else {
+            return;
+        };
+        if !clusters.iter().any(|c| eds.sent.contains_key(c)) {
+            return;
+        }
+        let mut sent = (*eds.sent).clone();
+        for c in clusters {
+            sent.remove(c);
+        }
+        eds.sent_version = set_version(&sent);
+        eds.sent = Arc::new(sent);
+        eds.sent_whole = false;
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::node_resources;
-    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
-    use envoy_types::pb::google::rpc::Status;
-    use traffic_translate::snapshot::{CLUSTER, ENDPOINT};
-
-    fn request(type_url: &str, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
-        DiscoveryRequest {
-            type_url: type_url.to_string(),
-            resource_names: names.iter().map(|s| s.to_string()).collect(),
-            version_info: version.to_string(),
-            response_nonce: nonce.to_string(),
-            ..Default::default()
-        }
-    }
-
-    fn req(type_url: &str, names: &[&str], version: &str, nonce: &str) -> SotwRequest {
-        request(type_url, names, version, nonce).into()
-    }
-
-    fn nack(type_url: &str, names: &[&str], version: &str, nonce: &str) -> SotwRequest {
-        DiscoveryRequest {
-            error_detail: Some(Status {
-                code: 3,
-                message: "bad cluster".into(),
-                details: vec![],
-            }),
-            ..request(type_url, names, version, nonce)
-        }
-        .into()
-    }
-
-    fn names(r: &SotwResponse) -> Vec<String> {
-        r.to_message()
-            .resources
-            .iter()
-            .map(|a| {
-                String::from_utf8_lossy(&a.value)
-                    .split('@')
-                    .next()
-                    .unwrap_or("")
-                    .to_string()
-            })
-            .collect()
-    }
-
-    #[test]
-    fn the_first_cluster_request_is_answered_even_when_there_are_no_clusters() {
-        let mut s = SotwStream::new();
-        let out = s.on_request(&req(CLUSTER, &[], "", ""));
-        assert_eq!(out.responses.len(), 1);
-        assert!(out.responses[0].resources.is_empty());
-        assert!(!out.responses[0].nonce.is_empty());
-    }
-
-    #[test]
-    fn endpoints_are_sent_only_for_subscribed_names_and_only_when_changed() {
-        let mut s = SotwStream::new();
-        s.on_resources(node_resources(&[
-            (ENDPOINT, "a", "1"),
-            (ENDPOINT, "b", "1"),
-            (ENDPOINT, "c", "1"),
-        ]));
-        let out = s.on_request(&req(ENDPOINT, &["a", "b"], "", ""));
-        assert_eq!(names(&out.responses[0]), ["a", "b"]);
-        let n = out.responses[0].nonce.clone();
-        let v = out.responses[0].version_info.clone();
-        assert!(s
-            .on_request(&req(ENDPOINT, &["a", "b"], &v, &n))
-            .responses
-            .is_empty());
-        // c changes: not subscribed, nothing sent. b changes: only b sent.
-        let pushed = s.on_resources(node_resources(&[
-            (ENDPOINT, "a", "1"),
-            (ENDPOINT, "b", "2"),
-            (ENDPOINT, "c", "2"),
-        ]));
-        assert_eq!(pushed.len(), 1);
-        assert_eq!(names(&pushed[0]), ["b"]);
-        assert_ne!(pushed[0].version_info, v);
-        // subscribing to c sends c only
-        let out = s.on_request(&req(
-            ENDPOINT,
-            &["a", "b", "c"],
-            &pushed[0].version_info,
-            &pushed[0].nonce,
-        ));
-        assert_eq!(names(&out.responses[0]), ["c"]);
-    }
-
-    #[test]
-    fn a_request_with_a_stale_nonce_is_ignored() {
-        let mut s = SotwStream::new();
-        let first = s.on_request(&req(CLUSTER, &[], "", "")).responses.remove(0);
-        let second = s.on_resources(node_resources(&[(CLUSTER, "a", "1")])).remove(0);
-        let out = s.on_request(&req(CLUSTER, &[], &first.version_info, &first.nonce));
-        assert!(out.stale);
-        assert!(out.responses.is_empty() && out.acked.is_none());
-        let out = s.on_request(&req(CLUSTER, &[], &second.version_info, &second.nonce));
-        assert_eq!(out.acked.as_deref(), Some(second.nonce.as_str()));
-    }
-
-    #[test]
-    fn a_rejected_cluster_is_never_sent_again_and_the_next_real_change_is() {
-        let mut s = SotwStream::new();
-        s.on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "1")]));
-        let r1 = s.on_request(&req(CLUSTER, &[], "", "")).responses.remove(0);
-        s.on_request(&req(CLUSTER, &[], &r1.version_info, &r1.nonce));
-        // b becomes invalid
-        let r2 = s
-            .on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "bad")]))
-            .remove(0);
-        let out = s.on_request(&nack(CLUSTER, &[], &r1.version_info, &r2.nonce));
-        let rej = out.rejection.expect("rejection");
-        assert_eq!(rej.resources, ["b"]);
-        assert_eq!(rej.message, "bad cluster");
-        assert!(out.responses.is_empty(), "no immediate re-send after a NACK");
-        // republishing the same content sends nothing
-        assert!(s
-            .on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "bad")]))
-            .is_empty());
-        // a real change to a: pushed with b at its last accepted version
-        let r3 = s
-            .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "b", "bad")]))
-            .remove(0);
-        let bodies: Vec<String> = r3
-            .to_message()
-            .resources
-            .iter()
-            .map(|a| String::from_utf8_lossy(&a.value).into_owned())
-            .collect();
-        assert_eq!(bodies, ["a@2", "b@1"]);
-        // b fixed: pushed
-        s.on_request(&req(CLUSTER, &[], &r3.version_info, &r3.nonce));
-        let r4 = s
-            .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "b", "3")]))
-            .remove(0);
-        let bodies: Vec<String> = r4
-            .to_message()
-            .resources
-            .iter()
-            .map(|a| String::from_utf8_lossy(&a.value).into_owned())
-            .collect();
-        assert_eq!(bodies, ["a@2", "b@3"]);
-    }
-
-    #[test]
-    fn a_nack_after_a_skipped_stale_ack_blames_only_what_the_proxy_did_not_have() {
-        let mut s = SotwStream::new();
-        s.on_resources(node_resources(&[(CLUSTER, "a", "1")]));
-        let r1 = s.on_request(&req(CLUSTER, &[], "", "")).responses.remove(0);
-        let r2 = s
-            .on_resources(node_resources(&[(CLUSTER, "a", "1"), (CLUSTER, "b", "bad")]))
-            .remove(0);
-        assert!(
-            s.on_request(&req(CLUSTER, &[], &r1.version_info, &r1.nonce))
-                .stale
-        );
-        let rej = s
-            .on_request(&nack(CLUSTER, &[], &r1.version_info, &r2.nonce))
-            .rejection
-            .expect("nack");
-        assert_eq!(rej.resources, ["b"]);
-        // the next change keeps a (which the proxy has) and leaves b out
-        let r3 = s
-            .on_resources(node_resources(&[(CLUSTER, "a", "2"), (CLUSTER, "b", "bad")]))
-            .remove(0);
-        let bodies: Vec<String> = r3
-            .to_message()
-            .resources
-            .iter()
-            .map(|a| String::from_utf8_lossy(&a.value).into_owned())
-            .collect();
-        assert_eq!(bodies, ["a@2"]);
-    }
-
-    #[test]
-    fn a_proxy_reconnecting_with_the_current_version_gets_no_response() {
-        let mut s = SotwStream::new();
-        s.on_resources(node_resources(&[(CLUSTER, "a", "1")]));
-        let r1 = s.on_request(&req(CLUSTER, &[], "", "")).responses.remove(0);
-        let mut again = SotwStream::new();
-        again.on_resources(node_resources(&[(CLUSTER, "a", "1")]));
-        assert!(again
-            .on_request(&req(CLUSTER, &[], &r1.version_info, ""))
-            .responses
-            .is_empty());
-        assert_eq!(
-            again.on_resources(node_resources(&[(CLUSTER, "a", "2")])).len(),
-            1
-        );
-    }
-
-    #[test]
-    fn an_ack_repeating_the_names_in_another_order_keeps_the_subscription_and_sends_nothing() {
-        let mut s = SotwStream::new();
-        s.on_resources(node_resources(&[(ENDPOINT, "a", "1"), (ENDPOINT, "b", "1")]));
-        let r = s
-            .on_request(&req(ENDPOINT, &["a", "b"], "", ""))
-            .responses
-            .remove(0);
-        let out = s.on_request(&req(ENDPOINT, &["b", "a"], &r.version_info, &r.nonce));
-        assert!(out.responses.is_empty());
-        // a different set of the same size is a change
-        s.on_resources(node_resources(&[
-            (ENDPOINT, "a", "1"),
-            (ENDPOINT, "b", "1"),
-            (ENDPOINT, "c", "1"),
-        ]));
-        let out = s.on_request(&req(ENDPOINT, &["a", "c"], &r.version_info, &r.nonce));
-        assert_eq!(names(&out.responses[0]), ["c"]);
-    }
-
-    #[test]
-    fn streams_sharing_a_view_and_a_name_set_get_only_the_changed_assignment() {
-        let sets = Arc::new(NameSets::default());
-        let mut streams: Vec<SotwStream> = (0..3).map(|_| SotwStream::with_name_sets(sets.clone())).collect();
-        let v1 = node_resources(&[(ENDPOINT, "a", "1"), (ENDPOINT, "b", "1")]);
-        for s in &mut streams {
-            s.on_resources(v1.clone());
-            let r = s
-                .on_request(&req(ENDPOINT, &["a", "b"], "", ""))
-                .responses
-                .remove(0);
-            assert_eq!(names(&r), ["a", "b"]);
-            s.on_request(&req(ENDPOINT, &["a", "b"], &r.version_info, &r.nonce));
-        }
-        let v2 = node_resources(&[(ENDPOINT, "a", "1"), (ENDPOINT, "b", "2")]);
-        for s in &mut streams {
-            let pushed = s.on_resources(v2.clone());
-            assert_eq!(pushed.len(), 1);
-            assert_eq!(names(&pushed[0]), ["b"]);
-        }
-    }
-
-    #[test]
-    fn nonces_are_unique_across_types_on_a_stream() {
-        let mut s = SotwStream::new();
-        let a = s.on_request(&req(CLUSTER, &[], "", "")).responses.remove(0);
-        let b = s
-            .on_request(&req(crate::LISTENER, &[], "", ""))
-            .responses
-            .remove(0);
-        assert_ne!(a.nonce, b.nonce);
-    }
-}
+mod tests;
