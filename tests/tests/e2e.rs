@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use traffic_tests::e2e::{wait_until, E2e, Pod, TestNamespace};
 
+#[path = "e2e/churn.rs"]
+mod churn;
 #[path = "e2e/faults.rs"]
 mod faults;
 use traffic_tests::e2e_parse::{cluster_hosts, cluster_stat, outbound_connections, Tally};
@@ -487,6 +489,13 @@ mod agent_lifecycle {
     fn kill_9_of_the_control_plane_under_200_requests_per_second_fails_no_request_and_sidecars_reconnect() {
         let Some(e2e) = E2e::require() else { return };
         faults::control_plane_kill_under_load(&e2e);
+    }
+
+    #[test]
+    fn after_enabled_pods_are_created_and_deleted_in_batches_the_nodes_bpf_pins_sidecars_iptables_and_cgroups_are_back_to_baseline(
+    ) {
+        let Some(e2e) = E2e::require() else { return };
+        churn::churn(&e2e);
     }
 
     #[test]

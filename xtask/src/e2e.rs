@@ -44,6 +44,9 @@ pub struct Options {
     /// Keep the temp dir with the logs.
     #[arg(long)]
     pub keep_logs: bool,
+    /// Extra environment for the test binary (set by other tasks, e.g. `bench churn`).
+    #[arg(skip)]
+    pub test_env: Vec<(String, String)>,
 }
 
 fn env_or(key: &str, default: &str) -> String {
@@ -376,7 +379,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                 .env("TRAFFIC_E2E_TIMINGS", &timings)
                 // The agent the test restarts inherits this environment.
                 .env("RUST_LOG", env_or("RUST_LOG", "info"))
-                .env("NO_COLOR", "1");
+                .env("NO_COLOR", "1")
+                .envs(o.test_env.iter().map(|(k, v)| (k, v)));
             match (&o.filter, i) {
                 (Some(f), _) => {
                     test.arg(f);
