@@ -46,12 +46,23 @@ pub struct CallTally {
     pub other: BTreeMap<String, usize>,
     /// The first successful call after the fault.
     pub first_ok_after: Option<f64>,
+    /// The first failed call after the fault (when the fault actually struck the callers).
+    pub first_failure: Option<f64>,
+    /// The first successful call after that failure (when callers were served again).
+    pub recovered: Option<f64>,
 }
 
 impl CallTally {
     pub fn of(calls: &[PodCall], port: u16, fault: f64) -> Self {
         let mut t = CallTally::default();
         for c in calls.iter().filter(|c| c.port == port) {
+            if c.at >= fault {
+                match (c.ok, t.first_failure) {
+                    (false, None) => t.first_failure = Some(c.at),
+                    (true, Some(_)) if t.recovered.is_none() => t.recovered = Some(c.at),
+                    _ => {}
+                }
+            }
             match (c.ok, c.at >= fault) {
                 (true, false) => t.ok_before += 1,
                 (true, true) => {
@@ -66,6 +77,10 @@ impl CallTally {
     }
     pub fn other_failures(&self) -> usize {
         self.other.values().sum()
+    }
+    /// From the first failure after the fault to the first success after it (seconds).
+    pub fn window(&self) -> Option<f64> {
+        Some(self.recovered? - self.first_failure?)
     }
 }
 
@@ -149,6 +164,8 @@ garbage
             (1, 2, 2, 1)
         );
         assert_eq!(t.first_ok_after, Some(101.9));
+        assert_eq!((t.first_failure, t.recovered), (Some(100.5), Some(101.9)));
+        assert!((t.window().unwrap() - 1.4).abs() < 1e-9);
         assert_eq!(t.other.keys().next().unwrap(), "wget: download timed out");
         let blocked = CallTally::of(&calls, 9081, 0.0);
         assert_eq!((blocked.ok_after, blocked.other_failures()), (0, 1));

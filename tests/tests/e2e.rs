@@ -499,6 +499,13 @@ mod agent_lifecycle {
     }
 
     #[test]
+    fn with_the_api_server_stopped_for_30_s_agent_and_control_plane_keep_serving_and_catch_up_with_changes_without_restart(
+    ) {
+        let Some(e2e) = E2e::require() else { return };
+        faults::api_server_outage(&e2e);
+    }
+
+    #[test]
     fn deleting_a_pod_leaves_no_sidecar_and_no_redirect_state() {
         let Some(e2e) = E2e::require() else { return };
         scenario::pod_deletion(&e2e);

@@ -32,6 +32,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         agent_args: vec!["--concurrency".into(), "8".into()],
         no_build: o.no_build,
         keep_logs: false,
+        nocapture: true,
         test_env: vec![
             ("TRAFFIC_E2E_CHURN_CYCLES".into(), o.cycles.to_string()),
             ("TRAFFIC_E2E_CHURN_BATCH".into(), o.batch.to_string()),

@@ -44,6 +44,9 @@ pub struct Options {
     /// Keep the temp dir with the logs.
     #[arg(long)]
     pub keep_logs: bool,
+    /// Show the tests' output (the fault scenarios print what callers saw) even when they pass.
+    #[arg(long)]
+    pub nocapture: bool,
     /// Extra environment for the test binary (set by other tasks, e.g. `bench churn`).
     #[arg(skip)]
     pub test_env: Vec<(String, String)>,
@@ -368,6 +371,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             test.current_dir(&root)
                 .args(["test", "-p", "traffic-tests", "--test", "e2e", "--"])
                 .arg("--test-threads=1")
+                .args(o.nocapture.then_some("--nocapture"))
                 .env("TRAFFIC_E2E", "1")
                 .env("TRAFFIC_E2E_REDIRECT_MODE", mode)
                 .env("TRAFFIC_E2E_AGENT_PIDFILE", &pidfile)

@@ -65,13 +65,16 @@ pub fn sidecar_death(e2e: &E2e) {
     let served = CallTally::of(&calls, 9080, killed_at);
     let blocked = CallTally::of(&calls, 9081, 0.0);
     eprintln!(
-        "[{}] calls to 9080 around the sidecar's death: {} ok before, {} refused, {} other failures {:?}, {} ok after",
+        "[{}] calls to 9080 around the sidecar's death: {} ok before, {} refused, {} other failures {:?}, {} ok after; blocked port 9081: {} answered, {} refused, {:?}",
         e2e.mode,
         served.ok_before,
         served.refused,
         served.other_failures(),
         served.other,
-        served.ok_after
+        served.ok_after,
+        blocked.ok_before + blocked.ok_after,
+        blocked.refused,
+        blocked.other
     );
     assert!(
         served.ok_before > 0,
@@ -84,11 +87,27 @@ pub fn sidecar_death(e2e: &E2e) {
         "the blocked port never answered: the pod never bypassed its proxy\n{}",
         out.stdout
     );
-    let first_ok = served
-        .first_ok_after
-        .unwrap_or_else(|| panic!("no call succeeded after the kill:\n{}", out.stdout));
-    let window = Duration::from_secs_f64((first_ok - killed_at).max(0.0));
-    e2e.record_timing("sidecar killed->new sidecar serving (fail-closed window)", window);
+    assert!(
+        served.first_ok_after.is_some(),
+        "no call succeeded after the kill:\n{}",
+        out.stdout
+    );
+    // From the first call that failed (Envoy gone) to the first one the new sidecar served.
+    let window = served.window().unwrap_or_else(|| {
+        panic!(
+            "no call failed after the kill (was it too fast to see?):\n{}",
+            out.stdout
+        )
+    });
+    e2e.record_timing(
+        "sidecar died->new sidecar serving (fail-closed window)",
+        Duration::from_secs_f64(window.max(0.0)),
+    );
+    assert!(
+        served.refused > 0,
+        "calls in the window are refused: {}",
+        out.stdout
+    );
     // Refused while nothing listens; at most the call in flight when Envoy died fails otherwise.
     assert!(
         served.other_failures() <= 1,
@@ -263,4 +282,111 @@ pub fn control_plane_kill_under_load(e2e: &E2e) {
         .expect("label");
     }
     wait_membership(&ns, &client.sidecar, 2);
+}
+
+/// The API server stopped for 30 s and started again, during sustained requests: the agent and
+/// the control plane keep running (same processes, no restart) and serving (no request fails),
+/// and once the API is back they catch up with a change made right then — a Deployment enabled
+/// (agent: sidecar + redirect) and endpoint weights (control plane: two members). The times from
+/// "API ready" to each are recorded. (While the API is down nothing can change, so "changes
+/// made meanwhile" are the ones queued the moment it is back.)
+pub fn api_server_outage(e2e: &E2e) {
+    let (Some(agent), Some(control)) = (e2e.agent.clone(), e2e.control.clone()) else {
+        eprintln!("skipping: the agent and control plane are not run by cargo xtask e2e");
+        return;
+    };
+    let (ns, client, ip) = enabled_client(e2e, "api-outage");
+    let v1 = ns.pod("app=reviews,version=v1").expect("reviews-v1 pod");
+    let (agent_pid, control_pid) = (
+        agent.pid().expect("agent pid"),
+        control.pid().expect("control pid"),
+    );
+    let api = traffic_tests::e2e_apiserver::ApiServer::of_kit();
+    let bin = Path::new(env!("CARGO_BIN_EXE_load-client"));
+    e2e.copy_into(&client.pod.uid, "client", bin, LOAD_CLIENT)
+        .expect("copy load-client into the client pod");
+    // `kubectl exec` goes through the API server, so the load runs detached in the pod and
+    // leaves its summary in a file, read once the API is back.
+    let load_seconds = 60;
+    ns.sh(
+        &client.pod.name,
+        &format!("nohup {LOAD_CLIENT} {ip}:9080 50 {load_seconds} > /load.json 2>&1 &"),
+        Duration::from_secs(30),
+    )
+    .expect("start the load");
+    std::thread::sleep(Duration::from_secs(5));
+    let stopped = api.stop().expect("stop kube-apiserver");
+    let t_stop = Instant::now();
+    std::thread::sleep(Duration::from_secs(30));
+    assert!(
+        agent.alive() && control.alive(),
+        "agent and control plane survive the outage"
+    );
+    stopped.start().expect("start kube-apiserver");
+    let t_ready = wait_until(
+        "the API server ready again",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || {
+            Ok(e2e
+                .kubectl(&["get", "--raw", "/readyz"])
+                .is_ok()
+                .then(Instant::now))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("API server down for {:.1} s", (t_ready - t_stop).as_secs_f64());
+    // The changes, made the moment the API is back.
+    ns.label("deployment/reviews-v1", &[&format!("{ENABLED}=true")])
+        .expect("label");
+    for (d, w) in [("reviews-v2", 10), ("reviews-v3", 0)] {
+        ns.label(
+            &format!("deployment/{d}"),
+            &[&format!("traffic.endpoint.weight={w}")],
+        )
+        .expect("label");
+    }
+    let t_changed = Instant::now();
+    e2e.wait_agent(
+        "the agent enabled reviews-v1 after the outage",
+        ENABLE_TIMEOUT,
+        || {
+            let sc = e2e.running_sidecar(&v1.uid)?;
+            Ok(sc.filter(|_| e2e.redirect_state(&v1.uid).is_ok_and(|s| s.active(&e2e.mode))))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    e2e.record_timing("API back->agent applied a change", t_changed.elapsed());
+    let hosts = wait_membership(&ns, &client.sidecar, 2);
+    e2e.record_timing("API back->control plane pushed a change", t_changed.elapsed());
+    assert!(hosts.iter().any(|(_, w)| *w == 10), "weights applied: {hosts:?}");
+    // The load ends on its own; its summary is in the pod.
+    let summary = wait_until(
+        "the load's summary",
+        Duration::from_secs(load_seconds + 60),
+        Duration::from_secs(1),
+        || {
+            let out = ns.sh(&client.pod.name, "cat /load.json", Duration::from_secs(30))?;
+            Ok(LoadSummary::parse(&out.stdout))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "[{}] 50 requests/s for {load_seconds} s across a 30 s API outage: {} ok, {} failed {:?}",
+        e2e.mode,
+        summary.ok(),
+        summary.failed(),
+        summary.outcomes
+    );
+    assert_eq!(
+        summary.failed(),
+        0,
+        "sidecars keep serving while the API is down: {summary:?}"
+    );
+    assert_eq!(
+        (agent.pid().ok(), control.pid().ok()),
+        (Some(agent_pid), Some(control_pid)),
+        "neither was restarted"
+    );
+    assert!(agent.alive() && control.alive());
 }
