@@ -121,12 +121,17 @@ impl LoadSummary {
     pub fn ok(&self) -> u64 {
         self.outcomes.get("ok").copied().unwrap_or(0)
     }
+    /// Requests that failed (refused, reset, timed out, an HTTP error...).
     pub fn failed(&self) -> u64 {
         self.outcomes
             .iter()
-            .filter(|(k, _)| *k != "ok")
+            .filter(|(k, _)| !matches!(k.as_str(), "ok" | "unfinished"))
             .map(|(_, n)| n)
             .sum()
+    }
+    /// Requests the overloaded machine did not complete in time (neither ok nor failed).
+    pub fn unfinished(&self) -> u64 {
+        self.outcomes.get("unfinished").copied().unwrap_or(0)
     }
 }
 
@@ -173,9 +178,9 @@ garbage
 
     #[test]
     fn the_load_client_summary_is_read_from_its_last_json_line() {
-        let out = "noise\n{\"sent\":6000,\"elapsed_ms\":30010,\"outcomes\":{\"ok\":5990,\"refused\":10},\"first_failure_ms\":1200,\"last_failure_ms\":1300,\"p50_us\":900,\"p99_us\":4000,\"max_us\":9000}\n";
+        let out = "noise\n{\"sent\":6000,\"elapsed_ms\":30010,\"outcomes\":{\"ok\":5980,\"refused\":10,\"unfinished\":10},\"first_failure_ms\":1200,\"last_failure_ms\":1300,\"p50_us\":900,\"p99_us\":4000,\"max_us\":9000}\n";
         let s = LoadSummary::parse(out).unwrap();
-        assert_eq!((s.sent, s.ok(), s.failed()), (6000, 5990, 10));
+        assert_eq!((s.sent, s.ok(), s.failed(), s.unfinished()), (6000, 5980, 10, 10));
         assert_eq!((s.first_failure_ms, s.p99_us), (Some(1200), Some(4000)));
         assert_eq!(LoadSummary::parse("no json here"), None);
     }
