@@ -33,8 +33,12 @@ pub struct ApiServer {
     log: PathBuf,
 }
 
-/// A stopped kube-apiserver, with what it takes to start it again.
-pub struct Stopped {
+/// A stopped kube-apiserver, with what it takes to start it again. Dropped without
+/// [`Stopped::start`] (a test that failed meanwhile), it starts the apiserver itself: the cluster
+/// is never left without one.
+pub struct Stopped(Option<Launch>);
+
+struct Launch {
     pidfile: PathBuf,
     log: PathBuf,
     argv: Vec<String>,
@@ -58,7 +62,8 @@ impl ApiServer {
             .context("kube-apiserver pid file")
     }
 
-    /// SIGTERM and wait until the process is gone (up to 30 s).
+    /// SIGTERM, and SIGKILL after 10 s (a terminating apiserver refuses connections at once but
+    /// may take minutes to end its watches); returns once the process is gone.
     pub fn stop(&self) -> anyhow::Result<Stopped> {
         let pid = self.pid()?;
         let argv = nul_split(&std::fs::read(format!("/proc/{pid}/cmdline"))?);
@@ -70,26 +75,59 @@ impl ApiServer {
             argv.first().is_some_and(|a| a.ends_with("kube-apiserver")),
             "pid {pid} is not kube-apiserver: {argv:?}"
         );
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM)
+        let gone = || Ok((!Path::new(&format!("/proc/{pid}")).exists()).then_some(()));
+        let target = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(target, nix::sys::signal::SIGTERM)
             .with_context(|| format!("kill -TERM {pid}"))?;
-        wait_until(
-            "kube-apiserver to exit",
-            Duration::from_secs(30),
-            Duration::from_millis(50),
-            || Ok((!Path::new(&format!("/proc/{pid}")).exists()).then_some(())),
-        )?;
-        Ok(Stopped {
+        let stopped = Stopped(Some(Launch {
             pidfile: self.pidfile.clone(),
             log: self.log.clone(),
             argv,
             env,
-        })
+        }));
+        if wait_until(
+            "kube-apiserver to exit",
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            gone,
+        )
+        .is_err()
+        {
+            nix::sys::signal::kill(target, nix::sys::signal::SIGKILL)
+                .with_context(|| format!("kill -KILL {pid}"))?;
+            wait_until(
+                "kube-apiserver to die",
+                Duration::from_secs(10),
+                Duration::from_millis(50),
+                gone,
+            )?;
+        }
+        Ok(stopped)
     }
 }
 
 impl Stopped {
     /// Starts the same kube-apiserver again, the kit's way (own session, pid file, appended log).
-    pub fn start(self) -> anyhow::Result<()> {
+    pub fn start(mut self) -> anyhow::Result<()> {
+        match self.0.take() {
+            Some(l) => l.start(),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(l) = self.0.take() {
+            if let Err(e) = l.start() {
+                eprintln!("cannot start kube-apiserver again: {e:#} (run cluster-up.sh)");
+            }
+        }
+    }
+}
+
+impl Launch {
+    fn start(self) -> anyhow::Result<()> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
