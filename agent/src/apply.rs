@@ -9,14 +9,17 @@ use futures::future::BoxFuture;
 use futures::StreamExt;
 use tracing::{debug, info, warn};
 use traffic_kube_source::events::{EventSink, EventType};
+use traffic_redirect::Settings;
 use traffic_redirect::{Mode, PodKey, PodRedirect, RedirectError, Redirector};
+use traffic_sidecar::admin::ProxyAdmin;
 use traffic_sidecar::bootstrap::{self, BootstrapOptions};
+use traffic_sidecar::listeners::{self, ListenerWait, WaitError};
 use traffic_sidecar::{ContainerRuntime, PodRef, RuntimeError, Sandbox, Sidecar, SidecarSpec};
 use traffic_translate::snapshot::ObjectRef;
 
 use crate::desired::{DesiredPod, PROXY_UID};
 use crate::metrics::AgentMetrics;
-use crate::reconcile::{Plan, Step};
+use crate::reconcile::{Plan, SidecarFailure, Step};
 
 /// Writes the agent's annotations on a pod (`proxy = None` and `mode = None` clear them).
 pub trait Annotator: Send + Sync {
@@ -61,6 +64,12 @@ pub enum ApplyError {
         #[source]
         source: Box<kube::Error>,
     },
+    #[error("sidecar {container_id} is not configured: {source}")]
+    Listeners {
+        container_id: String,
+        #[source]
+        source: WaitError,
+    },
     #[error("redirector task panicked")]
     Join,
 }
@@ -69,7 +78,8 @@ impl ApplyError {
     /// `Event` reason for a failed step.
     fn reason(&self, step: &Step) -> &'static str {
         match step {
-            Step::StartSidecar { .. } => "SidecarStartFailed",
+            Step::PrepareSidecar { .. } | Step::StartSidecar { .. } => "SidecarStartFailed",
+            Step::AwaitListeners { .. } => "SidecarNotConfigured",
             Step::RemoveSidecar { .. } => "SidecarRemoveFailed",
             Step::EnableRedirect { .. } => "RedirectFailed",
             Step::DisableRedirect => "RedirectRemoveFailed",
@@ -86,6 +96,12 @@ pub struct Applier<R> {
     pub events: Arc<dyn EventSink>,
     pub metrics: AgentMetrics,
     pub template: SidecarTemplate,
+    /// The sidecars' Envoy admin (is a sidecar configured yet?).
+    pub admin: Arc<dyn ProxyAdmin>,
+    /// How long and how often to ask it before a pod is redirected.
+    pub listener_wait: ListenerWait,
+    /// What a pod's connections do while its sidecar is replaced.
+    pub sidecar_failure: SidecarFailure,
     /// Plans applied at once.
     pub concurrency: usize,
     /// Manage only this namespace's pods, sidecars and redirects (`None`: the whole node).
@@ -177,16 +193,30 @@ impl<R: ContainerRuntime + 'static> Applier<R> {
 
     async fn step(&self, plan: &Plan, step: &Step, ctx: &mut PodContext) -> Result<(), ApplyError> {
         match step {
+            Step::PrepareSidecar { settings } => {
+                let pod = plan.pod.as_ref().ok_or(ApplyError::NoPod)?;
+                let sandbox = self.sandbox(plan, ctx).await?;
+                let spec = self.spec(pod)?;
+                let prepared = self.runtime.prepare(&spec, &sandbox).await.inspect_err(|_| {
+                    self.metrics.sidecar_errors.inc();
+                })?;
+                match prepared {
+                    Some(sidecar) => {
+                        debug!(pod_uid = %pod.uid, container_id = %sidecar.container_id, "replacement sidecar prepared");
+                        ctx.sidecar = Some(sidecar);
+                        // The redirect stays; its exclusion now names the replacement's cgroup.
+                        self.enable(plan, ctx, settings).await?;
+                    }
+                    None => {
+                        warn!(pod_uid = %pod.uid, "the container runtime cannot prepare a sidecar before starting it: the redirect is removed for this restart (fail-open)");
+                        self.disable(plan).await?;
+                    }
+                }
+            }
             Step::StartSidecar { restart } => {
                 let pod = plan.pod.as_ref().ok_or(ApplyError::NoPod)?;
                 let sandbox = self.sandbox(plan, ctx).await?;
-                let spec = SidecarSpec {
-                    pod: pod.clone(),
-                    image: self.template.image.clone(),
-                    bootstrap: bootstrap::render(pod, &self.template.bootstrap)?,
-                    uid: PROXY_UID,
-                    admin_port: self.template.bootstrap.admin_port,
-                };
+                let spec = self.spec(pod)?;
                 let started = self.runtime.start(&spec, &sandbox).await.inspect_err(|_| {
                     self.metrics.sidecar_errors.inc();
                 })?;
@@ -197,35 +227,33 @@ impl<R: ContainerRuntime + 'static> Applier<R> {
                     container_id = %started.container_id, restart, "sidecar started");
                 ctx.sidecar = Some(started);
             }
-            Step::EnableRedirect { settings } => {
-                let sidecar = ctx.sidecar.as_ref().ok_or(ApplyError::NoSidecar)?;
-                let mode = self.redirector.mode();
-                let proxy_cgroups: Vec<PathBuf> = match (&sidecar.cgroup, mode) {
-                    (Some(cg), _) => vec![cg.clone()],
-                    (None, Mode::Iptables) => vec![],
-                    (None, Mode::Ebpf) => {
-                        return Err(ApplyError::MissingProxyCgroup {
-                            container_id: sidecar.container_id.clone(),
-                        })
-                    }
-                };
+            Step::AwaitListeners { port } => {
+                let container_id = ctx
+                    .sidecar
+                    .as_ref()
+                    .ok_or(ApplyError::NoSidecar)?
+                    .container_id
+                    .clone();
                 let sandbox = self.sandbox(plan, ctx).await?;
-                let redirect = PodRedirect {
-                    key: PodKey::new(plan.pod_uid.clone())?,
-                    cgroup: sandbox.pod_cgroup.clone(),
-                    netns: sandbox.netns(),
-                    proxy_cgroups,
-                    settings: settings.clone(),
-                };
-                let redirector = self.redirector.clone();
-                tokio::task::spawn_blocking(move || redirector.enable(&redirect))
-                    .await
-                    .map_err(|_| ApplyError::Join)?
-                    .inspect_err(|_| {
-                        self.metrics.redirect_errors.inc();
-                    })?;
-                info!(pod_uid = %plan.pod_uid, %mode, direct_ports = ?settings.direct_ports, "redirect enabled");
+                match listeners::wait_for_listener(
+                    self.admin.as_ref(),
+                    &sandbox.netns(),
+                    *port,
+                    &self.listener_wait,
+                )
+                .await
+                {
+                    Ok(took) => {
+                        self.metrics.listener_wait_seconds.observe(took.as_secs_f64());
+                        debug!(pod_uid = %plan.pod_uid, %container_id, port, took_ms = took.as_millis() as u64, "sidecar listeners arrived");
+                    }
+                    Err(source) => {
+                        self.metrics.listener_wait_failures.inc();
+                        return Err(ApplyError::Listeners { container_id, source });
+                    }
+                }
             }
+            Step::EnableRedirect { settings } => self.enable(plan, ctx, settings).await?,
             Step::Annotate { mode } => {
                 let pod = plan.pod.as_ref().ok_or(ApplyError::NoPod)?;
                 let sidecar = ctx.sidecar.as_ref().ok_or(ApplyError::NoSidecar)?;
@@ -236,17 +264,7 @@ impl<R: ContainerRuntime + 'static> Applier<R> {
                         self.metrics.annotation_errors.inc();
                     })?;
             }
-            Step::DisableRedirect => {
-                let key = PodKey::new(plan.pod_uid.clone())?;
-                let redirector = self.redirector.clone();
-                tokio::task::spawn_blocking(move || redirector.disable(&key))
-                    .await
-                    .map_err(|_| ApplyError::Join)?
-                    .inspect_err(|_| {
-                        self.metrics.redirect_errors.inc();
-                    })?;
-                info!(pod_uid = %plan.pod_uid, "redirect removed");
-            }
+            Step::DisableRedirect => self.disable(plan).await?,
             Step::RemoveSidecar { container_id } => {
                 self.runtime.remove(container_id).await.inspect_err(|_| {
                     self.metrics.sidecar_errors.inc();
@@ -263,6 +281,61 @@ impl<R: ContainerRuntime + 'static> Applier<R> {
                 })?;
             }
         }
+        Ok(())
+    }
+
+    fn spec(&self, pod: &PodRef) -> Result<SidecarSpec, ApplyError> {
+        Ok(SidecarSpec {
+            pod: pod.clone(),
+            image: self.template.image.clone(),
+            bootstrap: bootstrap::render(pod, &self.template.bootstrap)?,
+            uid: PROXY_UID,
+            admin_port: self.template.bootstrap.admin_port,
+        })
+    }
+
+    /// Enables (or updates) the pod's redirect to `ctx`'s sidecar, excluding that sidecar's cgroup.
+    async fn enable(&self, plan: &Plan, ctx: &mut PodContext, settings: &Settings) -> Result<(), ApplyError> {
+        let sidecar = ctx.sidecar.as_ref().ok_or(ApplyError::NoSidecar)?;
+        let mode = self.redirector.mode();
+        let proxy_cgroups: Vec<PathBuf> = match (&sidecar.cgroup, mode) {
+            (Some(cg), _) => vec![cg.clone()],
+            (None, Mode::Iptables) => vec![],
+            (None, Mode::Ebpf) => {
+                return Err(ApplyError::MissingProxyCgroup {
+                    container_id: sidecar.container_id.clone(),
+                })
+            }
+        };
+        let sandbox = self.sandbox(plan, ctx).await?;
+        let redirect = PodRedirect {
+            key: PodKey::new(plan.pod_uid.clone())?,
+            cgroup: sandbox.pod_cgroup.clone(),
+            netns: sandbox.netns(),
+            proxy_cgroups,
+            settings: settings.clone(),
+        };
+        let redirector = self.redirector.clone();
+        tokio::task::spawn_blocking(move || redirector.enable(&redirect))
+            .await
+            .map_err(|_| ApplyError::Join)?
+            .inspect_err(|_| {
+                self.metrics.redirect_errors.inc();
+            })?;
+        info!(pod_uid = %plan.pod_uid, %mode, direct_ports = ?settings.direct_ports, "redirect enabled");
+        Ok(())
+    }
+
+    async fn disable(&self, plan: &Plan) -> Result<(), ApplyError> {
+        let key = PodKey::new(plan.pod_uid.clone())?;
+        let redirector = self.redirector.clone();
+        tokio::task::spawn_blocking(move || redirector.disable(&key))
+            .await
+            .map_err(|_| ApplyError::Join)?
+            .inspect_err(|_| {
+                self.metrics.redirect_errors.inc();
+            })?;
+        info!(pod_uid = %plan.pod_uid, "redirect removed");
         Ok(())
     }
 
@@ -296,7 +369,9 @@ impl<R: ContainerRuntime + 'static> Applier<R> {
 
 fn step_name(step: &Step) -> &'static str {
     match step {
+        Step::PrepareSidecar { .. } => "prepare_sidecar",
         Step::StartSidecar { .. } => "start_sidecar",
+        Step::AwaitListeners { .. } => "await_listeners",
         Step::EnableRedirect { .. } => "enable_redirect",
         Step::Annotate { .. } => "annotate",
         Step::DisableRedirect => "disable_redirect",
@@ -363,342 +438,4 @@ impl Annotator for KubeAnnotator {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests")]
-mod tests {
-    use super::*;
-    use crate::reconcile::Annotations;
-    use std::collections::BTreeMap;
-    use std::sync::Mutex;
-    use traffic_redirect::{Redirected, Settings};
-    use traffic_sidecar::fake::{FakeRuntime, StartFailure};
-    use traffic_sidecar::Sandbox;
-
-    type Log = Arc<Mutex<Vec<String>>>;
-
-    /// The fake runtime, logging into the shared log so the order across seams is visible.
-    struct Logged {
-        inner: FakeRuntime,
-        log: Log,
-    }
-
-    impl ContainerRuntime for Logged {
-        async fn sandbox(&self, pod_uid: &str) -> Result<Option<Sandbox>, RuntimeError> {
-            self.inner.sandbox(pod_uid).await
-        }
-        async fn sidecars(&self) -> Result<Vec<Sidecar>, RuntimeError> {
-            self.inner.sidecars().await
-        }
-        async fn start(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Sidecar, RuntimeError> {
-            let r = self.inner.start(spec, sandbox).await;
-            self.log.lock().unwrap().push(format!(
-                "start {}{}",
-                spec.pod.uid,
-                if r.is_ok() { "" } else { " failed" }
-            ));
-            r
-        }
-        async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
-            let pod = self
-                .inner
-                .current()
-                .into_iter()
-                .find(|s| s.container_id == container_id)
-                .map(|s| s.pod.uid);
-            self.log
-                .lock()
-                .unwrap()
-                .push(format!("remove {}", pod.unwrap_or_default()));
-            self.inner.remove(container_id).await
-        }
-    }
-
-    #[derive(Default)]
-    struct FakeRedirector {
-        pods: Mutex<BTreeMap<PodKey, PodRedirect>>,
-        log: Log,
-    }
-
-    impl Redirector for FakeRedirector {
-        fn mode(&self) -> Mode {
-            Mode::Ebpf
-        }
-        fn enable(&self, pod: &PodRedirect) -> Result<(), RedirectError> {
-            self.log.lock().unwrap().push(format!("enable {}", pod.key));
-            self.pods.lock().unwrap().insert(pod.key.clone(), pod.clone());
-            Ok(())
-        }
-        fn disable(&self, key: &PodKey) -> Result<(), RedirectError> {
-            self.log.lock().unwrap().push(format!("disable {key}"));
-            self.pods.lock().unwrap().remove(key);
-            Ok(())
-        }
-        fn list(&self) -> Result<Vec<Redirected>, RedirectError> {
-            Ok(self
-                .pods
-                .lock()
-                .unwrap()
-                .values()
-                .map(|p| Redirected {
-                    key: p.key.clone(),
-                    mode: Mode::Ebpf,
-                    settings: p.settings.clone(),
-                })
-                .collect())
-        }
-    }
-
-    #[derive(Default)]
-    struct FakeAnnotator {
-        pods: Mutex<BTreeMap<String, Annotations>>,
-        log: Log,
-    }
-
-    impl Annotator for FakeAnnotator {
-        fn annotate<'a>(
-            &'a self,
-            pod: &'a PodRef,
-            proxy: &'a str,
-            mode: Option<Mode>,
-        ) -> BoxFuture<'a, Result<(), ApplyError>> {
-            self.log.lock().unwrap().push(format!(
-                "{} {}",
-                if proxy.is_empty() { "clear" } else { "annotate" },
-                pod.uid
-            ));
-            self.pods.lock().unwrap().insert(
-                pod.uid.clone(),
-                Annotations {
-                    proxy: Some(proxy.to_string()),
-                    mode: mode.map(|m| m.to_string()),
-                },
-            );
-            Box::pin(async { Ok(()) })
-        }
-    }
-
-    #[derive(Default)]
-    struct FakeEvents(Mutex<Vec<(String, String)>>);
-
-    impl EventSink for FakeEvents {
-        fn report(&self, object: &ObjectRef, _: EventType, reason: &str, _: &str) {
-            self.0
-                .lock()
-                .unwrap()
-                .push((object.name.clone(), reason.to_string()));
-        }
-    }
-
-    struct World {
-        applier: Applier<Logged>,
-        redirector: Arc<FakeRedirector>,
-        annotator: Arc<FakeAnnotator>,
-        events: Arc<FakeEvents>,
-        log: Log,
-    }
-
-    fn world() -> World {
-        let log: Log = Arc::default();
-        let runtime = Arc::new(Logged {
-            inner: FakeRuntime::new(),
-            log: log.clone(),
-        });
-        let redirector = Arc::new(FakeRedirector {
-            log: log.clone(),
-            ..Default::default()
-        });
-        let annotator = Arc::new(FakeAnnotator {
-            log: log.clone(),
-            ..Default::default()
-        });
-        let events = Arc::new(FakeEvents::default());
-        let mut registry = prometheus_client::registry::Registry::default();
-        let applier = Applier {
-            runtime,
-            redirector: redirector.clone(),
-            annotator: annotator.clone(),
-            events: events.clone(),
-            metrics: AgentMetrics::register(&mut registry),
-            template: SidecarTemplate {
-                image: "envoy:test".into(),
-                bootstrap: BootstrapOptions::new("10.201.0.1:18000"),
-            },
-            concurrency: 4,
-            namespace: None,
-        };
-        World {
-            applier,
-            redirector,
-            annotator,
-            events,
-            log,
-        }
-    }
-
-    fn want(uid: &str, enabled: bool) -> DesiredPod {
-        DesiredPod {
-            pod: PodRef {
-                uid: uid.into(),
-                namespace: "default".into(),
-                name: format!("pod-{uid}"),
-            },
-            enabled,
-            settings: Settings::default(),
-            problems: vec![],
-            ineligible: None,
-        }
-    }
-
-    impl World {
-        async fn round(&self, desired: &[DesiredPod]) -> Vec<String> {
-            self.log.lock().unwrap().clear();
-            let ann = self.annotator.pods.lock().unwrap().clone();
-            self.applier.round(desired, ann).await.unwrap();
-            self.log.lock().unwrap().clone()
-        }
-        fn runtime(&self) -> &FakeRuntime {
-            &self.applier.runtime.inner
-        }
-        fn sidecar_of(&self, uid: &str) -> Option<Sidecar> {
-            self.runtime().current().into_iter().find(|s| s.pod.uid == uid)
-        }
-    }
-
-    #[tokio::test]
-    async fn enabling_starts_then_redirects_then_annotates_and_a_second_round_does_nothing() {
-        let w = world();
-        w.runtime().add_sandbox("a");
-        assert_eq!(
-            w.round(&[want("a", true)]).await,
-            ["start a", "enable a", "annotate a"]
-        );
-        let sidecar = w.sidecar_of("a").unwrap();
-        let ann = w.annotator.pods.lock().unwrap()["a"].clone();
-        assert_eq!(ann.proxy.as_deref(), Some(sidecar.container_id.as_str()));
-        assert_eq!(ann.mode.as_deref(), Some("ebpf"));
-        let redirect = w.redirector.pods.lock().unwrap()[&PodKey::new("a").unwrap()].clone();
-        assert_eq!(redirect.proxy_cgroups, vec![sidecar.cgroup.clone().unwrap()]);
-        assert!(redirect.cgroup.ends_with("poda"));
-        let spec = &w.runtime().started_specs()[0];
-        assert_eq!((spec.uid, spec.image.as_str()), (1337, "envoy:test"));
-        assert!(spec.bootstrap.contains("pod-a.default"), "node id in bootstrap");
-        assert!(w.round(&[want("a", true)]).await.is_empty());
-    }
-
-    #[tokio::test]
-    async fn disabling_removes_the_redirect_before_the_sidecar_and_then_clears_annotations() {
-        let w = world();
-        w.runtime().add_sandbox("a");
-        w.round(&[want("a", true)]).await;
-        assert_eq!(
-            w.round(&[want("a", false)]).await,
-            ["disable a", "remove a", "clear a"]
-        );
-        assert!(w.runtime().current().is_empty());
-        assert!(w.redirector.pods.lock().unwrap().is_empty());
-        assert!(w.annotator.pods.lock().unwrap()["a"].is_clear());
-    }
-
-    #[tokio::test]
-    async fn a_crashed_sidecar_is_restarted_and_counted() {
-        let w = world();
-        w.runtime().add_sandbox("a");
-        w.round(&[want("a", true)]).await;
-        let old = w.sidecar_of("a").unwrap();
-        w.runtime().crash(&old.container_id);
-        assert_eq!(
-            w.round(&[want("a", true)]).await,
-            ["disable a", "remove a", "start a", "enable a", "annotate a"]
-        );
-        let new = w.sidecar_of("a").unwrap();
-        assert_ne!(new.container_id, old.container_id);
-        assert_eq!(
-            w.annotator.pods.lock().unwrap()["a"].proxy.as_deref(),
-            Some(new.container_id.as_str())
-        );
-        assert_eq!(w.applier.metrics.sidecar_restarts.get(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_failed_restart_takes_the_redirect_away_and_reports_an_event() {
-        let w = world();
-        w.runtime().add_sandbox("a");
-        w.round(&[want("a", true)]).await;
-        w.runtime().crash(&w.sidecar_of("a").unwrap().container_id);
-        w.runtime().fail_start("a", Some(StartFailure::NotReady));
-        assert_eq!(
-            w.round(&[want("a", true)]).await,
-            ["disable a", "remove a", "start a failed", "clear a"]
-        );
-        assert!(
-            w.redirector.pods.lock().unwrap().is_empty(),
-            "never redirected to a dead sidecar"
-        );
-        assert!(w
-            .events
-            .0
-            .lock()
-            .unwrap()
-            .contains(&("pod-a".into(), "SidecarStartFailed".into())));
-        // Once starting works again, the next round converges.
-        w.runtime().fail_start("a", None);
-        assert_eq!(
-            w.round(&[want("a", true)]).await,
-            ["start a", "enable a", "annotate a"]
-        );
-    }
-
-    #[tokio::test]
-    async fn one_failing_pod_does_not_block_the_others() {
-        let w = world();
-        w.runtime().add_sandbox("a");
-        w.runtime().add_sandbox("b");
-        w.runtime().fail_start("a", Some(StartFailure::Fails));
-        let mut log = w.round(&[want("a", true), want("b", true)]).await;
-        log.sort();
-        assert_eq!(log, ["annotate b", "enable b", "start a failed", "start b"]);
-        assert_eq!(w.applier.metrics.sidecar_errors.get(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_pod_without_sandbox_waits_quietly() {
-        let w = world();
-        assert!(w.round(&[want("a", true)]).await.is_empty());
-        assert!(w.events.0.lock().unwrap().is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_restarted_agent_adopts_what_it_finds_and_removes_orphans() {
-        let w = world();
-        w.runtime().add_sandbox("a");
-        w.runtime().add_sandbox("gone");
-        w.round(&[want("a", true), want("gone", true)]).await;
-        // A new agent (same node state, fresh memory): "gone" was deleted while it was down.
-        let log = w.round(&[want("a", true)]).await;
-        assert_eq!(log, ["disable gone", "remove gone"]);
-        assert!(w.sidecar_of("a").is_some());
-    }
-
-    #[tokio::test]
-    async fn a_down_runtime_skips_the_round_without_touching_anything() {
-        let w = world();
-        w.runtime().add_sandbox("a");
-        w.round(&[want("a", true)]).await;
-        w.runtime().set_down(true);
-        let ann = w.annotator.pods.lock().unwrap().clone();
-        assert!(w.applier.round(&[want("a", false)], ann).await.is_err());
-        assert_eq!(w.redirector.pods.lock().unwrap().len(), 1);
-        assert_eq!(w.applier.metrics.observe_errors.get(), 1);
-    }
-
-    #[test]
-    fn the_annotation_patch_sets_or_clears_both_annotations() {
-        assert_eq!(
-            annotation_patch("abc", Some(Mode::Iptables)),
-            serde_json::json!({"metadata": {"annotations": {"traffic.envoy.proxy": "abc", "traffic.redirect.mode": "iptables"}}})
-        );
-        assert_eq!(
-            annotation_patch("", None),
-            serde_json::json!({"metadata": {"annotations": {"traffic.envoy.proxy": "", "traffic.redirect.mode": null}}})
-        );
-    }
-}
+mod tests;

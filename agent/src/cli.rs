@@ -11,13 +11,16 @@ use tracing::{info, warn};
 use traffic_agent::apply::{Applier, KubeAnnotator, SidecarTemplate};
 use traffic_agent::drain::{self, DaemonSetRef};
 use traffic_agent::metrics::AgentMetrics;
+use traffic_agent::reconcile::SidecarFailure;
 use traffic_agent::watch::{self, ControllerConfig, DrainConfig};
 use traffic_kube_source::events::{EventMetrics, EventsConfig, KubeEvents};
 use traffic_redirect::ebpf::{EbpfRedirector, DEFAULT_PIN_ROOT};
 use traffic_redirect::iptables::{IptablesRedirector, DEFAULT_STATE_DIR};
 use traffic_redirect::{probe, Mode, Redirector};
+use traffic_sidecar::admin::NetnsAdmin;
 use traffic_sidecar::bootstrap::{AdsApiType, BootstrapOptions, DEFAULT_ADMIN_PORT};
 use traffic_sidecar::docker::{DockerConfig, DockerRuntime};
+use traffic_sidecar::listeners::ListenerWait;
 use traffic_sidecar::operator;
 
 pub fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
@@ -74,6 +77,15 @@ pub struct RunArgs {
     /// Seconds a sidecar may take to report ready (Envoy /ready).
     #[arg(long, env = "TRAFFIC_AGENT_READY_TIMEOUT_SECONDS", default_value_t = 30)]
     pub ready_timeout_seconds: u64,
+    /// Seconds a ready sidecar may take to receive its listeners (first LDS update) before the
+    /// pod is redirected to it; past that, a `SidecarNotConfigured` Event and the next round retries.
+    #[arg(long, env = "TRAFFIC_AGENT_LISTENERS_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub listeners_timeout_seconds: u64,
+    /// When a redirected pod's sidecar dies: `closed` keeps the redirect, so connections are
+    /// refused until the new sidecar is configured (no policy is ever bypassed); `open` removes
+    /// it, so connections bypass the proxy until then.
+    #[arg(long, env = "TRAFFIC_AGENT_SIDECAR_FAILURE", default_value_t = SidecarFailure::Closed)]
+    pub sidecar_failure: SidecarFailure,
     /// Manage only pods of this namespace, and only sidecars and redirects that belong to it
     /// (for tests sharing a node; default: every pod of the node, orphans included).
     #[arg(long, env = "TRAFFIC_AGENT_NAMESPACE")]
@@ -227,10 +239,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }),
         events: Arc::new(events),
         metrics: agent_metrics,
+        listener_wait: ListenerWait {
+            admin_port: bootstrap.admin_port,
+            timeout: Duration::from_secs(args.listeners_timeout_seconds),
+            ..ListenerWait::default()
+        },
         template: SidecarTemplate {
             image: args.envoy_image.clone(),
             bootstrap,
         },
+        admin: Arc::new(NetnsAdmin::default()),
+        sidecar_failure: args.sidecar_failure,
         concurrency: args.concurrency,
         namespace: args.namespace.clone(),
     });

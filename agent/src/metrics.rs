@@ -25,6 +25,10 @@ pub struct AgentMetrics {
     /// Rounds skipped because the runtime or the redirector could not be listed.
     pub observe_errors: Counter,
     pub reconcile_seconds: Histogram,
+    /// From "sidecar ready" to "its listeners arrived" (first LDS update accepted).
+    pub listener_wait_seconds: Histogram,
+    /// Sidecars whose listeners did not arrive in time (or whose admin stopped answering).
+    pub listener_wait_failures: Counter,
 }
 
 impl AgentMetrics {
@@ -37,6 +41,8 @@ impl AgentMetrics {
             annotation_errors: Counter::default(),
             observe_errors: Counter::default(),
             reconcile_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            listener_wait_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            listener_wait_failures: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("traffic_agent");
         r.register(
@@ -73,6 +79,16 @@ impl AgentMetrics {
             "reconcile_seconds",
             "Duration of one reconcile round (observe, plan, apply)",
             m.reconcile_seconds.clone(),
+        );
+        r.register(
+            "listener_wait_seconds",
+            "Time from a sidecar being ready to its listeners having arrived, before it is redirected to",
+            m.listener_wait_seconds.clone(),
+        );
+        r.register(
+            "listener_wait_failures",
+            "Sidecars whose listeners did not arrive within the timeout (the pod is not redirected to them)",
+            m.listener_wait_failures.clone(),
         );
         m
     }

@@ -2,11 +2,18 @@
 //! compute one ordered plan per pod.
 //!
 //! Ordering rules (docs/architecture.md, "Sidecar lifecycle"):
-//! - enable: sidecar started and ready -> redirect enabled -> pod annotated;
+//! - enable: sidecar started and ready -> its listeners arrived (first LDS update accepted) ->
+//!   redirect enabled -> pod annotated. A pod is never redirected to a sidecar that has no
+//!   listener yet;
 //! - disable or pod gone: redirect removed FIRST -> sidecar removed -> annotations cleared;
-//! - a pod is never left redirected to a sidecar that is not running: when its sidecar exited,
-//!   the redirect is removed, the sidecar restarted, and the redirect enabled again (traffic
-//!   bypasses the proxy for the restart, ~0.5 s, rather than fail);
+//! - when the sidecar of a redirected pod exits, [`SidecarFailure`] decides:
+//!   - `Closed` (default, as Istio): the redirect stays, so the pod's connections are refused
+//!     (nothing listens on the proxy port) until the new sidecar has its listeners; a `block`
+//!     policy or any other setting is never lifted. In eBPF mode the replacement is prepared
+//!     first (created, not started) and the redirect's proxy exclusion re-pointed at its cgroup,
+//!     so the new Envoy's own connections are not redirected and it may bind its ports;
+//!   - `Open` (the previous behaviour): the redirect is removed, the sidecar restarted and the
+//!     redirect enabled again; connections bypass the proxy for the restart;
 //! - never two sidecars for one pod; orphans (sidecars or redirects of pods that no longer exist)
 //!   are removed; changed settings are applied by enabling again (`enable` is update).
 //!
@@ -19,6 +26,36 @@ use traffic_redirect::{Mode, PodKey, Redirected, Settings};
 use traffic_sidecar::{PodRef, Sidecar, SidecarState};
 
 use crate::desired::DesiredPod;
+
+/// What an enabled pod's connections do while its sidecar is dead and being replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SidecarFailure {
+    /// The redirect stays: connections are refused until the new sidecar is configured.
+    #[default]
+    Closed,
+    /// The redirect is removed: connections bypass the proxy (and every policy) meanwhile.
+    Open,
+}
+
+impl std::str::FromStr for SidecarFailure {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "closed" => Ok(Self::Closed),
+            "open" => Ok(Self::Open),
+            _ => Err(format!("{s:?} is not a sidecar failure mode (closed | open)")),
+        }
+    }
+}
+
+impl std::fmt::Display for SidecarFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+        })
+    }
+}
 
 /// Annotation with the sidecar's container id (empty when removed).
 pub const ANNOTATION_PROXY: &str = "traffic.envoy.proxy";
@@ -61,9 +98,18 @@ pub struct Observed {
 /// One step of a pod's plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
+    /// Create the replacement sidecar without starting it, and point the (kept) redirect's proxy
+    /// exclusion at its cgroup with these settings (eBPF fail-closed restart).
+    PrepareSidecar {
+        settings: Settings,
+    },
     /// Start a sidecar and wait until it is ready. `restart`: it replaces one that died.
     StartSidecar {
         restart: bool,
+    },
+    /// Wait until the sidecar's Envoy has an active listener on `port` (its first LDS update).
+    AwaitListeners {
+        port: u16,
     },
     /// Enable (or update) the redirect to the pod's running sidecar (the one kept or just started).
     EnableRedirect {
@@ -96,7 +142,12 @@ pub struct Plan {
 
 /// Compute the plans. `desired` holds every pod on the node (enabled or not); `mode` is the
 /// redirector's. Pods with nothing to do get no plan. Plans are ordered by pod uid.
-pub fn reconcile(desired: &[DesiredPod], observed: &Observed, mode: Mode) -> Vec<Plan> {
+pub fn reconcile(
+    desired: &[DesiredPod],
+    observed: &Observed,
+    mode: Mode,
+    failure: SidecarFailure,
+) -> Vec<Plan> {
     let desired: BTreeMap<&str, &DesiredPod> = desired.iter().map(|d| (d.pod.uid.as_str(), d)).collect();
     let mut sidecars: BTreeMap<&str, Vec<&Sidecar>> = BTreeMap::new();
     for s in &observed.sidecars {
@@ -118,7 +169,7 @@ pub fn reconcile(desired: &[DesiredPod], observed: &Observed, mode: Mode) -> Vec
         let redirect = redirected.get(uid).copied();
         let annotations = observed.annotations.get(uid).cloned().unwrap_or_default();
         let plan = match want {
-            Some(d) if d.enabled => plan_enabled(d, pod_sidecars, redirect, &annotations, mode),
+            Some(d) if d.enabled => plan_enabled(d, pod_sidecars, redirect, &annotations, mode, failure),
             _ => plan_disabled(uid, want, pod_sidecars, redirect, &annotations),
         };
         if !plan.steps.is_empty() {
@@ -134,6 +185,7 @@ fn plan_enabled(
     redirect: Option<&Redirected>,
     annotations: &Annotations,
     mode: Mode,
+    failure: SidecarFailure,
 ) -> Plan {
     let mut running: Vec<&Sidecar> = sidecars
         .iter()
@@ -148,12 +200,21 @@ fn plan_enabled(
         )
     });
     let kept = running.first().copied();
+    let settings = &d.settings;
+    let enable = || Step::EnableRedirect {
+        settings: settings.clone(),
+    };
+    let listeners = Step::AwaitListeners {
+        port: settings.proxy_port,
+    };
+    // The redirect stays while the sidecar is replaced.
+    let closed = kept.is_none() && redirect.is_some() && failure == SidecarFailure::Closed;
     let mut steps = Vec::new();
     let mut on_failure = Vec::new();
-    if kept.is_none() && redirect.is_some() {
-        // The redirect points at a sidecar that is not running: take it away first. Its proxy
-        // exclusion names the dead sidecar's cgroup, so in eBPF mode the bind guard would also
-        // refuse the new Envoy its ports (found live: "denied bind to guarded port 15000").
+    if kept.is_none() && redirect.is_some() && !closed {
+        // Fail-open: take the redirect away first. Its proxy exclusion names the dead sidecar's
+        // cgroup, so in eBPF mode the bind guard would also refuse the new Envoy its ports (found
+        // live: "denied bind to guarded port 15000").
         steps.push(Step::DisableRedirect);
     }
     // Every other sidecar goes: the dead ones and any extra running one.
@@ -167,10 +228,21 @@ fn plan_enabled(
     match kept {
         None => {
             let restart = redirect.is_some() || !sidecars.is_empty();
+            if closed && mode == Mode::Ebpf {
+                // The exclusion must name the new sidecar's cgroup before its Envoy runs; iptables
+                // mode exempts the proxy by uid and needs nothing.
+                steps.push(Step::PrepareSidecar {
+                    settings: settings.clone(),
+                });
+            }
             steps.push(Step::StartSidecar { restart });
-            steps.push(Step::EnableRedirect {
-                settings: d.settings.clone(),
-            });
+            steps.push(listeners);
+            let redirect_current = redirect.map(|r| (&r.settings, r.mode)) == Some((settings, mode));
+            // eBPF closed: enabled again after the wait (a no-op unless the runtime could not
+            // prepare and the redirect had to go for the restart).
+            if !closed || mode == Mode::Ebpf || !redirect_current {
+                steps.push(enable());
+            }
             steps.push(Step::Annotate { mode });
             if !annotations.is_clear() {
                 // The annotation names a sidecar that is gone.
@@ -178,10 +250,15 @@ fn plan_enabled(
             }
         }
         Some(k) => {
-            if redirect.map(|r| (&r.settings, r.mode)) != Some((&d.settings, mode)) {
-                steps.push(Step::EnableRedirect {
-                    settings: d.settings.clone(),
-                });
+            match redirect {
+                // A sidecar without redirect (just started by an agent that died, or whose
+                // listeners did not arrive in time): redirect only once they have.
+                None => {
+                    steps.push(listeners);
+                    steps.push(enable());
+                }
+                Some(r) if (&r.settings, r.mode) != (settings, mode) => steps.push(enable()),
+                Some(_) => {}
             }
             let want_mode = mode.to_string();
             if annotations.proxy.as_deref() != Some(k.container_id.as_str())
@@ -263,346 +340,4 @@ pub fn pod_key(uid: &str) -> Result<PodKey, traffic_redirect::InvalidPodKey> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::PathBuf;
-
-    fn pod(uid: &str) -> PodRef {
-        PodRef {
-            uid: uid.into(),
-            namespace: "default".into(),
-            name: format!("pod-{uid}"),
-        }
-    }
-
-    fn settings() -> Settings {
-        Settings::default()
-    }
-
-    fn want(uid: &str, enabled: bool) -> DesiredPod {
-        DesiredPod {
-            pod: pod(uid),
-            enabled,
-            settings: settings(),
-            problems: vec![],
-            ineligible: None,
-        }
-    }
-
-    fn sidecar(uid: &str, id: &str, state: SidecarState) -> Sidecar {
-        Sidecar {
-            container_id: id.into(),
-            pod: pod(uid),
-            state,
-            status: String::new(),
-            cgroup: Some(PathBuf::from(format!("/cg/{id}"))),
-        }
-    }
-
-    fn redirected(uid: &str, settings: Settings) -> Redirected {
-        Redirected {
-            key: PodKey::new(uid).unwrap_or_else(|e| panic!("{e}")),
-            mode: Mode::Ebpf,
-            settings,
-        }
-    }
-
-    fn annotated(id: &str) -> Annotations {
-        Annotations {
-            proxy: Some(id.into()),
-            mode: Some("ebpf".into()),
-        }
-    }
-
-    use SidecarState::{Exited, Running};
-    use Step::*;
-
-    struct Case {
-        name: &'static str,
-        desired: Vec<DesiredPod>,
-        observed: Observed,
-        /// (pod uid, steps, on_failure)
-        want: Vec<(&'static str, Vec<Step>, Vec<Step>)>,
-    }
-
-    fn obs(sidecars: Vec<Sidecar>, redirected: Vec<Redirected>, ann: Vec<(&str, Annotations)>) -> Observed {
-        Observed {
-            sidecars,
-            redirected,
-            annotations: ann.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        }
-    }
-
-    fn direct(ports: &[u16]) -> Settings {
-        Settings {
-            direct_ports: ports.iter().copied().collect(),
-            ..Settings::default()
-        }
-    }
-
-    #[test]
-    fn plans_follow_the_lifecycle_rules() {
-        let enable = |s| EnableRedirect { settings: s };
-        let cases = vec![
-            Case {
-                name: "a newly enabled pod: start, then redirect, then annotate",
-                desired: vec![want("a", true)],
-                observed: obs(vec![], vec![], vec![("a", Annotations::default())]),
-                want: vec![(
-                    "a",
-                    vec![
-                        StartSidecar { restart: false },
-                        enable(settings()),
-                        Annotate { mode: Mode::Ebpf },
-                    ],
-                    vec![],
-                )],
-            },
-            Case {
-                name: "a converged pod needs nothing",
-                desired: vec![want("a", true)],
-                observed: obs(
-                    vec![sidecar("a", "c1", Running)],
-                    vec![redirected("a", settings())],
-                    vec![("a", annotated("c1"))],
-                ),
-                want: vec![],
-            },
-            Case {
-                name: "a pod that is not enabled and has nothing needs nothing",
-                desired: vec![want("a", false)],
-                observed: obs(
-                    vec![],
-                    vec![],
-                    vec![(
-                        "a",
-                        Annotations {
-                            proxy: Some(String::new()),
-                            mode: None,
-                        },
-                    )],
-                ),
-                want: vec![],
-            },
-            Case {
-                name: "disable: redirect off first, then sidecar, then annotations",
-                desired: vec![want("a", false)],
-                observed: obs(
-                    vec![sidecar("a", "c1", Running)],
-                    vec![redirected("a", settings())],
-                    vec![("a", annotated("c1"))],
-                ),
-                want: vec![(
-                    "a",
-                    vec![
-                        DisableRedirect,
-                        RemoveSidecar {
-                            container_id: "c1".into(),
-                        },
-                        ClearAnnotations,
-                    ],
-                    vec![],
-                )],
-            },
-            Case {
-                name: "a deleted pod: its redirect and sidecar are removed, no annotation to clear",
-                desired: vec![],
-                observed: obs(
-                    vec![sidecar("a", "c1", Running)],
-                    vec![redirected("a", settings())],
-                    vec![],
-                ),
-                want: vec![(
-                    "a",
-                    vec![
-                        DisableRedirect,
-                        RemoveSidecar {
-                            container_id: "c1".into(),
-                        },
-                    ],
-                    vec![],
-                )],
-            },
-            Case {
-                name: "orphan redirect without sidecar is removed",
-                desired: vec![],
-                observed: obs(vec![], vec![redirected("z", settings())], vec![]),
-                want: vec![("z", vec![DisableRedirect], vec![])],
-            },
-            Case {
-                name: "exited sidecar of a redirected pod: redirect off, restart, redirect on, annotate",
-                desired: vec![want("a", true)],
-                observed: obs(
-                    vec![sidecar("a", "c1", Exited)],
-                    vec![redirected("a", settings())],
-                    vec![("a", annotated("c1"))],
-                ),
-                want: vec![(
-                    "a",
-                    vec![
-                        DisableRedirect,
-                        RemoveSidecar {
-                            container_id: "c1".into(),
-                        },
-                        StartSidecar { restart: true },
-                        enable(settings()),
-                        Annotate { mode: Mode::Ebpf },
-                    ],
-                    vec![ClearAnnotations],
-                )],
-            },
-            Case {
-                name: "two running sidecars: the annotated one is kept, the other removed",
-                desired: vec![want("a", true)],
-                observed: obs(
-                    vec![sidecar("a", "c1", Running), sidecar("a", "c2", Running)],
-                    vec![redirected("a", settings())],
-                    vec![("a", annotated("c2"))],
-                ),
-                want: vec![(
-                    "a",
-                    vec![RemoveSidecar {
-                        container_id: "c1".into(),
-                    }],
-                    vec![],
-                )],
-            },
-            Case {
-                name: "changed direct ports: enable again (update), nothing else",
-                desired: vec![DesiredPod {
-                    settings: direct(&[5432]),
-                    ..want("a", true)
-                }],
-                observed: obs(
-                    vec![sidecar("a", "c1", Running)],
-                    vec![redirected("a", settings())],
-                    vec![("a", annotated("c1"))],
-                ),
-                want: vec![("a", vec![enable(direct(&[5432]))], vec![])],
-            },
-            Case {
-                name: "adopted sidecar without redirect or annotation (agent died mid-enable)",
-                desired: vec![want("a", true)],
-                observed: obs(
-                    vec![sidecar("a", "c1", Running)],
-                    vec![],
-                    vec![("a", Annotations::default())],
-                ),
-                want: vec![(
-                    "a",
-                    vec![enable(settings()), Annotate { mode: Mode::Ebpf }],
-                    vec![],
-                )],
-            },
-            Case {
-                name: "one pod's plan does not depend on another's",
-                desired: vec![want("a", true), want("b", false)],
-                observed: obs(
-                    vec![sidecar("b", "c9", Running), sidecar("q", "c7", Exited)],
-                    vec![],
-                    vec![],
-                ),
-                want: vec![
-                    (
-                        "a",
-                        vec![
-                            StartSidecar { restart: false },
-                            enable(settings()),
-                            Annotate { mode: Mode::Ebpf },
-                        ],
-                        vec![],
-                    ),
-                    (
-                        "b",
-                        vec![RemoveSidecar {
-                            container_id: "c9".into(),
-                        }],
-                        vec![],
-                    ),
-                    (
-                        "q",
-                        vec![RemoveSidecar {
-                            container_id: "c7".into(),
-                        }],
-                        vec![],
-                    ),
-                ],
-            },
-        ];
-        for c in cases {
-            let got: Vec<_> = reconcile(&c.desired, &c.observed, Mode::Ebpf)
-                .into_iter()
-                .map(|p| (p.pod_uid, p.steps, p.on_failure))
-                .collect();
-            let want: Vec<_> = c
-                .want
-                .into_iter()
-                .map(|(u, s, f)| (u.to_string(), s, f))
-                .collect();
-            assert_eq!(got, want, "{}", c.name);
-        }
-    }
-
-    #[test]
-    fn an_annotation_in_another_mode_is_rewritten() {
-        let d = [want("a", true)];
-        let o = obs(
-            vec![sidecar("a", "c1", Running)],
-            vec![redirected("a", settings())],
-            vec![("a", annotated("c1"))],
-        );
-        let plans = reconcile(&d, &o, Mode::Iptables);
-        // The redirect reports ebpf mode, the agent now runs iptables: enable again and re-annotate.
-        assert_eq!(
-            plans[0].steps,
-            vec![
-                EnableRedirect { settings: settings() },
-                Annotate { mode: Mode::Iptables }
-            ]
-        );
-    }
-
-    #[test]
-    fn a_namespace_scoped_agent_leaves_other_namespaces_sidecars_and_unknown_redirects_alone() {
-        let mut other = sidecar("x", "c5", Running);
-        other.pod.namespace = "elsewhere".into();
-        let o = obs(
-            vec![other, sidecar("gone", "c6", Running)],
-            vec![
-                redirected("x", settings()),
-                redirected("gone", settings()),
-                redirected("unknown", settings()),
-            ],
-            vec![],
-        );
-        let scoped = scope_to_namespace(o, &[want("a", true)], "default");
-        let plans = reconcile(&[], &scoped, Mode::Ebpf);
-        let got: Vec<_> = plans
-            .iter()
-            .map(|p| (p.pod_uid.as_str(), p.steps.clone()))
-            .collect();
-        assert_eq!(
-            got,
-            vec![(
-                "gone",
-                vec![
-                    DisableRedirect,
-                    RemoveSidecar {
-                        container_id: "c6".into()
-                    }
-                ]
-            )]
-        );
-    }
-
-    #[test]
-    fn the_kept_sidecar_is_handed_to_the_executor() {
-        let d = [want("a", true)];
-        let o = obs(vec![sidecar("a", "c1", Running)], vec![], vec![]);
-        let plans = reconcile(&d, &o, Mode::Ebpf);
-        assert_eq!(
-            plans[0].sidecar.as_ref().map(|s| s.container_id.as_str()),
-            Some("c1")
-        );
-    }
-}
+mod tests;

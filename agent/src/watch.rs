@@ -218,7 +218,7 @@ impl<R: ContainerRuntime + 'static> Applier<R> {
             observed = scope_to_namespace(observed, desired, ns);
         }
         let mode = self.redirector.mode();
-        let plans = reconcile(desired, &observed, mode);
+        let plans = reconcile(desired, &observed, mode, self.sidecar_failure);
         if !plans.is_empty() {
             debug!(plans = plans.len(), "applying plans");
             self.apply(&plans).await;

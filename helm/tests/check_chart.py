@@ -156,6 +156,8 @@ VALUE_SETS: list[tuple[str, dict[str, Any]]] = [
                 "resyncSeconds": 30,
                 "concurrency": 8,
                 "readyTimeoutSeconds": 60,
+                "listenersTimeoutSeconds": 90,
+                "sidecarFailure": "open",
                 "logLevel": "traffic_agent=debug,info",
                 "resources": {"requests": {"cpu": 1, "memory": "128Mi"}},
                 "nodeSelector": {"node-role.example/mesh": "true"},
@@ -212,6 +214,7 @@ VALUE_SETS: list[tuple[str, dict[str, Any]]] = [
 # Values the schema must refuse (and with them render and lint must fail).
 BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("redirectMode not auto|ebpf|iptables", {"agent": {"redirectMode": "bpf"}}),
+    ("sidecarFailure not closed|open", {"agent": {"sidecarFailure": "fail-open"}}),
     ("outboundPolicy not block|passthrough", {"control": {"outboundPolicy": "allow"}}),
     ("unknown key", {"agent": {"redirect_mode": "ebpf"}}),
     ("unknown top-level key", {"gateway": {"enabled": True}}),
@@ -493,6 +496,10 @@ def check_components(label: str, v: dict[str, Any], by_kind: dict[str, dict[str,
         fail.add(label, f"agent dials {env.get('TRAFFIC_CONTROL_PLANE')}, the control Service is {expected_addr}")
     if env.get("TRAFFIC_REDIRECT_MODE") != v["agent"]["redirectMode"]:
         fail.add(label, "agent redirect mode is not the chart value")
+    if env.get("TRAFFIC_AGENT_SIDECAR_FAILURE") != v["agent"]["sidecarFailure"]:
+        fail.add(label, "agent sidecar failure mode is not the chart value")
+    if env.get("TRAFFIC_AGENT_LISTENERS_TIMEOUT_SECONDS") != str(v["agent"]["listenersTimeoutSeconds"]):
+        fail.add(label, "agent listeners timeout is not the chart value")
     if env.get("NODE_NAME") != "<from>" or env.get("POD_NAME") != "<from>":
         fail.add(label, "NODE_NAME/POD_NAME must come from the downward API")
     host = {vol["name"]: vol["hostPath"]["path"] for vol in spec["volumes"] if "hostPath" in vol}

@@ -37,6 +37,10 @@ pub const ENV_MODE: &str = "TRAFFIC_E2E_REDIRECT_MODE";
 pub const ENV_AGENT_PIDFILE: &str = "TRAFFIC_E2E_AGENT_PIDFILE";
 pub const ENV_AGENT_ARGV: &str = "TRAFFIC_E2E_AGENT_ARGV";
 pub const ENV_AGENT_LOG: &str = "TRAFFIC_E2E_AGENT_LOG";
+/// The same for the control plane (`traffic-control serve`).
+pub const ENV_CONTROL_PIDFILE: &str = "TRAFFIC_E2E_CONTROL_PIDFILE";
+pub const ENV_CONTROL_ARGV: &str = "TRAFFIC_E2E_CONTROL_ARGV";
+pub const ENV_CONTROL_LOG: &str = "TRAFFIC_E2E_CONTROL_LOG";
 pub const ENV_TIMINGS: &str = "TRAFFIC_E2E_TIMINGS";
 /// What the kit's `cluster-up.sh` writes for a running cluster (default `TRAFFIC_E2E_STATE`).
 pub const CLUSTER_ENV_SH: &str = "/run/traffic-e2e/env.sh";
@@ -126,49 +130,61 @@ pub fn random_suffix() -> String {
     format!("{:08x}", (mixed >> 32) as u32)
 }
 
-/// The agent process started by `cargo xtask e2e`, which the suite may kill and restart.
+/// A host process started by `cargo xtask e2e` (the agent, the control plane), which the suite may
+/// kill and restart: its pid file, command line and log come from the environment.
 #[derive(Debug, Clone)]
-pub struct AgentControl {
+pub struct ProcessControl {
+    name: &'static str,
     pidfile: PathBuf,
     argv: Vec<String>,
     log: PathBuf,
 }
 
-impl AgentControl {
-    fn from_env() -> Option<Self> {
-        let pidfile = PathBuf::from(std::env::var_os(ENV_AGENT_PIDFILE)?);
-        let argv: Vec<String> = serde_json::from_str(&std::env::var(ENV_AGENT_ARGV).ok()?).ok()?;
-        let log = PathBuf::from(std::env::var_os(ENV_AGENT_LOG)?);
-        (!argv.is_empty()).then_some(Self { pidfile, argv, log })
+/// The agent's [`ProcessControl`] (the name the suite has always used).
+pub type AgentControl = ProcessControl;
+
+impl ProcessControl {
+    fn from_env(name: &'static str, pidfile: &str, argv: &str, log: &str) -> Option<Self> {
+        let pidfile = PathBuf::from(std::env::var_os(pidfile)?);
+        let argv: Vec<String> = serde_json::from_str(&std::env::var(argv).ok()?).ok()?;
+        let log = PathBuf::from(std::env::var_os(log)?);
+        (!argv.is_empty()).then_some(Self {
+            name,
+            pidfile,
+            argv,
+            log,
+        })
     }
 
     pub fn pid(&self) -> anyhow::Result<i32> {
         let text = std::fs::read_to_string(&self.pidfile)
             .with_context(|| format!("read {}", self.pidfile.display()))?;
-        text.trim().parse().context("agent pid file")
+        text.trim()
+            .parse()
+            .with_context(|| format!("{} pid file", self.name))
     }
 
-    /// Whether the agent process is alive (a zombie counts as dead).
+    /// Whether the process is alive (a zombie counts as dead).
     pub fn alive(&self) -> bool {
         let Ok(pid) = self.pid() else { return false };
         process_alive(pid)
     }
 
-    /// `kill -9` the agent and wait until it is gone.
+    /// `kill -9` the process and wait until it is gone.
     pub fn kill9(&self) -> anyhow::Result<()> {
         let pid = self.pid()?;
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL)
             .with_context(|| format!("kill -9 {pid}"))?;
         wait_until(
-            "the agent to die",
+            &format!("the {} to die", self.name),
             Duration::from_secs(10),
             Duration::from_millis(20),
             || Ok((!process_alive(pid)).then_some(())),
         )
     }
 
-    /// Starts the agent again with the same command line, appending to the same log, and records
-    /// its pid for the xtask (which stops it at the end).
+    /// Starts the process again with the same command line, appending to the same log, and
+    /// records its pid for the xtask (which stops it at the end).
     pub fn restart(&self) -> anyhow::Result<i32> {
         let log = OpenOptions::new()
             .create(true)
@@ -186,6 +202,30 @@ impl AgentControl {
         std::fs::write(&self.pidfile, format!("{pid}\n"))?;
         Ok(pid)
     }
+}
+
+/// The host's uptime in seconds (`/proc/uptime`; pods read the same clock).
+pub fn uptime() -> anyhow::Result<f64> {
+    let text = std::fs::read_to_string("/proc/uptime")?;
+    text.split_whitespace()
+        .next()
+        .and_then(|t| t.parse().ok())
+        .context("/proc/uptime")
+}
+
+/// `GET <path>` on a local HTTP endpoint (the agent's and control plane's `/metrics`): the body.
+pub fn http_get(addr: &str, path: &str) -> anyhow::Result<String> {
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let (head, body) = buf.split_once("\r\n\r\n").context("no HTTP header end")?;
+    anyhow::ensure!(
+        head.starts_with("HTTP/1.") && head.contains(" 200"),
+        "GET {addr}{path}: {head}"
+    );
+    Ok(body.to_string())
 }
 
 fn process_alive(pid: i32) -> bool {
@@ -206,6 +246,7 @@ pub struct E2e {
     pub mode: String,
     pub kubepods: PathBuf,
     pub agent: Option<AgentControl>,
+    pub control: Option<ProcessControl>,
     timings: Option<PathBuf>,
     pub manifests: PathBuf,
 }
@@ -285,7 +326,13 @@ impl E2e {
             env,
             mode: std::env::var(ENV_MODE).unwrap_or_else(|_| "ebpf".into()),
             kubepods,
-            agent: AgentControl::from_env(),
+            agent: ProcessControl::from_env("agent", ENV_AGENT_PIDFILE, ENV_AGENT_ARGV, ENV_AGENT_LOG),
+            control: ProcessControl::from_env(
+                "control plane",
+                ENV_CONTROL_PIDFILE,
+                ENV_CONTROL_ARGV,
+                ENV_CONTROL_LOG,
+            ),
             timings: std::env::var_os(ENV_TIMINGS).map(PathBuf::from),
             manifests: Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/manifests"),
         };
@@ -457,6 +504,30 @@ impl E2e {
             "5",
             &format!("http://127.0.0.1:{ENVOY_ADMIN_PORT}{path}"),
         ])
+    }
+
+    /// The Docker id of a pod's running app container `container`.
+    pub fn app_container(&self, pod_uid: &str, container: &str) -> anyhow::Result<String> {
+        let ids = self.docker(&[
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=io.kubernetes.pod.uid={pod_uid}"),
+            "--filter",
+            &format!("label=io.kubernetes.container.name={container}"),
+        ])?;
+        ids.lines()
+            .next()
+            .map(str::to_string)
+            .with_context(|| format!("no running container {container} in pod {pod_uid}"))
+    }
+
+    /// Copies a host file into a pod's app container (`docker cp`; the test image runs host-built
+    /// binaries, it carries the host's glibc).
+    pub fn copy_into(&self, pod_uid: &str, container: &str, src: &Path, dst: &str) -> anyhow::Result<()> {
+        let id = self.app_container(pod_uid, container)?;
+        self.docker(&["cp", &src.to_string_lossy(), &format!("{id}:{dst}")])
+            .map(drop)
     }
 
     /// Appends a timing sample to the suite's timings file (summarized by the xtask) and prints it.

@@ -9,6 +9,8 @@
 pub mod bins;
 pub mod demo;
 pub mod e2e;
+pub mod e2e_apiserver;
+pub mod e2e_faults;
 pub mod e2e_parse;
 pub mod install;
 pub mod pod;

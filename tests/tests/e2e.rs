@@ -10,6 +10,11 @@
 use std::time::{Duration, Instant};
 
 use traffic_tests::e2e::{wait_until, E2e, Pod, TestNamespace};
+
+#[path = "e2e/churn.rs"]
+mod churn;
+#[path = "e2e/faults.rs"]
+mod faults;
 use traffic_tests::e2e_parse::{cluster_hosts, cluster_stat, outbound_connections, Tally};
 
 const ENABLED: &str = "traffic.envoy.enabled";
@@ -306,66 +311,6 @@ mod scenario {
         assert_eq!(Tally::of(&replies).other, 0, "{replies}");
     }
 
-    /// A sidecar that dies is replaced at once: the agent hears Docker's `die` event, takes the
-    /// redirect away, starts a new sidecar and redirects to it; the pod is never left steered to a
-    /// proxy that is not there (calls made meanwhile are counted and printed).
-    pub fn sidecar_death(e2e: &E2e) {
-        let (ns, client, ip) = enabled_client(e2e, "sidecar-dies");
-        let n = 50;
-        let (replies, replaced) = std::thread::scope(|s| {
-            let calls = s.spawn(|| {
-                let script = format!(
-                    "i=0; while [ $i -lt {n} ]; do wget -qO- -T 5 '{}' 2>/dev/null || echo ERR; sleep 0.1; i=$((i+1)); done",
-                    url(&ip, 9080)
-                );
-                ns.sh(&client.pod.name, &script, Duration::from_secs(120))
-            });
-            std::thread::sleep(Duration::from_millis(500));
-            let t0 = Instant::now();
-            e2e.docker(&["kill", &client.sidecar])
-                .expect("docker kill the sidecar");
-            let replaced = e2e
-                .wait_agent("a new sidecar with the redirect back on", ENABLE_TIMEOUT, || {
-                    let sc = e2e.running_sidecar(&client.pod.uid)?;
-                    let active = e2e.redirect_state(&client.pod.uid)?.active(&e2e.mode);
-                    Ok(sc.filter(|id| active && *id != client.sidecar))
-                })
-                .unwrap_or_else(|e| panic!("{e:#}"));
-            e2e.record_timing("sidecar killed->new sidecar + redirect", t0.elapsed());
-            (calls.join().expect("thread").expect("calls"), replaced)
-        });
-        let t = Tally::of(&replies.stdout);
-        eprintln!(
-            "calls while the sidecar died and was replaced: {} of {n} failed",
-            t.other
-        );
-        let sidecars = e2e.sidecars(&client.pod.uid).expect("docker ps");
-        assert_eq!(sidecars.len(), 1, "only the new sidecar is left: {sidecars:?}");
-        wait_until(
-            "the annotation names the new sidecar",
-            Duration::from_secs(30),
-            Duration::from_millis(200),
-            || {
-                let p = ns.get_pod(&client.pod.name)?;
-                Ok(p.filter(|p| {
-                    p.annotation(PROXY_ANNOTATION)
-                        .is_some_and(|a| replaced.starts_with(a) || a.starts_with(&replaced))
-                }))
-            },
-        )
-        .unwrap_or_else(|e| panic!("{e:#}"));
-        wait_membership(&ns, &replaced, 3);
-        let before = completed(&ns, &replaced);
-        let replies = ns
-            .get_many(&client.pod.name, &url(&ip, 9080), 6)
-            .expect("requests");
-        assert_eq!(Tally::of(&replies).other, 0, "{replies}");
-        assert!(
-            completed(&ns, &replaced) >= before + 6,
-            "the calls go through the new sidecar"
-        );
-    }
-
     /// 6: kill -9 of the agent and a restart.
     pub fn agent_restart(e2e: &E2e) {
         let Some(agent) = e2e.agent.clone() else {
@@ -479,7 +424,8 @@ mod scenario {
     }
 }
 
-/// Scenarios 1-5, run once per redirect mode (scenario 9 is the iptables pass of these).
+/// Scenarios 1-5 and the sidecar's death, run once per redirect mode (scenario 9 is the iptables
+/// pass of these).
 mod both_modes {
     use super::*;
 
@@ -512,6 +458,13 @@ mod both_modes {
         let Some(e2e) = E2e::require() else { return };
         scenario::disable(&e2e);
     }
+
+    #[test]
+    fn a_sidecar_that_dies_is_replaced_and_meanwhile_the_pod_fails_closed_connections_refused_never_bypassing_the_proxy(
+    ) {
+        let Some(e2e) = E2e::require() else { return };
+        faults::sidecar_death(&e2e);
+    }
 }
 
 /// Scenarios 6-8 (the datapath is whatever the agent runs; the xtask runs these in eBPF mode).
@@ -526,9 +479,30 @@ mod agent_lifecycle {
     }
 
     #[test]
-    fn a_sidecar_that_dies_is_replaced_and_the_redirect_follows_the_new_one() {
+    fn kill_9_of_the_agent_under_200_requests_per_second_fails_no_request_and_the_new_agent_adopts_the_sidecar(
+    ) {
         let Some(e2e) = E2e::require() else { return };
-        scenario::sidecar_death(&e2e);
+        faults::agent_kill_under_load(&e2e);
+    }
+
+    #[test]
+    fn kill_9_of_the_control_plane_under_200_requests_per_second_fails_no_request_and_sidecars_reconnect() {
+        let Some(e2e) = E2e::require() else { return };
+        faults::control_plane_kill_under_load(&e2e);
+    }
+
+    #[test]
+    fn after_enabled_pods_are_created_and_deleted_in_batches_the_nodes_bpf_pins_sidecars_iptables_and_cgroups_are_back_to_baseline(
+    ) {
+        let Some(e2e) = E2e::require() else { return };
+        churn::churn(&e2e);
+    }
+
+    #[test]
+    fn with_the_api_server_stopped_for_30_s_agent_and_control_plane_keep_serving_and_catch_up_with_changes_without_restart(
+    ) {
+        let Some(e2e) = E2e::require() else { return };
+        faults::api_server_outage(&e2e);
     }
 
     #[test]

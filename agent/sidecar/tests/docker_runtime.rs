@@ -406,3 +406,60 @@ async fn an_envoy_image_missing_on_the_node_is_pulled_and_a_failed_pull_is_repor
     }
     assert!(sidecars_of(&rt, &pod.uid).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepared_sidecar_has_its_cgroup_before_it_runs_starts_in_it_and_leaves_none_behind() {
+    let Some(env) = docker_env() else { return };
+    let rt = runtime(&env).await;
+    let cg = Cgroup2::detect().unwrap();
+    let pod = FakePod::start(&env).await;
+    let pref = pod_ref(&pod);
+    let sandbox = rt.sandbox(&pod.uid).await.unwrap().expect("sandbox found");
+
+    // Prepared: created, not running, its cgroup v2 directory already there (what the redirect's
+    // proxy exclusion needs before Envoy runs).
+    let prepared = rt
+        .prepare(&spec(&env, &pref, Some(FETCH)), &sandbox)
+        .await
+        .unwrap()
+        .expect("docker can prepare");
+    assert_eq!(prepared.state, SidecarState::Created);
+    let dir = prepared.cgroup.clone().unwrap();
+    assert_eq!(dir, sandbox.pod_cgroup.join(&prepared.container_id));
+    assert!(dir.is_dir(), "{} exists before the start", dir.display());
+    let again = rt
+        .prepare(&spec(&env, &pref, Some(FETCH)), &sandbox)
+        .await
+        .unwrap();
+    assert_eq!(again.map(|s| s.container_id), Some(prepared.container_id.clone()));
+
+    // Started: the same container, running in exactly that cgroup.
+    let started = rt.start(&spec(&env, &pref, Some(FETCH)), &sandbox).await.unwrap();
+    assert_eq!(started.container_id, prepared.container_id);
+    assert_eq!(started.state, SidecarState::Running);
+    assert_eq!(started.cgroup.as_ref(), Some(&dir));
+    let pid = rt
+        .client()
+        .inspect_container(&started.container_id, None)
+        .await
+        .unwrap()
+        .state
+        .unwrap()
+        .pid
+        .unwrap();
+    assert_eq!(cg.of_pid(u32::try_from(pid).unwrap()).unwrap(), dir);
+    rt.remove(&started.container_id).await.unwrap();
+    assert!(!dir.exists(), "runc removed the cgroup with the container");
+
+    // Prepared and removed without ever running: the directory runc never made goes too.
+    let unused = rt
+        .prepare(&spec(&env, &pref, Some(FETCH)), &sandbox)
+        .await
+        .unwrap()
+        .unwrap();
+    let unused_dir = unused.cgroup.clone().unwrap();
+    assert!(unused_dir.is_dir());
+    rt.remove(&unused.container_id).await.unwrap();
+    assert!(!unused_dir.exists(), "{} removed", unused_dir.display());
+    assert!(sidecars_of(&rt, &pod.uid).await.is_empty());
+}
