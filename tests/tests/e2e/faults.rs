@@ -310,14 +310,20 @@ pub fn api_server_outage(e2e: &E2e) {
     let bin = Path::new(env!("CARGO_BIN_EXE_load-client"));
     e2e.copy_into(&client.pod.uid, "client", bin, LOAD_CLIENT)
         .expect("copy load-client into the client pod");
-    // `kubectl exec` goes through the API server, so the load runs detached in the pod and
-    // leaves its summary in a file, read once the API is back.
+    // `kubectl exec` goes through the API server: the load runs detached through Docker instead
+    // and leaves its summary in a file of the container.
     let load_seconds = 60;
-    ns.sh(
-        &client.pod.name,
-        &format!("nohup {LOAD_CLIENT} {ip}:9080 50 {load_seconds} > /load.json 2>&1 &"),
-        Duration::from_secs(30),
-    )
+    let container = e2e
+        .app_container(&client.pod.uid, "client")
+        .expect("client container");
+    e2e.docker(&[
+        "exec",
+        "-d",
+        &container,
+        "sh",
+        "-c",
+        &format!("{LOAD_CLIENT} {ip}:9080 50 {load_seconds} > /load.json 2>&1"),
+    ])
     .expect("start the load");
     std::thread::sleep(Duration::from_secs(5));
     let stopped = api.stop().expect("stop kube-apiserver");
@@ -371,8 +377,8 @@ pub fn api_server_outage(e2e: &E2e) {
         Duration::from_secs(load_seconds + 60),
         Duration::from_secs(1),
         || {
-            let out = ns.sh(&client.pod.name, "cat /load.json", Duration::from_secs(30))?;
-            Ok(LoadSummary::parse(&out.stdout))
+            let out = e2e.docker(&["exec", &container, "cat", "/load.json"])?;
+            Ok(LoadSummary::parse(&out))
         },
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
