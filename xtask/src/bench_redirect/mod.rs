@@ -23,10 +23,16 @@
 //! the same window (/proc/stat) is shown beside it: receive work the kernel deferred to ksoftirqd
 //! is not charged to the run's cgroups.
 //!
-//! Rounds: every mode runs once per round (fresh pod each time, so conntrack state of one run does
-//! not slow another; the order rotates between rounds so drift in the machine's load does not
-//! favour one mode); every figure is shown as min/median/max over rounds, and the ratios are
-//! computed per round (modes of one round ran minutes apart at most) before their spread is taken.
+//! Rounds: every mode runs once per round in a fresh pod (so conntrack state of one run does not
+//! slow another), and the three modes of a round run at the same time, each in its own pod and
+//! cgroups: the CPU a connection costs still moves with the machine's load (other processes evict
+//! the caches; on a 2-core VM shared with compilers by +-10 % from one 5 s window to the next),
+//! but it moves for all three modes alike, so their ratios hold still. `--sequential` runs them
+//! one after another instead (each mode's wall-clock figures alone; the v1 fallback always does,
+//! one cpuacct group cannot tell the modes apart), rotating the order between rounds. Every
+//! figure is shown as min/median/max over rounds, and the ratios are computed per round before
+//! their spread is taken. The machine's softirq time is the whole machine's, so with the modes
+//! together each mode's per-connection softirq figure counts all three modes' softirq work.
 //! Also prints each eBPF program's run_cnt and run_time_ns over one extra ebpf run with
 //! `kernel.bpf_stats_enabled` switched on (restored after; kept out of the table, since the
 //! instrumentation slows every program run and only the ebpf mode runs programs) and the load
@@ -81,6 +87,10 @@ pub struct Options {
     /// Use debug builds of the test binaries (faster to build, slower servers).
     #[arg(long)]
     pub debug: bool,
+    /// Run the modes of a round one after another instead of all at once (the wall-clock figures
+    /// are then each mode's alone; the CPU ratios move with the machine's load between the runs).
+    #[arg(long)]
+    pub sequential: bool,
     /// Also write every figure (and each round's raw counters) to this file as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -166,16 +176,29 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let mut progs: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let order = [Mode::Limit, Mode::Iptables, Mode::Ebpf];
     let v1 = v1_group.as_ref();
+    // One v1 group cannot tell the modes apart: there they take turns.
+    let together = !o.sequential && v1.is_none();
     let result = (|| -> anyhow::Result<()> {
         for round in 0..o.rounds as usize {
-            for i in 0..order.len() {
-                let mode = order[(round + i) % order.len()];
-                let (redirector, dst): (Option<&dyn Redirector>, &str) = match mode {
-                    Mode::Limit => (None, "127.0.0.1:15001"),
-                    Mode::Iptables => (Some(&ipt), SERVICE),
-                    Mode::Ebpf => (Some(&ebpf), SERVICE),
-                };
-                let r = measure(redirector, dst, &o, v1, |_| Ok(()))?;
+            let modes: Vec<(Mode, Option<&dyn Redirector>, &str)> = (0..order.len())
+                .map(|i| {
+                    let mode = order[(round + i) % order.len()];
+                    match mode {
+                        Mode::Limit => (mode, None, "127.0.0.1:15001"),
+                        Mode::Iptables => (mode, Some(&ipt as &dyn Redirector), SERVICE),
+                        Mode::Ebpf => (mode, Some(&ebpf as &dyn Redirector), SERVICE),
+                    }
+                })
+                .collect();
+            let results = if together {
+                measure_together(&modes, &o)?
+            } else {
+                modes
+                    .iter()
+                    .map(|(m, r, dst)| Ok((*m, measure(*r, dst, &o, v1, |_| Ok(()))?)))
+                    .collect::<anyhow::Result<Vec<_>>>()?
+            };
+            for (mode, r) in results {
                 eprintln!(
                     "round {} {mode:?}: {:.0} conn/s, CPU {:.2} us/conn, softirq {:.2} us/conn, p50 {}us p99 {}us errors {}",
                     round + 1,
@@ -248,13 +271,15 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             "duration_secs": o.duration_secs, "concurrency": o.concurrency, "rounds": o.rounds,
             "workers": o.workers, "proxy": o.proxy.arg(), "flavour": flavour.to_string(),
             "cpu_accounting": accounting, "load_before": load_before, "load_after": load_after,
+            "modes_run": if together { "together" } else { "sequential" },
         }),
     };
     println!(
-        "\nredirect benchmark: short-lived connections through bench-server (proxy {}), {} rounds x {}s, {} client threads, CPU from {accounting}",
+        "\nredirect benchmark: short-lived connections through bench-server (proxy {}), {} rounds x {}s, modes {}, {} client threads each, CPU from {accounting}",
         o.proxy.arg(),
         o.rounds,
         o.duration_secs,
+        if together { "together" } else { "one after another" },
         o.concurrency
     );
     println!("load average before: {load_before}  after: {load_after}");
@@ -317,19 +342,41 @@ impl Drop for Server {
     }
 }
 
-/// One run: a fresh pod with its proxy and backend, the redirect enabled (if any), the load with
-/// the CPU of the pod's cgroups (or the v1 group) counted around it, the redirect removed.
-fn measure(
-    redirector: Option<&dyn Redirector>,
-    dst: &str,
+/// One mode's pod with its proxy and backend and the redirect enabled (if any), ready for load;
+/// the redirect is removed on drop, then the servers and the pod.
+struct Stage<'a> {
+    redirector: Option<&'a dyn Redirector>,
+    key: PodKey,
+    dst: &'a str,
+    /// Client, proxy and backend: every process of the run.
+    clock: CgroupCpu,
+    /// The pod and proxy cgroups (where the redirect attaches).
+    cgroups: [PathBuf; 2],
+    _proxy: Server,
+    _backend: Server,
+    pod: TestPod,
+}
+
+impl Drop for Stage<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.redirector {
+            if let Err(e) = r.disable(&self.key) {
+                eprintln!("cleanup: disable the redirect of {}: {e:#}", self.key);
+            }
+        }
+    }
+}
+
+fn stage<'a>(
+    redirector: Option<&'a dyn Redirector>,
+    dst: &'a str,
     o: &Options,
     v1: Option<&CpuacctGroup>,
-    mut hook: impl FnMut(Phase<'_>) -> anyhow::Result<()>,
-) -> anyhow::Result<Round> {
+) -> anyhow::Result<Stage<'a>> {
     let pod = TestPod::new("tb")?;
     let workers = o.workers.to_string();
     let backend_placement = pod.backend_placement();
-    let _backend = Server::start(&backend_placement, &["backend", BACKEND_PORT, &workers])?;
+    let backend = Server::start(&backend_placement, &["backend", BACKEND_PORT, &workers])?;
     let port = PROXY_PORT.to_string();
     let mut proxy_args = vec!["proxy", &port, &workers, o.proxy.arg()];
     // Only the no-redirect run may fall back: a redirected connection whose original destination
@@ -337,8 +384,19 @@ fn measure(
     if redirector.is_none() {
         proxy_args.push(SERVICE);
     }
-    let _proxy = Server::start(&pod.proxy_placement(), &proxy_args)?;
+    let proxy = Server::start(&pod.proxy_placement(), &proxy_args)?;
     let key = PodKey::new(pod.name.clone())?;
+    let cgroups = [pod.cgroup().to_path_buf(), pod.proxy_cgroup().to_path_buf()];
+    let clock = match v1 {
+        Some(group) => group.clock(),
+        None => CgroupCpu::V2(
+            cgroups
+                .iter()
+                .cloned()
+                .chain(backend_placement.cgroup.clone())
+                .collect(),
+        ),
+    };
     if let Some(r) = redirector {
         r.enable(&PodRedirect {
             key: key.clone(),
@@ -351,22 +409,21 @@ fn measure(
             },
         })?;
     }
-    let cgroups = [pod.cgroup().to_path_buf(), pod.proxy_cgroup().to_path_buf()];
-    // Client, proxy and backend: every process of the run.
-    let clock = match v1 {
-        Some(group) => group.clock(),
-        None => CgroupCpu::V2(
-            cgroups
-                .iter()
-                .cloned()
-                .chain(backend_placement.cgroup.clone())
-                .collect(),
-        ),
-    };
-    hook(Phase {
-        before: true,
-        cgroups: &cgroups,
-    })?;
+    Ok(Stage {
+        redirector,
+        key,
+        dst,
+        clock,
+        cgroups,
+        _proxy: proxy,
+        _backend: backend,
+        pod,
+    })
+}
+
+/// The client's load on a staged pod, with the CPU of the pod's cgroups (or the v1 group) and the
+/// machine's counters taken around it.
+fn load(pod: &TestPod, clock: &CgroupCpu, dst: &str, o: &Options) -> anyhow::Result<Round> {
     let args: Vec<String> = [
         "bench".to_string(),
         dst.to_string(),
@@ -374,20 +431,11 @@ fn measure(
         o.concurrency.to_string(),
     ]
     .to_vec();
-    let window = bench_cpu::counted(&clock, || {
+    let ((out, machine), cpu) = bench_cpu::counted(clock, || {
         let before = bench_cpu::machine_cpu()?;
         let out = pod.run_client(&args)?;
         Ok((out, bench_cpu::machine_cpu()?.since(&before)))
-    });
-    let hooked = hook(Phase {
-        before: false,
-        cgroups: &cgroups,
-    });
-    if let Some(r) = redirector {
-        r.disable(&key)?;
-    }
-    let ((out, machine), cpu) = window?;
-    hooked?;
+    })?;
     if !out.success {
         bail!("bench client failed: {}", out.stderr);
     }
@@ -401,6 +449,56 @@ fn measure(
         cpu,
         machine,
         ticks_per_sec: bench_cpu::clk_tck(),
+    })
+}
+
+/// One mode alone: staged, the hook before and after its load.
+fn measure(
+    redirector: Option<&dyn Redirector>,
+    dst: &str,
+    o: &Options,
+    v1: Option<&CpuacctGroup>,
+    mut hook: impl FnMut(Phase<'_>) -> anyhow::Result<()>,
+) -> anyhow::Result<Round> {
+    let st = stage(redirector, dst, o, v1)?;
+    hook(Phase {
+        before: true,
+        cgroups: &st.cgroups,
+    })?;
+    let round = load(&st.pod, &st.clock, st.dst, o);
+    hook(Phase {
+        before: false,
+        cgroups: &st.cgroups,
+    })?;
+    round
+}
+
+/// Every mode at once, each in its pod and cgroups: the same moment's noise for all of them.
+fn measure_together(
+    modes: &[(Mode, Option<&dyn Redirector>, &str)],
+    o: &Options,
+) -> anyhow::Result<Vec<(Mode, Round)>> {
+    let staged = modes
+        .iter()
+        .map(|(m, r, dst)| Ok((*m, stage(*r, dst, o, None)?)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    std::thread::scope(|s| {
+        let loads: Vec<_> = staged
+            .iter()
+            .map(|(m, st)| {
+                let (pod, clock, dst) = (&st.pod, &st.clock, st.dst);
+                (*m, s.spawn(move || load(pod, clock, dst, o)))
+            })
+            .collect();
+        loads
+            .into_iter()
+            .map(|(m, h)| {
+                let r = h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the {m:?} load thread panicked"))??;
+                Ok((m, r))
+            })
+            .collect()
     })
 }
 
