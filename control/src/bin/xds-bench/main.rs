@@ -7,21 +7,24 @@
 //! the file poll (10 ms), the server's re-read of the file (incremental: changed list items only)
 //! and re-translation (endpoint assignments only when only pods moved; the whole model otherwise),
 //! the pushes and the clients' receipt. RSS is the server process's (VmRSS, and VmHWM = peak).
-//! The clients run in this process, on the same machine: their CPU time is printed apart from the
-//! server's. SotW clients send pre-encoded ACKs (the same bytes as building them each time).
+//! The clients run in this process, on the same machine; the server is another process and, with
+//! `--server-cgroup DIR` (what `cargo xtask bench xds` passes), in a cgroup of its own, so its CPU
+//! time per change comes from that cgroup's `cpu.stat` (exact scheduler run time, however busy the
+//! machine is); without it, from /proc/<pid>/stat (10 ms ticks). Per change the bench records
+//! the server's CPU and the bytes every stream received between the write and 200 ms after the
+//! last stream had the change, and the per-change p50/p99 over streams; `--json FILE` writes them
+//! (raw, one entry per change: `cargo xtask bench xds` computes the spreads). SotW clients send
+//! pre-encoded ACKs (the same bytes as building them each time).
+mod clients;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
-};
+use clients::{delta_client, encoded_names, sotw_client, RECEIVED_BYTES};
+use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use traffic_control::grpc::WithApiListeners;
 use traffic_translate::model::MeshModel;
 use traffic_translate::snapshot::{MeshSnapshot, CLUSTER, ENDPOINT, LISTENER, ROUTE};
@@ -41,6 +44,13 @@ struct Args {
     /// Use delta ADS instead of state-of-the-world.
     #[arg(long)]
     delta: bool,
+    /// A cgroup v2 directory (existing, empty) to run the server in: its cpu.stat gives the
+    /// server's exact CPU time per change.
+    #[arg(long)]
+    server_cgroup: Option<std::path::PathBuf>,
+    /// Write the figures, one entry per change, to this file as JSON.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 fn model(services: usize, pods: usize, bump: usize) -> anyhow::Result<MeshModel> {
@@ -108,6 +118,24 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks / hz.max(1.0)
 }
 
+/// The server's CPU time in microseconds: its cgroup's `usage_usec` when it has one of its own, else
+/// user + system from /proc/<pid>/stat (tick resolution).
+fn server_cpu_usec(pid: u32, cgroup: Option<&std::path::Path>) -> anyhow::Result<f64> {
+    let Some(dir) = cgroup else {
+        return Ok(cpu_secs(pid) * 1e6);
+    };
+    let path = dir.join("cpu.stat");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    usage_usec(&text).with_context(|| format!("{} has no usage_usec", path.display()))
+}
+
+/// `usage_usec` of a cgroup v2 `cpu.stat` (present with or without the cpu controller).
+fn usage_usec(cpu_stat: &str) -> Option<f64> {
+    cpu_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
+}
+
 /// Set when the run is over (clients then lose the server quietly).
 static DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -166,171 +194,6 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
         return Duration::ZERO;
     }
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// What a client reports: its stream index and when it saw an endpoint update.
-type Seen = (usize, Instant);
-
-/// The bench's SotW client codec: requests go out pre-encoded. An ACK repeats every subscribed
-/// name (1,000 endpoint names, like Envoy); building them as a fresh `Vec<String>` per ACK per
-/// stream cost the bench process as much CPU as the server it measures, on the same two cores.
-/// The name list is encoded once and shared; the bytes on the wire are the same.
-#[derive(Debug, Clone, Copy, Default)]
-struct PreEncoded;
-
-impl tonic::codec::Codec for PreEncoded {
-    type Encode = [bytes::Bytes; 2];
-    type Decode = DiscoveryResponse;
-    type Encoder = PreEncoded;
-    type Decoder = tonic_prost::ProstDecoder<DiscoveryResponse>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        PreEncoded
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstCodec::<DiscoveryRequest, DiscoveryResponse>::default().decoder()
-    }
-}
-
-impl tonic::codec::Encoder for PreEncoded {
-    type Item = [bytes::Bytes; 2];
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Self::Item, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), Self::Error> {
-        use bytes::BufMut;
-        for part in item {
-            dst.put(part);
-        }
-        Ok(())
-    }
-}
-
-/// A `DiscoveryRequest` as [`PreEncoded`] sends it: `fields` plus the shared encoded `names`.
-fn pre_encoded(fields: &DiscoveryRequest, names: &bytes::Bytes) -> [bytes::Bytes; 2] {
-    use prost::Message;
-    [bytes::Bytes::from(fields.encode_to_vec()), names.clone()]
-}
-
-/// Field 3 (`resource_names`) of a `DiscoveryRequest`, encoded.
-fn encoded_names(names: &[String]) -> bytes::Bytes {
-    let mut buf = Vec::new();
-    prost::encoding::string::encode_repeated(3, names, &mut buf);
-    bytes::Bytes::from(buf)
-}
-
-async fn sotw_client(
-    url: String,
-    id: usize,
-    clusters: bytes::Bytes,
-    routes: bytes::Bytes,
-    ready: mpsc::Sender<usize>,
-    seen: mpsc::UnboundedSender<Seen>,
-) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(url)?.connect().await?;
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await?;
-    let (tx, rx) = mpsc::channel(16);
-    let node = Some(Node {
-        id: format!("bench{id}.default"),
-        ..Default::default()
-    });
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
-        "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
-    );
-    let mut inbound = grpc
-        .streaming(tonic::Request::new(ReceiverStream::new(rx)), path, PreEncoded)
-        .await?
-        .into_inner();
-    let empty = bytes::Bytes::new();
-    let names = |t: &str| -> &bytes::Bytes {
-        match t {
-            ENDPOINT => &clusters,
-            ROUTE => &routes,
-            _ => &empty,
-        }
-    };
-    for t in [CLUSTER, ENDPOINT, LISTENER, ROUTE] {
-        let fields = DiscoveryRequest {
-            node: node.clone(),
-            type_url: t.into(),
-            ..Default::default()
-        };
-        tx.send(pre_encoded(&fields, names(t))).await?;
-    }
-    let mut initial = 4;
-    while let Some(resp) = inbound.message().await? {
-        if resp.type_url == ENDPOINT && initial == 0 {
-            let _ = seen.send((id, Instant::now()));
-        }
-        let fields = DiscoveryRequest {
-            type_url: resp.type_url.clone(),
-            version_info: resp.version_info.clone(),
-            response_nonce: resp.nonce.clone(),
-            ..Default::default()
-        };
-        tx.send(pre_encoded(&fields, names(&resp.type_url))).await?;
-        if initial > 0 {
-            initial -= 1;
-            if initial == 0 {
-                ready.send(id).await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn delta_client(
-    url: String,
-    id: usize,
-    clusters: Vec<String>,
-    routes: Vec<String>,
-    ready: mpsc::Sender<usize>,
-    seen: mpsc::UnboundedSender<Seen>,
-) -> anyhow::Result<()> {
-    let mut client = AggregatedDiscoveryServiceClient::connect(url).await?;
-    let (tx, rx) = mpsc::channel(16);
-    let node = Some(Node {
-        id: format!("bench{id}.default"),
-        ..Default::default()
-    });
-    let mut inbound = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await?
-        .into_inner();
-    for (t, names) in [
-        (CLUSTER, vec![]),
-        (ENDPOINT, clusters),
-        (LISTENER, vec![]),
-        (ROUTE, routes),
-    ] {
-        tx.send(DeltaDiscoveryRequest {
-            node: node.clone(),
-            type_url: t.into(),
-            resource_names_subscribe: names,
-            ..Default::default()
-        })
-        .await?;
-    }
-    let mut initial = 4;
-    while let Some(resp) = inbound.message().await? {
-        if resp.type_url == ENDPOINT && initial == 0 {
-            let _ = seen.send((id, Instant::now()));
-        }
-        tx.send(DeltaDiscoveryRequest {
-            type_url: resp.type_url.clone(),
-            response_nonce: resp.nonce.clone(),
-            ..Default::default()
-        })
-        .await?;
-        if initial > 0 {
-            initial -= 1;
-            if initial == 0 {
-                ready.send(id).await?;
-            }
-        }
-    }
-    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
@@ -451,6 +314,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             })?,
     );
     let pid = server.0.id();
+    if let Some(dir) = &args.server_cgroup {
+        // Before the server has done more than start: every push is counted there.
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .with_context(|| format!("move the server into {}", dir.display()))?;
+    }
+    let server_cgroup = args.server_cgroup.as_deref();
     let url = format!("http://127.0.0.1:{xds_port}");
     let mut up = false;
     for _ in 0..200 {
@@ -505,13 +374,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         connect_started.elapsed()
     );
     let rss_clients = mem_mb(pid, "VmRSS");
-    let (server_cpu_synced, bench_cpu_synced) = (cpu_secs(pid), cpu_secs(std::process::id()));
+    let sync_secs = connect_started.elapsed().as_secs_f64();
+    let sync_bytes = RECEIVED_BYTES.load(std::sync::atomic::Ordering::Relaxed);
+    let (server_cpu_synced, bench_cpu_synced) =
+        (server_cpu_usec(pid, server_cgroup)?, cpu_secs(std::process::id()));
 
     let mut latencies = Vec::new();
+    let mut per_change = Vec::new();
     for change in 1..=args.changes {
         let text = model_yaml(&model(args.services, args.pods_per_service, change)?)?;
         let tmp = dir.join("mesh.yaml.tmp");
         std::fs::write(&tmp, text)?;
+        let (cpu0, bytes0) = (
+            server_cpu_usec(pid, server_cgroup)?,
+            RECEIVED_BYTES.load(std::sync::atomic::Ordering::Relaxed),
+        );
         let published = Instant::now();
         std::fs::rename(&tmp, &model_path)?;
         let mut got = BTreeMap::new();
@@ -524,13 +401,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         let mut this: Vec<Duration> = got.into_values().collect();
         this.sort();
-        println!(
-            "change {change}: every stream had it after {:?} (p50 {:?})",
-            this[this.len() - 1],
-            pct(&this, 0.5)
-        );
-        latencies.extend(this);
+        // Settle: the ACKs and anything else the change caused land in this change's counts.
         tokio::time::sleep(Duration::from_millis(200)).await;
+        let cpu_ms = (server_cpu_usec(pid, server_cgroup)? - cpu0) / 1000.0;
+        let bytes = RECEIVED_BYTES.load(std::sync::atomic::Ordering::Relaxed) - bytes0;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "change {change}: every stream had it after {:?} (p50 {:?}, p99 {:?}); server CPU {cpu_ms:.1} ms, {bytes} bytes to the streams",
+            this[this.len() - 1],
+            pct(&this, 0.5),
+            pct(&this, 0.99)
+        );
+        per_change.push(json!({
+            "p50_ms": ms(pct(&this, 0.5)), "p99_ms": ms(pct(&this, 0.99)), "max_ms": ms(this[this.len() - 1]),
+            "server_cpu_ms": cpu_ms, "bytes": bytes,
+        }));
+        latencies.extend(this);
     }
     latencies.sort();
     println!(
@@ -540,17 +426,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         pct(&latencies, 0.99),
         latencies.last().copied().unwrap_or_default()
     );
+    let server_cpu_end = server_cpu_usec(pid, server_cgroup)?;
     println!(
-        "CPU during the changes: server {:.2} s, bench clients {:.2} s (whole run: server {:.2} s)",
-        cpu_secs(pid) - server_cpu_synced,
+        "CPU during the changes: server {:.3} s ({}), bench clients {:.2} s (server from start to synced: {:.2} s)",
+        (server_cpu_end - server_cpu_synced) / 1e6,
+        if server_cgroup.is_some() { "its cgroup's cpu.stat" } else { "/proc ticks" },
         cpu_secs(std::process::id()) - bench_cpu_synced,
-        cpu_secs(pid)
+        server_cpu_synced / 1e6
     );
+    let rss_after = mem_mb(pid, "VmRSS");
+    let rss_peak = mem_mb(pid, "VmHWM");
     println!(
         "server RSS: started with the model {rss_server:.0} MB, with {} streams synced {rss_clients:.0} MB, after the changes {:.0} MB, peak (VmHWM) {:.0} MB",
-        args.streams,
-        mem_mb(pid, "VmRSS"),
-        mem_mb(pid, "VmHWM")
+        args.streams, rss_after, rss_peak
     );
     match scrape(http_port).await {
         Ok(text) => {
@@ -570,8 +458,45 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         Err(e) => eprintln!("cannot scrape server metrics: {e:#}"),
     }
+    if let Some(path) = &args.json {
+        let report = json!({
+            "bench": "xds",
+            "config": {
+                "services": args.services, "endpoints": endpoints, "pods_per_service": args.pods_per_service,
+                "streams": args.streams, "changes": args.changes, "delta": args.delta,
+                "server_cpu": if server_cgroup.is_some() { "cgroup cpu.stat" } else { "/proc/<pid>/stat" },
+            },
+            "full_rebuild_ms": rebuilds[1].as_secs_f64() * 1000.0,
+            "endpoint_rebuild_ms": incremental[1].as_secs_f64() * 1000.0,
+            "incremental_parse_ms": parse[1].as_secs_f64() * 1000.0,
+            "sync": {"secs": sync_secs, "server_cpu_ms": server_cpu_synced / 1000.0, "bytes": sync_bytes},
+            "latency_ms": {
+                "p50": pct(&latencies, 0.5).as_secs_f64() * 1000.0,
+                "p99": pct(&latencies, 0.99).as_secs_f64() * 1000.0,
+            },
+            "rss_mb": {"model": rss_server, "synced": rss_clients, "after": rss_after, "peak": rss_peak},
+            "changes": per_change,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
+    }
     DONE.store(true, std::sync::atomic::Ordering::SeqCst);
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_read_from_a_cpu_stat_with_or_without_the_cpu_controller() {
+        assert_eq!(
+            usage_usec("usage_usec 42\nuser_usec 40\nsystem_usec 2\n"),
+            Some(42.0)
+        );
+        assert_eq!(usage_usec("nr_periods 0\n"), None);
+        assert_eq!(usage_usec("usage_usec x\n"), None);
+    }
 }
