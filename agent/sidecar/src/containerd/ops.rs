@@ -73,7 +73,10 @@ impl ContainerdRuntime {
             .await
             .map_err(OperatorError::Output)?;
         let mut offset = text.len() as u64;
-        while follow {
+        if !follow {
+            return out.flush().await.map_err(OperatorError::Output);
+        }
+        loop {
             let running = self
                 .task(self.ns(), &s.container_id)
                 .await?

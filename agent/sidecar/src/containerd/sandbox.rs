@@ -30,6 +30,10 @@ pub enum SandboxSpecError {
     HostNetwork,
     #[error("sandbox network namespace path {0:?} is not an absolute path")]
     BadNetnsPath(String),
+    #[error("sandbox runc options: {0}")]
+    RuncOptions(String),
+    #[error("sandbox runc options say SystemdCgroup={systemd_cgroup} but its cgroupsPath says otherwise")]
+    DriverMismatch { systemd_cgroup: bool },
 }
 
 /// The pod cgroup as the sandbox's cgroup driver names it.
@@ -138,6 +142,51 @@ pub fn parse_sandbox_spec(json: &[u8]) -> Result<SandboxSpec, SandboxSpecError> 
         netns: PathBuf::from(netns),
         cgroup,
         hostname: raw.hostname.filter(|h| !h.is_empty()),
+    })
+}
+
+/// Type URL of runc's shim options in `Container.runtime.options`.
+pub const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
+
+/// The fields of `containerd.runc.v1.Options` we read or set (the containerd client does not
+/// generate runc's own messages; unknown fields are skipped when decoding).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct RuncOptions {
+    #[prost(string, tag = "6")]
+    pub binary_name: String,
+    #[prost(string, tag = "7")]
+    pub root: String,
+    #[prost(bool, tag = "9")]
+    pub systemd_cgroup: bool,
+}
+
+/// The runc options of a sidecar: the sandbox's own when it runs on runc (they carry the runc
+/// binary, its root and `SystemdCgroup`), else defaults that only follow the cgroup driver.
+/// Options that disagree with the sandbox's cgroup path are an error: runc would refuse the
+/// path (systemd) or put the sidecar outside the pod (cgroupfs).
+pub fn sidecar_runc_options(
+    sandbox_options: Option<&prost_types::Any>,
+    cgroup: &PodCgroup,
+) -> Result<prost_types::Any, SandboxSpecError> {
+    use prost::Message as _;
+    if let Some(any) = sandbox_options.filter(|a| a.type_url.trim_start_matches('/') == RUNC_OPTIONS_TYPE_URL)
+    {
+        let o = RuncOptions::decode(any.value.as_slice())
+            .map_err(|e| SandboxSpecError::RuncOptions(e.to_string()))?;
+        if o.systemd_cgroup != cgroup.is_systemd() {
+            return Err(SandboxSpecError::DriverMismatch {
+                systemd_cgroup: o.systemd_cgroup,
+            });
+        }
+        return Ok(any.clone());
+    }
+    let o = RuncOptions {
+        systemd_cgroup: cgroup.is_systemd(),
+        ..Default::default()
+    };
+    Ok(prost_types::Any {
+        type_url: RUNC_OPTIONS_TYPE_URL.into(),
+        value: o.encode_to_vec(),
     })
 }
 
@@ -258,6 +307,51 @@ mod tests {
         assert!(matches!(
             parse_sandbox_spec(b"not json"),
             Err(SandboxSpecError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn runc_options_are_mirrored_from_a_runc_sandbox_and_must_match_its_cgroup_driver() {
+        use prost::Message as _;
+        let cgroupfs = PodCgroup::Cgroupfs {
+            pod: "/kubepods/pod1".into(),
+        };
+        let systemd = PodCgroup::Systemd {
+            slice: "kubepods-pod1.slice".into(),
+        };
+        let theirs = prost_types::Any {
+            type_url: RUNC_OPTIONS_TYPE_URL.into(),
+            value: RuncOptions {
+                binary_name: "/usr/local/bin/runc-nooom".into(),
+                root: "/run/k/runc".into(),
+                systemd_cgroup: false,
+            }
+            .encode_to_vec(),
+        };
+        assert_eq!(sidecar_runc_options(Some(&theirs), &cgroupfs).unwrap(), theirs);
+        assert_eq!(
+            sidecar_runc_options(Some(&theirs), &systemd),
+            Err(SandboxSpecError::DriverMismatch {
+                systemd_cgroup: false
+            })
+        );
+        let other_runtime = prost_types::Any {
+            type_url: "io.containerd.runsc.v1.options".into(),
+            value: vec![1, 2, 3],
+        };
+        for given in [None, Some(&other_runtime)] {
+            let ours = sidecar_runc_options(given, &systemd).unwrap();
+            let decoded = RuncOptions::decode(ours.value.as_slice()).unwrap();
+            assert!(decoded.systemd_cgroup);
+            assert_eq!(decoded.binary_name, "");
+        }
+        let garbage = prost_types::Any {
+            type_url: RUNC_OPTIONS_TYPE_URL.into(),
+            value: vec![0xff],
+        };
+        assert!(matches!(
+            sidecar_runc_options(Some(&garbage), &cgroupfs),
+            Err(SandboxSpecError::RuncOptions(_))
         ));
     }
 

@@ -19,7 +19,7 @@ use containerd_client::types::v1::Status as TaskStatus;
 use containerd_client::Client;
 use tracing::{debug, info, warn};
 
-use super::sandbox::{parse_sandbox_spec, SandboxSpec};
+use super::sandbox::{parse_sandbox_spec, sidecar_runc_options, SandboxSpec};
 use super::spec::{sidecar_spec, to_json, SpecInput};
 use super::store::Lease;
 use super::{
@@ -107,7 +107,6 @@ impl ContainerdRuntime {
         result
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one start's pieces, used once")]
     async fn create_leased(
         &self,
         id: &str,
@@ -141,14 +140,14 @@ impl ContainerdRuntime {
         .and_then(|s| to_json(&s))
         .map_err(|e| RuntimeError::Runtime(e.to_string()))?;
         let mounts = self.prepare(id, &image.top_chain_id, lease).await?;
-        // The sandbox's runc options carry SystemdCgroup, the runc binary and root: ours must
-        // match, or runc misplaces (or refuses) the pod cgroup. Only runc's are meaningful to us.
-        let runtime = match sb_runtime {
-            Some(r) if r.name == RUNC_V2 => r,
-            _ => Runtime {
-                name: RUNC_V2.into(),
-                options: None,
-            },
+        // The sidecar always runs on runc (it joins the netns by path), with the sandbox's runc
+        // options when it has them.
+        let sb_options = sb_runtime.filter(|r| r.name == RUNC_V2).and_then(|r| r.options);
+        let options = sidecar_runc_options(sb_options.as_ref(), &sb.cgroup)
+            .map_err(|e| RuntimeError::Runtime(format!("sandbox {}: {e}", sandbox.container_id)))?;
+        let runtime = Runtime {
+            name: RUNC_V2.into(),
+            options: Some(options),
         };
         let container = Container {
             id: id.to_string(),
