@@ -7,7 +7,8 @@
 //! Modules: [`bootstrap`] (Envoy bootstrap, pure), [`docker`] ([`docker::DockerRuntime`]),
 //! [`containerd`] ([`containerd::ContainerdRuntime`], containerd's gRPC API),
 //! [`cgroup`] (cgroup v2 paths of containers), [`netns`] (HTTP GETs inside a pod netns),
-//! [`operator`] (container-id prefixes and the `proxies` table), [`fake`] (an in-memory
+//! [`operator`] (container-id prefixes and the `proxies` table), [`select`] (which runtime a node
+//! runs, [`select::NodeRuntime`]), [`fake`] (an in-memory
 //! [`ContainerRuntime`] for other crates' tests; always compiled, it is small and dependency-free).
 
 pub mod bootstrap;
@@ -17,6 +18,7 @@ pub mod docker;
 pub mod fake;
 pub mod netns;
 pub mod operator;
+pub mod select;
 
 use std::future::Future;
 use std::path::PathBuf;
