@@ -238,3 +238,41 @@ async fn sidecars_join_cri_sandboxes_on_a_real_containerd_and_leave_nothing_behi
     assert_nothing_left(&h, &rt2, Some(&s3.container_id));
     eprintln!("whole test in {:?}", t0.elapsed());
 }
+
+/// Not a timed test: prints sidecar start latency (start → Envoy ready, image already unpacked)
+/// over 20 starts, p50/p99. Run: `cargo test -p traffic-sidecar --test containerd_runtime --
+/// --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand"]
+async fn sidecar_start_latency_is_measured_over_twenty_starts() {
+    let Some(mut h) = Harness::start() else { return };
+    let rt = h.runtime().await;
+    let uid = format!("{}-lat", &random_hex()[..12]);
+    let pod = PodRef {
+        uid: uid.clone(),
+        namespace: "sidecar-test".into(),
+        name: "fake-pod".into(),
+    };
+    let netns = h.netns();
+    h.sandbox(&uid, &netns);
+    let sandbox = rt.sandbox(&uid).await.unwrap().unwrap();
+    // The first start also adopts and unpacks the image: not counted.
+    let first = rt.start(&spec(&pod, ENVOY_IMAGE), &sandbox).await.unwrap();
+    rt.remove(&first.container_id).await.unwrap();
+    let mut ms = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let s = rt.start(&spec(&pod, ENVOY_IMAGE), &sandbox).await.unwrap();
+        ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        rt.remove(&s.container_id).await.unwrap();
+    }
+    ms.sort_by(f64::total_cmp);
+    let pct = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    eprintln!(
+        "containerd sidecar start (create → /ready LIVE), 20 starts: p50 {:.0} ms, p99 {:.0} ms, min {:.0} ms, max {:.0} ms",
+        pct(0.5),
+        pct(0.99),
+        ms[0],
+        ms[ms.len() - 1]
+    );
+}
