@@ -215,6 +215,14 @@ async fn sidecars_join_cri_sandboxes_on_a_real_containerd_and_leave_nothing_behi
     let s2 = rt2.start(&spec(&pod, ENVOY_IMAGE), &sandbox).await.unwrap();
     assert_ne!(s2.container_id, s1.container_id);
     assert_nothing_left(&h, &rt2, Some(&s1.container_id));
+    // A restarted agent (a fresh runtime) adopts the running sidecar instead of starting another.
+    let adopted = h
+        .runtime()
+        .await
+        .start(&spec(&pod, ENVOY_IMAGE), &sandbox)
+        .await
+        .unwrap();
+    assert_eq!(adopted.container_id, s2.container_id);
 
     // The sandbox is recreated with a new netns: the next start replaces the sidecar there.
     h.kill_sandbox(&sb1);

@@ -217,8 +217,7 @@ pub fn managed_filter(pod_uid: Option<&str>) -> String {
 }
 
 impl ContainerdRuntime {
-    /// Connects to the socket, checks the daemon answers, detects the cgroup2 mount and
-    /// removes leases a crashed agent left in our namespace.
+    /// Connects to the socket, checks the daemon answers and detects the cgroup2 mount.
     pub async fn connect(config: ContainerdConfig) -> Result<Self, RuntimeError> {
         for ns in [&config.namespace, &config.cri_namespace] {
             if !valid_namespace(ns) {
@@ -238,14 +237,12 @@ impl ContainerdRuntime {
             .into_inner();
         let cgroup = Cgroup2::detect().map_err(|e| RuntimeError::Runtime(e.to_string()))?;
         debug!(socket = %config.socket.display(), version = %version.version, cgroup2 = %cgroup.mount.display(), "containerd connected");
-        let rt = ContainerdRuntime {
+        Ok(ContainerdRuntime {
             channel: client.channel(),
             cgroup,
             config,
             starting: Arc::default(),
-        };
-        store::remove_our_leases(&rt).await?;
-        Ok(rt)
+        })
     }
 
     pub fn config(&self) -> &ContainerdConfig {

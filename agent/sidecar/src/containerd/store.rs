@@ -30,6 +30,34 @@ use super::image::{self, Descriptor, ImageConfig};
 use super::{not_found, random_id, req, rpc_err, ContainerdRuntime, MANAGED_BY};
 use crate::{RuntimeError, LABEL_MANAGED_BY};
 
+/// How long a lease outlives a crashed start (a start takes seconds).
+pub const LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of a time (what containerd's `gc.expire` label takes).
+pub fn rfc3339_utc(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Largest manifest, index or config we read (they are small JSON documents).
 const MAX_METADATA_BYTES: i64 = 4 << 20;
 
@@ -48,15 +76,22 @@ pub struct ReadyImage {
 pub struct Lease(pub String);
 
 impl ContainerdRuntime {
-    /// Creates a lease in our namespace, labelled ours so a crashed agent's are removed at the
-    /// next connect.
+    /// Creates a lease in our namespace. It expires after [`LEASE_TTL`] (containerd's GC then
+    /// drops it), so a start a crashed agent left half done is collected without anyone
+    /// deleting leases that might belong to a running start.
     pub async fn lease(&self) -> Result<Lease, RuntimeError> {
         let id = format!("traffic-agent-{}", &random_id()?[..16]);
         let mut l = Client::from(self.channel()).leases();
         l.create(req(
             CreateLeaseRequest {
                 id: id.clone(),
-                labels: HashMap::from([(LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string())]),
+                labels: HashMap::from([
+                    (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+                    (
+                        "containerd.io/gc.expire".to_string(),
+                        rfc3339_utc(std::time::SystemTime::now() + LEASE_TTL),
+                    ),
+                ]),
             },
             self.ns(),
             None,
@@ -546,11 +581,21 @@ impl ContainerdRuntime {
     }
 }
 
-/// Deletes leases a previous agent left in our namespace (it died mid-start).
-pub async fn remove_our_leases(rt: &ContainerdRuntime) -> Result<(), RuntimeError> {
-    for id in rt.our_leases().await? {
-        info!(lease = %id, "removing a lease left by an earlier agent");
-        rt.end_lease(Lease(id)).await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn lease_expiry_times_are_rfc3339_utc() {
+        assert_eq!(rfc3339_utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339_utc(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339_utc(UNIX_EPOCH + Duration::from_secs(1_796_416_496)),
+            "2026-12-04T20:34:56Z"
+        );
     }
-    Ok(())
 }
