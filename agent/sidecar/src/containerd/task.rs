@@ -43,9 +43,7 @@ impl ContainerdRuntime {
         let c = self
             .container(&self.config.cri_namespace, &sandbox.container_id)
             .await?
-            .ok_or_else(|| RuntimeError::NoSandbox {
-                pod_uid: sandbox.container_id.clone(),
-            })?;
+            .ok_or_else(|| RuntimeError::Runtime(format!("sandbox {} is gone", sandbox.container_id)))?;
         let spec = c
             .spec
             .as_ref()
