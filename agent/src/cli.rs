@@ -19,9 +19,10 @@ use traffic_redirect::iptables::{IptablesRedirector, DEFAULT_STATE_DIR};
 use traffic_redirect::{probe, Mode, Redirector};
 use traffic_sidecar::admin::NetnsAdmin;
 use traffic_sidecar::bootstrap::{AdsApiType, BootstrapOptions, DEFAULT_ADMIN_PORT};
-use traffic_sidecar::docker::{DockerConfig, DockerRuntime};
 use traffic_sidecar::listeners::ListenerWait;
 use traffic_sidecar::operator;
+
+use crate::runtime_args::{node_runtime_version, RuntimeArgs};
 
 pub fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_multi_thread()
@@ -65,6 +66,8 @@ pub struct RunArgs {
     pub envoy_admin_port: u16,
     #[command(flatten)]
     pub redirect: RedirectArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// `/metrics` and `/healthz`.
     #[arg(long, env = "TRAFFIC_AGENT_METRICS_ADDR", default_value = "0.0.0.0:15090")]
     pub metrics_addr: SocketAddr,
@@ -116,6 +119,8 @@ pub struct UninstallArgs {
 pub struct ProxiesArgs {
     #[command(flatten)]
     pub redirect: RedirectArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
     /// Print JSON rows instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -131,6 +136,8 @@ pub struct LogsArgs {
     /// Only the last N lines.
     #[arg(long)]
     pub tail: Option<usize>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -140,6 +147,8 @@ pub struct ExecArgs {
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true)]
     pub cmd: Vec<String>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// The redirector for `mode`, `auto` asking the probe.
@@ -170,19 +179,8 @@ pub fn redirector(mode: RedirectMode) -> anyhow::Result<Arc<dyn Redirector>> {
     })
 }
 
-async fn docker(ready_timeout: Option<Duration>) -> anyhow::Result<DockerRuntime> {
-    let mut config = DockerConfig::from_env();
-    if let Some(t) = ready_timeout {
-        config.ready_timeout = t;
-    }
-    let host = config.host.clone();
-    DockerRuntime::connect(config)
-        .await
-        .with_context(|| format!("cannot connect to Docker at {host} (set DOCKER_HOST)"))
-}
-
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    info!(config = ?args, docker_host = %DockerConfig::from_env().host, "starting traffic-agent");
+    info!(config = ?args, "starting traffic-agent");
     let mut bootstrap = BootstrapOptions::new(args.control_plane.clone());
     bootstrap.api_type = args.ads_api;
     bootstrap.admin_port = args.envoy_admin_port;
@@ -209,10 +207,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Ok(n) => info!(removed = n, "removed redirect state of the other mode"),
         Err(error) => warn!(%error, "cannot remove redirect state of the other mode"),
     }
-    let runtime = Arc::new(docker(Some(Duration::from_secs(args.ready_timeout_seconds))).await?);
     let client = kube::Client::try_default()
         .await
         .context("cannot build a Kubernetes client (in-cluster service account or KUBECONFIG)")?;
+    let runtime_version = node_runtime_version(&client, &args.node_name).await;
+    let ready_timeout = Duration::from_secs(args.ready_timeout_seconds);
+    let runtime = Arc::new(args.runtime.connect(runtime_version, Some(ready_timeout)).await?);
 
     let mut registry = prometheus_client::registry::Registry::default();
     let agent_metrics = AgentMetrics::register(&mut registry);
@@ -275,7 +275,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 pub async fn proxies(args: ProxiesArgs) -> anyhow::Result<()> {
-    let runtime = docker(None).await?;
+    let runtime = args.runtime.connect(None, None).await?;
     let mut rows = runtime.proxies().await?;
     let mode = args.redirect.redirect_mode;
     match tokio::task::spawn_blocking(move || redirector(mode).and_then(|r| Ok(r.list()?))).await? {
@@ -298,7 +298,7 @@ pub async fn proxies(args: ProxiesArgs) -> anyhow::Result<()> {
 }
 
 pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
-    let runtime = docker(None).await?;
+    let runtime = args.runtime.connect(None, None).await?;
     let mut out = tokio::io::stdout();
     let mut err = tokio::io::stderr();
     runtime
@@ -308,7 +308,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
 }
 
 pub async fn exec(args: ExecArgs) -> anyhow::Result<i64> {
-    let runtime = docker(None).await?;
+    let runtime = args.runtime.connect(None, None).await?;
     let mut out = tokio::io::stdout();
     let mut err = tokio::io::stderr();
     Ok(runtime

@@ -6,8 +6,10 @@
 //! - `logs <id-prefix> [-f]`, `exec <id-prefix> -- <cmd>`: operator access to a sidecar.
 //! - `uninstall --daemonset <ns>/<name>`: drain every node (the chart's pre-delete hook).
 //! - `check [--json]`: probe the node (kernel, cgroup v2, bpffs, BPF program types, iptables
-//!   flavours) and print which redirect datapath the agent would use, and why.
+//!   flavours) and print which redirect datapath the agent would use, and why, and which
+//!   container runtime it found.
 mod cli;
+mod runtime_args;
 
 use clap::{Parser, Subcommand};
 use traffic_redirect::probe::{self, Check, Decision, ProbeReport};
@@ -26,6 +28,8 @@ enum Command {
         /// Print the probe report and the decision as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        runtime: runtime_args::RuntimeArgs,
     },
     /// Run the node agent.
     Run(Box<cli::RunArgs>),
@@ -46,7 +50,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Check { json } => check(json),
+        Command::Check { json, runtime } => check(json, &runtime),
         Command::Run(args) => {
             join_host_cgroup_namespace();
             cli::block_on(cli::run(*args))
@@ -61,14 +65,24 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn check(json: bool) -> anyhow::Result<()> {
+fn check(json: bool, runtime: &runtime_args::RuntimeArgs) -> anyhow::Result<()> {
     let report = probe::probe();
     let decision = probe::decide(&report);
+    // Without an API client: decided by the sockets (the agent itself asks the node object).
+    let found = runtime.decide(None);
     if json {
-        let out = serde_json::json!({ "probe": report, "decision": decision });
+        let runtime = match &found {
+            Ok((kind, reason)) => serde_json::json!({ "kind": kind, "reason": reason }),
+            Err(e) => serde_json::json!({ "kind": null, "reason": format!("{e:#}") }),
+        };
+        let out = serde_json::json!({ "probe": report, "decision": decision, "runtime": runtime });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print!("{}", render(&report, &decision));
+        match &found {
+            Ok((kind, reason)) => println!("runtime       {kind} ({reason})"),
+            Err(e) => println!("runtime       none ({e:#})"),
+        }
     }
     // A node with no usable datapath is an error for scripts (exit 1), after printing why.
     anyhow::ensure!(decision.mode.is_some(), "no redirect datapath works on this node");

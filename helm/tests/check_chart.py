@@ -84,6 +84,24 @@ VALUE_SETS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "runtime=containerd, k3s socket and CRI root, own containerd namespace",
+        {
+            "agent": {
+                "runtime": "containerd",
+                "containerdNamespace": "tm-sidecars",
+                "hostPaths": {
+                    "containerdSocket": "/run/k3s/containerd/containerd.sock",
+                    "containerdState": "/var/lib/rancher/traffic-manager/containerd",
+                    "criRoot": "/var/lib/rancher/k3s/agent/containerd/io.containerd.grpc.v1.cri",
+                },
+            },
+        },
+    ),
+    (
+        "runtime=auto (both sockets mounted)",
+        {"agent": {"runtime": "auto"}},
+    ),
+    (
         "monitor.enabled (Prometheus + Zipkin), custom images and ports",
         {
             "monitor": {
@@ -215,6 +233,8 @@ VALUE_SETS: list[tuple[str, dict[str, Any]]] = [
 BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("redirectMode not auto|ebpf|iptables", {"agent": {"redirectMode": "bpf"}}),
     ("sidecarFailure not closed|open", {"agent": {"sidecarFailure": "fail-open"}}),
+    ("runtime not docker|containerd|auto", {"agent": {"runtime": "cri-o"}}),
+    ("containerd namespace with a slash", {"agent": {"containerdNamespace": "a/b"}}),
     ("outboundPolicy not block|passthrough", {"control": {"outboundPolicy": "allow"}}),
     ("unknown key", {"agent": {"redirect_mode": "ebpf"}}),
     ("unknown top-level key", {"gateway": {"enabled": True}}),
@@ -508,9 +528,34 @@ def check_components(label: str, v: dict[str, Any], by_kind: dict[str, dict[str,
     want = {
         "cgroup2": (hp["cgroup2"], hp["cgroup2"]),
         "bpffs": (hp["bpffs"], "/sys/fs/bpf"),
-        "docker-socket": (hp["dockerSocket"], "/var/run/docker.sock"),
         "state": (hp["state"], "/run/traffic-manager"),
     }
+    runtime = v["agent"]["runtime"]
+    if runtime != "containerd":
+        want["docker-socket"] = (hp["dockerSocket"], "/var/run/docker.sock")
+    elif "docker-socket" in host:
+        fail.add(label, "runtime=containerd must not mount the Docker socket")
+    if runtime != "docker":
+        # containerd opens these by host path: same path inside the agent.
+        sock_dir = hp["containerdSocket"].rsplit("/", 1)[0]
+        want["containerd-socket-dir"] = (sock_dir, sock_dir)
+        want["containerd-state"] = (hp["containerdState"], hp["containerdState"])
+        want["cri-root"] = (hp["criRoot"], hp["criRoot"])
+        if not mounts.get("cri-root", {}).get("readOnly"):
+            fail.add(label, "the CRI root must be mounted read-only")
+    elif "containerd-socket-dir" in host:
+        fail.add(label, "runtime=docker must not mount containerd's socket")
+    if env.get("TRAFFIC_AGENT_RUNTIME") != runtime:
+        fail.add(label, "agent runtime is not the chart value")
+    for var, key in [
+        ("TRAFFIC_CONTAINERD_SOCKET", "containerdSocket"),
+        ("TRAFFIC_CONTAINERD_STATE_DIR", "containerdState"),
+        ("TRAFFIC_CONTAINERD_CRI_ROOT", "criRoot"),
+    ]:
+        if env.get(var) != hp[key]:
+            fail.add(label, f"{var} is {env.get(var)}, want {hp[key]}")
+    if env.get("TRAFFIC_CONTAINERD_NAMESPACE") != v["agent"]["containerdNamespace"]:
+        fail.add(label, "containerd namespace is not the chart value")
     for name, (hpath, cpath) in want.items():
         if host.get(name) != hpath or mounts.get(name, {}).get("mountPath") != cpath:
             fail.add(label, f"agent volume {name}: host {host.get(name)} at {mounts.get(name, {}).get('mountPath')}, want {hpath} at {cpath}")

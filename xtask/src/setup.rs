@@ -9,12 +9,15 @@ use crate::cmd;
 
 /// Debian packages the tests and benchmarks use.
 pub const APT_PACKAGES: &[&str] = &[
-    "iptables",     // iptables-nft and iptables-legacy: the fallback datapath
-    "bpftool",      // tests inspect attachments and maps with it
-    "iproute2",     // ip netns / veth for test pods
-    "util-linux",   // nsenter
-    "procps",       // sysctl
-    "python3-venv", // the venv holding Envoy and grpcio
+    "iptables",          // iptables-nft and iptables-legacy: the fallback datapath
+    "bpftool",           // tests inspect attachments and maps with it
+    "iproute2",          // ip netns / veth for test pods
+    "util-linux",        // nsenter
+    "procps",            // sysctl
+    "python3-venv",      // the venv holding Envoy and grpcio
+    "protobuf-compiler", // protoc: containerd-client generates its gRPC code at build time
+    "containerd",        // the containerd runtime test starts a private one
+    "runc",
     "ca-certificates",
 ];
 

@@ -1,24 +1,28 @@
 //! Envoy sidecars next to running pods, through the container runtime.
 //!
 //! [`ContainerRuntime`] is the agent's only seam to the runtime: the Docker implementation (bollard)
-//! lives in `docker`, a fake for the reconciler's unit tests in `fake`. `bootstrap` renders the Envoy
+//! lives in `docker`, the containerd one (gRPC) in `containerd`, a fake for the reconciler's unit tests in `fake`. `bootstrap` renders the Envoy
 //! bootstrap (pure).
 //!
 //! Modules: [`bootstrap`] (Envoy bootstrap, pure), [`docker`] ([`docker::DockerRuntime`]),
+//! [`containerd`] ([`containerd::ContainerdRuntime`], containerd's gRPC API),
 //! [`cgroup`] (cgroup v2 paths of containers), [`netns`] (HTTP GETs inside a pod netns),
 //! [`admin`] (the [`admin::ProxyAdmin`] seam to a sidecar's Envoy admin), [`listeners`] (whether a
 //! sidecar's listeners have arrived, so that it may be redirected to),
-//! [`operator`] (container-id prefixes and the `proxies` table), [`fake`] (an in-memory
+//! [`operator`] (container-id prefixes and the `proxies` table), [`select`] (which runtime a node
+//! runs, [`select::NodeRuntime`]), [`fake`] (an in-memory
 //! [`ContainerRuntime`] for other crates' tests; always compiled, it is small and dependency-free).
 
 pub mod admin;
 pub mod bootstrap;
 pub mod cgroup;
+pub mod containerd;
 pub mod docker;
 pub mod fake;
 pub mod listeners;
 pub mod netns;
 pub mod operator;
+pub mod select;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -69,6 +69,21 @@ pub fn in_netns<T: Send + 'static>(
         .map_err(|_| NetnsError::Thread)?
 }
 
+/// One probe of Envoy's admin `GET /ready` on `127.0.0.1:<admin_port>` inside `netns` (500 ms):
+/// `Ok` when it answers `200 LIVE`, else what it did instead (for the not-ready error).
+pub async fn envoy_ready(netns: PathBuf, admin_port: u16) -> Result<(), String> {
+    let addr = SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, admin_port));
+    let probe =
+        tokio::task::spawn_blocking(move || http_get(&netns, addr, "/ready", Duration::from_millis(500)))
+            .await;
+    match probe {
+        Ok(Ok(r)) if r.status == 200 && r.body.trim() == "LIVE" => Ok(()),
+        Ok(Ok(r)) => Err(format!("/ready answered {} {}", r.status, r.body.trim())),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(format!("probe task: {e}")),
+    }
+}
+
 /// `GET <path>` on `addr` inside `netns`, connection and whole exchange bounded by `timeout`.
 pub fn http_get(
     netns: &Path,

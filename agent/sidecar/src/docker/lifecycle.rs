@@ -5,7 +5,6 @@
 //! known as soon as the container is created), so the agent can exclude that cgroup from the pod's
 //! redirect before Envoy runs. `start` starts a prepared container instead of creating another.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -211,7 +210,6 @@ impl DockerRuntime {
     async fn wait_ready(&self, id: &str, sandbox: &Sandbox, admin_port: u16) -> Result<(), RuntimeError> {
         let timeout = self.config.ready_timeout;
         let deadline = Instant::now() + timeout;
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port));
         let started = Instant::now();
         let not_ready = |detail: String| RuntimeError::NotReady {
             container_id: id.to_string(),
@@ -219,19 +217,12 @@ impl DockerRuntime {
             detail,
         };
         loop {
-            let netns_path = sandbox.netns();
-            let probe = tokio::task::spawn_blocking(move || {
-                netns::http_get(&netns_path, addr, "/ready", Duration::from_millis(500))
-            })
-            .await;
-            let last = match probe {
-                Ok(Ok(r)) if r.status == 200 && r.body.trim() == "LIVE" => {
+            let last = match netns::envoy_ready(sandbox.netns(), admin_port).await {
+                Ok(()) => {
                     debug!(container = %id, elapsed_ms = started.elapsed().as_millis() as u64, "envoy ready");
                     return Ok(());
                 }
-                Ok(Ok(r)) => format!("/ready answered {} {}", r.status, r.body.trim()),
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => format!("probe task: {e}"),
+                Err(last) => last,
             };
             if self.pid_of(id).await?.is_none() {
                 let logs = self.tail(id, 20).await;

@@ -146,7 +146,7 @@ impl FakePod {
 }
 
 /// Mount points of every cgroup hierarchy (v1 and v2).
-fn cgroup_mounts() -> Vec<PathBuf> {
+pub fn cgroup_mounts() -> Vec<PathBuf> {
     std::fs::read_to_string("/proc/mounts")
         .unwrap_or_default()
         .lines()
@@ -157,7 +157,7 @@ fn cgroup_mounts() -> Vec<PathBuf> {
         .collect()
 }
 
-fn rmdir_tree(dir: &Path) {
+pub fn rmdir_tree(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
