@@ -114,6 +114,7 @@ pub fn render(rows: &[Row]) -> String {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly")]
 mod tests {
     use serde_json::json;
 

@@ -160,6 +160,7 @@ pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly")]
 mod tests {
     use std::cell::Cell;
 

@@ -210,10 +210,13 @@ pub fn summary_text(r: &Value) -> String {
     s
 }
 
+/// A column of the sweep table: its heading and how a size's report gives it.
+type SweepColumn = (&'static str, fn(&Value) -> Option<f64>);
+
 /// The sweep table: each size's figures, then each figure's growth against the first size next to
 /// the size's own growth (a figure growing faster than the size is worse than linear).
 pub fn sweep_text(reports: &[Value]) -> String {
-    let cols: &[(&str, fn(&Value) -> Option<f64>)] = &[
+    let cols: &[SweepColumn] = &[
         ("translate ms", |r| r["full_rebuild_ms"].as_f64()),
         ("ep-only ms", |r| r["endpoint_rebuild_ms"].as_f64()),
         ("sync s", |r| r["sync"]["secs"].as_f64()),
@@ -281,6 +284,7 @@ pub fn sweep_text(reports: &[Value]) -> String {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly")]
 mod tests {
     use super::*;
 

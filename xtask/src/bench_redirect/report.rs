@@ -66,8 +66,11 @@ impl Round {
     }
 }
 
+/// A figure of a round: its name (a table column and a JSON key) and how it is computed.
+type Figure = (&'static str, fn(&Round) -> f64);
+
 /// The figures of a round, by name: the table columns and JSON keys, in order.
-const FIGURES: &[(&str, fn(&Round) -> f64)] = &[
+const FIGURES: &[Figure] = &[
     ("conn_per_s", Round::rate),
     ("cpu_us_per_conn", Round::cpu_us_per_conn),
     ("user_us_per_conn", |r| r.per_conn(r.cpu.user_usec as f64)),
@@ -238,6 +241,7 @@ pub fn programs_text(programs: &BTreeMap<String, (u64, u64)>) -> String {
 }
 
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "tests fail loudly")]
 mod tests {
     use super::*;
 
