@@ -233,8 +233,8 @@ pub fn sweep_text(reports: &[Value]) -> String {
     ];
     let size = |r: &Value| r["config"]["services"].as_f64();
     let mut s = format!(
-        "\nsweep (streams = services; push figures: median over changes)\n{:>9}",
-        "services"
+        "\nsweep (push figures: median over changes)\n{:>9} {:>8}",
+        "services", "streams"
     );
     for (name, _) in cols {
         s.push_str(&format!(" {name:>12}"));
@@ -324,11 +324,11 @@ mod tests {
         let b = summarize(raw(2000, [30.0, 30.0, 30.0])).unwrap();
         let text = sweep_text(&[a, b]);
         let last = text.lines().last().unwrap();
-        // size x2, translate x2, ep-only x1, sync x1, sync MB x1, push CPU x3.
+        // size x2, streams x2, translate x2, ep-only x1, sync x1, sync MB x1, push CPU x3.
         let f: Vec<&str> = last.split_whitespace().collect();
         assert_eq!(
             &f[..7],
-            &["2.0", "2.00", "1.00", "1.00", "1.00", "3.00", "1.00"],
+            &["2.0", "2.0", "2.00", "1.00", "1.00", "1.00", "3.00"],
             "{text}"
         );
     }
