@@ -191,6 +191,15 @@ impl ContainerRuntime for NodeRuntime {
         }
     }
 
+    // Delegated like every other method: the trait's default (`Ok(None)`) would silently turn the
+    // Docker runtime's fail-closed restarts into fail-open ones.
+    async fn prepare(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Option<Sidecar>, RuntimeError> {
+        match self {
+            NodeRuntime::Docker(d) => d.prepare(spec, sandbox).await,
+            NodeRuntime::Containerd(c) => c.prepare(spec, sandbox).await,
+        }
+    }
+
     async fn start(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Sidecar, RuntimeError> {
         match self {
             NodeRuntime::Docker(d) => d.start(spec, sandbox).await,
