@@ -140,9 +140,6 @@ pub struct ProcessControl {
     log: PathBuf,
 }
 
-/// The agent's [`ProcessControl`] (the name the suite has always used).
-pub type AgentControl = ProcessControl;
-
 impl ProcessControl {
     fn from_env(name: &'static str, pidfile: &str, argv: &str, log: &str) -> Option<Self> {
         let pidfile = PathBuf::from(std::env::var_os(pidfile)?);
@@ -245,7 +242,7 @@ pub struct E2e {
     env: Vec<(String, String)>,
     pub mode: String,
     pub kubepods: PathBuf,
-    pub agent: Option<AgentControl>,
+    pub agent: Option<ProcessControl>,
     pub control: Option<ProcessControl>,
     timings: Option<PathBuf>,
     pub manifests: PathBuf,
