@@ -17,6 +17,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::reflector::{self, Store};
+use kube::runtime::utils::Backoff;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -427,6 +428,44 @@ pub enum Change {
     Failed,
 }
 
+/// Delays between retries of a failed watch: 0.5 s, doubling to at most 4 s, back to 0.5 s after
+/// any successful event. kube's `DefaultBackoff` (client-go's: 0.8 s doubling to 30 s, reset only
+/// 120 s after the last delay) left the control plane and the agent about 40 s behind after a 40 s
+/// API server outage (issue 9, fault (c)): the first retry after the server was back came up to
+/// 26 s late. A few watches per process retrying every 4 s cost an API server nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const MAX: Duration = Duration::from_secs(4);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    /// Never `None`: a watch is retried for as long as the process runs.
+    fn next(&mut self) -> Option<Duration> {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        Some(delay)
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 /// A list+watch of `api` feeding the reflector store of `writer` on its own task (managedFields
 /// dropped: nobody reads them and they are a large share of each object's memory). `on_change`
 /// hears every completed list, object change and failure; changes and failures are also logged,
@@ -444,7 +483,7 @@ where
     F: FnMut(Change) + Send + 'static,
 {
     let stream = watcher(api, config)
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .modify(|o: &mut K| o.managed_fields_mut().clear())
         .reflect(writer);
     let task = async move {
@@ -539,4 +578,18 @@ pub async fn run_model_loop(
         }
     }
     warn!("all watches ended, model loop stops");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_retries_double_from_half_a_second_to_four_and_start_over_after_a_success() {
+        let mut b = WatchBackoff::default();
+        let delays: Vec<u64> = b.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 4000, 4000]);
+        b.reset();
+        assert_eq!(b.next(), Some(Duration::from_millis(500)));
+    }
 }
