@@ -10,7 +10,8 @@
 //!   Nodes) give no owner. Owner *labels* stay on the workload; the pod's own label wins when
 //!   labels are layered (`traffic_labels::effective_*`), so both are kept raw here;
 //! - finished pods (`Succeeded`/`Failed`) are left out; terminating pods are not ready, as the
-//!   Kubernetes endpoints controller treats them;
+//!   Kubernetes endpoints controller treats them; a pod only the node controller marked unready
+//!   keeps serving for a grace ([`crate::readiness`]);
 //! - only `kubernetes.io/tls` Secrets referenced by an Ingress `tls[].secretName` in the same
 //!   namespace enter the model.
 
@@ -42,6 +43,9 @@ pub struct Inputs {
     pub daemon_sets: Vec<Arc<DaemonSet>>,
     pub ingresses: Vec<Arc<networking::Ingress>>,
     pub secrets: Vec<Arc<core::Secret>>,
+    /// The time the stores were read, for [`crate::readiness`]: a pod only the node controller
+    /// marked unready keeps serving for a grace after the mark. `None` takes `Ready` literally.
+    pub now: Option<std::time::SystemTime>,
 }
 
 /// Build the whole mesh model. Output lists are sorted by (namespace, name) so equal inputs give
@@ -52,7 +56,11 @@ pub fn build_model(inputs: &Inputs) -> MeshModel {
     let mut services: Vec<Service> = inputs.services.iter().filter_map(|s| service(s)).collect();
     services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
-    let mut pods: Vec<Pod> = inputs.pods.iter().filter_map(|p| pod(p, &owners)).collect();
+    let mut pods: Vec<Pod> = inputs
+        .pods
+        .iter()
+        .filter_map(|p| pod(p, &owners, inputs.now))
+        .collect();
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
     let mut workloads: Vec<Workload> = Vec::new();
@@ -245,8 +253,9 @@ fn service_port(p: &core::ServicePort) -> Option<ServicePort> {
     })
 }
 
-/// A pod, with its owner resolved through `owners`. Finished pods give `None`.
-pub fn pod(p: &core::Pod, owners: &OwnerIndex) -> Option<Pod> {
+/// A pod, with its owner resolved through `owners` and its readiness judged at `now` (see
+/// [`crate::readiness`]). Finished pods give `None`.
+pub fn pod(p: &core::Pod, owners: &OwnerIndex, now: Option<std::time::SystemTime>) -> Option<Pod> {
     let (namespace, name) = ns_name(&p.metadata)?;
     let status = p.status.as_ref();
     if matches!(
@@ -258,10 +267,7 @@ pub fn pod(p: &core::Pod, owners: &OwnerIndex) -> Option<Pod> {
     let ip = status
         .and_then(|s| s.pod_ip.as_deref())
         .and_then(|ip| ip.parse::<IpAddr>().ok());
-    let ready_condition = status
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-        .is_some_and(|c| c.status == "True");
+    let ready_condition = crate::readiness::of(p, now).serves();
     let terminating = p.metadata.deletion_timestamp.is_some();
     let owner = controller_of(&p.metadata).and_then(|c| owners.resolve(&namespace, c));
     let named_ports: BTreeMap<String, u16> = p

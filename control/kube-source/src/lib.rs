@@ -17,6 +17,7 @@ pub mod convert;
 pub mod events;
 pub mod nack;
 pub mod problems;
+pub mod readiness;
 pub mod watch;
 
 pub use events::{EventMetrics, EventSink, EventType, EventsConfig, KubeEvents};

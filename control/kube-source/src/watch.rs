@@ -133,6 +133,7 @@ impl Stores {
             daemon_sets: self.daemon_sets.state(),
             ingresses: self.ingresses.state(),
             secrets: self.secrets.state(),
+            now: Some(std::time::SystemTime::now()),
         }
     }
 
@@ -536,6 +537,15 @@ fn report_label_problems(model: &MeshModel, sink: Option<&dyn EventSink>, metric
     }
 }
 
+/// When the earliest node-controller grace among the pods of `inputs` ends, as a Tokio instant
+/// (a little after it, so the rebuild then sees it ended).
+fn grace_expiry(inputs: &Inputs) -> Option<tokio::time::Instant> {
+    let now = inputs.now?;
+    let at = crate::readiness::next_expiry(inputs.pods.iter().map(|p| &**p), now)?;
+    let wait = at.duration_since(now).unwrap_or_default() + Duration::from_millis(100);
+    Some(tokio::time::Instant::now() + wait)
+}
+
 /// Rebuild and publish models until `pokes` closes (all watches ended) or every receiver of
 /// `tx` is gone. Each poke (of any resource) means "something changed"; pokes arriving within
 /// `debounce` of each other (up to `max_delay` in total) give one rebuild.
@@ -547,7 +557,18 @@ pub async fn run_model_loop(
     metrics: SourceMetrics,
     label_events: Option<Arc<dyn EventSink>>,
 ) {
-    while let Some(first) = pokes.recv().await {
+    // When a pod's node-controller grace (crate::readiness) ends, the model changes although no
+    // watch event comes: rebuild then.
+    let mut expiry: Option<tokio::time::Instant> = None;
+    loop {
+        let first = match expiry {
+            Some(at) => tokio::select! {
+                poke = pokes.recv() => poke,
+                () = tokio::time::sleep_until(at) => Some(Watched::Pods),
+            },
+            None => pokes.recv().await,
+        };
+        let Some(first) = first else { break };
         let deadline = tokio::time::Instant::now() + config.max_delay;
         let mut burst = 1usize;
         loop {
@@ -557,7 +578,9 @@ pub async fn run_model_loop(
                 Ok(None) | Err(_) => break,
             }
         }
-        let model = build_model(&stores.inputs());
+        let inputs = stores.inputs();
+        let model = build_model(&inputs);
+        expiry = grace_expiry(&inputs);
         if **tx.borrow() == model {
             metrics.unchanged_models.inc();
             debug!(first = first.as_str(), burst, "model unchanged");
