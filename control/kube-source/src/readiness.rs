@@ -102,7 +102,9 @@ mod tests {
         let cond = |t: &str, s: &str| core::PodCondition {
             type_: t.into(),
             status: s.into(),
-            last_transition_time: Some(Time(at(changed).into())),
+            last_transition_time: Some(Time(
+                k8s_openapi::jiff::Timestamp::try_from(at(changed)).expect("a time jiff can hold"),
+            )),
             ..Default::default()
         };
         let mut conditions = vec![cond("Ready", ready)];
