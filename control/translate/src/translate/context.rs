@@ -1,0 +1,173 @@
+//! The model as the translator sees it: labels parsed once per object, Services with the pods they
+//! select and the protocol of each port ([`Ctx`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use traffic_labels::{
+    effective_enabled, effective_weight, parse, LabelError, ObjectKind, PortProtocol, Settings,
+};
+
+use super::{ObjectLabelError, Options};
+use crate::model::{
+    Ingress, IngressBackend, MeshModel, Pod, PortProtocol as L4, Service, ServicePort, TargetPort,
+    WorkloadKind,
+};
+use crate::snapshot::ObjectRef;
+
+pub(super) fn service_ref(svc: &Service) -> ObjectRef {
+    ObjectRef::new("Service", &svc.namespace, &svc.name)
+}
+
+pub(super) fn pod_ref(pod: &Pod) -> ObjectRef {
+    ObjectRef::new("Pod", &pod.namespace, &pod.name)
+}
+
+pub(super) fn ingress_ref(ing: &Ingress) -> ObjectRef {
+    ObjectRef::new("Ingress", &ing.namespace, &ing.name)
+}
+
+/// `<port>|<namespace>|<service>`.
+pub fn cluster_name(svc: &Service, port: &ServicePort) -> String {
+    format!("{}|{}|{}", port.port, svc.namespace, svc.name)
+}
+
+pub(super) struct SvcCtx<'m> {
+    pub(super) svc: &'m Service,
+    /// Pods the Service selects (ready or not).
+    pub(super) pods: Vec<&'m Pod>,
+    pub(super) settings: Settings,
+    pub(super) origin: ObjectRef,
+    pub(super) ports: Vec<PortCtx<'m>>,
+}
+
+pub(super) struct PortCtx<'m> {
+    pub(super) port: &'m ServicePort,
+    pub(super) cluster: String,
+    /// From the Service's `traffic.port.<N>`, or `http` when an Ingress names the port.
+    pub(super) protocol: Option<PortProtocol>,
+}
+
+pub(super) struct PodCtx<'m> {
+    pub(super) pod: &'m Pod,
+    pub(super) settings: Settings,
+    pub(super) enabled: bool,
+    pub(super) weight: u8,
+}
+
+pub(super) struct Ctx<'m> {
+    pub(super) model: &'m MeshModel,
+    pub(super) opts: &'m Options,
+    pub(super) services: Vec<SvcCtx<'m>>,
+    pub(super) pods: BTreeMap<(&'m str, &'m str), PodCtx<'m>>,
+}
+
+impl<'m> Ctx<'m> {
+    pub(super) fn new(model: &'m MeshModel, opts: &'m Options, errors: &mut Vec<ObjectLabelError>) -> Self {
+        let mut report = |object: ObjectRef, errs: Vec<LabelError>| {
+            errors.extend(errs.into_iter().map(|error| ObjectLabelError {
+                object: object.clone(),
+                error,
+            }));
+        };
+
+        let mut workloads: BTreeMap<(WorkloadKind, &str, &str), Settings> = BTreeMap::new();
+        for w in &model.workloads {
+            let parsed = parse(ObjectKind::Workload, &w.labels);
+            report(
+                ObjectRef::new(w.kind.as_str(), &w.namespace, &w.name),
+                parsed.errors,
+            );
+            workloads.insert((w.kind, &w.namespace, &w.name), parsed.settings);
+        }
+
+        let mut pods = BTreeMap::new();
+        for pod in &model.pods {
+            let parsed = parse(ObjectKind::Pod, &pod.labels);
+            report(pod_ref(pod), parsed.errors);
+            let owner = pod
+                .owner
+                .as_ref()
+                .and_then(|o| workloads.get(&(o.kind, &*pod.namespace, &*o.name)));
+            pods.insert(
+                (&*pod.namespace, &*pod.name),
+                PodCtx {
+                    pod,
+                    enabled: effective_enabled(&parsed.settings, owner),
+                    weight: effective_weight(&parsed.settings, owner),
+                    settings: parsed.settings,
+                },
+            );
+        }
+
+        // Service ports named by an Ingress are `http` unless labelled otherwise.
+        let mut ingress_ports: BTreeSet<(&str, &str, u16)> = BTreeSet::new();
+        for ing in &model.ingresses {
+            for backend in ingress_backends(ing) {
+                if let Some(svc) = model.service(&ing.namespace, &backend.service) {
+                    if let Some(port) = resolve_service_port(svc, &backend.port) {
+                        ingress_ports.insert((&svc.namespace, &svc.name, port.port));
+                    }
+                }
+            }
+        }
+
+        let index = crate::model::PodIndex::new(&model.pods);
+        let mut services = Vec::new();
+        for svc in &model.services {
+            let parsed = parse(ObjectKind::Service, &svc.labels);
+            report(service_ref(svc), parsed.errors);
+            let ports = svc
+                .ports
+                .iter()
+                .filter(|p| p.protocol == L4::Tcp)
+                .map(|port| PortCtx {
+                    port,
+                    cluster: cluster_name(svc, port),
+                    protocol: parsed.settings.ports.get(&port.port).copied().or_else(|| {
+                        ingress_ports
+                            .contains(&(&*svc.namespace, &*svc.name, port.port))
+                            .then_some(PortProtocol::Http)
+                    }),
+                })
+                .collect();
+            services.push(SvcCtx {
+                svc,
+                pods: index.selected(svc),
+                settings: parsed.settings,
+                origin: service_ref(svc),
+                ports,
+            });
+        }
+        Ctx {
+            model,
+            opts,
+            services,
+            pods,
+        }
+    }
+
+    pub(super) fn pod_ctx(&self, pod: &'m Pod) -> Option<&PodCtx<'m>> {
+        self.pods.get(&(&*pod.namespace, &*pod.name))
+    }
+}
+
+pub(super) fn ingress_backends(ing: &Ingress) -> impl Iterator<Item = &IngressBackend> {
+    ing.default_backend
+        .iter()
+        .chain(ing.rules.iter().flat_map(|r| r.paths.iter().map(|p| &p.backend)))
+}
+
+pub(super) fn resolve_service_port<'s>(svc: &'s Service, port: &TargetPort) -> Option<&'s ServicePort> {
+    svc.ports
+        .iter()
+        .filter(|p| p.protocol == L4::Tcp)
+        .find(|p| match port {
+            TargetPort::Number(n) => p.port == *n,
+            TargetPort::Name(name) => p.name.as_deref() == Some(name.as_str()),
+        })
+}
+
+/// The protocol a sidecar uses for a service port: the pod's own `traffic.port.<N>` wins.
+pub(super) fn protocol_at(pod: &Settings, p: &PortCtx<'_>) -> Option<PortProtocol> {
+    pod.ports.get(&p.port.port).copied().or(p.protocol)
+}
