@@ -240,3 +240,17 @@ fn a_wrongly_typed_field_fails_only_its_document() {
     assert!(results[0].is_err());
     assert!(results[1].is_ok());
 }
+
+#[test]
+fn the_all_fields_fixture_uses_only_known_fields() {
+    let path = format!("{}/tests/fixtures/all-fields.yaml", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("fixture");
+    let parsed: Vec<_> = parse_yaml_documents(&text)
+        .into_iter()
+        .map(|r| r.expect("parses"))
+        .collect();
+    assert_eq!(parsed.len(), 4);
+    for p in parsed {
+        assert!(p.unknown_fields.is_empty(), "{:?}", p.unknown_fields);
+    }
+}
