@@ -11,7 +11,7 @@
 //!
 //! # Validation and message codes
 //!
-//! [`validate`] turns each object into its problems and a validated form: the object with invalid
+//! [`validate()`] turns each object into its problems and a validated form: the object with invalid
 //! parts left out and deprecated fields mapped onto their replacements. An invalid rule is left
 //! out alone (`http[i]` / `tcp[i]`, a subset, a `portLevelSettings[]` entry or one top-level
 //! setting of a DestinationRule, a ServiceEntry port or endpoint, a Gateway server), never the rest
@@ -68,6 +68,7 @@
 //!
 //! See `../shared/docs/istio-api.md` (in the project docs) for how each field maps onto Envoy.
 
+pub mod crd;
 pub mod destination_rule;
 pub mod gateway;
 pub mod meta;

@@ -95,6 +95,21 @@ impl IstioObject {
         }
     }
 
+    /// The object as a manifest (`apiVersion: networking.istio.io/v1`, `kind`, `metadata`, `spec`).
+    pub fn to_manifest(&self) -> Result<serde_json::Value, serde_json::Error> {
+        let mut v = match self {
+            IstioObject::VirtualService(o) => serde_json::to_value(o),
+            IstioObject::DestinationRule(o) => serde_json::to_value(o),
+            IstioObject::ServiceEntry(o) => serde_json::to_value(o),
+            IstioObject::Gateway(o) => serde_json::to_value(o),
+        }?;
+        if let Some(map) = v.as_object_mut() {
+            map.insert("apiVersion".into(), format!("{GROUP}/v1").into());
+            map.insert("kind".into(), self.kind().as_str().into());
+        }
+        Ok(v)
+    }
+
     pub fn metadata(&self) -> &ObjectMeta {
         match self {
             IstioObject::VirtualService(o) => &o.metadata,
