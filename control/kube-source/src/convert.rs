@@ -108,6 +108,7 @@ pub fn build_model(inputs: &Inputs) -> MeshModel {
         workloads,
         ingresses,
         secrets,
+        istio: Default::default(),
     }
 }
 

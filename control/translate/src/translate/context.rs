@@ -12,6 +12,7 @@ use crate::model::{
     Ingress, IngressBackend, MeshModel, Pod, PortProtocol as L4, Service, ServicePort, TargetPort,
     WorkloadKind,
 };
+use crate::routing::{HttpRule, RoutingModel, ServiceKey};
 use crate::snapshot::ObjectRef;
 
 pub(super) fn service_ref(svc: &Service) -> ObjectRef {
@@ -59,10 +60,20 @@ pub(super) struct Ctx<'m> {
     pub(super) opts: &'m Options,
     pub(super) services: Vec<SvcCtx<'m>>,
     pub(super) pods: BTreeMap<(&'m str, &'m str), PodCtx<'m>>,
+    /// What the front ends other than labels (Istio) said, lowered.
+    pub(super) routing: RoutingModel,
+    /// Base cluster name (`<port>|<ns>|<svc>`) -> the model's rules for that port whose
+    /// references all resolve (see `mesh_rules`).
+    pub(super) rules: BTreeMap<String, Vec<HttpRule>>,
 }
 
 impl<'m> Ctx<'m> {
-    pub(super) fn new(model: &'m MeshModel, opts: &'m Options, errors: &mut Vec<ObjectLabelError>) -> Self {
+    pub(super) fn new(
+        model: &'m MeshModel,
+        opts: &'m Options,
+        routing: RoutingModel,
+        errors: &mut Vec<ObjectLabelError>,
+    ) -> Self {
         let mut report = |object: ObjectRef, errs: Vec<LabelError>| {
             errors.extend(errs.into_iter().map(|error| ObjectLabelError {
                 object: object.clone(),
@@ -116,6 +127,15 @@ impl<'m> Ctx<'m> {
         for svc in &model.services {
             let parsed = parse(ObjectKind::Service, &svc.labels);
             report(service_ref(svc), parsed.errors);
+            let key = ServiceKey::new(&svc.namespace, &svc.name);
+            let tcp_ports = svc.ports.iter().filter(|p| p.protocol == L4::Tcp).count();
+            // A port with routing-model (Istio) rules is `http` when nothing else says what it is
+            // and it looks like HTTP: its name (`http`, `http-*`, `http2*`, `grpc*`) or it is the
+            // Service's only TCP port.
+            let routed = |port: &ServicePort| {
+                routing.http.contains_key(&(key.clone(), port.port))
+                    && (tcp_ports == 1 || port.name.as_deref().is_some_and(http_like_name))
+            };
             let ports = svc
                 .ports
                 .iter()
@@ -127,6 +147,7 @@ impl<'m> Ctx<'m> {
                         ingress_ports
                             .contains(&(&*svc.namespace, &*svc.name, port.port))
                             .then_some(PortProtocol::Http)
+                            .or_else(|| routed(port).then_some(PortProtocol::Http))
                     }),
                 })
                 .collect();
@@ -143,12 +164,27 @@ impl<'m> Ctx<'m> {
             opts,
             services,
             pods,
+            routing,
+            rules: BTreeMap::new(),
         }
+    }
+
+    /// The Service `key` names.
+    pub(super) fn service(&self, key: &ServiceKey) -> Option<&SvcCtx<'m>> {
+        self.services
+            .iter()
+            .find(|s| s.svc.namespace == key.namespace && s.svc.name == key.name)
     }
 
     pub(super) fn pod_ctx(&self, pod: &'m Pod) -> Option<&PodCtx<'m>> {
         self.pods.get(&(&*pod.namespace, &*pod.name))
     }
+}
+
+/// Port names Istio reads as HTTP.
+fn http_like_name(name: &str) -> bool {
+    let proto = name.split('-').next().unwrap_or(name);
+    matches!(proto, "http" | "http2" | "grpc" | "grpc-web")
 }
 
 pub(super) fn ingress_backends(ing: &Ingress) -> impl Iterator<Item = &IngressBackend> {

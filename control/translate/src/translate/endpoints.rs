@@ -33,9 +33,35 @@ pub(super) fn load_assignment(
     p: &PortCtx<'_>,
     local: Option<&Pod>,
 ) -> ClusterLoadAssignment {
+    assignment(ctx, s, p, local, &p.cluster, None)
+}
+
+/// The endpoints of subset cluster `name`: those of the service port whose pods carry every one
+/// of `labels`.
+pub(super) fn subset_load_assignment(
+    ctx: &Ctx<'_>,
+    s: &SvcCtx<'_>,
+    p: &PortCtx<'_>,
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> ClusterLoadAssignment {
+    assignment(ctx, s, p, None, name, Some(labels))
+}
+
+fn assignment(
+    ctx: &Ctx<'_>,
+    s: &SvcCtx<'_>,
+    p: &PortCtx<'_>,
+    local: Option<&Pod>,
+    name: &str,
+    subset: Option<&BTreeMap<String, String>>,
+) -> ClusterLoadAssignment {
     let mut by_locality: BTreeMap<(String, String), Vec<LbEndpoint>> = BTreeMap::new();
     let mut weights: BTreeMap<(String, String), u32> = BTreeMap::new();
-    for ep in crate::model::endpoints_of(s.pods.iter().copied(), p.port) {
+    let in_subset =
+        |pod: &Pod| subset.is_none_or(|labels| labels.iter().all(|(k, v)| pod.labels.get(k) == Some(v)));
+    let pods = s.pods.iter().copied().filter(|pod| in_subset(pod));
+    for ep in crate::model::endpoints_of(pods, p.port) {
         let weight = ctx
             .pod_ctx(ep.pod)
             .map(|pc| pc.weight)
@@ -63,7 +89,7 @@ pub(super) fn load_assignment(
             .push(lb_endpoint(&host, ep.port, Some(u32::from(weight))));
     }
     ClusterLoadAssignment {
-        cluster_name: p.cluster.clone(),
+        cluster_name: name.to_string(),
         endpoints: by_locality
             .into_iter()
             .map(|(key, lb_endpoints)| LocalityLbEndpoints {

@@ -51,17 +51,23 @@
 //! | `context.rs` | the model with labels parsed once (`Ctx`), cluster names |
 //! | `listeners.rs` | LDS: outbound and stats listeners, HCM / tcp_proxy filters |
 //! | `routes.rs` | RDS: sidecar route configurations, the route to a service |
+//! | `mesh_routes.rs` | RDS: the routing model's rules (Istio VirtualServices) as routes |
+//! | `mesh_rules.rs` | the routing model's rules checked against what is pushed (no dangling routes) |
 //! | `clusters.rs` | CDS: service and fixed clusters |
-//! | `endpoints.rs` | EDS: endpoint assignments |
+//! | `cluster_policy.rs` | CDS: the routing model's destination policy and subset clusters |
+//! | `endpoints.rs` | EDS: endpoint assignments (also per subset) |
 //! | `gateway.rs`, `gateway_tls.rs` | the ingress gateway's view (Ingress routes, HTTP/HTTPS listeners, secrets) |
 //! | `per_node.rs` | per-pod overrides of the shared sidecar view |
 
+mod cluster_policy;
 mod clusters;
 mod context;
 mod endpoints;
 mod gateway;
 mod gateway_tls;
 mod listeners;
+mod mesh_routes;
+mod mesh_rules;
 mod options;
 mod per_node;
 mod problems;
@@ -72,7 +78,9 @@ use std::sync::Arc;
 
 use traffic_labels::Settings;
 
+pub use cluster_policy::subset_cluster_name;
 pub use context::cluster_name;
+pub use mesh_routes::destination_cluster;
 use options::RATE_LIMIT_STAT_PREFIX;
 pub use options::{
     Collector, Options, OutboundPolicy, TlsDelivery, ADMIN_CLUSTER, BLACKHOLE_CLUSTER,
@@ -83,7 +91,7 @@ pub use problems::{ObjectLabelError, Problem};
 
 use clusters::{admin_cluster, blackhole_cluster, passthrough_cluster, service_cluster, zipkin_cluster};
 use context::Ctx;
-use endpoints::load_assignment;
+use endpoints::{load_assignment, subset_load_assignment};
 use gateway::gateway;
 use listeners::{outbound_listener, stats_listener};
 use per_node::pod_override;
@@ -91,7 +99,9 @@ use routes::sidecar_routes;
 
 use crate::envoy::resource;
 use crate::model::{MeshModel, Pod, Service};
-use crate::snapshot::{MeshSnapshot, NodeResources, Resources, CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET};
+use crate::snapshot::{
+    MeshSnapshot, NodeResources, ObjectRef, Resources, CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET,
+};
 
 /// The output of [`translate`].
 #[derive(Debug, Clone)]
@@ -156,14 +166,25 @@ impl Snapshot {
 pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
     let mut label_errors = Vec::new();
     let mut problems = Vec::new();
-    let ctx = Ctx::new(model, opts, &mut label_errors);
+    let routing = istio_routing(model, &mut problems);
+    let mut ctx = Ctx::new(model, opts, routing, &mut label_errors);
+    ctx.rules = mesh_rules::resolve(&ctx, &mut problems);
 
     // Clusters and endpoint assignments: identical for every node.
     let mut clusters = Resources::new();
     let mut endpoints = Resources::new();
     for s in &ctx.services {
+        let policy = ctx
+            .routing
+            .policies
+            .get(&crate::routing::ServiceKey::new(&s.svc.namespace, &s.svc.name));
         for p in &s.ports {
-            let c = service_cluster(&p.cluster, &s.settings.cluster);
+            let c = match policy {
+                Some(dp) => {
+                    cluster_policy::policy_cluster(&p.cluster, &s.settings.cluster, &dp.for_port(p.port.port))
+                }
+                None => service_cluster(&p.cluster, &s.settings.cluster),
+            };
             clusters.insert(
                 p.cluster.clone(),
                 Arc::new(resource(&p.cluster, &c, Some(s.origin.clone()))),
@@ -173,6 +194,15 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
                 p.cluster.clone(),
                 Arc::new(resource(&p.cluster, &cla, Some(s.origin.clone()))),
             );
+            // One cluster per subset and port, its endpoints the pods with the subset's labels.
+            for subset in policy.map(|dp| dp.subsets.as_slice()).unwrap_or(&[]) {
+                let name = subset_cluster_name(&p.cluster, &subset.name);
+                let origin = policy.map(|dp| dp.origin.clone());
+                let c = cluster_policy::policy_cluster(&name, &s.settings.cluster, &subset.policy);
+                clusters.insert(name.clone(), Arc::new(resource(&name, &c, origin.clone())));
+                let cla = subset_load_assignment(&ctx, s, p, &name, &subset.labels);
+                endpoints.insert(name.clone(), Arc::new(resource(&name, &cla, origin)));
+            }
         }
     }
     if let Some(zipkin) = &opts.zipkin {
@@ -253,6 +283,24 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
     }
 }
 
+/// The Istio objects of `model`, validated (their problems reported) and lowered.
+fn istio_routing(model: &MeshModel, problems: &mut Vec<Problem>) -> crate::routing::RoutingModel {
+    if model.istio.is_empty() {
+        return Default::default();
+    }
+    let validated = traffic_istio::validate_config(&model.istio);
+    for (object, p) in validated.problems() {
+        problems.push(Problem::IstioRule {
+            object: ObjectRef::new(object.kind.as_str(), &object.namespace, &object.name),
+            path: p.path.clone(),
+            message: format!("{} {} {}", p.code.as_str(), p.severity(), p.message),
+        });
+    }
+    let (routing, lowering) = crate::istio_lower::lower(&validated.config, &model.services);
+    problems.extend(lowering);
+    routing
+}
+
 /// Re-translation after a model change that only moved pods (IP, readiness, node, zone, named
 /// ports; same pods with the same labels and owners, and the same Services, workloads, Ingresses and
 /// Secrets): the endpoint assignments of the Services selecting a moved pod are translated again and
@@ -267,6 +315,8 @@ pub fn translate_endpoint_change(
     opts: &Options,
 ) -> Option<Translation> {
     if opts.local_endpoint_via_loopback
+        || !model.istio.is_empty()
+        || prev_model.istio != model.istio
         || prev_model.pods.len() != model.pods.len()
         || prev_model.services != model.services
         || prev_model.workloads != model.workloads
@@ -316,6 +366,7 @@ pub fn translate_endpoint_change(
         workloads: model.workloads.clone(),
         ingresses: Vec::new(),
         secrets: Vec::new(),
+        istio: Default::default(),
     };
     let fresh = translate(&part, opts).snapshot.sidecar.by_type.remove(ENDPOINT)?;
     let mut snapshot = prev.snapshot.clone();

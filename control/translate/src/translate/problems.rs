@@ -86,6 +86,36 @@ pub enum Problem {
         path: String,
         error: crate::ingress_check::IngressValueError,
     },
+    /// An Istio rule or setting that is left out (the rest of the object still applies).
+    #[error("{object}: {path}: {message}")]
+    IstioRule {
+        object: ObjectRef,
+        path: String,
+        message: String,
+    },
+    /// A rule naming a Service, port or subset that is not there: it is not emitted (the
+    /// host's previous behaviour stays), so Envoy never sees a route to a missing cluster.
+    #[error("{object}: rule {rule}: {message}; the rule is not emitted")]
+    UnresolvedReference {
+        object: ObjectRef,
+        rule: String,
+        message: String,
+    },
+    /// Several Istio objects for one host: `object` lost to `winner` as the message says.
+    #[error("{object}: {message} (by {winner})")]
+    IstioConflict {
+        object: ObjectRef,
+        winner: ObjectRef,
+        message: String,
+    },
+    /// A Service's label setting replaced by an Istio rule for the same host and port.
+    #[error("{service}: label {setting} is overridden by {by} on port {port}")]
+    LabelOverridden {
+        service: ObjectRef,
+        setting: String,
+        port: u16,
+        by: ObjectRef,
+    },
 }
 
 impl Problem {
@@ -100,6 +130,10 @@ impl Problem {
             | Problem::TlsSecretExpiringSoon { ingress, .. }
             | Problem::InvalidHost { ingress, .. }
             | Problem::InvalidPath { ingress, .. } => ingress,
+            Problem::IstioRule { object, .. }
+            | Problem::UnresolvedReference { object, .. }
+            | Problem::IstioConflict { object, .. } => object,
+            Problem::LabelOverridden { service, .. } => service,
         }
     }
 

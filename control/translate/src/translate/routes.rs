@@ -16,8 +16,10 @@ use envoy_types::pb::google::protobuf::UInt64Value;
 use traffic_labels::{ClusterPolicy, PortProtocol, Settings, TrafficPolicy};
 
 use super::context::{protocol_at, Ctx};
+use super::mesh_routes;
 use super::{Options, RATE_LIMIT_STAT_PREFIX};
 use crate::envoy::{self, names, resource};
+use crate::routing::{HttpRule, RoutingModel};
 use crate::snapshot::{ObjectRef, Resources};
 
 /// Route configurations of a sidecar: one per `http` service port, named like its cluster.
@@ -29,7 +31,15 @@ pub(super) fn sidecar_routes(ctx: &Ctx<'_>, pod: &Settings, pod_origin: Option<&
             if protocol_at(pod, p) != Some(PortProtocol::Http) {
                 continue;
             }
-            let rc = service_route_config(&p.cluster, &s.settings.cluster, &traffic, Side::Sidecar, ctx.opts);
+            let rules = ctx.rules.get(&p.cluster).map(Vec::as_slice).unwrap_or(&[]);
+            let rc = service_route_config(
+                &p.cluster,
+                &s.settings.cluster,
+                &traffic,
+                (rules, &ctx.routing),
+                Side::Sidecar,
+                ctx.opts,
+            );
             let origin = pod_origin.cloned().unwrap_or_else(|| s.origin.clone());
             out.insert(
                 p.cluster.clone(),
@@ -174,12 +184,14 @@ pub(super) fn bandwidth_limit(traffic: &TrafficPolicy) -> Option<BandwidthLimit>
     })
 }
 
-/// A sidecar's (or the gateway's) route configuration for one service port: every path to the
-/// service's cluster.
+/// A sidecar's route configuration for one service port: the routing model's rules for the port
+/// (if any, see `mesh_routes`), then every path to the service's cluster with the label policy
+/// (left out when a rule already matches every request).
 pub(super) fn service_route_config(
     cluster: &str,
     policy: &ClusterPolicy,
     traffic: &TrafficPolicy,
+    (rules, routing): (&[HttpRule], &RoutingModel),
     side: Side,
     opts: &Options,
 ) -> RouteConfiguration {
@@ -191,10 +203,17 @@ pub(super) fn service_route_config(
         side,
         opts,
     );
+    let mut routes: Vec<Route> = rules
+        .iter()
+        .flat_map(|rule| mesh_routes::rule_routes(rule, &route, routing, side))
+        .collect();
+    if !rules.iter().any(HttpRule::is_catch_all) {
+        routes.push(route);
+    }
     let mut vhost = VirtualHost {
         name: cluster.to_string(),
         domains: vec!["*".to_string()],
-        routes: vec![route],
+        routes,
         ..Default::default()
     };
     if side == Side::Sidecar {
