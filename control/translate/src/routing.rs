@@ -72,6 +72,31 @@ pub struct HttpRule {
 }
 
 impl HttpRule {
+    /// The rule as caller `caller` sees it: only the matches whose source conditions it meets,
+    /// with those conditions dropped; `None` when no match is left.
+    pub fn for_caller(&self, caller: Option<(&str, &BTreeMap<String, String>)>) -> Option<HttpRule> {
+        if !self.matches.iter().any(RequestMatch::has_source) {
+            return Some(self.clone());
+        }
+        let matches: Vec<RequestMatch> = self
+            .matches
+            .iter()
+            .filter(|m| m.source_matches(caller))
+            .map(|m| RequestMatch {
+                source_labels: BTreeMap::new(),
+                source_namespace: None,
+                ..m.clone()
+            })
+            .collect();
+        if matches.is_empty() {
+            return None;
+        }
+        Some(HttpRule {
+            matches,
+            ..self.clone()
+        })
+    }
+
     /// A rule that matches every request.
     pub fn is_catch_all(&self) -> bool {
         self.matches.is_empty() || self.matches.iter().any(RequestMatch::is_empty)
@@ -87,11 +112,34 @@ pub struct RequestMatch {
     pub query_params: Vec<QueryParamMatch>,
     pub method: Option<StringMatch>,
     pub authority: Option<StringMatch>,
+    /// Only callers (pods) with all these labels (Istio `sourceLabels`): not an Envoy field, the
+    /// control plane gives such callers their own route configuration.
+    pub source_labels: BTreeMap<String, String>,
+    /// Only callers in this namespace (Istio `sourceNamespace`).
+    pub source_namespace: Option<String>,
 }
 
 impl RequestMatch {
     pub fn is_empty(&self) -> bool {
         self == &RequestMatch::default()
+    }
+
+    /// Whether it depends on who calls.
+    pub fn has_source(&self) -> bool {
+        !self.source_labels.is_empty() || self.source_namespace.is_some()
+    }
+
+    /// Whether a caller in `namespace` with `labels` (none: the shared view, which no source
+    /// condition matches) meets the source conditions.
+    pub fn source_matches(&self, caller: Option<(&str, &BTreeMap<String, String>)>) -> bool {
+        if !self.has_source() {
+            return true;
+        }
+        let Some((namespace, labels)) = caller else {
+            return false;
+        };
+        self.source_namespace.as_deref().is_none_or(|ns| ns == namespace)
+            && self.source_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
 }
 

@@ -47,13 +47,12 @@ fn scripted_backend(ip: &str, port: u16, answer: fn(usize, &str) -> (u16, Durati
                 let (status, delay) = answer(n, &path);
                 std::thread::sleep(delay);
                 let body = format!("hello from {me}");
-                if write!(
-                    conn,
+                // One write: `write!` would send pieces, and Nagle + delayed ACKs cost 40 ms each.
+                let resp = format!(
                     "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{body}",
                     body.len()
-                )
-                .is_err()
-                {
+                );
+                if conn.write_all(resp.as_bytes()).is_err() {
                     return;
                 }
             });

@@ -503,3 +503,39 @@ fn every_snapshot_with_istio_objects_is_consistent() {
                                  {destination: {host: ratings}, weight: 50}]}]"#,
     ));
 }
+
+#[test]
+fn source_labels_and_namespace_give_only_matching_callers_the_rule() {
+    let mut m = vs(r#"[
+        {match: [{sourceLabels: {app: productpage}}], route: [{destination: {host: reviews, subset: v2}}]},
+        {match: [{sourceNamespace: other, uri: {prefix: /o}}], route: [{destination: {host: reviews, subset: v3}}]},
+        {route: [{destination: {host: reviews, subset: v1}}]}]"#);
+    let pods = MeshModel::from_yaml_str(
+        r#"
+pods:
+- {name: pp, ip: 172.17.0.9, labels: {app: productpage, traffic.envoy.enabled: "true"}}
+- {name: other-client, namespace: other, ip: 172.17.0.10, labels: {app: x, traffic.envoy.enabled: "true"}}
+- {name: plain, ip: 172.17.0.11, labels: {app: x, traffic.envoy.enabled: "true"}}
+"#,
+    )
+    .unwrap();
+    m.pods.extend(pods.pods);
+    let t = run(&m);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let clusters = |node: &str| -> Vec<String> {
+        route_config(&sidecar(&t, node), RC).virtual_hosts[0]
+            .routes
+            .iter()
+            .map(cluster_of)
+            .collect()
+    };
+    assert_eq!(clusters("pp.default"), [format!("{RC}|v2"), format!("{RC}|v1")]);
+    assert_eq!(
+        clusters("other-client.other"),
+        [format!("{RC}|v3"), format!("{RC}|v1")]
+    );
+    assert_eq!(clusters("plain.default"), [format!("{RC}|v1")]);
+    // Callers the conditions do not pick share the default view.
+    let overridden: Vec<&str> = t.snapshot.overridden_nodes().collect();
+    assert_eq!(overridden, ["other-client.other", "pp.default"]);
+}

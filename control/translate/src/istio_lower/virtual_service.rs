@@ -229,6 +229,8 @@ fn request_match(m: &HttpMatchRequest) -> Result<RequestMatch, String> {
             .collect(),
         method: required("method", &m.method)?,
         authority: required("authority", &m.authority)?,
+        source_labels: m.source_labels.clone(),
+        source_namespace: m.source_namespace.clone().filter(|n| !n.is_empty()),
     })
 }
 

@@ -236,7 +236,7 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
 
     // The shared sidecar view.
     let no_override = Settings::default();
-    let routes = sidecar_routes(&ctx, &no_override, None);
+    let routes = sidecar_routes(&ctx, &no_override, None, None);
     let mut listeners = Resources::new();
     let outbound = outbound_listener(&ctx, &no_override);
     listeners.insert(

@@ -18,7 +18,15 @@ pub(super) fn pod_override(ctx: &Ctx<'_>, pc: &PodCtx<'_>, shared: &NodeResource
         && pc.settings.use_podip != Some(true)
         && pc.pod.ready
         && pc.pod.ip.is_some();
-    if !labelled && !loopback {
+    // Routing-model rules that only some callers get (Istio sourceLabels / sourceNamespace).
+    let caller = Some((pc.pod.namespace.as_str(), &pc.pod.labels));
+    let by_source = ctx
+        .rules
+        .values()
+        .flatten()
+        .flat_map(|r| &r.matches)
+        .any(|m| m.has_source() && m.source_matches(caller));
+    if !labelled && !loopback && !by_source {
         // The common case: cloning the shared view (thousands of `Arc`s) per pod would make
         // translation quadratic.
         return None;
@@ -27,8 +35,8 @@ pub(super) fn pod_override(ctx: &Ctx<'_>, pc: &PodCtx<'_>, shared: &NodeResource
     let mut view = shared.clone();
     let mut changed = false;
 
-    if !pc.settings.ports.is_empty() || !pc.settings.traffic.is_empty() {
-        let routes = sidecar_routes(ctx, &pc.settings, Some(&origin));
+    if labelled || by_source {
+        let routes = sidecar_routes(ctx, &pc.settings, Some(pc.pod), Some(&origin));
         let shared_routes = shared.by_type.get(ROUTE).cloned().unwrap_or_default();
         let merged = share_identical(routes, &shared_routes);
         if merged != shared_routes {

@@ -19,11 +19,20 @@ use super::context::{protocol_at, Ctx};
 use super::mesh_routes;
 use super::{Options, RATE_LIMIT_STAT_PREFIX};
 use crate::envoy::{self, names, resource};
+use crate::model::Pod;
 use crate::routing::{HttpRule, RoutingModel};
 use crate::snapshot::{ObjectRef, Resources};
 
 /// Route configurations of a sidecar: one per `http` service port, named like its cluster.
-pub(super) fn sidecar_routes(ctx: &Ctx<'_>, pod: &Settings, pod_origin: Option<&ObjectRef>) -> Resources {
+///
+/// `caller`: the pod this view is for (`None`: the shared view), for rules with source conditions.
+pub(super) fn sidecar_routes(
+    ctx: &Ctx<'_>,
+    pod: &Settings,
+    caller: Option<&Pod>,
+    pod_origin: Option<&ObjectRef>,
+) -> Resources {
+    let caller = caller.map(|p| (p.namespace.as_str(), &p.labels));
     let mut out = Resources::new();
     for s in &ctx.services {
         let traffic = pod.traffic.overlay(&s.settings.traffic);
@@ -31,12 +40,19 @@ pub(super) fn sidecar_routes(ctx: &Ctx<'_>, pod: &Settings, pod_origin: Option<&
             if protocol_at(pod, p) != Some(PortProtocol::Http) {
                 continue;
             }
-            let rules = ctx.rules.get(&p.cluster).map(Vec::as_slice).unwrap_or(&[]);
+            let rules: Vec<HttpRule> = ctx
+                .rules
+                .get(&p.cluster)
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+                .iter()
+                .filter_map(|r| r.for_caller(caller))
+                .collect();
             let rc = service_route_config(
                 &p.cluster,
                 &s.settings.cluster,
                 &traffic,
-                (rules, &ctx.routing),
+                (&rules, &ctx.routing),
                 Side::Sidecar,
                 ctx.opts,
             );
