@@ -23,13 +23,25 @@ use traffic_translate::translate::{translate, Options};
 /// A backend on `ip:port` answering `hello from <ip>`; `answer(n, path)` (n = 0-based request
 /// count) gives the status and a delay before answering.
 fn scripted_backend(ip: &str, port: u16, answer: fn(usize, &str) -> (u16, Duration)) -> Arc<AtomicUsize> {
+    scripted_backend_conns(ip, port, answer).0
+}
+
+/// [`scripted_backend`], also counting the connections it accepted.
+fn scripted_backend_conns(
+    ip: &str,
+    port: u16,
+    answer: fn(usize, &str) -> (u16, Duration),
+) -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = TcpListener::bind((ip, port)).unwrap();
     let me = ip.to_string();
     let count = Arc::new(AtomicUsize::new(0));
+    let conns = Arc::new(AtomicUsize::new(0));
     let seen = count.clone();
+    let accepted = conns.clone();
     std::thread::spawn(move || {
         for conn in listener.incoming() {
             let Ok(mut conn) = conn else { continue };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let me = me.clone();
             let seen = seen.clone();
             std::thread::spawn(move || loop {
@@ -58,7 +70,7 @@ fn scripted_backend(ip: &str, port: u16, answer: fn(usize, &str) -> (u16, Durati
             });
         }
     });
-    count
+    (count, conns)
 }
 
 fn ok(_: usize, _: &str) -> (u16, Duration) {
@@ -310,4 +322,99 @@ fn destination_rules_eject_outliers_and_overflow_the_connection_pool_in_envoy() 
         n >= 1 && n as usize <= overflowed,
         "{n} pending overflows for {overflowed} 503s: {stats}"
     );
+}
+
+#[test]
+fn destination_rules_hash_by_cookie_balance_randomly_and_limit_requests_per_connection_in_envoy() {
+    let Some(envoy_bin) = envoy_or_skip() else { return };
+    let (outbound, admin, app) = (free_port(), free_port(), free_port());
+    scripted_backend("127.0.0.32", app, ok);
+    scripted_backend("127.0.0.33", app, ok);
+    let (requests, conns) = scripted_backend_conns("127.0.0.35", app, ok);
+
+    let svc = |name: &str, ip: &str, app_label: &str| {
+        format!(
+            "- {{name: {name}, clusterIPs: [{ip}], ports: [{{name: http, port: {outbound}, targetPort: {app}}}], \
+             selector: {{app: {app_label}}}}}\n"
+        )
+    };
+    let mut yaml = String::from("services:\n");
+    yaml += &svc("sticky", "127.0.0.1", "pair");
+    yaml += &svc("random", "127.0.0.31", "pair");
+    yaml += &svc("onebyone", "127.0.0.34", "single");
+    yaml += "pods:\n";
+    yaml += "- {name: pair-a, ip: 127.0.0.32, labels: {app: pair}}\n";
+    yaml += "- {name: pair-b, ip: 127.0.0.33, labels: {app: pair}}\n";
+    yaml += "- {name: single-a, ip: 127.0.0.35, labels: {app: single}}\n";
+    yaml += r#"istio:
+  virtualServices:
+  - metadata: {name: sticky}
+    spec: {hosts: [sticky], http: [{route: [{destination: {host: sticky}}]}]}
+  - metadata: {name: random}
+    spec: {hosts: [random], http: [{route: [{destination: {host: random}}]}]}
+  - metadata: {name: onebyone}
+    spec: {hosts: [onebyone], http: [{route: [{destination: {host: onebyone}}]}]}
+  destinationRules:
+  - metadata: {name: sticky}
+    spec: {host: sticky, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 60s}}}}}
+  - metadata: {name: random}
+    spec: {host: random, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
+  - metadata: {name: onebyone}
+    spec: {host: onebyone, trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 1}}}}
+"#;
+    let model = MeshModel::from_yaml_str(&yaml).unwrap();
+    let opts = Options {
+        outbound_port: outbound,
+        stats_port: None,
+        admin_port: admin,
+        ..Options::default()
+    };
+    let t = translate(&model, &opts);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let bootstrap =
+        static_bootstrap("client.default", &t.snapshot.for_node("client.default"), admin).unwrap();
+    let _envoy = start_envoy(&envoy_bin, &bootstrap, admin);
+    let at = |last: u8| -> SocketAddr { ([127, 0, 0, last], outbound).into() };
+
+    // Consistent hash by cookie: Envoy sets `user` (Max-Age 60) and the cookie sticks to one pod.
+    let first = http_get(at(1), "/", "").unwrap();
+    let cookie_line = first
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie: user="))
+        .unwrap_or_else(|| panic!("no cookie in {first}"));
+    assert!(cookie_line.contains("Max-Age=60"), "{cookie_line}");
+    let cookie = cookie_line
+        .split_once(':')
+        .unwrap()
+        .1
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let pinned = body(&first).to_string();
+    for _ in 0..20 {
+        let r = http_get(at(1), "/", &format!("cookie: {cookie}\r\n")).unwrap();
+        assert_eq!(body(&r), pinned);
+    }
+    // Other cookies spread over both pods.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        seen.insert(body(&http_get(at(1), "/", &format!("cookie: user={i}\r\n")).unwrap()).to_string());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // RANDOM: both pods serve.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(body(&http_get(at(31), "/", "").unwrap()).to_string());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // maxRequestsPerConnection 1: every request on its own upstream connection.
+    for _ in 0..10 {
+        assert_eq!(status(&http_get(at(34), "/", "").unwrap()), 200);
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 10);
+    assert_eq!(conns.load(Ordering::SeqCst), 10);
 }

@@ -539,3 +539,95 @@ pods:
     let overridden: Vec<&str> = t.snapshot.overridden_nodes().collect();
     assert_eq!(overridden, ["other-client.other", "pp.default"]);
 }
+
+#[test]
+fn destination_rule_boundaries_and_invalid_settings() {
+    let dr = |policy: &str| {
+        run(&model(&format!(
+            "  destinationRules:\n  - metadata: {{name: reviews}}\n    spec: {{host: reviews, trafficPolicy: {policy}}}\n"
+        )))
+    };
+    let base = |t: &Translation| -> Cluster { cluster(&sidecar(t, "x.default"), RC) };
+    // Boundaries that are valid.
+    let t = dr("{outlierDetection: {maxEjectionPercent: 100, minHealthPercent: 0}}");
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    assert_eq!(
+        base(&t)
+            .outlier_detection
+            .unwrap()
+            .max_ejection_percent
+            .unwrap()
+            .value,
+        100
+    );
+    let t = dr("{connectionPool: {tcp: {maxConnections: 4294967295}}}");
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let th = base(&t).circuit_breakers.unwrap().thresholds[0].clone();
+    assert_eq!(th.max_connections.unwrap().value, u32::MAX);
+    // LEAST_CONN is LEAST_REQUEST (with a deprecation warning).
+    let t = dr("{loadBalancer: {simple: LEAST_CONN}}");
+    assert_eq!(base(&t).lb_policy, cluster::LbPolicy::LeastRequest as i32);
+    assert!(
+        t.problems.iter().all(|p| p.to_string().contains("warning")),
+        "{:?}",
+        t.problems
+    );
+    // PASSTHROUGH: the original destination.
+    let t = dr("{loadBalancer: {simple: PASSTHROUGH}}");
+    let c = base(&t);
+    assert_eq!(c.lb_policy, cluster::LbPolicy::ClusterProvided as i32);
+    assert!(c.eds_cluster_config.is_none());
+    // Invalid: reported, the setting left out, the cluster still there with Envoy-valid values.
+    for bad in [
+        "{loadBalancer: {simple: FASTEST}}",
+        "{connectionPool: {tcp: {connectTimeout: 0s}}}",
+        "{connectionPool: {tcp: {maxConnections: -1}}}",
+        "{outlierDetection: {maxEjectionPercent: 101}}",
+        "{outlierDetection: {interval: -1s}}",
+    ] {
+        let t = dr(bad);
+        assert!(
+            t.problems.iter().any(|p| p.to_string().contains("error")),
+            "{bad}: {:?}",
+            t.problems
+        );
+        let c = base(&t);
+        assert!(
+            c.connect_timeout.unwrap().seconds > 0 || c.connect_timeout.unwrap().nanos > 0,
+            "{bad}"
+        );
+        assert!(c
+            .outlier_detection
+            .is_none_or(|o| o.max_ejection_percent.is_none_or(|p| p.value <= 100)));
+    }
+    // A subset defined twice: the second is reported, the first kept.
+    let t = run(&model(
+        "  destinationRules:\n  - metadata: {name: reviews}\n    spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}, {name: v1, labels: {version: v2}}]}\n",
+    ));
+    assert!(!t.problems.is_empty());
+    let eps = endpoints(&cla(&sidecar(&t, "x.default"), &format!("{RC}|v1")));
+    assert_eq!(
+        eps.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
+        ["172.17.0.2"]
+    );
+    // A second DestinationRule for the host: its policy loses (reported), new subsets are added.
+    let t = run(&model(
+        r#"  destinationRules:
+  - metadata: {name: a, creationTimestamp: "2024-01-01T00:00:00Z"}
+    spec: {host: reviews, trafficPolicy: {loadBalancer: {simple: RANDOM}}, subsets: [{name: v1, labels: {version: v1}}]}
+  - metadata: {name: b, creationTimestamp: "2024-01-02T00:00:00Z"}
+    spec: {host: reviews.default.svc.cluster.local, trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}, subsets: [{name: v2, labels: {version: v2}}]}
+"#,
+    ));
+    assert_eq!(base(&t).lb_policy, cluster::LbPolicy::Random as i32);
+    assert!(
+        t.problems
+            .iter()
+            .any(|p| matches!(p, Problem::IstioConflict { object, .. } if object.name == "b")),
+        "{:?}",
+        t.problems
+    );
+    assert!(
+        names(&sidecar(&t, "x.default"), traffic_translate::snapshot::CLUSTER).contains(&format!("{RC}|v2"))
+    );
+}
