@@ -562,7 +562,7 @@ fn destination_rule_boundaries_and_invalid_settings() {
     );
     let t = dr("{connectionPool: {tcp: {maxConnections: 4294967295}}}");
     assert!(t.problems.is_empty(), "{:?}", t.problems);
-    let th = base(&t).circuit_breakers.unwrap().thresholds[0].clone();
+    let th = base(&t).circuit_breakers.unwrap().thresholds[0];
     assert_eq!(th.max_connections.unwrap().value, u32::MAX);
     // LEAST_CONN is LEAST_REQUEST (with a deprecation warning).
     let t = dr("{loadBalancer: {simple: LEAST_CONN}}");
