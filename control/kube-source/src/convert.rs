@@ -42,6 +42,8 @@ pub struct Inputs {
     pub daemon_sets: Vec<Arc<DaemonSet>>,
     pub ingresses: Vec<Arc<networking::Ingress>>,
     pub secrets: Vec<Arc<core::Secret>>,
+    /// The `networking.istio.io` objects (their Gateways' `credentialName` Secrets enter the model).
+    pub istio: traffic_istio::IstioConfig,
 }
 
 /// Build the whole mesh model. Output lists are sorted by (namespace, name) so equal inputs give
@@ -93,6 +95,7 @@ pub fn build_model(inputs: &Inputs) -> MeshModel {
                 .iter()
                 .map(move |t| (i.namespace.as_str(), t.secret_name.as_str()))
         })
+        .chain(gateway_secret_refs(&inputs.istio))
         .collect();
     let mut secrets: Vec<TlsSecret> = inputs
         .secrets
@@ -110,6 +113,17 @@ pub fn build_model(inputs: &Inputs) -> MeshModel {
         secrets,
         istio: Default::default(),
     }
+}
+
+/// The `kubernetes.io/tls` Secrets Istio Gateways name (`servers[].tls.credentialName`), in the
+/// Gateway's namespace.
+fn gateway_secret_refs(istio: &traffic_istio::IstioConfig) -> impl Iterator<Item = (&str, &str)> {
+    istio.gateways.iter().flat_map(|g| {
+        g.spec.servers.iter().filter_map(move |s| {
+            let name = s.tls.as_ref()?.credential_name.as_deref()?;
+            Some((g.metadata.namespace.as_str(), name))
+        })
+    })
 }
 
 /// `(namespace, name)` of an object, when both are present (they always are on objects read

@@ -132,6 +132,8 @@ impl Stores {
             daemon_sets: self.daemon_sets.state(),
             ingresses: self.ingresses.state(),
             secrets: self.secrets.state(),
+            // The watches of the networking.istio.io kinds are not wired yet.
+            istio: Default::default(),
         }
     }
 

@@ -35,6 +35,7 @@ fn recorded() -> Inputs {
         daemon_sets: load("daemonsets.json"),
         ingresses: load("ingresses.json"),
         secrets: load("secrets.json"),
+        istio: Default::default(),
     }
 }
 
