@@ -111,7 +111,7 @@ pub fn build_model(inputs: &Inputs) -> MeshModel {
         workloads,
         ingresses,
         secrets,
-        istio: Default::default(),
+        istio: inputs.istio.clone(),
     }
 }
 

@@ -15,9 +15,10 @@
 mod destination_rule;
 mod virtual_service;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use traffic_istio::{DestinationRule, IstioConfig, ObjectMeta, VirtualService};
+use traffic_istio::validate::{Dropped, ObjectReport};
+use traffic_istio::{DestinationRule, Kind, ObjectMeta, ValidatedConfig, VirtualService};
 
 use crate::model::{PortProtocol as L4, Service};
 use crate::routing::{HttpRule, RoutingModel, ServiceKey};
@@ -88,8 +89,41 @@ fn object_ref(kind: &str, m: &ObjectMeta) -> ObjectRef {
     ObjectRef::new(kind, &m.namespace, &m.name)
 }
 
-/// Lowers `config` (already validated) against the Services of the mesh.
-pub fn lower(config: &IstioConfig, services: &[Service]) -> (RoutingModel, Vec<Problem>) {
+/// For each VirtualService (namespace, name), the original indices of its `http[]` rules that
+/// validation left out: the validated form lacks them, so rule `k` of it is the `k`-th index
+/// not in this set (rule names and problem paths use the index the user wrote).
+fn dropped_http_rules(reports: &[ObjectReport]) -> BTreeMap<(&str, &str), BTreeSet<usize>> {
+    let mut out: BTreeMap<(&str, &str), BTreeSet<usize>> = BTreeMap::new();
+    for r in reports.iter().filter(|r| r.object.kind == Kind::VirtualService) {
+        for p in &r.problems {
+            if let Dropped::Part(part) = &p.dropped {
+                let index = part
+                    .strip_prefix("spec.http[")
+                    .and_then(|rest| rest.strip_suffix(']'))
+                    .and_then(|i| i.parse::<usize>().ok());
+                if let Some(i) = index {
+                    out.entry((&r.object.namespace, &r.object.name))
+                        .or_default()
+                        .insert(i);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The original index of rule `k` of a validated object that lost `dropped`.
+fn original_index(k: usize, dropped: Option<&BTreeSet<usize>>) -> usize {
+    (0..)
+        .filter(|i| dropped.is_none_or(|d| !d.contains(i)))
+        .nth(k)
+        .unwrap_or(k)
+}
+
+/// Lowers a validated configuration against the Services of the mesh.
+pub fn lower(validated: &ValidatedConfig, services: &[Service]) -> (RoutingModel, Vec<Problem>) {
+    let config = &validated.config;
+    let dropped = dropped_http_rules(&validated.reports);
     let hosts = HostIndex::new(services);
     let mut problems = Vec::new();
     let mut model = RoutingModel::default();
@@ -165,7 +199,9 @@ pub fn lower(config: &IstioConfig, services: &[Service]) -> (RoutingModel, Vec<P
             }
         }
         let mut lowered = Vec::new();
-        for (i, rule) in v.spec.http.iter().enumerate() {
+        let gone = dropped.get(&(v.metadata.namespace.as_str(), v.metadata.name.as_str()));
+        for (k, rule) in v.spec.http.iter().enumerate() {
+            let i = original_index(k, gone);
             match virtual_service::lower_rule(v, i, rule, &hosts) {
                 Ok(r) => lowered.push(r),
                 Err(reason) => problems.push(virtual_service::rule_problem(v, i, reason)),

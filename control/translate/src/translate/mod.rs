@@ -296,7 +296,7 @@ fn istio_routing(model: &MeshModel, problems: &mut Vec<Problem>) -> crate::routi
             message: format!("{} {} {}", p.code.as_str(), p.severity(), p.message),
         });
     }
-    let (routing, lowering) = crate::istio_lower::lower(&validated.config, &model.services);
+    let (routing, lowering) = crate::istio_lower::lower(&validated, &model.services);
     problems.extend(lowering);
     routing
 }
