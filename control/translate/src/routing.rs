@@ -42,11 +42,13 @@ pub struct RoutingModel {
     pub http: BTreeMap<(ServiceKey, u16), Vec<HttpRule>>,
     /// Service -> subsets and cluster policy.
     pub policies: BTreeMap<ServiceKey, DestinationPolicy>,
+    /// Host (as the client sends it, `*` and `*.suffix` allowed) -> the ingress gateway's rules.
+    pub gateway_hosts: BTreeMap<String, Vec<HttpRule>>,
 }
 
 impl RoutingModel {
     pub fn is_empty(&self) -> bool {
-        self.http.is_empty() && self.policies.is_empty()
+        self.http.is_empty() && self.policies.is_empty() && self.gateway_hosts.is_empty()
     }
 }
 

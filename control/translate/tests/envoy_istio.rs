@@ -418,3 +418,61 @@ fn destination_rules_hash_by_cookie_balance_randomly_and_limit_requests_per_conn
     assert_eq!(requests.load(Ordering::SeqCst), 10);
     assert_eq!(conns.load(Ordering::SeqCst), 10);
 }
+
+#[test]
+fn a_virtual_service_bound_to_a_gateway_serves_through_the_ingress_gateway_envoy() {
+    let Some(envoy_bin) = envoy_or_skip() else { return };
+    let (http_port, admin, app) = (free_port(), free_port(), free_port());
+    scripted_backend("127.0.0.42", app, ok);
+    scripted_backend("127.0.0.43", app, ok);
+    let yaml = format!(
+        r#"services:
+- name: httpbin
+  clusterIPs: [10.96.0.40]
+  ports: [{{name: http, port: 8000, targetPort: {app}}}]
+  selector: {{app: httpbin}}
+pods:
+- {{name: httpbin-v1, ip: 127.0.0.42, labels: {{app: httpbin, version: v1}}}}
+- {{name: httpbin-v2, ip: 127.0.0.43, labels: {{app: httpbin, version: v2}}}}
+istio:
+  gateways:
+  - metadata: {{name: httpbin-gateway}}
+    spec:
+      selector: {{istio: ingressgateway}}
+      servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+  destinationRules:
+  - metadata: {{name: httpbin}}
+    spec: {{host: httpbin, subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]}}
+  virtualServices:
+  - metadata: {{name: httpbin}}
+    spec:
+      hosts: ["*"]
+      gateways: [httpbin-gateway]
+      http:
+      - match: [{{uri: {{prefix: /status}}}}, {{uri: {{prefix: /delay}}}}]
+        route: [{{destination: {{host: httpbin, port: {{number: 8000}}, subset: v2}}}}]
+      - match: [{{uri: {{exact: /headers}}}}]
+        route: [{{destination: {{host: httpbin, subset: v1}}}}]
+"#
+    );
+    let model = MeshModel::from_yaml_str(&yaml).unwrap();
+    let opts = Options {
+        ingress_http_port: http_port,
+        stats_port: None,
+        admin_port: admin,
+        ..Options::default()
+    };
+    let t = translate(&model, &opts);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    t.snapshot.validate().unwrap();
+    let view = t.snapshot.for_node(traffic_translate::translate::INGRESS_NODE_ID);
+    let bootstrap = static_bootstrap("traffic-ingress", &view, admin).unwrap();
+    let _envoy = start_envoy(&envoy_bin, &bootstrap, admin);
+    let at: SocketAddr = ([127, 0, 0, 1], http_port).into();
+    let r = http_get(at, "/status/200", "").unwrap();
+    assert_eq!((status(&r), body(&r)), (200, "hello from 127.0.0.43"), "{r}");
+    let r = http_get(at, "/headers", "").unwrap();
+    assert_eq!((status(&r), body(&r)), (200, "hello from 127.0.0.42"), "{r}");
+    // No rule matches: 404 from the gateway, nothing reaches a backend.
+    assert_eq!(status(&http_get(at, "/other", "").unwrap()), 404);
+}

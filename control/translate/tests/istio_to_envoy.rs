@@ -631,3 +631,52 @@ fn destination_rule_boundaries_and_invalid_settings() {
         names(&sidecar(&t, "x.default"), traffic_translate::snapshot::CLUSTER).contains(&format!("{RC}|v2"))
     );
 }
+
+#[test]
+fn virtual_services_bound_to_a_gateway_become_ingress_virtual_hosts() {
+    let t = run(&model(&format!(
+        r#"  gateways:
+  - metadata: {{name: bookinfo-gateway}}
+    spec:
+      selector: {{istio: ingressgateway}}
+      servers:
+      - port: {{number: 80, name: http, protocol: HTTP}}
+        hosts: ["*.example.com"]
+      - port: {{number: 443, name: https, protocol: HTTPS}}
+        hosts: ["*"]
+        tls: {{mode: SIMPLE, credentialName: cert}}
+  virtualServices:
+  - metadata: {{name: front}}
+    spec:
+      hosts: [reviews.example.com, other.org]
+      gateways: [bookinfo-gateway]
+      http:
+      - match: [{{uri: {{exact: /productpage}}}}]
+        route: [{{destination: {{host: reviews, subset: v1}}}}]
+      - route: [{{destination: {{host: ratings}}}}]
+{SUBSETS}"#
+    )));
+    let rc: RouteConfiguration = route_config(&sidecar(&t, "traffic-ingress"), "ingress");
+    let vh: Vec<(&str, Vec<String>)> = rc
+        .virtual_hosts
+        .iter()
+        .map(|v| (v.name.as_str(), v.routes.iter().map(cluster_of).collect()))
+        .collect();
+    assert_eq!(
+        vh,
+        [(
+            "reviews.example.com",
+            vec![format!("{RC}|v1"), "9080|default|ratings".to_string()]
+        )],
+        "only the host an HTTP server accepts"
+    );
+    // The HTTPS server is reported, not silently ignored; sidecars are untouched (no `mesh`).
+    assert!(
+        t.problems
+            .iter()
+            .any(|p| p.to_string().contains("only HTTP servers")),
+        "{:?}",
+        t.problems
+    );
+    assert!(!names(&sidecar(&t, "x.default"), ROUTE).contains(&RC.to_string()));
+}

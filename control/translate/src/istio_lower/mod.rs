@@ -11,8 +11,10 @@
 //! - DestinationRules: the first for a host (same order) gives the traffic policy; later ones add
 //!   subsets with new names; whatever they cannot add is reported.
 //! - A rule is placed on every TCP port of its host that its matches allow (`match.port`).
+//! - VirtualServices naming Gateways give the ingress gateway virtual hosts (see [`gateway`]).
 
 mod destination_rule;
+mod gateway;
 mod virtual_service;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -177,16 +179,30 @@ pub fn lower(validated: &ValidatedConfig, services: &[Service]) -> (RoutingModel
         }
     }
 
-    let mut vss: Vec<&VirtualService> = config
-        .virtual_services
-        .iter()
-        .filter(|v| virtual_service::applies_to_mesh(v))
-        .collect();
+    let mut vss: Vec<&VirtualService> = config.virtual_services.iter().collect();
     vss.sort_by(|a, b| order_key(&a.metadata).cmp(&order_key(&b.metadata)));
     // (Service, port) -> the VirtualService whose catch-all rule ends its rule list.
     let mut closed: BTreeMap<(ServiceKey, u16), ObjectRef> = BTreeMap::new();
+    let mut bound: Vec<&VirtualService> = Vec::new();
+    let mut bound_rules: Vec<Vec<HttpRule>> = Vec::new();
     for v in vss {
         let origin = object_ref("VirtualService", &v.metadata);
+        let gone = dropped.get(&(v.metadata.namespace.as_str(), v.metadata.name.as_str()));
+        let mut lowered = Vec::new();
+        for (k, rule) in v.spec.http.iter().enumerate() {
+            let i = original_index(k, gone);
+            match virtual_service::lower_rule(v, i, rule, &hosts) {
+                Ok(r) => lowered.push(r),
+                Err(reason) => problems.push(virtual_service::rule_problem(v, i, reason)),
+            }
+        }
+        if v.spec.gateways.iter().any(|g| g != "mesh") {
+            bound.push(v);
+            bound_rules.push(gateway::gateway_rules(&lowered));
+        }
+        if !virtual_service::applies_to_mesh(v) {
+            continue;
+        }
         let mut targets = Vec::new();
         for h in &v.spec.hosts {
             match hosts.resolve(h, &v.metadata.namespace) {
@@ -196,15 +212,6 @@ pub fn lower(validated: &ValidatedConfig, services: &[Service]) -> (RoutingModel
                     path: "spec.hosts".into(),
                     message: format!("host {h:?} is not a Service (ServiceEntry hosts and wildcards are not supported yet); ignored"),
                 }),
-            }
-        }
-        let mut lowered = Vec::new();
-        let gone = dropped.get(&(v.metadata.namespace.as_str(), v.metadata.name.as_str()));
-        for (k, rule) in v.spec.http.iter().enumerate() {
-            let i = original_index(k, gone);
-            match virtual_service::lower_rule(v, i, rule, &hosts) {
-                Ok(r) => lowered.push(r),
-                Err(reason) => problems.push(virtual_service::rule_problem(v, i, reason)),
             }
         }
         for t in &targets {
@@ -232,6 +239,7 @@ pub fn lower(validated: &ValidatedConfig, services: &[Service]) -> (RoutingModel
             }
         }
     }
+    gateway::lower_gateway_bindings(config, &bound, &bound_rules, &mut model, &mut problems);
     (model, problems)
 }
 

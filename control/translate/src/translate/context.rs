@@ -65,6 +65,8 @@ pub(super) struct Ctx<'m> {
     /// Base cluster name (`<port>|<ns>|<svc>`) -> the model's rules for that port whose
     /// references all resolve (see `mesh_rules`).
     pub(super) rules: BTreeMap<String, Vec<HttpRule>>,
+    /// Host -> the ingress gateway's usable rules (VirtualServices bound to Gateways).
+    pub(super) gateway_rules: BTreeMap<String, Vec<HttpRule>>,
 }
 
 impl<'m> Ctx<'m> {
@@ -166,6 +168,7 @@ impl<'m> Ctx<'m> {
             pods,
             routing,
             rules: BTreeMap::new(),
+            gateway_rules: BTreeMap::new(),
         }
     }
 

@@ -7,17 +7,19 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
-use envoy_types::pb::envoy::config::route::v3::{route_match, Route, RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::config::route::v3::{route, route_match, Route, RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 
 use super::context::{cluster_name, ingress_ref, resolve_service_port, Ctx};
 use super::gateway_tls::https_filter_chains;
 use super::listeners::{http_connection_manager, listener_filter, network_filter};
+use super::mesh_routes::{destination_cluster, rule_routes};
 use super::routes::{route_to_service, Side};
 use super::{node_resources, Options, Problem, TlsDelivery};
 use super::{INGRESS_HTTPS_LISTENER, INGRESS_HTTP_LISTENER, INGRESS_ROUTE};
 use crate::envoy::{self, names, resource};
 use crate::model::{Ingress, IngressBackend, PathType, TargetPort};
+use crate::routing::{HttpAction, HttpRule};
 use crate::snapshot::{NodeResources, Resources};
 
 struct IngressPathRoute {
@@ -181,15 +183,66 @@ fn ingress_route_config(
     hosts.entry("*".to_string()).or_default();
     let default_route = defaults.into_iter().next().map(|d| d.route);
 
-    let virtual_hosts = hosts
+    let mut virtual_hosts: Vec<VirtualHost> = hosts
         .into_iter()
         .filter_map(|(host, routes)| ingress_virtual_host(host, routes, default_route.as_ref()))
         .collect();
+    istio_virtual_hosts(ctx, &mut virtual_hosts, problems);
     RouteConfiguration {
         name: INGRESS_ROUTE.to_string(),
         virtual_hosts,
         ignore_port_in_host_matching: true,
         ..Default::default()
+    }
+}
+
+/// The virtual hosts of VirtualServices bound to Gateways, after the Ingress ones: a host an
+/// Ingress already serves stays the Ingress's (Envoy rejects a domain twice), reported.
+fn istio_virtual_hosts(ctx: &Ctx<'_>, virtual_hosts: &mut Vec<VirtualHost>, problems: &mut Vec<Problem>) {
+    let taken: BTreeSet<String> = virtual_hosts.iter().flat_map(|v| v.domains.clone()).collect();
+    for (host, rules) in &ctx.gateway_rules {
+        if taken.contains(host) {
+            problems.push(Problem::IstioRule {
+                object: rules[0].origin.clone(),
+                path: "spec.hosts".into(),
+                message: format!("host {host:?} is already served by an Ingress; not bound to the gateway"),
+            });
+            continue;
+        }
+        let base = gateway_base_route(ctx, rules);
+        let routes = rules
+            .iter()
+            .flat_map(|r| rule_routes(r, &base, &ctx.routing, Side::Gateway))
+            .collect();
+        virtual_hosts.push(VirtualHost {
+            name: host.clone(),
+            domains: vec![host.clone()],
+            routes,
+            ..Default::default()
+        });
+    }
+}
+
+/// What Istio rules on the gateway start from: the label-derived route to the first
+/// destination's Service (its timeout, retries, hashing), or an empty route action.
+fn gateway_base_route(ctx: &Ctx<'_>, rules: &[HttpRule]) -> Route {
+    let first = rules.iter().find_map(|r| match &r.action {
+        HttpAction::Route(ds) => ds.first().map(|d| &d.destination),
+        _ => None,
+    });
+    match first.and_then(|d| ctx.service(&d.service).map(|s| (d, s))) {
+        Some((d, s)) => route_to_service(
+            &destination_cluster(d),
+            route_match::PathSpecifier::Prefix("/".into()),
+            &s.settings.cluster,
+            &s.settings.traffic,
+            Side::Gateway,
+            ctx.opts,
+        ),
+        None => Route {
+            action: Some(route::Action::Route(Default::default())),
+            ..Default::default()
+        },
     }
 }
 

@@ -53,6 +53,28 @@ pub(super) fn resolve(ctx: &Ctx<'_>, problems: &mut Vec<Problem>) -> BTreeMap<St
     out
 }
 
+/// Host -> the usable rules of the ingress gateway's Istio-bound hosts, in order.
+pub(super) fn resolve_gateway(ctx: &Ctx<'_>, problems: &mut Vec<Problem>) -> BTreeMap<String, Vec<HttpRule>> {
+    let mut out = BTreeMap::new();
+    for (host, rules) in &ctx.routing.gateway_hosts {
+        let mut usable = Vec::new();
+        for rule in rules {
+            match unresolved(rule, ctx) {
+                Some(message) => problems.push(Problem::UnresolvedReference {
+                    object: rule.origin.clone(),
+                    rule: rule.name.clone(),
+                    message,
+                }),
+                None => usable.push(rule.clone()),
+            }
+        }
+        if !usable.is_empty() {
+            out.insert(host.clone(), usable);
+        }
+    }
+    out
+}
+
 /// Why a rule cannot be emitted, if it cannot.
 fn unresolved(rule: &HttpRule, ctx: &Ctx<'_>) -> Option<String> {
     let destinations: Vec<&Destination> = match &rule.action {
