@@ -209,6 +209,13 @@ fn istio_virtual_hosts(ctx: &Ctx<'_>, virtual_hosts: &mut Vec<VirtualHost>, prob
             });
             continue;
         }
+        for r in rules.iter().filter(|r| r.fault.is_some()) {
+            problems.push(Problem::IstioRule {
+                object: r.origin.clone(),
+                path: r.name.clone(),
+                message: "fault injection is applied by sidecars only; ignored on the gateway".into(),
+            });
+        }
         let base = gateway_base_route(ctx, rules);
         let routes = rules
             .iter()
