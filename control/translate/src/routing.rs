@@ -44,11 +44,24 @@ pub struct RoutingModel {
     pub policies: BTreeMap<ServiceKey, DestinationPolicy>,
     /// Host (as the client sends it, `*` and `*.suffix` allowed) -> the ingress gateway's rules.
     pub gateway_hosts: BTreeMap<String, Vec<HttpRule>>,
+    /// (Service, port) -> where its opaque TCP connections go (Istio `tcp[]`; the first rule
+    /// for the port wins), weights > 0.
+    pub tcp: BTreeMap<(ServiceKey, u16), TcpRoute>,
+}
+
+/// A weighted split of TCP connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpRoute {
+    pub origin: ObjectRef,
+    pub destinations: Vec<(Destination, u32)>,
 }
 
 impl RoutingModel {
     pub fn is_empty(&self) -> bool {
-        self.http.is_empty() && self.policies.is_empty() && self.gateway_hosts.is_empty()
+        self.http.is_empty()
+            && self.policies.is_empty()
+            && self.gateway_hosts.is_empty()
+            && self.tcp.is_empty()
     }
 }
 

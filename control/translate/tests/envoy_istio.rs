@@ -476,3 +476,55 @@ istio:
     // No rule matches: 404 from the gateway, nothing reaches a backend.
     assert_eq!(status(&http_get(at, "/other", "").unwrap()), 404);
 }
+
+#[test]
+fn a_tcp_route_splits_connections_by_weight_in_envoy() {
+    let Some(envoy_bin) = envoy_or_skip() else { return };
+    let (outbound, admin, app) = (free_port(), free_port(), free_port());
+    // These close after each answer: over tcp_proxy nothing else ends the connection.
+    backend("127.0.0.52", app);
+    backend("127.0.0.53", app);
+    let yaml = format!(
+        r#"services:
+- {{name: db, clusterIPs: [127.0.0.51], ports: [{{name: tcp, port: {outbound}, targetPort: {app}}}], selector: {{app: db}}}}
+pods:
+- {{name: db-v1, ip: 127.0.0.52, labels: {{app: db, version: v1}}}}
+- {{name: db-v2, ip: 127.0.0.53, labels: {{app: db, version: v2}}}}
+istio:
+  destinationRules:
+  - metadata: {{name: db}}
+    spec: {{host: db, subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]}}
+  virtualServices:
+  - metadata: {{name: db}}
+    spec:
+      hosts: [db]
+      tcp: [{{route: [{{destination: {{host: db, subset: v1}}, weight: 80}}, {{destination: {{host: db, subset: v2}}, weight: 20}}]}}]
+"#
+    );
+    let model = MeshModel::from_yaml_str(&yaml).unwrap();
+    let opts = Options {
+        outbound_port: outbound,
+        stats_port: None,
+        admin_port: admin,
+        ..Options::default()
+    };
+    let t = translate(&model, &opts);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let bootstrap =
+        static_bootstrap("client.default", &t.snapshot.for_node("client.default"), admin).unwrap();
+    let _envoy = start_envoy(&envoy_bin, &bootstrap, admin);
+    let at: SocketAddr = ([127, 0, 0, 51], outbound).into();
+    let n = 1000;
+    let mut to_v1 = 0;
+    for _ in 0..n {
+        let r = http_get(at, "/", "").unwrap();
+        // Proxied as bytes: the backend's own answer, no Envoy headers.
+        assert!(!r.to_ascii_lowercase().contains("x-envoy"), "{r}");
+        if body(&r) == "hello from 127.0.0.52" {
+            to_v1 += 1;
+        }
+    }
+    let share = f64::from(to_v1) * 100.0 / f64::from(n);
+    eprintln!("tcp 80/20: {share:.1} % to v1 over {n} connections");
+    assert!((75.0..=85.0).contains(&share), "{share}");
+}

@@ -214,9 +214,36 @@ pub fn lower(validated: &ValidatedConfig, services: &[Service]) -> (RoutingModel
                 }),
             }
         }
+        let mut tcp = Vec::new();
+        for (i, rule) in v.spec.tcp.iter().enumerate() {
+            match virtual_service::lower_tcp_rule(v, rule, &hosts) {
+                Ok(r) => tcp.push(r),
+                Err(message) => problems.push(Problem::IstioRule {
+                    object: origin.clone(),
+                    path: format!("spec.tcp[{i}]"),
+                    message,
+                }),
+            }
+        }
         for t in &targets {
             for &port in &t.ports {
                 let key = (t.service.clone(), port);
+                let first = tcp
+                    .iter()
+                    .find(|(ports, _)| ports.as_ref().is_none_or(|ps| ps.contains(&port)));
+                if let Some((_, route)) = first {
+                    if let Some(earlier) = model.tcp.get(&key) {
+                        problems.push(Problem::IstioConflict {
+                            object: origin.clone(),
+                            winner: earlier.origin.clone(),
+                            message: format!(
+                                "tcp route for port {port} ignored: an earlier VirtualService sets it"
+                            ),
+                        });
+                    } else {
+                        model.tcp.insert(key.clone(), route.clone());
+                    }
+                }
                 let rules: Vec<HttpRule> = lowered.iter().filter_map(|r| r.for_port(port)).collect();
                 if rules.is_empty() {
                     continue;

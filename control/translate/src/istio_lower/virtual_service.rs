@@ -153,6 +153,43 @@ pub(super) fn lower_rule(
     })
 }
 
+/// `tcp[index]` of `v`: the ports it applies to (`None`: every port) and its destinations.
+pub(super) fn lower_tcp_rule(
+    v: &VirtualService,
+    rule: &vs::TcpRoute,
+    hosts: &HostIndex<'_>,
+) -> Result<(Option<Vec<u16>>, crate::routing::TcpRoute), String> {
+    let ns = &v.metadata.namespace;
+    let ports: Vec<u16> = rule
+        .matches
+        .iter()
+        .filter_map(|m| m.port.and_then(|p| u16::try_from(p).ok()))
+        .collect();
+    let any_port = rule.matches.is_empty() || rule.matches.iter().any(|m| m.port.is_none());
+    let single = rule.route.len() == 1;
+    let mut destinations = Vec::new();
+    for r in &rule.route {
+        let weight = match r.weight {
+            None if single => 100,
+            None => 0,
+            Some(w) => u32::try_from(w).map_err(|_| format!("bad weight {w}"))?,
+        };
+        if weight > 0 {
+            destinations.push((destination(&r.destination, ns, hosts)?, weight));
+        }
+    }
+    if destinations.is_empty() {
+        return Err("no destination with a weight above 0".to_string());
+    }
+    Ok((
+        (!any_port).then_some(ports),
+        crate::routing::TcpRoute {
+            origin: ObjectRef::new("VirtualService", ns, &v.metadata.name),
+            destinations,
+        },
+    ))
+}
+
 fn destination(d: &vs::Destination, ns: &str, hosts: &HostIndex<'_>) -> Result<Destination, String> {
     let ResolvedHost { service, ports } = hosts
         .resolve(&d.host, ns)

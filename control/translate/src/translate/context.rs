@@ -67,6 +67,8 @@ pub(super) struct Ctx<'m> {
     pub(super) rules: BTreeMap<String, Vec<HttpRule>>,
     /// Host -> the ingress gateway's usable rules (VirtualServices bound to Gateways).
     pub(super) gateway_rules: BTreeMap<String, Vec<HttpRule>>,
+    /// Base cluster name -> (cluster, weight) of its usable Istio `tcp[]` route.
+    pub(super) tcp_routes: BTreeMap<String, Vec<(String, u32)>>,
 }
 
 impl<'m> Ctx<'m> {
@@ -150,6 +152,13 @@ impl<'m> Ctx<'m> {
                             .contains(&(&*svc.namespace, &*svc.name, port.port))
                             .then_some(PortProtocol::Http)
                             .or_else(|| routed(port).then_some(PortProtocol::Http))
+                            .or_else(|| {
+                                // A port only an Istio `tcp[]` rule names is opaque TCP.
+                                routing
+                                    .tcp
+                                    .contains_key(&(key.clone(), port.port))
+                                    .then_some(PortProtocol::Tcp)
+                            })
                     }),
                 })
                 .collect();
@@ -169,6 +178,7 @@ impl<'m> Ctx<'m> {
             routing,
             rules: BTreeMap::new(),
             gateway_rules: BTreeMap::new(),
+            tcp_routes: BTreeMap::new(),
         }
     }
 

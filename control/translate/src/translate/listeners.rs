@@ -109,6 +109,31 @@ pub(super) fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
     )
 }
 
+/// tcp_proxy splitting connections over `(cluster, weight)` (Istio `tcp[]` routes).
+fn weighted_tcp_proxy(stat_prefix: &str, split: &[(String, u32)]) -> Filter {
+    let specifier = match split {
+        [(only, _)] => tcp_proxy::ClusterSpecifier::Cluster(only.clone()),
+        many => tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
+            clusters: many
+                .iter()
+                .map(|(name, weight)| tcp_proxy::weighted_cluster::ClusterWeight {
+                    name: name.clone(),
+                    weight: *weight,
+                    ..Default::default()
+                })
+                .collect(),
+        }),
+    };
+    network_filter(
+        names::TCP_PROXY,
+        &TcpProxy {
+            stat_prefix: stat_prefix.to_string(),
+            cluster_specifier: Some(specifier),
+            ..Default::default()
+        },
+    )
+}
+
 pub(super) fn listener_filter<M: prost::Message + prost::Name>(name: &str, config: &M) -> ListenerFilter {
     ListenerFilter {
         name: name.to_string(),
@@ -134,7 +159,10 @@ pub(super) fn outbound_listener(ctx: &Ctx<'_>, pod: &Settings) -> Listener {
                     names::HTTP_CONNECTION_MANAGER,
                     &http_connection_manager(&p.cluster, p.cluster.clone(), Side::Sidecar, ctx.opts, true),
                 ),
-                Some(PortProtocol::Tcp) => tcp_proxy(&p.cluster, &p.cluster),
+                Some(PortProtocol::Tcp) => match ctx.tcp_routes.get(&p.cluster) {
+                    Some(split) => weighted_tcp_proxy(&p.cluster, split),
+                    None => tcp_proxy(&p.cluster, &p.cluster),
+                },
                 // `direct` is not redirected by the agent; if a connection arrives anyway (e.g. the
                 // label is only on the Service), forward it untouched rather than block it.
                 Some(PortProtocol::Direct) => tcp_proxy(&p.cluster, PASSTHROUGH_CLUSTER),

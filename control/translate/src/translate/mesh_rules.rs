@@ -75,6 +75,50 @@ pub(super) fn resolve_gateway(ctx: &Ctx<'_>, problems: &mut Vec<Problem>) -> BTr
     out
 }
 
+/// Base cluster name -> the (cluster, weight) split of each usable `tcp[]` route.
+pub(super) fn resolve_tcp(
+    ctx: &Ctx<'_>,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, Vec<(String, u32)>> {
+    let mut out = BTreeMap::new();
+    for ((key, port), route) in &ctx.routing.tcp {
+        let Some(p) = ctx
+            .service(key)
+            .and_then(|s| s.ports.iter().find(|p| p.port.port == *port))
+        else {
+            continue;
+        };
+        if p.protocol != Some(PortProtocol::Tcp) {
+            problems.push(Problem::UnresolvedReference {
+                object: route.origin.clone(),
+                rule: format!("tcp to port {port}"),
+                message: format!("port {port} of {}/{} is not a TCP port", key.namespace, key.name),
+            });
+            continue;
+        }
+        match route
+            .destinations
+            .iter()
+            .find_map(|(d, _)| missing(d, ctx, &ctx.routing))
+        {
+            Some(message) => problems.push(Problem::UnresolvedReference {
+                object: route.origin.clone(),
+                rule: format!("tcp to port {port}"),
+                message,
+            }),
+            None => {
+                let split = route
+                    .destinations
+                    .iter()
+                    .map(|(d, w)| (super::mesh_routes::destination_cluster(d), *w))
+                    .collect();
+                out.insert(p.cluster.clone(), split);
+            }
+        }
+    }
+    out
+}
+
 /// Why a rule cannot be emitted, if it cannot.
 fn unresolved(rule: &HttpRule, ctx: &Ctx<'_>) -> Option<String> {
     let destinations: Vec<&Destination> = match &rule.action {

@@ -170,6 +170,7 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
     let mut ctx = Ctx::new(model, opts, routing, &mut label_errors);
     ctx.rules = mesh_rules::resolve(&ctx, &mut problems);
     ctx.gateway_rules = mesh_rules::resolve_gateway(&ctx, &mut problems);
+    ctx.tcp_routes = mesh_rules::resolve_tcp(&ctx, &mut problems);
 
     // Clusters and endpoint assignments: identical for every node.
     let mut clusters = Resources::new();
