@@ -31,6 +31,7 @@ use traffic_translate::model::MeshModel;
 
 use crate::convert::{build_model, Inputs, TLS_SECRET_TYPE};
 use crate::events::{EventSink, EventType};
+use crate::istio_watch::{istio_stores, spawn_istio_watches, IstioStores, IstioWriters, ISTIO_SYNC_WAIT};
 use crate::problems::{label_problems, INVALID_LABEL_REASON};
 
 /// The resource kinds watched.
@@ -44,6 +45,8 @@ pub enum Watched {
     DaemonSets,
     Ingresses,
     Secrets,
+    /// Any of the four networking.istio.io kinds.
+    Istio,
 }
 
 impl Watched {
@@ -57,6 +60,7 @@ impl Watched {
             Watched::DaemonSets => "daemonsets",
             Watched::Ingresses => "ingresses",
             Watched::Secrets => "secrets",
+            Watched::Istio => "istio",
         }
     }
 }
@@ -72,6 +76,8 @@ pub struct Stores {
     pub daemon_sets: Store<DaemonSet>,
     pub ingresses: Store<Ingress>,
     pub secrets: Store<Secret>,
+    /// Not waited for by [`Stores::wait_until_ready`] (the CRDs may be missing).
+    pub istio: IstioStores,
 }
 
 /// The writing halves matching [`Stores`].
@@ -84,6 +90,7 @@ pub struct Writers {
     pub daemon_sets: reflector::store::Writer<DaemonSet>,
     pub ingresses: reflector::store::Writer<Ingress>,
     pub secrets: reflector::store::Writer<Secret>,
+    pub istio: IstioWriters,
 }
 
 /// Fresh, empty (not yet ready) stores.
@@ -96,6 +103,7 @@ pub fn stores() -> (Stores, Writers) {
     let (daemon_sets, daemon_sets_w) = reflector::store();
     let (ingresses, ingresses_w) = reflector::store();
     let (secrets, secrets_w) = reflector::store();
+    let (istio, istio_w) = istio_stores();
     (
         Stores {
             services,
@@ -106,6 +114,7 @@ pub fn stores() -> (Stores, Writers) {
             daemon_sets,
             ingresses,
             secrets,
+            istio,
         },
         Writers {
             services: services_w,
@@ -116,6 +125,7 @@ pub fn stores() -> (Stores, Writers) {
             daemon_sets: daemon_sets_w,
             ingresses: ingresses_w,
             secrets: secrets_w,
+            istio: istio_w,
         },
     )
 }
@@ -132,8 +142,7 @@ impl Stores {
             daemon_sets: self.daemon_sets.state(),
             ingresses: self.ingresses.state(),
             secrets: self.secrets.state(),
-            // The watches of the networking.istio.io kinds are not wired yet.
-            istio: Default::default(),
+            istio: self.istio.config(),
         }
     }
 
@@ -264,6 +273,9 @@ impl KubeSource {
                 _ => SourceError::SyncTimeout(config.sync_timeout),
             });
         }
+        if !stores.istio.wait_until_ready(ISTIO_SYNC_WAIT).await {
+            info!("networking.istio.io objects not listed yet (CRDs missing?); starting without them");
+        }
         let first = build_model(&stores.inputs());
         info!(
             services = first.services.len(),
@@ -271,6 +283,7 @@ impl KubeSource {
             workloads = first.workloads.len(),
             ingresses = first.ingresses.len(),
             secrets = first.secrets.len(),
+            istio_objects = stores.istio.config().objects().count(),
             "initial Kubernetes state loaded"
         );
         report_label_problems(&first, label_events.as_deref(), &metrics);
@@ -304,7 +317,8 @@ fn spawn_watches(
 ) -> Vec<JoinHandle<()>> {
     let all = watcher::Config::default();
     let tls = watcher::Config::default().fields(&format!("type={TLS_SECRET_TYPE}"));
-    vec![
+    let mut tasks = spawn_istio_watches(client, namespace, w.istio, poke, metrics);
+    tasks.extend([
         spawn_watch(
             api(client, namespace),
             all.clone(),
@@ -369,7 +383,8 @@ fn spawn_watches(
             poke,
             metrics,
         ),
-    ]
+    ]);
+    tasks
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
