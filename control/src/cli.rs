@@ -24,6 +24,17 @@ pub enum Command {
     /// Print the resources one node receives, translated from a model file (offline; nothing is
     /// asked of a running server).
     Config(ConfigArgs),
+    /// Validate Istio objects (VirtualService, DestinationRule, ServiceEntry, Gateway) in
+    /// manifests offline, as the control plane does: one line per problem,
+    /// `<code> <severity> <kind>/<ns>/<name> <field path>: <message>`; exit status 1 on errors.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AnalyzeArgs {
+    /// Manifest files (multi-document YAML or JSON) or directories of them.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -34,10 +45,12 @@ pub struct ServeArgs {
     /// Address of the HTTP server for /metrics and /healthz.
     #[arg(long, env = "TRAFFIC_CONTROL_HTTP_ADDR", default_value = "0.0.0.0:9090")]
     pub http_addr: SocketAddr,
-    /// A static mesh model (YAML, see control/translate/examples/bookinfo.yaml), re-read when it
-    /// changes. Without it the model comes from Kubernetes.
-    #[arg(long, env = "TRAFFIC_CONTROL_MODEL")]
-    pub model: Option<PathBuf>,
+    /// A static mesh model, re-read when it changes: a model file (YAML, see
+    /// control/translate/examples/bookinfo.yaml), or plain Kubernetes manifests (one or more
+    /// multi-document YAML files or directories; objects as `kubectl get -o yaml` prints them).
+    /// Repeat the flag or list several paths. Without it the model comes from Kubernetes.
+    #[arg(long, env = "TRAFFIC_CONTROL_MODEL", num_args = 1..)]
+    pub model: Vec<PathBuf>,
     /// With Kubernetes as the source: watch only this namespace (default: all).
     #[arg(long, env = "TRAFFIC_CONTROL_NAMESPACE")]
     pub namespace: Option<String>,
@@ -69,9 +82,10 @@ pub struct ConfigArgs {
     /// The node: `<pod>.<namespace>`, or `traffic-ingress`.
     #[arg(long)]
     pub node_id: String,
-    /// The mesh model file.
-    #[arg(long, env = "TRAFFIC_CONTROL_MODEL")]
-    pub model: PathBuf,
+    /// The mesh model: a model file, or Kubernetes manifests (files or directories), as for
+    /// `serve --model`.
+    #[arg(long, env = "TRAFFIC_CONTROL_MODEL", required = true, num_args = 1..)]
+    pub model: Vec<PathBuf>,
     /// Only this type (listener, route, cluster, endpoint, secret).
     #[arg(long = "type")]
     pub only: Option<String>,

@@ -7,8 +7,8 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{info, warn};
-use traffic_control::cli::{Cli, Command, ConfigArgs, ServeArgs};
-use traffic_control::{model_file, node_config, rebuild};
+use traffic_control::cli::{AnalyzeArgs, Cli, Command, ConfigArgs, ServeArgs};
+use traffic_control::{analyze, manifests, model_file, node_config, rebuild};
 use traffic_kube_source::{
     rejection_sink, EventMetrics, EventSink, EventsConfig, KubeEvents, KubeSource, SourceConfig,
     SourceMetrics,
@@ -32,7 +32,34 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(serve(args))
         }
         Command::Config(args) => config(args),
+        Command::Analyze(args) => {
+            let errors = run_analyze(args)?;
+            std::process::exit(if errors > 0 { 1 } else { 0 })
+        }
     }
+}
+
+/// Prints the findings; returns how many are errors.
+fn run_analyze(args: AnalyzeArgs) -> anyhow::Result<usize> {
+    let report = analyze::analyze(&args.paths)?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(report.lines().as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
+    }
+    eprintln!("{}", report.summary());
+    Ok(report.errors())
+}
+
+/// A model file, or manifests (see [`manifests::are_manifests`]).
+fn load_model(paths: &[std::path::PathBuf]) -> anyhow::Result<MeshModel> {
+    if manifests::are_manifests(paths)? {
+        let m = manifests::load(paths)?;
+        manifests::log_istio_problems(&m);
+        return Ok(m.model);
+    }
+    Ok(MeshModel::from_yaml_file(&paths[0])?)
 }
 
 /// Returns freed heap to the OS every few seconds. A full first push to 1,000 proxies queues
@@ -53,7 +80,7 @@ fn spawn_heap_trim() {
 }
 
 fn config(args: ConfigArgs) -> anyhow::Result<()> {
-    let model = MeshModel::from_yaml_file(&args.model)?;
+    let model = load_model(&args.model)?;
     let t = rebuild::translate_logged(&model, &args.translate.options());
     let snapshot = traffic_control::grpc::WithApiListeners::from_translation(t.snapshot);
     let resources = snapshot.for_node(&args.node_id);
@@ -84,13 +111,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Option<Arc<dyn EventSink>>,
         _,
         _,
-    ) = match &args.model {
-        Some(path) => {
-            let (rx, _task) = model_file::watch_model_file(path.clone(), args.model_poll())
-                .with_context(|| format!("cannot load the model file {}", path.display()))?;
-            (rx, Arc::new(IgnoreRejections), None, args.debounce(), None)
-        }
-        None => {
+    ) = match args.model.as_slice() {
+        [] => {
             let client = kube::Client::try_default()
                 .await
                 .context("no --model and no usable Kubernetes configuration (in-cluster or KUBECONFIG)")?;
@@ -124,6 +146,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 std::time::Duration::ZERO,
                 Some(source),
             )
+        }
+        paths if manifests::are_manifests(paths)? => {
+            let (rx, _task) = manifests::watch_manifests(paths.to_vec(), args.model_poll())
+                .context("cannot load the manifests")?;
+            (rx, Arc::new(IgnoreRejections), None, args.debounce(), None)
+        }
+        [path, ..] => {
+            let (rx, _task) = model_file::watch_model_file(path.clone(), args.model_poll())
+                .with_context(|| format!("cannot load the model file {}", path.display()))?;
+            (rx, Arc::new(IgnoreRejections), None, args.debounce(), None)
         }
     };
 

@@ -215,6 +215,7 @@ impl ModelParser {
             workloads,
             ingresses,
             secrets,
+            istio: Default::default(),
         })
     }
 

@@ -98,6 +98,10 @@ VALUE_SETS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     (
+        "crds.install=false (Istio's own networking.istio.io CRDs are installed)",
+        {"crds": {"install": False}},
+    ),
+    (
         "runtime=auto (both sockets mounted)",
         {"agent": {"runtime": "auto"}},
     ),
@@ -249,6 +253,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("Service type", {"ingress": {"service": {"type": "External"}}}),
     ("Service name", {"ingress": {"service": {"name": "Traffic_Ingress"}}}),
     ("zero replicas of the control plane", {"control": {"replicas": 0}}),
+    ("crds.install as a string", {"crds": {"install": "no"}}),
 ]
 
 # Values that only render with another value set (checked "alone" on top of these).
@@ -423,7 +428,7 @@ def check_consistency(label: str, values: dict[str, Any], objs: list[dict[str, A
     for dup in {n for n in names if names.count(n) > 1}:
         fail.add(label, f"{dup} rendered twice")
 
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
     for o in objs:
         ns = o["metadata"].get("namespace")
         if o["kind"] in cluster_scoped:

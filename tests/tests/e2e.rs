@@ -15,6 +15,8 @@ use traffic_tests::e2e::{wait_until, E2e, Pod, TestNamespace};
 mod churn;
 #[path = "e2e/faults.rs"]
 mod faults;
+#[path = "e2e/istio_crds.rs"]
+mod istio_crds;
 use traffic_tests::e2e_parse::{cluster_hosts, cluster_stat, outbound_connections, Tally};
 
 const ENABLED: &str = "traffic.envoy.enabled";

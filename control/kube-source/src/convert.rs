@@ -46,6 +46,8 @@ pub struct Inputs {
     /// The time the stores were read, for [`crate::readiness`]: a pod only the node controller
     /// marked unready keeps serving for a grace after the mark. `None` takes `Ready` literally.
     pub now: Option<std::time::SystemTime>,
+    /// The `networking.istio.io` objects (their Gateways' `credentialName` Secrets enter the model).
+    pub istio: traffic_istio::IstioConfig,
 }
 
 /// Build the whole mesh model. Output lists are sorted by (namespace, name) so equal inputs give
@@ -101,6 +103,7 @@ pub fn build_model(inputs: &Inputs) -> MeshModel {
                 .iter()
                 .map(move |t| (i.namespace.as_str(), t.secret_name.as_str()))
         })
+        .chain(gateway_secret_refs(&inputs.istio))
         .collect();
     let mut secrets: Vec<TlsSecret> = inputs
         .secrets
@@ -116,7 +119,19 @@ pub fn build_model(inputs: &Inputs) -> MeshModel {
         workloads,
         ingresses,
         secrets,
+        istio: inputs.istio.clone(),
     }
+}
+
+/// The `kubernetes.io/tls` Secrets Istio Gateways name (`servers[].tls.credentialName`), in the
+/// Gateway's namespace.
+fn gateway_secret_refs(istio: &traffic_istio::IstioConfig) -> impl Iterator<Item = (&str, &str)> {
+    istio.gateways.iter().flat_map(|g| {
+        g.spec.servers.iter().filter_map(move |s| {
+            let name = s.tls.as_ref()?.credential_name.as_deref()?;
+            Some((g.metadata.namespace.as_str(), name))
+        })
+    })
 }
 
 /// `(namespace, name)` of an object, when both are present (they always are on objects read

@@ -15,6 +15,7 @@
 
 pub mod convert;
 pub mod events;
+pub mod istio_watch;
 pub mod nack;
 pub mod problems;
 pub mod readiness;

@@ -76,6 +76,12 @@ pub mod reasons {
     pub const TLS_CERTIFICATE_EXPIRING: &str = "TLSCertificateExpiringSoon";
     /// A host or path Envoy would reject or never match.
     pub const INVALID_INGRESS_RULE: &str = "InvalidIngressRule";
+    /// An Istio rule or setting left out (invalid, or naming what is not there).
+    pub const ISTIO_RULE_REJECTED: &str = "IstioRuleRejected";
+    /// A destination (Service, port, subset) that does not exist: the rule is not emitted.
+    pub const BACKEND_NOT_FOUND_ISTIO: &str = "BackendNotFound";
+    /// An input that lost to another (several VirtualServices/DestinationRules, or labels).
+    pub const OVERRIDDEN: &str = "Overridden";
 }
 
 /// One Event to write for a translation problem.
@@ -98,6 +104,9 @@ pub fn problem_events(problem: &Problem) -> Vec<ProblemEvent> {
         Problem::InvalidTlsSecret { .. } => INVALID_TLS_SECRET,
         Problem::TlsSecretExpiringSoon { .. } => TLS_CERTIFICATE_EXPIRING,
         Problem::InvalidHost { .. } | Problem::InvalidPath { .. } => INVALID_INGRESS_RULE,
+        Problem::IstioRule { .. } => ISTIO_RULE_REJECTED,
+        Problem::UnresolvedReference { .. } => BACKEND_NOT_FOUND_ISTIO,
+        Problem::IstioConflict { .. } | Problem::LabelOverridden { .. } => OVERRIDDEN,
     };
     let message = problem.to_string();
     std::iter::once(problem.object().clone())

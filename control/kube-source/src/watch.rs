@@ -32,6 +32,7 @@ use traffic_translate::model::MeshModel;
 
 use crate::convert::{build_model, Inputs, TLS_SECRET_TYPE};
 use crate::events::{EventSink, EventType};
+use crate::istio_watch::{istio_stores, spawn_istio_watches, IstioStores, IstioWriters, ISTIO_SYNC_WAIT};
 use crate::problems::{label_problems, INVALID_LABEL_REASON};
 
 /// The resource kinds watched.
@@ -45,6 +46,8 @@ pub enum Watched {
     DaemonSets,
     Ingresses,
     Secrets,
+    /// Any of the four networking.istio.io kinds.
+    Istio,
 }
 
 impl Watched {
@@ -58,6 +61,7 @@ impl Watched {
             Watched::DaemonSets => "daemonsets",
             Watched::Ingresses => "ingresses",
             Watched::Secrets => "secrets",
+            Watched::Istio => "istio",
         }
     }
 }
@@ -73,6 +77,8 @@ pub struct Stores {
     pub daemon_sets: Store<DaemonSet>,
     pub ingresses: Store<Ingress>,
     pub secrets: Store<Secret>,
+    /// Not waited for by [`Stores::wait_until_ready`] (the CRDs may be missing).
+    pub istio: IstioStores,
 }
 
 /// The writing halves matching [`Stores`].
@@ -85,6 +91,7 @@ pub struct Writers {
     pub daemon_sets: reflector::store::Writer<DaemonSet>,
     pub ingresses: reflector::store::Writer<Ingress>,
     pub secrets: reflector::store::Writer<Secret>,
+    pub istio: IstioWriters,
 }
 
 /// Fresh, empty (not yet ready) stores.
@@ -97,6 +104,7 @@ pub fn stores() -> (Stores, Writers) {
     let (daemon_sets, daemon_sets_w) = reflector::store();
     let (ingresses, ingresses_w) = reflector::store();
     let (secrets, secrets_w) = reflector::store();
+    let (istio, istio_w) = istio_stores();
     (
         Stores {
             services,
@@ -107,6 +115,7 @@ pub fn stores() -> (Stores, Writers) {
             daemon_sets,
             ingresses,
             secrets,
+            istio,
         },
         Writers {
             services: services_w,
@@ -117,6 +126,7 @@ pub fn stores() -> (Stores, Writers) {
             daemon_sets: daemon_sets_w,
             ingresses: ingresses_w,
             secrets: secrets_w,
+            istio: istio_w,
         },
     )
 }
@@ -134,6 +144,7 @@ impl Stores {
             ingresses: self.ingresses.state(),
             secrets: self.secrets.state(),
             now: Some(std::time::SystemTime::now()),
+            istio: self.istio.config(),
         }
     }
 
@@ -264,6 +275,9 @@ impl KubeSource {
                 _ => SourceError::SyncTimeout(config.sync_timeout),
             });
         }
+        if !stores.istio.wait_until_ready(ISTIO_SYNC_WAIT).await {
+            info!("networking.istio.io objects not listed yet (CRDs missing?); starting without them");
+        }
         let first = build_model(&stores.inputs());
         info!(
             services = first.services.len(),
@@ -271,6 +285,7 @@ impl KubeSource {
             workloads = first.workloads.len(),
             ingresses = first.ingresses.len(),
             secrets = first.secrets.len(),
+            istio_objects = stores.istio.config().objects().count(),
             "initial Kubernetes state loaded"
         );
         report_label_problems(&first, label_events.as_deref(), &metrics);
@@ -304,7 +319,8 @@ fn spawn_watches(
 ) -> Vec<JoinHandle<()>> {
     let all = watcher::Config::default();
     let tls = watcher::Config::default().fields(&format!("type={TLS_SECRET_TYPE}"));
-    vec![
+    let mut tasks = spawn_istio_watches(client, namespace, w.istio, poke, metrics);
+    tasks.extend([
         spawn_watch(
             api(client, namespace),
             all.clone(),
@@ -369,7 +385,8 @@ fn spawn_watches(
             poke,
             metrics,
         ),
-    ]
+    ]);
+    tasks
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>

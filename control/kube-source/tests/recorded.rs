@@ -36,6 +36,7 @@ fn recorded() -> Inputs {
         ingresses: load("ingresses.json"),
         secrets: load("secrets.json"),
         now: None,
+        istio: Default::default(),
     }
 }
 

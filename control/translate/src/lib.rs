@@ -3,6 +3,8 @@
 //! - [`model`]: Services, Pods, workloads, Ingresses and TLS Secrets (+ a YAML loader).
 //! - [`translate`]: model + [`translate::Options`] -> [`translate::Snapshot`] (shared `Arc`
 //!   resources, per-node overrides only where a pod's labels change something).
+//! - [`routing`]: the one routing model front ends lower into (host -> ordered rules ->
+//!   weighted destinations + per-destination policy); [`istio_lower`] lowers Istio objects into it.
 //! - [`snapshot`]: the seam the xDS server consumes.
 //! - [`consistency`]: every referenced route/cluster/endpoint/secret name exists.
 //! - [`render`]: a static Envoy bootstrap of a node's resources, and a readable text dump.
@@ -11,8 +13,10 @@
 pub mod consistency;
 pub mod envoy;
 pub mod ingress_check;
+pub mod istio_lower;
 pub mod model;
 pub mod render;
+pub mod routing;
 pub mod snapshot;
 pub mod tls;
 pub mod translate;

@@ -47,6 +47,10 @@ pub struct MeshModel {
     /// `kubernetes.io/tls` Secrets referenced by Ingress `tls[].secretName`.
     #[serde(default)]
     pub secrets: Vec<TlsSecret>,
+    /// `networking.istio.io` objects (VirtualService, DestinationRule, ...), lowered into the
+    /// routing model by [`crate::istio_lower`].
+    #[serde(default, skip_serializing_if = "traffic_istio::IstioConfig::is_empty")]
+    pub istio: traffic_istio::IstioConfig,
 }
 
 /// A Kubernetes Service (ClusterIP; headless Services have no `clusterIPs`).

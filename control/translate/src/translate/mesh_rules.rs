@@ -1,0 +1,192 @@
+//! The routing model's rules checked against what is pushed: a rule naming a Service, port or
+//! subset that has no cluster is not emitted (and reported), so no route ever names a missing
+//! cluster (Envoy's 503 `NC`). Also reports label settings the rules override.
+
+use std::collections::BTreeMap;
+
+use traffic_labels::PortProtocol;
+
+use super::context::{service_ref, Ctx};
+use super::Problem;
+use crate::routing::{Destination, HttpAction, HttpRule, RoutingModel};
+
+/// Base cluster name -> the usable rules of that Service port, in order.
+pub(super) fn resolve(ctx: &Ctx<'_>, problems: &mut Vec<Problem>) -> BTreeMap<String, Vec<HttpRule>> {
+    let mut out = BTreeMap::new();
+    for ((key, port), rules) in &ctx.routing.http {
+        let Some(s) = ctx.service(key) else {
+            continue; // lowering only places rules on existing Services
+        };
+        let Some(p) = s.ports.iter().find(|p| p.port.port == *port) else {
+            continue;
+        };
+        if p.protocol != Some(PortProtocol::Http) {
+            for rule in rules {
+                problems.push(Problem::UnresolvedReference {
+                    object: rule.origin.clone(),
+                    rule: rule.name.clone(),
+                    message: format!(
+                        "port {port} of Service {}/{} is not HTTP (name it http-* or label it traffic.port.{port}=http)",
+                        key.namespace, key.name
+                    ),
+                });
+            }
+            continue;
+        }
+        let mut usable = Vec::new();
+        for rule in rules {
+            match unresolved(rule, ctx) {
+                Some(message) => problems.push(Problem::UnresolvedReference {
+                    object: rule.origin.clone(),
+                    rule: rule.name.clone(),
+                    message,
+                }),
+                None => usable.push(rule.clone()),
+            }
+        }
+        if usable.is_empty() {
+            continue;
+        }
+        label_overrides(s, *port, &usable, problems);
+        out.insert(p.cluster.clone(), usable);
+    }
+    out
+}
+
+/// Host -> the usable rules of the ingress gateway's Istio-bound hosts, in order.
+pub(super) fn resolve_gateway(ctx: &Ctx<'_>, problems: &mut Vec<Problem>) -> BTreeMap<String, Vec<HttpRule>> {
+    let mut out = BTreeMap::new();
+    for (host, rules) in &ctx.routing.gateway_hosts {
+        let mut usable = Vec::new();
+        for rule in rules {
+            match unresolved(rule, ctx) {
+                Some(message) => problems.push(Problem::UnresolvedReference {
+                    object: rule.origin.clone(),
+                    rule: rule.name.clone(),
+                    message,
+                }),
+                None => usable.push(rule.clone()),
+            }
+        }
+        if !usable.is_empty() {
+            out.insert(host.clone(), usable);
+        }
+    }
+    out
+}
+
+/// Base cluster name -> the (cluster, weight) split of each usable `tcp[]` route.
+pub(super) fn resolve_tcp(
+    ctx: &Ctx<'_>,
+    problems: &mut Vec<Problem>,
+) -> BTreeMap<String, Vec<(String, u32)>> {
+    let mut out = BTreeMap::new();
+    for ((key, port), route) in &ctx.routing.tcp {
+        let Some(p) = ctx
+            .service(key)
+            .and_then(|s| s.ports.iter().find(|p| p.port.port == *port))
+        else {
+            continue;
+        };
+        if p.protocol != Some(PortProtocol::Tcp) {
+            problems.push(Problem::UnresolvedReference {
+                object: route.origin.clone(),
+                rule: format!("tcp to port {port}"),
+                message: format!("port {port} of {}/{} is not a TCP port", key.namespace, key.name),
+            });
+            continue;
+        }
+        match route
+            .destinations
+            .iter()
+            .find_map(|(d, _)| missing(d, ctx, &ctx.routing))
+        {
+            Some(message) => problems.push(Problem::UnresolvedReference {
+                object: route.origin.clone(),
+                rule: format!("tcp to port {port}"),
+                message,
+            }),
+            None => {
+                let split = route
+                    .destinations
+                    .iter()
+                    .map(|(d, w)| (super::mesh_routes::destination_cluster(d), *w))
+                    .collect();
+                out.insert(p.cluster.clone(), split);
+            }
+        }
+    }
+    out
+}
+
+/// Why a rule cannot be emitted, if it cannot.
+fn unresolved(rule: &HttpRule, ctx: &Ctx<'_>) -> Option<String> {
+    let destinations: Vec<&Destination> = match &rule.action {
+        HttpAction::Route(ds) => ds.iter().map(|d| &d.destination).collect(),
+        HttpAction::Redirect(_) | HttpAction::DirectResponse { .. } => Vec::new(),
+    };
+    let mirrors = rule.mirrors.iter().map(|m| &m.destination);
+    for d in destinations.into_iter().chain(mirrors) {
+        if let Some(why) = missing(d, ctx, &ctx.routing) {
+            return Some(why);
+        }
+    }
+    None
+}
+
+fn missing(d: &Destination, ctx: &Ctx<'_>, routing: &RoutingModel) -> Option<String> {
+    let host = format!("{}.{}", d.service.name, d.service.namespace);
+    let Some(s) = ctx.service(&d.service) else {
+        return Some(format!("destination {host} is not a Service"));
+    };
+    if !s.ports.iter().any(|p| p.port.port == d.port) {
+        return Some(format!("destination {host} has no TCP port {}", d.port));
+    }
+    let subset = d.subset.as_deref()?;
+    let defined = routing
+        .policies
+        .get(&d.service)
+        .is_some_and(|p| p.subset(subset).is_some());
+    (!defined).then(|| format!("subset {subset:?} of {host} is defined by no DestinationRule"))
+}
+
+/// A label setting of the Service that a rule replaces is reported on the Service (the label
+/// still applies to rules that do not set it).
+fn label_overrides(
+    s: &super::context::SvcCtx<'_>,
+    port: u16,
+    rules: &[HttpRule],
+    problems: &mut Vec<Problem>,
+) {
+    let t = &s.settings.traffic;
+    let r = &t.retries;
+    let labelled = [
+        ("traffic.request.timeout", t.request_timeout.is_some()),
+        (
+            "traffic.retries.*",
+            r.on_5xx.is_some() || r.on_connect_failure.is_some() || r.on_gateway_error.is_some(),
+        ),
+        (
+            "traffic.fault.*",
+            t.fault.delay_time.is_some() || t.fault.abort_status.is_some(),
+        ),
+    ];
+    for (setting, set) in labelled {
+        if !set {
+            continue;
+        }
+        let by = rules.iter().find(|rule| match setting {
+            "traffic.request.timeout" => rule.timeout.is_some(),
+            "traffic.retries.*" => rule.retries.is_some(),
+            _ => rule.fault.is_some(),
+        });
+        if let Some(rule) = by {
+            problems.push(Problem::LabelOverridden {
+                service: service_ref(s.svc),
+                setting: setting.to_string(),
+                port,
+                by: rule.origin.clone(),
+            });
+        }
+    }
+}
