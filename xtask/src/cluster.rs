@@ -69,11 +69,10 @@ pub fn import_env(needed: &[&str]) -> anyhow::Result<()> {
 
 /// Variables of env.sh that depend on the cluster's runtime mode: always taken from the running
 /// cluster's env.sh (an environment sourced before a mode switch would name the other mode).
-const RUNTIME_VARS: [&str; 4] = [
+const RUNTIME_VARS: [&str; 3] = [
     ENV_RUNTIME,
     "TRAFFIC_E2E_CONTAINERD_SOCK",
     "TRAFFIC_E2E_CONTAINERD_NAMESPACE",
-    "CONTAINERD_ADDRESS",
 ];
 
 /// The running cluster's runtime mode, with its runtime variables imported into this process
