@@ -363,7 +363,13 @@ impl E2e {
 
     /// `kubectl <args>`; fails (with stderr) on a non-zero exit.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = run_timeout(self.command("kubectl").args(args), Duration::from_secs(60))?;
+        self.kubectl_within(args, Duration::from_secs(60))
+    }
+
+    /// [`Self::kubectl`] killed after `timeout` (for `kubectl wait --timeout=…`, which must get
+    /// the time it asks for).
+    pub fn kubectl_within(&self, args: &[&str], timeout: Duration) -> anyhow::Result<String> {
+        let out = run_timeout(self.command("kubectl").args(args), timeout)?;
         anyhow::ensure!(out.ok, "kubectl {} failed: {}", args.join(" "), out.stderr.trim());
         Ok(out.stdout)
     }
@@ -383,15 +389,18 @@ impl E2e {
         self.kubectl(&["label", "namespace", &ns.name, &format!("{NAMESPACE_LABEL}=true")])?;
         let app = self.manifests.join("app.yaml");
         self.kubectl(&["apply", "-n", &ns.name, "-f", &app.to_string_lossy()])?;
-        self.kubectl(&[
-            "wait",
-            "-n",
-            &ns.name,
-            "--for=condition=available",
-            "deployment",
-            "--all",
-            "--timeout=120s",
-        ])?;
+        self.kubectl_within(
+            &[
+                "wait",
+                "-n",
+                &ns.name,
+                "--for=condition=available",
+                "deployment",
+                "--all",
+                "--timeout=120s",
+            ],
+            Duration::from_secs(130),
+        )?;
         Ok(ns)
     }
 
