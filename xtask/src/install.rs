@@ -1231,8 +1231,8 @@ fn uninstall(installed: &mut Installed, mode: &str) -> anyhow::Result<()> {
         "before the uninstall the node should hold the witness' sidecar, {mode} redirect and annotation: {before:#?}"
     );
     eprintln!(
-        "e2e-install: before the uninstall: {} sidecar(s), {} pin root entr(y/ies), {} iptables rule(s), annotated pods {:?}",
-        before.sidecars.len(),
+        "e2e-install: before the uninstall: sidecar objects in the runtime {:?}, {} pin root entr(y/ies), {} iptables rule(s), annotated pods {:?}",
+        before.sidecars,
         before.bpf_pins.len(),
         before.iptables.len(),
         before.annotated_pods
