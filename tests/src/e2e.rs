@@ -1,5 +1,6 @@
 //! Harness of the end-to-end suite on a real Kubernetes node (`tests/tests/e2e.rs`, run by
-//! `cargo xtask e2e`): kubectl/docker helpers, a per-test namespace with the test app
+//! `cargo xtask e2e`): kubectl helpers and the node's runtime (Docker or containerd,
+//! [`crate::node_runtime`]), a per-test namespace with the test app
 //! (`tests/e2e/manifests/app.yaml`) deleted on drop, waits with timeouts, the node's redirect state
 //! (BPF programs on a pod cgroup, the iptables chain in a pod netns, pinned/recorded state), the
 //! sidecar's Envoy admin, and control of the agent process started by the xtask (kill -9, restart).
@@ -18,9 +19,10 @@ use anyhow::{bail, Context};
 use serde_json::Value;
 
 use crate::e2e_parse::{cluster_vars, dns_name, timing_line};
+use crate::node_runtime::NodeRuntime;
 
-/// Label on every Docker container the agent starts as a sidecar: the pod uid.
-pub const SIDECAR_POD_UID: &str = "traffic.envoy.pod-uid";
+/// Label on every container the agent starts as a sidecar: the pod uid.
+pub const SIDECAR_POD_UID: &str = crate::node_runtime::LABEL_POD_UID;
 /// Label on every namespace the suite creates (the xtask sweeps leftovers by it).
 pub const NAMESPACE_LABEL: &str = "traffic-e2e";
 /// Default eBPF pin root and iptables state dir of the agent.
@@ -241,6 +243,8 @@ fn process_alive(pid: i32) -> bool {
 pub struct E2e {
     env: Vec<(String, String)>,
     pub mode: String,
+    /// The node's container runtime (sidecars, sandboxes, app containers).
+    pub runtime: NodeRuntime,
     pub kubepods: PathBuf,
     pub agent: Option<ProcessControl>,
     pub control: Option<ProcessControl>,
@@ -319,8 +323,13 @@ impl E2e {
             .map(PathBuf::from)
             .or_else(|| crate::cgroup2_mount().map(|m| m.join("kubepods")))
             .unwrap_or_else(|| PathBuf::from("/sys/fs/cgroup/kubepods"));
+        let runtime = match NodeRuntime::new(env.clone(), lookup) {
+            Ok(r) => r,
+            Err(e) => return skip_or_fail(format!("{e:#}")),
+        };
         let e2e = E2e {
             env,
+            runtime,
             mode: std::env::var(ENV_MODE).unwrap_or_else(|_| "ebpf".into()),
             kubepods,
             agent: ProcessControl::from_env("agent", ENV_AGENT_PIDFILE, ENV_AGENT_ARGV, ENV_AGENT_LOG),
@@ -337,8 +346,11 @@ impl E2e {
             Ok(_) => {}
             Err(e) => return skip_or_fail(format!("the cluster is not reachable: {e:#}")),
         }
-        if let Err(e) = e2e.docker(&["version", "--format", "{{.Server.Version}}"]) {
-            return skip_or_fail(format!("the node's Docker is not reachable: {e:#}"));
+        if let Err(e) = e2e.runtime.check() {
+            return skip_or_fail(format!(
+                "the node's runtime ({}) is not reachable: {e:#}",
+                e2e.runtime.kind
+            ));
         }
         Some(e2e)
     }
@@ -351,7 +363,13 @@ impl E2e {
 
     /// `kubectl <args>`; fails (with stderr) on a non-zero exit.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = run_timeout(self.command("kubectl").args(args), Duration::from_secs(60))?;
+        self.kubectl_within(args, Duration::from_secs(60))
+    }
+
+    /// [`Self::kubectl`] killed after `timeout` (for `kubectl wait --timeout=…`, which must get
+    /// the time it asks for).
+    pub fn kubectl_within(&self, args: &[&str], timeout: Duration) -> anyhow::Result<String> {
+        let out = run_timeout(self.command("kubectl").args(args), timeout)?;
         anyhow::ensure!(out.ok, "kubectl {} failed: {}", args.join(" "), out.stderr.trim());
         Ok(out.stdout)
     }
@@ -363,13 +381,6 @@ impl E2e {
         serde_json::from_str(&text).with_context(|| format!("kubectl {} -o json", args.join(" ")))
     }
 
-    /// `docker <args>` against the node's dockerd; fails on a non-zero exit.
-    pub fn docker(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = run_timeout(self.command("docker").args(args), Duration::from_secs(60))?;
-        anyhow::ensure!(out.ok, "docker {} failed: {}", args.join(" "), out.stderr.trim());
-        Ok(out.stdout)
-    }
-
     /// A fresh namespace `e2e-<scenario>-<random>` with the test app, every Deployment available.
     pub fn namespace(&self, scenario: &str) -> anyhow::Result<TestNamespace<'_>> {
         let name = dns_name(&format!("e2e-{scenario}"), &random_suffix());
@@ -378,15 +389,18 @@ impl E2e {
         self.kubectl(&["label", "namespace", &ns.name, &format!("{NAMESPACE_LABEL}=true")])?;
         let app = self.manifests.join("app.yaml");
         self.kubectl(&["apply", "-n", &ns.name, "-f", &app.to_string_lossy()])?;
-        self.kubectl(&[
-            "wait",
-            "-n",
-            &ns.name,
-            "--for=condition=available",
-            "deployment",
-            "--all",
-            "--timeout=120s",
-        ])?;
+        self.kubectl_within(
+            &[
+                "wait",
+                "-n",
+                &ns.name,
+                "--for=condition=available",
+                "deployment",
+                "--all",
+                "--timeout=120s",
+            ],
+            Duration::from_secs(130),
+        )?;
         Ok(ns)
     }
 
@@ -412,20 +426,14 @@ impl E2e {
         .with_context(|| format!("waiting for {what}"))
     }
 
-    /// Sidecar containers (any state) of a pod: `(id, state)`.
+    /// Sidecar containers (any state) of a pod: `(id, state)` (state as Docker says it:
+    /// `running`, `created`, `exited`).
     pub fn sidecars(&self, pod_uid: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let out = self.docker(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label={SIDECAR_POD_UID}={pod_uid}"),
-            "--format",
-            "{{.ID}} {{.State}}",
-        ])?;
-        Ok(out
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(id, st)| (id.to_string(), st.to_string()))
+        Ok(self
+            .runtime
+            .sidecars(Some(pod_uid), None)?
+            .into_iter()
+            .map(|s| (s.id, s.state))
             .collect())
     }
 
@@ -440,19 +448,7 @@ impl E2e {
 
     /// Host pid of a pod's sandbox (pause) container: `/proc/<pid>/ns/net` is the pod netns.
     pub fn sandbox_pid(&self, pod_uid: &str) -> anyhow::Result<Option<u32>> {
-        let ids = self.docker(&[
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=io.kubernetes.pod.uid={pod_uid}"),
-            "--filter",
-            "label=io.kubernetes.docker.type=podsandbox",
-        ])?;
-        let Some(id) = ids.lines().next() else {
-            return Ok(None);
-        };
-        let pid = self.docker(&["inspect", "-f", "{{.State.Pid}}", id])?;
-        Ok(pid.trim().parse().ok().filter(|p| *p > 0))
+        self.runtime.sandbox_pid(pod_uid)
     }
 
     /// The pod-level cgroup v2 directory (`…/kubepods[/<qos>]/pod<uid>`), if it exists.
@@ -489,42 +485,31 @@ impl E2e {
         Ok(st)
     }
 
-    /// GET `path` from a sidecar's Envoy admin (`docker exec <sidecar> wget`, the Envoy image has
+    /// GET `path` from a sidecar's Envoy admin (`wget` run in the sidecar, the Envoy image has
     /// busybox; the sidecar itself is never redirected).
     pub fn envoy_admin(&self, sidecar: &str, path: &str) -> anyhow::Result<String> {
-        self.docker(&[
-            "exec",
+        self.runtime.exec_sidecar(
             sidecar,
-            "wget",
-            "-qO-",
-            "-T",
-            "5",
-            &format!("http://127.0.0.1:{ENVOY_ADMIN_PORT}{path}"),
-        ])
+            &[
+                "wget",
+                "-qO-",
+                "-T",
+                "5",
+                &format!("http://127.0.0.1:{ENVOY_ADMIN_PORT}{path}"),
+            ],
+        )
     }
 
-    /// The Docker id of a pod's running app container `container`.
+    /// The runtime's id of a pod's running app container `container`.
     pub fn app_container(&self, pod_uid: &str, container: &str) -> anyhow::Result<String> {
-        let ids = self.docker(&[
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=io.kubernetes.pod.uid={pod_uid}"),
-            "--filter",
-            &format!("label=io.kubernetes.container.name={container}"),
-        ])?;
-        ids.lines()
-            .next()
-            .map(str::to_string)
-            .with_context(|| format!("no running container {container} in pod {pod_uid}"))
+        self.runtime.app_container(pod_uid, container)
     }
 
-    /// Copies a host file into a pod's app container (`docker cp`; the test image runs host-built
-    /// binaries, it carries the host's glibc).
+    /// Copies a host file into a pod's app container (the test image runs host-built binaries,
+    /// it carries the host's glibc).
     pub fn copy_into(&self, pod_uid: &str, container: &str, src: &Path, dst: &str) -> anyhow::Result<()> {
         let id = self.app_container(pod_uid, container)?;
-        self.docker(&["cp", &src.to_string_lossy(), &format!("{id}:{dst}")])
-            .map(drop)
+        self.runtime.copy_into_app(&id, src, dst)
     }
 
     /// Appends a timing sample to the suite's timings file (summarized by the xtask) and prints it.

@@ -489,7 +489,8 @@ pub fn is_agent_run(cmdline: &[u8]) -> bool {
 /// What an uninstall left on the node; [`Leftovers::is_empty`] when nothing.
 #[derive(Debug, Default)]
 pub struct Leftovers {
-    /// Containers (any state) with the sidecar label: `id name`.
+    /// What of ours the runtime holds (containers with the sidecar label; on containerd also
+    /// tasks, active snapshots and leases in our namespace), one line each.
     pub sidecars: Vec<String>,
     /// Entries under the pin root.
     pub bpf_pins: Vec<PathBuf>,
@@ -514,47 +515,20 @@ fn output(cmd: &mut Command) -> anyhow::Result<String> {
     Ok(out.stdout)
 }
 
-/// Reads the node (docker, bpffs, every pod sandbox's netns, the API) for what an agent leaves:
-/// needs root, `DOCKER_HOST` and `KUBECONFIG` in the environment.
+/// Reads the node (the runtime, bpffs, every pod sandbox's netns, the API) for what an agent
+/// leaves: needs root, `KUBECONFIG` and the runtime's variables (`DOCKER_HOST`, or
+/// `TRAFFIC_E2E_RUNTIME=containerd` and its socket) in the environment.
 pub fn node_leftovers(pin_root: &Path) -> anyhow::Result<Leftovers> {
-    let sidecars = output(Command::new("docker").args([
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label={SIDECAR_MANAGED_BY}"),
-        "--format",
-        "{{.ID}} {{.Names}}",
-    ]))?
-    .lines()
-    .map(str::to_string)
-    .collect();
+    let runtime = crate::node_runtime::NodeRuntime::from_env()?;
     let mut left = Leftovers {
-        sidecars,
+        sidecars: runtime.ours()?,
         ..Leftovers::default()
     };
     if let Ok(entries) = std::fs::read_dir(pin_root) {
         left.bpf_pins = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     }
-    let sandboxes = output(Command::new("docker").args([
-        "ps",
-        "-q",
-        "--filter",
-        "label=io.kubernetes.docker.type=podsandbox",
-    ]))?;
-    for id in sandboxes.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let info = output(Command::new("docker").args([
-            "inspect",
-            "-f",
-            "{{.State.Pid}} {{index .Config.Labels \"io.kubernetes.pod.namespace\"}}/{{index .Config.Labels \"io.kubernetes.pod.name\"}}",
-            id,
-        ]))?;
-        let Some((pid, pod)) = info.trim().split_once(' ') else {
-            continue;
-        };
-        if pid == "0" {
-            continue;
-        }
-        for (save, rules) in netns_iptables_saves(pid, &[])? {
+    for (pid, pod) in runtime.sandboxes()? {
+        for (save, rules) in netns_iptables_saves(&pid.to_string(), &[])? {
             left.iptables.extend(
                 our_iptables_rules(&rules)
                     .into_iter()

@@ -13,6 +13,7 @@ pub mod e2e_apiserver;
 pub mod e2e_faults;
 pub mod e2e_parse;
 pub mod install;
+pub mod node_runtime;
 pub mod pod;
 pub mod privileged;
 pub mod scratch;

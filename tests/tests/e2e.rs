@@ -135,7 +135,7 @@ mod scenario {
     /// 1: sidecar, annotations, redirect; the call to the Service goes through the client's Envoy.
     pub fn sidecar_and_redirect(e2e: &E2e) {
         let (ns, client, ip) = enabled_client(e2e, "sidecar");
-        let sidecars = e2e.sidecars(&client.pod.uid).expect("docker ps");
+        let sidecars = e2e.sidecars(&client.pod.uid).expect("list sidecars");
         assert_eq!(sidecars.len(), 1, "exactly one sidecar: {sidecars:?}");
         let proxy = client.pod.annotation(PROXY_ANNOTATION).unwrap_or("");
         assert!(
@@ -354,10 +354,10 @@ mod scenario {
         .unwrap_or_else(|e| panic!("{e:#}"));
         // Give the restarted agent a few reconcile rounds, then: still exactly the one sidecar.
         std::thread::sleep(Duration::from_secs(3));
-        let sidecars = e2e.sidecars(&client.pod.uid).expect("docker ps");
+        let sidecars = e2e.sidecars(&client.pod.uid).expect("list sidecars");
         assert_eq!(sidecars.len(), 1, "no duplicate sidecar: {sidecars:?}");
         assert!(sidecars[0].0.starts_with(&client.sidecar) || client.sidecar.starts_with(&sidecars[0].0));
-        assert_eq!(e2e.sidecars(&v1.uid).expect("docker ps").len(), 1);
+        assert_eq!(e2e.sidecars(&v1.uid).expect("list sidecars").len(), 1);
         assert!(agent.alive(), "the restarted agent keeps running");
         let replies = ns
             .get_many(&client.pod.name, &url(&ip, 9080), 6)

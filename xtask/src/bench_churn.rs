@@ -31,6 +31,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         // Many sidecars start at once: more of them in parallel.
         agent_args: vec!["--concurrency".into(), "8".into()],
         no_build: o.no_build,
+        // The running cluster's.
+        runtime: None,
         keep_logs: false,
         nocapture: true,
         test_env: vec![

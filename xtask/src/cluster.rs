@@ -2,11 +2,13 @@
 //! `cluster-down.sh` of the machine's shared e2e kit (`../shared/e2e` next to the repository, or
 //! `TRAFFIC_E2E_KIT`). `cargo xtask test` brings it up when it is not running, runs the e2e
 //! suites on it, and brings it down again (also on failure); a cluster that was already running
-//! is used and left running.
+//! is used and left running, in the runtime mode it had (`TRAFFIC_E2E_RUNTIME`: docker or
+//! containerd; a `cluster-up` in the other mode replaces the running cluster).
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use traffic_tests::e2e::{cluster_env, CLUSTER_ENV_SH as ENV_SH};
+use traffic_tests::node_runtime::{RuntimeKind, ENV_RUNTIME};
 
 use crate::cmd;
 
@@ -65,38 +67,94 @@ pub fn import_env(needed: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A running cluster; brought down on drop when this process brought it up.
-pub struct Cluster {
-    kit: PathBuf,
-    owned: bool,
-}
+/// Variables of env.sh that depend on the cluster's runtime mode: always taken from the running
+/// cluster's env.sh (an environment sourced before a mode switch would name the other mode).
+const RUNTIME_VARS: [&str; 3] = [
+    ENV_RUNTIME,
+    "TRAFFIC_E2E_CONTAINERD_SOCK",
+    "TRAFFIC_E2E_CONTAINERD_NAMESPACE",
+];
 
-impl Cluster {
-    /// Brings the cluster up (idempotent; a partly dead cluster is restarted by the script).
-    pub fn up(kit: &Path) -> anyhow::Result<Self> {
-        let was_up = cluster_running();
-        let mut cluster = Self {
-            kit: kit.to_path_buf(),
-            owned: !was_up,
-        };
-        if let Err(e) = cmd::run(&mut Command::new(kit.join("cluster-up.sh"))) {
-            // The script may have started part of it: take that down too.
-            cluster.owned = true;
-            return Err(e);
+/// The running cluster's runtime mode, with its runtime variables imported into this process
+/// (set, or removed when the mode has none). Call it before any thread starts.
+pub fn runtime() -> anyhow::Result<RuntimeKind> {
+    let vars = env_vars()?;
+    for k in RUNTIME_VARS {
+        match vars.iter().find(|(n, _)| n == k) {
+            // Single-threaded at this point (the caller's contract).
+            Some((_, v)) => std::env::set_var(k, v),
+            None => std::env::remove_var(k),
         }
-        if was_up {
-            eprintln!("e2e: using the cluster that was already running (left running afterwards)");
-        }
-        Ok(cluster)
+    }
+    match vars.iter().find(|(n, _)| n == ENV_RUNTIME) {
+        Some((_, v)) => RuntimeKind::parse(v),
+        None => Ok(RuntimeKind::Docker),
     }
 }
 
-impl Drop for Cluster {
+/// The running cluster's runtime; fails when `wanted` names another one (the e2e tasks use the
+/// cluster as it is: bring it up in the mode wanted first).
+pub fn require_runtime(wanted: Option<RuntimeKind>) -> anyhow::Result<RuntimeKind> {
+    let running = runtime()?;
+    if let Some(w) = wanted {
+        anyhow::ensure!(
+            w == running,
+            "--runtime {w} but the running cluster's runtime is {running}: bring it up with \
+             `TRAFFIC_E2E_RUNTIME={w} cluster-up.sh` first"
+        );
+    }
+    eprintln!("e2e: the cluster's runtime is {running}");
+    Ok(running)
+}
+
+/// The cluster across the runtime passes of `cargo xtask test`: each [`Session::up`] brings it up
+/// in one mode (replacing a cluster of the other mode); on drop the machine gets back what it had:
+/// the cluster in the mode it was running in, or none.
+pub struct Session {
+    kit: PathBuf,
+    /// The mode of the cluster that was running before, if any.
+    before: Option<RuntimeKind>,
+    current: Option<RuntimeKind>,
+}
+
+impl Session {
+    pub fn new(kit: &Path) -> Self {
+        let before = cluster_running().then(|| runtime().ok()).flatten();
+        Session {
+            kit: kit.to_path_buf(),
+            before,
+            current: before,
+        }
+    }
+
+    /// `cluster-up.sh` in mode `kind` (idempotent when that mode runs), its env imported.
+    pub fn up(&mut self, kind: RuntimeKind) -> anyhow::Result<()> {
+        // Whatever happens now, the cluster may be in any state: drop restores or downs it.
+        self.current = Some(kind);
+        cmd::run(Command::new(self.kit.join("cluster-up.sh")).env(ENV_RUNTIME, kind.as_str()))?;
+        for (k, v) in env_vars()? {
+            // Single-threaded between the passes (the caller's contract).
+            std::env::set_var(k, v);
+        }
+        let running = runtime()?;
+        anyhow::ensure!(running == kind, "cluster-up.sh brought up {running}, not {kind}");
+        Ok(())
+    }
+}
+
+impl Drop for Session {
     fn drop(&mut self) {
-        if self.owned {
-            if let Err(e) = cmd::run(&mut Command::new(self.kit.join("cluster-down.sh"))) {
-                eprintln!("e2e: cluster-down failed: {e:#}");
+        let result = match self.before {
+            Some(kind) if self.current == Some(kind) => Ok(()),
+            Some(kind) => {
+                eprintln!("e2e: bringing the cluster back to its {kind} mode");
+                cmd::run(Command::new(self.kit.join("cluster-up.sh")).env(ENV_RUNTIME, kind.as_str()))
             }
+            None if self.current.is_some() => cmd::run(&mut Command::new(self.kit.join("cluster-down.sh"))),
+            None => Ok(()),
+        };
+        if let Err(e) = result {
+            eprintln!("e2e: restoring the cluster failed: {e:#}");
         }
     }
 }

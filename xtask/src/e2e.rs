@@ -6,9 +6,15 @@
 //! `traffic-agent run` as host processes logging into a temp dir, runs
 //! `cargo test -p traffic-tests --test e2e` with `TRAFFIC_E2E=1` once per redirect mode (eBPF: every
 //! test; iptables: `both_modes::`), and stops the processes by pid at the end, also on failure
-//! (their logs are printed then). Before that, the crates' own cluster tests (kube-source `live`,
-//! sidecar `docker_runtime` and `kube_pod`) run with the cluster required. Needs root, `KUBECONFIG` and `DOCKER_HOST` (taken from
-//! `/run/traffic-e2e/env.sh` when unset).
+//! (their logs are printed then). Before that, the crates' own cluster tests (kube-source `live`;
+//! sidecar `docker_runtime` and `kube_pod` on a Docker cluster, `containerd_runtime` on a
+//! containerd one) run with the cluster required. Needs root, `KUBECONFIG` and `DOCKER_HOST`
+//! (taken from `/run/traffic-e2e/env.sh` when unset).
+//!
+//! The cluster's runtime (`--runtime`, default: the running cluster's, `TRAFFIC_E2E_RUNTIME` of
+//! its env.sh) decides how the agent runs sidecars (`traffic-agent run --runtime docker|containerd`
+//! with the kit's containerd socket and CRI root) and how the suite inspects and kills them
+//! (`traffic_tests::node_runtime`: `docker` or `ctr`).
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,6 +23,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+
+use traffic_tests::node_runtime::{NodeRuntime, RuntimeKind};
 
 use crate::{build_ebpf, cluster, cmd};
 
@@ -47,6 +55,10 @@ pub struct Options {
     /// Show the tests' output (the fault scenarios print what callers saw) even when they pass.
     #[arg(long)]
     pub nocapture: bool,
+    /// The cluster's container runtime: docker or containerd (default: the running cluster's;
+    /// naming another one is an error, bring the cluster up in that mode first).
+    #[arg(long, value_parser = RuntimeKind::parse)]
+    pub runtime: Option<RuntimeKind>,
     /// Extra environment for the test binary (set by other tasks, e.g. `bench churn`).
     #[arg(skip)]
     pub test_env: Vec<(String, String)>,
@@ -195,24 +207,12 @@ fn sweep_namespaces() {
         .status();
 }
 
+/// Sidecars of pods in the suite's namespaces (`e2e-*`), any state.
 fn e2e_sidecars() -> Vec<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            "label=traffic.envoy.pod-uid",
-            "--format",
-            "{{.ID}} {{.Label \"traffic.envoy.pod-namespace\"}}",
-        ])
-        .output();
-    let Ok(out) = out else { return Vec::new() };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(_, ns)| ns.starts_with("e2e-"))
-        .map(|(id, _)| id.to_string())
-        .collect()
+    NodeRuntime::from_env()
+        .and_then(|rt| rt.sidecars(None, Some("e2e-")))
+        .map(|v| v.into_iter().map(|s| s.id).collect())
+        .unwrap_or_default()
 }
 
 /// Waits (bounded) for the agent to remove the sidecars of deleted test pods.
@@ -230,11 +230,32 @@ fn remove_leftover_sidecars() {
             "e2e: removing {} leftover sidecar(s) the agent did not: {left:?}",
             left.len()
         );
-        let _ = Command::new("docker").arg("rm").arg("-f").args(&left).status();
+        if let Err(e) = NodeRuntime::from_env().and_then(|rt| rt.remove_sidecars(&left)) {
+            eprintln!("e2e: removing leftover sidecars failed: {e:#}");
+        }
     }
 }
 
-fn agent_argv(bin: &Path, mode: &str, xds: &str, extra: &[String]) -> Vec<String> {
+/// `traffic-agent run` arguments for the cluster's runtime (the kit's containerd socket and CRI
+/// root are not containerd's defaults).
+fn runtime_args(runtime: RuntimeKind) -> Vec<String> {
+    let mut args = vec!["--runtime".to_string(), runtime.to_string()];
+    if runtime == RuntimeKind::Containerd {
+        let cache = env_or("TRAFFIC_E2E_CACHE", "/var/cache/traffic-e2e");
+        args.extend([
+            "--containerd-socket".into(),
+            env_or(
+                "TRAFFIC_E2E_CONTAINERD_SOCK",
+                traffic_tests::node_runtime::DEFAULT_CONTAINERD_SOCK,
+            ),
+            "--containerd-cri-root".into(),
+            format!("{cache}/containerd/io.containerd.grpc.v1.cri"),
+        ]);
+    }
+    args
+}
+
+fn agent_argv(bin: &Path, mode: &str, xds: &str, runtime: RuntimeKind, extra: &[String]) -> Vec<String> {
     let mut argv = vec![
         bin.display().to_string(),
         "run".into(),
@@ -251,6 +272,7 @@ fn agent_argv(bin: &Path, mode: &str, xds: &str, extra: &[String]) -> Vec<String
         "--envoy-image".into(),
         env_or("TRAFFIC_E2E_ENVOY_IMAGE", "traffic-e2e/envoy:1.39.3"),
     ];
+    argv.extend(runtime_args(runtime));
     argv.extend(extra.iter().cloned());
     argv
 }
@@ -261,6 +283,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         "the e2e suite attaches BPF programs and enters pod namespaces: run it as root"
     );
     cluster::import_env(&["KUBECONFIG", "DOCKER_HOST"])?;
+    let runtime = cluster::require_runtime(o.runtime)?;
     let root = cmd::workspace_root();
     let cargo = cmd::cargo();
     if !o.no_build {
@@ -297,20 +320,20 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     if o.filter.is_none() {
         // The crates' own tests against the cluster's API server and Docker (skipped by the
         // workspace run when the cluster is not there; required here).
+        let sidecar_tests: &[&str] = match runtime {
+            RuntimeKind::Docker => &["--test", "docker_runtime", "--test", "kube_pod"],
+            RuntimeKind::Containerd => &["--test", "containerd_runtime"],
+        };
         cmd::run(
             Command::new(&cargo)
                 .current_dir(&root)
                 .env("TRAFFIC_E2E", "1")
                 .env("TRAFFIC_E2E_REQUIRED", "true")
+                // The private-containerd test fails instead of skipping what it lacks.
+                .env("CI", env_or("CI", "true"))
                 .args(["test", "-p", "traffic-kube-source", "--test", "live"])
-                .args([
-                    "-p",
-                    "traffic-sidecar",
-                    "--test",
-                    "docker_runtime",
-                    "--test",
-                    "kube_pod",
-                ]),
+                .args(["-p", "traffic-sidecar"])
+                .args(sidecar_tests),
         )?;
     }
 
@@ -351,7 +374,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         for (i, mode) in o.modes.iter().enumerate() {
             let log = tmp.join(format!("traffic-agent-{mode}.log"));
             let pidfile = tmp.join(format!("traffic-agent-{mode}.pid"));
-            let argv = agent_argv(&bin_dir.join("traffic-agent"), mode, &xds, &o.agent_args);
+            let argv = agent_argv(&bin_dir.join("traffic-agent"), mode, &xds, runtime, &o.agent_args);
             let mut agent = Guard::spawn(
                 "traffic-agent",
                 Command::new(&argv[0])
@@ -381,6 +404,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
                 .env("TRAFFIC_E2E_CONTROL_ARGV", serde_json::to_string(&control_argv)?)
                 .env("TRAFFIC_E2E_CONTROL_LOG", &control_log)
                 .env("TRAFFIC_E2E_TIMINGS", &timings)
+                .env(traffic_tests::node_runtime::ENV_RUNTIME, runtime.as_str())
                 // The agent the test restarts inherits this environment.
                 .env("RUST_LOG", env_or("RUST_LOG", "info"))
                 .env("NO_COLOR", "1")
@@ -420,7 +444,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let summary = std::fs::read_to_string(&timings).unwrap_or_default();
     if !summary.is_empty() {
         eprintln!(
-            "=== time from labelling to redirect active, per pod:\n{}",
+            "=== [{runtime}] time from labelling to redirect active, per pod:\n{}",
             traffic_tests::e2e_parse::summarize_timings(&summary)
         );
     }
@@ -433,6 +457,6 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     if !failed.is_empty() {
         bail!("e2e failed: {}", failed.join("; "));
     }
-    eprintln!("e2e: all passes green ({})", o.modes.join(", "));
+    eprintln!("e2e: all passes green on {runtime} ({})", o.modes.join(", "));
     Ok(())
 }

@@ -5,12 +5,16 @@
 //!
 //! 1. builds the eBPF object, release `traffic-agent` (object required) and `traffic-control`,
 //!    and the `install` test;
-//! 2. builds local images into the cluster's Docker (no registry): agent and control with
+//! 2. builds local images into the cluster's Docker (no registry; on a containerd cluster they
+//!    are then imported into containerd's `k8s.io` namespace, where kubelet's CRI looks, with
+//!    `docker save | ctr images import`): agent and control with
 //!    `helm/tests/local_images.sh` (the agent's plus the host's iptables), Prometheus from Debian's
 //!    `prometheus` package binary (which lacks Kubernetes discovery: see [`emulate_kubernetes_sd`]),
 //!    and a Zipkin stand-in (busybox httpd answering `/health`; traces are not stored);
 //! 3. renders the chart with the Helm v4 SDK (the repository's `.venv`) for this cluster (local
-//!    images, Envoy `$TRAFFIC_E2E_ENVOY_IMAGE`, the cgroup2 mount and Docker socket of the node,
+//!    images, Envoy `$TRAFFIC_E2E_ENVOY_IMAGE`, the cgroup2 mount and the runtime of the node:
+//!    `agent.runtime` docker with the Docker socket, or containerd with the kit's containerd
+//!    socket and CRI root (`--runtime`, default: the running cluster's),
 //!    bpffs mount propagation from the host's mount, `monitor.enabled=true`), splitting out the
 //!    `helm.sh/hook` objects (steps 3 to 6 run once per redirect mode of the agent, `--modes`,
 //!    default `ebpf,iptables`, each in its own namespace `<--namespace>-<mode>`);
@@ -33,6 +37,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use traffic_tests::e2e::run_timeout;
 use traffic_tests::install as fixtures;
+use traffic_tests::node_runtime::{RuntimeKind, CRI_NAMESPACE, DEFAULT_CONTAINERD_SOCK};
 
 use crate::{build_ebpf, cluster, cmd, setup};
 
@@ -68,6 +73,10 @@ pub struct Options {
     /// How long to wait for another `traffic-agent run` on the node to go away.
     #[arg(long, default_value_t = 900)]
     pub wait_agent_seconds: u64,
+    /// The cluster's container runtime: docker or containerd (default: the running cluster's;
+    /// naming another one is an error).
+    #[arg(long, value_parser = RuntimeKind::parse)]
+    pub runtime: Option<RuntimeKind>,
     /// Seconds to wait for the chart's pods to be ready.
     #[arg(long, default_value_t = 240)]
     pub ready_timeout: u64,
@@ -326,6 +335,22 @@ fn split_image(image: &str) -> (String, String) {
     }
 }
 
+/// `docker save <image> | ctr -n k8s.io images import -` into the kit's containerd (kubelet on
+/// containerd sees only the images of that namespace; blobs already there are not copied again).
+fn import_into_containerd(image: &str) -> anyhow::Result<()> {
+    let sock =
+        std::env::var("TRAFFIC_E2E_CONTAINERD_SOCK").unwrap_or_else(|_| DEFAULT_CONTAINERD_SOCK.into());
+    cmd::run(Command::new("bash").args([
+        "-c",
+        "set -o pipefail; docker save \"$1\" | ctr --address \"$2\" -n \"$3\" images import -",
+        "import",
+        image,
+        &sock,
+        CRI_NAMESPACE,
+    ]))
+    .with_context(|| format!("import {image} into containerd's {CRI_NAMESPACE}"))
+}
+
 fn build_images(o: &Options, release_dir: &Path, work: &Path) -> anyhow::Result<Images> {
     let base = std::env::var("TRAFFIC_E2E_APP_IMAGE").unwrap_or_else(|_| "traffic-e2e/busybox:1.37.0".into());
     let agent = format!("traffic-manager/agent:{}", o.tag);
@@ -347,6 +372,12 @@ fn build_images(o: &Options, release_dir: &Path, work: &Path) -> anyhow::Result<
     let agent = agent_iptables;
     let prometheus = prometheus_image(work, &base)?;
     let zipkin = zipkin_image(&o.tag, &base)?;
+    if o.runtime == Some(RuntimeKind::Containerd) {
+        // The Envoy image is the kit's, imported by cluster-up.
+        for image in [&agent, &control, &prometheus, &zipkin] {
+            import_into_containerd(image)?;
+        }
+    }
     Ok(Images {
         agent: split_image(&agent),
         control: split_image(&control),
@@ -383,17 +414,37 @@ fn image_value((repository, tag): &(String, String)) -> Value {
     json!({"repository": repository, "tag": tag})
 }
 
-fn values(images: &Images, propagation: &str, mode: &str) -> anyhow::Result<Value> {
+/// `agent.runtime` and `agent.hostPaths` of the node's runtime.
+fn runtime_values(runtime: RuntimeKind) -> anyhow::Result<(Value, Value)> {
+    Ok(match runtime {
+        RuntimeKind::Docker => (
+            json!("docker"),
+            json!({
+                "cgroup2": env("TRAFFIC_E2E_CGROUP2_MOUNT")?,
+                "dockerSocket": env("TRAFFIC_E2E_DOCKER_SOCK")?,
+            }),
+        ),
+        RuntimeKind::Containerd => (
+            json!("containerd"),
+            json!({
+                "cgroup2": env("TRAFFIC_E2E_CGROUP2_MOUNT")?,
+                "containerdSocket": env("TRAFFIC_E2E_CONTAINERD_SOCK")?,
+                "criRoot": format!("{}/containerd/io.containerd.grpc.v1.cri", env("TRAFFIC_E2E_CACHE")?),
+            }),
+        ),
+    })
+}
+
+fn values(images: &Images, propagation: &str, mode: &str, runtime: RuntimeKind) -> anyhow::Result<Value> {
+    let (runtime, host_paths) = runtime_values(runtime)?;
     Ok(json!({
         "imagePullPolicy": "Never",
         "agent": {
             "image": image_value(&images.agent),
             "redirectMode": mode,
             "bpffsMountPropagation": propagation,
-            "hostPaths": {
-                "cgroup2": env("TRAFFIC_E2E_CGROUP2_MOUNT")?,
-                "dockerSocket": env("TRAFFIC_E2E_DOCKER_SOCK")?,
-            },
+            "runtime": runtime,
+            "hostPaths": host_paths,
             "uninstall": {"timeoutSeconds": 120},
         },
         "control": {"image": image_value(&images.control)},
@@ -971,6 +1022,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         "the install suite checks pinned BPF objects and pod network namespaces: run it as root"
     );
     cluster::import_env(&["KUBECONFIG", "DOCKER_HOST", "TRAFFIC_E2E_ENVOY_IMAGE"])?;
+    let mut o = o;
+    o.runtime = Some(cluster::require_runtime(o.runtime)?);
     let total = Instant::now();
     let mut phases = Vec::new();
     let root = cmd::workspace_root();
@@ -1054,7 +1107,12 @@ impl Pass<'_> {
         let namespace = format!("{}-{mode}", o.namespace);
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let propagation = bpffs_propagation(&mountinfo, "/sys/fs/bpf");
-        let values = values(self.images, propagation, mode)?;
+        let values = values(
+            self.images,
+            propagation,
+            mode,
+            o.runtime.unwrap_or(RuntimeKind::Docker),
+        )?;
         eprintln!("e2e-install: values {values}");
         let mut rendered = timed(phases, &format!("[{mode}] render (Helm SDK)"), || {
             render(&values, &namespace)
@@ -1173,8 +1231,8 @@ fn uninstall(installed: &mut Installed, mode: &str) -> anyhow::Result<()> {
         "before the uninstall the node should hold the witness' sidecar, {mode} redirect and annotation: {before:#?}"
     );
     eprintln!(
-        "e2e-install: before the uninstall: {} sidecar(s), {} pin root entr(y/ies), {} iptables rule(s), annotated pods {:?}",
-        before.sidecars.len(),
+        "e2e-install: before the uninstall: sidecar objects in the runtime {:?}, {} pin root entr(y/ies), {} iptables rule(s), annotated pods {:?}",
+        before.sidecars,
         before.bpf_pins.len(),
         before.iptables.len(),
         before.annotated_pods

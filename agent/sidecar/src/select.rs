@@ -196,7 +196,7 @@ impl ContainerRuntime for NodeRuntime {
     async fn prepare(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Option<Sidecar>, RuntimeError> {
         match self {
             NodeRuntime::Docker(d) => d.prepare(spec, sandbox).await,
-            NodeRuntime::Containerd(c) => ContainerRuntime::prepare(c, spec, sandbox).await,
+            NodeRuntime::Containerd(c) => c.prepare(spec, sandbox).await,
         }
     }
 

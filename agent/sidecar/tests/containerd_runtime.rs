@@ -277,6 +277,68 @@ async fn sidecars_join_cri_sandboxes_on_a_real_containerd_and_leave_nothing_behi
     rt2.remove(&s4.container_id).await.unwrap();
     assert!(rt2.sidecars().await.unwrap().is_empty());
     assert_nothing_left(&h, &rt2, Some(&s4.container_id));
+
+    // Fail-closed restarts: a prepared sidecar is a created, not started task; its cgroup exists
+    // under the pod's (runc's init waits in it) before Envoy runs, so the redirect's proxy
+    // exclusion can point at it; `start` starts that very container, in that cgroup.
+    let prepared = rt2
+        .prepare(&spec(&pod, ENVOY_IMAGE), &sandbox2)
+        .await
+        .unwrap()
+        .expect("containerd can prepare");
+    assert_eq!(prepared.state, SidecarState::Created);
+    let dir = prepared.cgroup.clone().expect("a prepared sidecar's cgroup");
+    assert_eq!(dir, sandbox2.pod_cgroup.join(&prepared.container_id));
+    assert!(dir.is_dir(), "{} exists before the start", dir.display());
+    let tasks = h.ctr(&["-n", "traffic-manager", "tasks", "ls"]).unwrap();
+    assert!(
+        tasks
+            .lines()
+            .any(|l| l.starts_with(&prepared.container_id) && l.contains("CREATED")),
+        "{tasks}"
+    );
+    let again = rt2
+        .prepare(&spec(&pod, ENVOY_IMAGE), &sandbox2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.container_id, prepared.container_id, "prepare is idempotent");
+    let started = rt2.start(&spec(&pod, ENVOY_IMAGE), &sandbox2).await.unwrap();
+    assert_eq!(started.container_id, prepared.container_id);
+    assert_eq!(started.state, SidecarState::Running);
+    assert_eq!(started.cgroup.as_ref(), Some(&dir));
+    let pid5 = pid_of_task(&h, &started.container_id);
+    assert_eq!(
+        cg2.of_pid(pid5).unwrap(),
+        dir,
+        "Envoy runs in the prepared cgroup"
+    );
+    assert_eq!(status_line(pid5, "Uid:"), "Uid:\t1337\t1337\t1337\t1337");
+    // Preparing next to a running sidecar returns it as it is.
+    let running = rt2
+        .prepare(&spec(&pod, ENVOY_IMAGE), &sandbox2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (running.container_id.as_str(), running.state),
+        (started.container_id.as_str(), SidecarState::Running)
+    );
+    rt2.remove(&started.container_id).await.unwrap();
+    assert!(!dir.exists(), "the cgroup went with the container");
+    assert_nothing_left(&h, &rt2, Some(&started.container_id));
+    // Prepared and removed without ever running: nothing is left either.
+    let unused = rt2
+        .prepare(&spec(&pod, ENVOY_IMAGE), &sandbox2)
+        .await
+        .unwrap()
+        .unwrap();
+    let unused_dir = unused.cgroup.clone().unwrap();
+    assert!(unused_dir.is_dir());
+    rt2.remove(&unused.container_id).await.unwrap();
+    assert!(!unused_dir.exists(), "{} removed", unused_dir.display());
+    assert!(rt2.sidecars().await.unwrap().is_empty());
+    assert_nothing_left(&h, &rt2, Some(&unused.container_id));
     eprintln!("whole test in {:?}", t0.elapsed());
 }
 

@@ -82,8 +82,9 @@ fn counts(e2e: &E2e) -> BTreeMap<String, usize> {
     c.insert("pinned objects".into(), files_under(Path::new(BPF_PIN_ROOT)));
     c.insert(
         "sidecar containers".into(),
-        e2e.docker(&["ps", "-aq", "--filter", "label=traffic.envoy.pod-uid"])
-            .map(|o| o.lines().count())
+        e2e.runtime
+            .sidecars(None, None)
+            .map(|v| v.len())
             .unwrap_or(usize::MAX),
     );
     c.insert(

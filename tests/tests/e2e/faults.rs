@@ -49,8 +49,9 @@ pub fn sidecar_death(e2e: &E2e) {
         std::thread::sleep(Duration::from_secs(3));
         let killed_at = uptime().expect("uptime");
         let t0 = Instant::now();
-        e2e.docker(&["kill", &client.sidecar])
-            .expect("docker kill the sidecar");
+        e2e.runtime
+            .kill_sidecar(&client.sidecar)
+            .expect("kill the sidecar");
         let replaced = e2e
             .wait_agent("a new sidecar with the redirect on", ENABLE_TIMEOUT, || {
                 let sc = e2e.running_sidecar(&client.pod.uid)?;
@@ -114,7 +115,7 @@ pub fn sidecar_death(e2e: &E2e) {
         "calls in the window are refused, not hung or reset: {:?}",
         served.other
     );
-    let sidecars = e2e.sidecars(&client.pod.uid).expect("docker ps");
+    let sidecars = e2e.sidecars(&client.pod.uid).expect("list sidecars");
     assert_eq!(sidecars.len(), 1, "only the new sidecar is left: {sidecars:?}");
     wait_until(
         "the annotation names the new sidecar",
@@ -224,7 +225,7 @@ pub fn agent_kill_under_load(e2e: &E2e) {
         "no request fails while the agent is down: {load:?}"
     );
     assert!(agent.alive(), "the restarted agent keeps running");
-    let sidecars = e2e.sidecars(&client.pod.uid).expect("docker ps");
+    let sidecars = e2e.sidecars(&client.pod.uid).expect("list sidecars");
     assert_eq!(
         sidecars.len(),
         1,
@@ -310,21 +311,23 @@ pub fn api_server_outage(e2e: &E2e) {
     let bin = Path::new(env!("CARGO_BIN_EXE_load-client"));
     e2e.copy_into(&client.pod.uid, "client", bin, LOAD_CLIENT)
         .expect("copy load-client into the client pod");
-    // `kubectl exec` goes through the API server: the load runs detached through Docker instead
-    // and leaves its summary in a file of the container.
+    // `kubectl exec` goes through the API server: the load runs detached through the node's
+    // runtime instead and leaves its summary in a file of the container.
     let load_seconds = 60;
     let container = e2e
         .app_container(&client.pod.uid, "client")
         .expect("client container");
-    e2e.docker(&[
-        "exec",
-        "-d",
-        &container,
-        "sh",
-        "-c",
-        &format!("{LOAD_CLIENT} {ip}:9080 50 {load_seconds} > /load.json 2>&1"),
-    ])
-    .expect("start the load");
+    e2e.runtime
+        .exec_app(
+            &container,
+            &[
+                "sh",
+                "-c",
+                &format!("{LOAD_CLIENT} {ip}:9080 50 {load_seconds} > /load.json 2>&1"),
+            ],
+            true,
+        )
+        .expect("start the load");
     std::thread::sleep(Duration::from_secs(5));
     let stopped = api.stop().expect("stop kube-apiserver");
     let t_stop = Instant::now();
@@ -383,7 +386,7 @@ pub fn api_server_outage(e2e: &E2e) {
         Duration::from_secs(load_seconds + 60),
         Duration::from_secs(1),
         || {
-            let out = e2e.docker(&["exec", &container, "cat", "/load.json"])?;
+            let out = e2e.runtime.exec_app(&container, &["cat", "/load.json"], false)?;
             Ok(LoadSummary::parse(&out))
         },
     )

@@ -17,7 +17,9 @@
 //!   unpacked into our snapshots ([`store`]). containerd 1.6 has no pull API (the Transfer
 //!   service came in 1.7): an image on neither is an error.
 //! - Task exits come from containerd's event stream ([`events`]); operator commands
-//!   (`proxies`, `logs`, `exec`) are in [`ops`], start and stop in [`task`].
+//!   (`proxies`, `logs`, `exec`) are in [`ops`], prepare, start and stop in [`task`] (a prepared
+//!   sidecar is a created, not started task: its cgroup exists before Envoy runs, for fail-closed
+//!   restarts).
 
 pub mod events;
 pub mod image;
@@ -114,7 +116,7 @@ pub struct ContainerdRuntime {
     channel: tonic::transport::Channel,
     cgroup: Cgroup2,
     config: ContainerdConfig,
-    /// One `start` at a time per pod uid.
+    /// One `prepare`/`start` at a time per pod uid.
     starting: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
@@ -327,9 +329,11 @@ impl ContainerdRuntime {
         }
     }
 
-    /// Fills `cgroup` of a running sidecar from its pid.
+    /// Fills `cgroup` of a running or prepared sidecar from its task's pid (a created task's pid
+    /// is runc's init process, already in the container's cgroup).
     fn with_cgroup(&self, mut s: Sidecar, task: Option<&Process>) -> Sidecar {
-        if let Some(t) = task.filter(|_| s.state == SidecarState::Running) {
+        let has_cgroup = matches!(s.state, SidecarState::Running | SidecarState::Created);
+        if let Some(t) = task.filter(|t| has_cgroup && t.pid != 0) {
             s.cgroup = self.cgroup.of_pid(t.pid).ok();
         }
         s
@@ -368,6 +372,21 @@ impl ContainerdRuntime {
         }
         out.sort_by_key(|(c, _)| std::cmp::Reverse(c.created_at.map(|t| (t.seconds, t.nanos))));
         Ok(out)
+    }
+
+    /// One `prepare`/`start` at a time per pod uid (a concurrent one would see the other's freshly
+    /// created, not yet started task as one to keep or remove).
+    fn pod_lock(&self, pod_uid: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(pod_uid.to_string()).or_default().clone()
+    }
+
+    fn release_pod_lock(&self, pod_uid: &str, lock: Arc<tokio::sync::Mutex<()>>) {
+        let mut map = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+        // Only the map and we hold it: nobody else is starting this pod.
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(pod_uid);
+        }
     }
 
     /// The files under the CRI root that give a sandbox's DNS to its containers.
@@ -440,19 +459,23 @@ impl ContainerRuntime for ContainerdRuntime {
         Ok(self.ours(None).await?.into_iter().map(|(_, s)| s).collect())
     }
 
-    async fn start(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Sidecar, RuntimeError> {
-        let lock = {
-            let mut map = self.starting.lock().unwrap_or_else(|p| p.into_inner());
-            map.entry(spec.pod.uid.clone()).or_default().clone()
+    async fn prepare(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Option<Sidecar>, RuntimeError> {
+        let lock = self.pod_lock(&spec.pod.uid);
+        let result = {
+            let _guard = lock.lock().await;
+            self.prepare_locked(spec, sandbox).await
         };
+        self.release_pod_lock(&spec.pod.uid, lock);
+        result.map(Some)
+    }
+
+    async fn start(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Sidecar, RuntimeError> {
+        let lock = self.pod_lock(&spec.pod.uid);
         let result = {
             let _guard = lock.lock().await;
             self.start_locked(spec, sandbox).await
         };
-        let mut map = self.starting.lock().unwrap_or_else(|p| p.into_inner());
-        if Arc::strong_count(&lock) == 2 {
-            map.remove(&spec.pod.uid);
-        }
+        self.release_pod_lock(&spec.pod.uid, lock);
         result
     }
 

@@ -335,7 +335,7 @@ impl ContainerdRuntime {
     }
 
     /// Prepares an active snapshot `key` on `parent` and returns its mounts.
-    pub(crate) async fn prepare(
+    pub(crate) async fn prepare_snapshot(
         &self,
         key: &str,
         parent: &str,
@@ -387,7 +387,7 @@ impl ContainerdRuntime {
         lease: &Lease,
     ) -> Result<(), RuntimeError> {
         let key = format!("extract-{}-{chain_id}", &random_id()?[..12]);
-        let mounts = self.prepare(&key, parent, lease).await?;
+        let mounts = self.prepare_snapshot(&key, parent, lease).await?;
         let applied = Client::from(self.channel())
             .diff()
             .apply(req(

@@ -3,7 +3,9 @@
 //! Start: image ready ([`super::store`]) → host files (bootstrap, log) → lease → snapshot on
 //! the image's top layer → container (spec, labels, the sandbox's runtime and runc options) →
 //! task (rootfs mounts, stdout/stderr to the log file, written by the shim) → start → Envoy's
-//! `/ready`. Any failure undoes every step, so a failed start leaves no container, task,
+//! `/ready`. *Prepare* stops before the start: a created task is runc's created container, its
+//! cgroup made and its init process waiting in it, so the agent can exclude that cgroup from the
+//! pod's redirect before Envoy runs; `start` then starts that task instead of creating another. Any failure undoes every step, so a failed start leaves no container, task,
 //! snapshot, lease or file. Stop: SIGTERM, the grace period, SIGKILL to all, then task,
 //! container, snapshot and files; NotFound at any step is fine.
 
@@ -34,6 +36,22 @@ pub const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-s
 /// The shim every sidecar runs under.
 pub const RUNC_V2: &str = "io.containerd.runc.v2";
 
+/// The pod's sidecar to keep, found among its sidecars.
+enum Kept {
+    /// Its task runs in the pod's current sandbox.
+    Running(Sidecar),
+    /// Its task was created for the current sandbox (prepared), never started.
+    Prepared(Sidecar),
+}
+
+impl Kept {
+    fn sidecar(&self) -> &Sidecar {
+        match self {
+            Kept::Running(s) | Kept::Prepared(s) => s,
+        }
+    }
+}
+
 impl ContainerdRuntime {
     /// The sandbox container's stored spec and runtime, for a sandbox [`Self::sandbox`] found.
     async fn sandbox_details(
@@ -53,32 +71,93 @@ impl ContainerdRuntime {
         Ok((parsed, c.runtime))
     }
 
+    /// Keeps the pod's sidecar of this sandbox whose task runs (else one whose task is created,
+    /// not started: a prepared one) and removes every other one of the pod (exited ones, ones
+    /// without a task after a reboot, ones in an older sandbox).
+    async fn keep_one(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Option<Kept>, RuntimeError> {
+        let pod = &spec.pod;
+        let mine = self.ours(Some(&pod.uid)).await?;
+        let in_sandbox = |c: &Container, s: &Sidecar, state: SidecarState| {
+            s.state == state && c.labels.get(LABEL_SANDBOX_ID) == Some(&sandbox.container_id)
+        };
+        let kept = mine
+            .iter()
+            .find(|(c, s)| in_sandbox(c, s, SidecarState::Running))
+            .map(|(_, s)| Kept::Running(s.clone()))
+            .or_else(|| {
+                mine.iter()
+                    .find(|(c, s)| in_sandbox(c, s, SidecarState::Created))
+                    .map(|(_, s)| Kept::Prepared(s.clone()))
+            });
+        let kept_id = kept.as_ref().map(|k| k.sidecar().container_id.clone());
+        for (c, s) in &mine {
+            if Some(&c.id) != kept_id.as_ref() {
+                info!(container = %c.id, pod = %pod.node_id(), state = ?s.state, "removing stale sidecar");
+                self.stop_and_remove(&c.id).await?;
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Creates the pod's sidecar with its task *created, not started* (runc has made the
+    /// container's cgroup and holds its init process there), or returns the one that runs or was
+    /// prepared before. See [`crate::ContainerRuntime::prepare`].
+    pub(crate) async fn prepare_locked(
+        &self,
+        spec: &SidecarSpec,
+        sandbox: &Sandbox,
+    ) -> Result<Sidecar, RuntimeError> {
+        let sidecar = match self.keep_one(spec, sandbox).await? {
+            Some(Kept::Running(s) | Kept::Prepared(s)) => s,
+            None => {
+                let id = random_id()?;
+                if let Err(e) = self.create(&id, spec, sandbox).await {
+                    self.discard(&id).await;
+                    return Err(e);
+                }
+                match self.find(&spec.pod.uid, &id).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.discard(&id).await;
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        if sidecar.cgroup.is_none() {
+            let id = sidecar.container_id.clone();
+            self.discard(&id).await;
+            return Err(RuntimeError::Runtime(format!(
+                "the cgroup of prepared sidecar {id} is not known (its task has no pid in /proc)"
+            )));
+        }
+        debug!(container = %sidecar.container_id, pod = %spec.pod.node_id(), state = ?sidecar.state, cgroup = ?sidecar.cgroup, "sidecar prepared");
+        Ok(sidecar)
+    }
+
     pub(crate) async fn start_locked(
         &self,
         spec: &SidecarSpec,
         sandbox: &Sandbox,
     ) -> Result<Sidecar, RuntimeError> {
         let pod = &spec.pod;
-        // Adopt a running sidecar of this pod in this sandbox; clear out the rest (exited ones,
-        // ones without a task after a reboot, ones in an older sandbox).
-        let mut adopted = None;
-        for (c, s) in self.ours(Some(&pod.uid)).await? {
-            let same_sandbox = c.labels.get(LABEL_SANDBOX_ID) == Some(&sandbox.container_id);
-            let running = s.state == SidecarState::Running;
-            if running && same_sandbox && adopted.is_none() {
-                adopted = Some(s);
-            } else {
-                info!(container = %c.id, pod = %pod.node_id(), running, same_sandbox, "removing stale sidecar");
-                self.stop_and_remove(&c.id).await?;
+        let id = match self.keep_one(spec, sandbox).await? {
+            Some(Kept::Running(s)) => {
+                debug!(container = %s.container_id, pod = %pod.node_id(), "sidecar already running");
+                self.wait_ready(&s.container_id, sandbox, spec.admin_port).await?;
+                return Ok(s);
             }
-        }
-        if let Some(s) = adopted {
-            debug!(container = %s.container_id, pod = %pod.node_id(), "sidecar already running");
-            self.wait_ready(&s.container_id, sandbox, spec.admin_port).await?;
-            return Ok(s);
-        }
-        let id = random_id()?;
-        if let Err(e) = self.create(&id, spec, sandbox).await {
+            Some(Kept::Prepared(s)) => s.container_id,
+            None => {
+                let id = random_id()?;
+                if let Err(e) = self.create(&id, spec, sandbox).await {
+                    self.discard(&id).await;
+                    return Err(e);
+                }
+                id
+            }
+        };
+        if let Err(e) = self.start_task(&id).await {
             self.discard(&id).await;
             return Err(e);
         }
@@ -87,12 +166,32 @@ impl ContainerdRuntime {
             self.discard(&id).await;
             return Err(e);
         }
-        self.ours(Some(&pod.uid))
+        self.find(&pod.uid, &id).await
+    }
+
+    /// Our sidecar `id` of pod `pod_uid`, as listed now.
+    async fn find(&self, pod_uid: &str, id: &str) -> Result<Sidecar, RuntimeError> {
+        self.ours(Some(pod_uid))
             .await?
             .into_iter()
             .map(|(_, s)| s)
             .find(|s| s.container_id == id)
-            .ok_or_else(|| RuntimeError::Runtime(format!("sidecar {id} vanished after start")))
+            .ok_or_else(|| RuntimeError::Runtime(format!("sidecar {id} vanished")))
+    }
+
+    async fn start_task(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut t = Client::from(self.channel()).tasks();
+        t.start(req(
+            StartRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+            },
+            self.ns(),
+            None,
+        ))
+        .await
+        .map_err(|e| rpc_err(&format!("start task {id}"), e))?;
+        Ok(())
     }
 
     async fn create(&self, id: &str, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<(), RuntimeError> {
@@ -137,7 +236,7 @@ impl ContainerdRuntime {
         })
         .and_then(|s| to_json(&s))
         .map_err(|e| RuntimeError::Runtime(e.to_string()))?;
-        let mounts = self.prepare(id, &image.top_chain_id, lease).await?;
+        let mounts = self.prepare_snapshot(id, &image.top_chain_id, lease).await?;
         // The sidecar always runs on runc (it joins the netns by path), with the sandbox's runc
         // options when it has them.
         let sb_options = sb_runtime.filter(|r| r.name == RUNC_V2).and_then(|r| r.options);
@@ -185,16 +284,6 @@ impl ContainerdRuntime {
         ))
         .await
         .map_err(|e| rpc_err(&format!("create task {id}"), e))?;
-        t.start(req(
-            StartRequest {
-                container_id: id.to_string(),
-                exec_id: String::new(),
-            },
-            self.ns(),
-            None,
-        ))
-        .await
-        .map_err(|e| rpc_err(&format!("start task {id}"), e))?;
         Ok(())
     }
 
