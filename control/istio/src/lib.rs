@@ -58,7 +58,7 @@
 //! | `mirrorPercent` (integer) | `mirrorPercentage.value` |
 //! | `appendHeaders`, `appendRequestHeaders` / `removeRequestHeaders` | `headers.request.add` / `.remove` |
 //! | `appendResponseHeaders` / `removeResponseHeaders` | `headers.response.add` / `.remove` |
-//! | `websocketUpgrade` | ignored (upgrades are allowed) |
+//! | `websocketUpgrade` | ignored |
 //! | `LEAST_CONN` | `LEAST_REQUEST` |
 //! | `outlierDetection.consecutiveErrors` | `consecutiveGatewayErrors` (502, 503, 504 and connection failures), as Istio ≤ 1.6 did; Istio ≥ 1.7 ignores the field. Ignored when `consecutiveGatewayErrors` is set. |
 //! | `consistentHash.minimumRingSize` | `consistentHash.ringHash.minimumRingSize` |

@@ -466,10 +466,12 @@ fn every_classic_example_validates_with_only_deprecation_warnings() {
 #[test]
 fn every_code_is_in_the_documented_table_and_unique() {
     let doc = include_str!("../lib.rs");
+    let readme = include_str!("../../../../README.md");
     let mut seen = std::collections::BTreeSet::new();
     for code in Code::ALL {
         assert!(seen.insert(code.as_str()), "{code} twice");
         let row = format!("| `{}` | {} |", code.as_str(), code.severity());
         assert!(doc.contains(&row), "{row} missing from the crate doc table");
+        assert!(readme.contains(&row), "{row} missing from the README's table");
     }
 }

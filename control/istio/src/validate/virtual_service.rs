@@ -182,7 +182,7 @@ fn http_rule(sink: &mut Sink, path: &str, rule: &HttpRoute) -> HttpRoute {
         sink.push(
             Code::Deprecated,
             format!("{path}.websocketUpgrade"),
-            "websocketUpgrade was removed in Istio 1.5; ignored (WebSocket upgrades are always allowed)",
+            "websocketUpgrade was removed in Istio 1.5; ignored",
         );
     }
     header_ops(sink, &format!("{path}.headers"), &r.headers);
