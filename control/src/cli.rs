@@ -52,6 +52,33 @@ pub struct ServeArgs {
     pub model_poll_ms: u64,
     #[command(flatten)]
     pub translate: TranslateArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Authentication of xDS clients (off by default until every deployment path presents tokens).
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Serve an ADS stream only to a client presenting a ServiceAccount token (audience
+    /// `traffic-control`, bound to its pod) whose pod is the node it asks for. Needs a Kubernetes
+    /// API server (TokenReview).
+    #[arg(long, env = "TRAFFIC_CONTROL_XDS_AUTH", default_value_t = false)]
+    pub xds_auth: bool,
+    /// Service accounts (`namespace/name`, comma-separated) that may be the gateway
+    /// (`traffic-ingress`) and receive secrets.
+    #[arg(long, env = "TRAFFIC_CONTROL_GATEWAY_SERVICE_ACCOUNTS", value_delimiter = ',')]
+    pub gateway_service_accounts: Vec<traffic_xds_auth::ServiceAccountRef>,
+    /// Require the connection to come from the token's pod's IP (defence in depth).
+    #[arg(
+        long,
+        env = "TRAFFIC_CONTROL_XDS_AUTH_PEER_CHECK",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub xds_auth_peer_check: bool,
+    /// Longest time a reviewed token is trusted without asking the API server again (seconds).
+    #[arg(long, env = "TRAFFIC_CONTROL_TOKEN_CACHE_SECS", default_value_t = 300)]
+    pub token_cache_secs: u64,
 }
 
 impl ServeArgs {

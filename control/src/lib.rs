@@ -9,9 +9,11 @@
 //! - the metrics and health endpoints come from `traffic_metrics_http`.
 //! - [`node_config`]: what one node receives, for `traffic-control config`.
 //! - [`grpc`]: API listeners for proxyless gRPC clients (`xds:///` targets).
+//! - [`xds_auth`]: who may open an ADS stream (TokenReview, node bound to the token's pod).
 
 pub mod cli;
 pub mod grpc;
 pub mod model_file;
 pub mod node_config;
 pub mod rebuild;
+pub mod xds_auth;

@@ -127,6 +127,29 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
+    let admit = if args.auth.xds_auth {
+        let client = kube::Client::try_default()
+            .await
+            .context("--xds-auth needs a Kubernetes API server (TokenReview)")?;
+        if args.auth.gateway_service_accounts.is_empty() {
+            warn!("--xds-auth without --gateway-service-accounts: no client may be traffic-ingress");
+        }
+        info!(
+            gateways = ?args.auth.gateway_service_accounts,
+            peer_check = args.auth.xds_auth_peer_check,
+            "ADS streams are authenticated (ServiceAccount tokens, audience traffic-control)"
+        );
+        Some(traffic_control::xds_auth::authenticator(
+            client,
+            models.clone(),
+            args.auth.gateway_service_accounts.clone(),
+            args.auth.xds_auth_peer_check,
+            std::time::Duration::from_secs(args.auth.token_cache_secs),
+        ))
+    } else {
+        warn!("ADS streams are NOT authenticated (--xds-auth is off): any client may ask for any node's configuration");
+        None
+    };
     let empty: Arc<dyn MeshSnapshot> = Arc::new(StaticSnapshot::default());
     let (snapshots_tx, snapshots_rx) = watch::channel(empty);
     let rebuild_task = tokio::spawn(rebuild::run(
@@ -137,7 +160,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         rebuild_metrics,
         problem_events,
     ));
-    let server = XdsServer::new(snapshots_rx, xds_metrics, sink)?;
+    let server = XdsServer::with_admission(snapshots_rx, xds_metrics, sink, admit)?;
     let listener = tokio::net::TcpListener::bind(args.xds_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.xds_addr))?;

@@ -66,11 +66,21 @@ impl TestServer {
     }
 
     pub async fn start_on(bind: &str, initial: Arc<dyn MeshSnapshot>) -> Self {
+        Self::start_admitting(bind, initial, None).await
+    }
+
+    /// A server serving only the streams `admit` admits (`None`: all).
+    pub async fn start_admitting(
+        bind: &str,
+        initial: Arc<dyn MeshSnapshot>,
+        admit: Option<Arc<dyn traffic_xds::Admit>>,
+    ) -> Self {
         let (snapshots, rx) = watch::channel(initial);
         let mut registry = Registry::default();
         let metrics = XdsMetrics::register(&mut registry);
         let rejections = RecordingSink::default();
-        let server = XdsServer::new(rx, metrics, Arc::new(rejections.clone())).expect("server");
+        let server =
+            XdsServer::with_admission(rx, metrics, Arc::new(rejections.clone()), admit).expect("server");
         let listener = tokio::net::TcpListener::bind(bind).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, stop) = oneshot::channel();
