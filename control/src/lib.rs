@@ -10,6 +10,7 @@
 //! - [`node_config`]: what one node receives, for `traffic-control config`.
 //! - [`grpc`]: API listeners for proxyless gRPC clients (`xds:///` targets).
 //! - [`xds_auth`]: who may open an ADS stream (TokenReview, node bound to the token's pod).
+//! - [`xds_tls`]: the xDS port's CA (kept in a Secret, published in a ConfigMap) and certificate.
 
 pub mod cli;
 pub mod grpc;
@@ -17,3 +18,4 @@ pub mod model_file;
 pub mod node_config;
 pub mod rebuild;
 pub mod xds_auth;
+pub mod xds_tls;

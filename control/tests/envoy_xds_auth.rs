@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::ads::TestServer;
 use common::envoy::{envoy_binary, free_port, Envoy, TempDir};
 use common::resources::{cluster, node};
-use traffic_sidecar::bootstrap::{bootstrap, token_sds, BootstrapOptions, XdsAuth};
+use traffic_sidecar::bootstrap::{bootstrap, token_sds, BootstrapOptions, XdsAuth, XdsTls};
 use traffic_sidecar::PodRef;
 use traffic_translate::snapshot::{MeshSnapshot, NodeResources};
 use traffic_xds_auth::review::{POD_NAME_EXTRA, POD_UID_EXTRA};
@@ -47,6 +47,15 @@ struct ControlPlane {
 
 impl ControlPlane {
     async fn start(addr: SocketAddr, reviewer: &FakeReviewer, generation: i64) -> Self {
+        Self::start_tls(addr, reviewer, generation, None).await
+    }
+
+    async fn start_tls(
+        addr: SocketAddr,
+        reviewer: &FakeReviewer,
+        generation: i64,
+        identity: Option<(String, String)>,
+    ) -> Self {
         let pods = StaticPods(HashMap::from([
             (
                 ("default".into(), "a".into()),
@@ -78,10 +87,11 @@ impl ControlPlane {
             .expect("runtime");
         let server = rt
             .spawn(async move {
-                TestServer::start_admitting(
+                TestServer::start_full(
                     &addr.to_string(),
                     Arc::new(PerNode(generation)),
                     Some(Arc::new(auth)),
+                    identity,
                 )
                 .await
             })
@@ -113,6 +123,16 @@ fn write_token(path: &Path, token: &str) {
 }
 
 async fn sidecar(bin: &Path, pod: &str, token_file: &Path, xds: SocketAddr) -> Envoy {
+    sidecar_tls(bin, pod, token_file, xds, None).await
+}
+
+async fn sidecar_tls(
+    bin: &Path,
+    pod: &str,
+    token_file: &Path,
+    xds: SocketAddr,
+    tls: Option<XdsTls>,
+) -> Envoy {
     let pod = PodRef {
         uid: format!("uid-{pod}"),
         namespace: "default".into(),
@@ -124,6 +144,7 @@ async fn sidecar(bin: &Path, pod: &str, token_file: &Path, xds: SocketAddr) -> E
         o.admin_port = admin_port;
         o.initial_fetch_timeout = Some(Duration::from_secs(1));
         o.auth = Some(XdsAuth { token_sds_path });
+        o.tls = tls;
         bootstrap(&pod, &o).expect("bootstrap").to_string()
     })
     .await
@@ -200,4 +221,40 @@ async fn a_sidecar_with_another_pods_token_gets_nothing() {
             >= 1.0
     );
     assert_eq!(cp.server.metric("xds_auth_admissions_total"), 0.0);
+}
+
+#[tokio::test]
+async fn over_tls_a_sidecar_verifies_the_control_plane_with_the_published_ca() {
+    let Some(bin) = envoy_binary() else { return };
+    let dir = TempDir::new("xds-auth");
+    let token_file = dir.0.join("xds-token.yaml");
+    let reviewer = FakeReviewer::default();
+    reviewer.accept("tok-1", identity("a"));
+    write_token(&token_file, "tok-1");
+    let ca = traffic_control::xds_tls::Ca::generate().expect("ca");
+    let name = "traffic-control.traffic-system.svc".to_string();
+    let cert = ca.issue_server(std::slice::from_ref(&name)).expect("cert");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let cp = ControlPlane::start_tls(addr, &reviewer, 1, Some((cert.cert_pem, cert.key_pem))).await;
+    let tls = |ca_pem: String| XdsTls {
+        ca_pem,
+        server_name: name.clone(),
+    };
+    let envoy = sidecar_tls(&bin, "a", &token_file, addr, Some(tls(ca.cert_pem.clone()))).await;
+    envoy
+        .wait_config("configuration over TLS", |d| d.contains("c-a.default-1"))
+        .await;
+    assert_eq!(cp.server.metric("xds_auth_admissions_total"), 1.0);
+
+    // A client trusting another CA does not talk to this control plane at all.
+    let other = traffic_control::xds_tls::Ca::generate().expect("other ca");
+    let stranger = sidecar_tls(&bin, "a", &token_file, addr, Some(tls(other.cert_pem))).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!stranger.admin_get("/config_dump").await.contains("c-a.default-1"));
+    assert_eq!(cp.server.metric("xds_auth_admissions_total"), 1.0);
+    // Nor does a plaintext client.
+    let plain = sidecar(&bin, "a", &token_file, addr).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!plain.admin_get("/config_dump").await.contains("c-a.default-1"));
+    assert_eq!(cp.server.metric("xds_auth_admissions_total"), 1.0);
 }

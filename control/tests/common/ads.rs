@@ -75,6 +75,16 @@ impl TestServer {
         initial: Arc<dyn MeshSnapshot>,
         admit: Option<Arc<dyn traffic_xds::Admit>>,
     ) -> Self {
+        Self::start_full(bind, initial, admit, None).await
+    }
+
+    /// Everything: admission hook, and TLS with `identity` (certificate, key; PEM).
+    pub async fn start_full(
+        bind: &str,
+        initial: Arc<dyn MeshSnapshot>,
+        admit: Option<Arc<dyn traffic_xds::Admit>>,
+        identity: Option<(String, String)>,
+    ) -> Self {
         let (snapshots, rx) = watch::channel(initial);
         let mut registry = Registry::default();
         let metrics = XdsMetrics::register(&mut registry);
@@ -86,7 +96,7 @@ impl TestServer {
         let (tx, stop) = oneshot::channel();
         tokio::spawn(async move {
             server
-                .serve(listener, async {
+                .serve_tls(listener, identity, async {
                     let _ = stop.await;
                 })
                 .await

@@ -198,8 +198,25 @@ impl XdsServer {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), XdsServerError> {
+        self.serve_tls(listener, None, shutdown).await
+    }
+
+    /// Serves ADS on `listener` until `shutdown` completes, over TLS with `identity` (certificate
+    /// chain and key, PEM) if given, else plaintext.
+    pub async fn serve_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        identity: Option<(String, String)>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), XdsServerError> {
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key)) = identity {
+            let tls = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key));
+            builder = builder.tls_config(tls).map_err(XdsServerError::Transport)?;
+        }
+        builder
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .max_frame_size(Some(MAX_FRAME))
             .add_service(self.into_service())
