@@ -60,7 +60,9 @@ async fn run(client: kube::Client, ns: String) {
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "a"},
-        "spec": {"nodeName": "nowhere", "serviceAccountName": "web",
+        // No token volume: the 1.20 admission plugin would otherwise wait for the account's
+        // legacy token Secret.
+        "spec": {"nodeName": "nowhere", "serviceAccountName": "web", "automountServiceAccountToken": false,
                  "containers": [{"name": "c", "image": "pause"}]},
     }))
     .expect("pod");
