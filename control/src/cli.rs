@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve ADS (state-of-the-world and delta) and the metrics/health endpoints.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the resources one node receives, translated from a model file (offline; nothing is
     /// asked of a running server).
     Config(ConfigArgs),
@@ -65,6 +65,55 @@ pub struct ServeArgs {
     pub model_poll_ms: u64,
     #[command(flatten)]
     pub translate: TranslateArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// Authentication of xDS clients (off by default until every deployment path presents tokens).
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Serve an ADS stream only to a client presenting a ServiceAccount token (audience
+    /// `traffic-control`, bound to its pod) whose pod is the node it asks for. Needs a Kubernetes
+    /// API server (TokenReview).
+    #[arg(long, env = "TRAFFIC_CONTROL_XDS_AUTH", default_value_t = false)]
+    pub xds_auth: bool,
+    /// Service accounts (`namespace/name`, comma-separated) that may be the gateway
+    /// (`traffic-ingress`) and receive secrets.
+    #[arg(long, env = "TRAFFIC_CONTROL_GATEWAY_SERVICE_ACCOUNTS", value_delimiter = ',')]
+    pub gateway_service_accounts: Vec<traffic_xds_auth::ServiceAccountRef>,
+    /// Require the connection to come from the token's pod's IP (defence in depth).
+    #[arg(
+        long,
+        env = "TRAFFIC_CONTROL_XDS_AUTH_PEER_CHECK",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub xds_auth_peer_check: bool,
+    /// Longest time a reviewed token is trusted without asking the API server again (seconds).
+    #[arg(long, env = "TRAFFIC_CONTROL_TOKEN_CACHE_SECS", default_value_t = 300)]
+    pub token_cache_secs: u64,
+    /// Serve ADS over TLS, with a certificate issued at start from the xDS CA (see
+    /// `--xds-ca-dir`, `--xds-ca-name`). Off: plaintext.
+    #[arg(long, env = "TRAFFIC_CONTROL_XDS_TLS", default_value_t = false)]
+    pub xds_tls: bool,
+    /// Names (DNS or IP, comma-separated) the xDS certificate is valid for: what clients dial.
+    #[arg(long, env = "TRAFFIC_CONTROL_XDS_TLS_NAMES", value_delimiter = ',')]
+    pub xds_tls_names: Vec<String>,
+    /// A user-provided CA: a directory with `ca.crt` and `ca.key` (a mounted Secret). Without
+    /// it the CA is kept in the Secret `--xds-ca-name` of the control plane's namespace (created
+    /// on first start) and its certificate published in the ConfigMap of the same name.
+    #[arg(long, env = "TRAFFIC_CONTROL_XDS_CA_DIR")]
+    pub xds_ca_dir: Option<std::path::PathBuf>,
+    /// Name of the Secret and the ConfigMap holding the xDS CA.
+    #[arg(
+        long,
+        env = "TRAFFIC_CONTROL_XDS_CA_NAME",
+        default_value = "traffic-control-ca"
+    )]
+    pub xds_ca_name: String,
+    /// The control plane's own namespace (for the CA Secret and ConfigMap).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "traffic-system")]
+    pub own_namespace: String,
 }
 
 impl ServeArgs {

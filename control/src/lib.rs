@@ -11,6 +11,8 @@
 //! - the metrics and health endpoints come from `traffic_metrics_http`.
 //! - [`node_config`]: what one node receives, for `traffic-control config`.
 //! - [`grpc`]: API listeners for proxyless gRPC clients (`xds:///` targets).
+//! - [`xds_auth`]: who may open an ADS stream (TokenReview, node bound to the token's pod).
+//! - [`xds_tls`]: the xDS port's CA (kept in a Secret, published in a ConfigMap) and certificate.
 
 pub mod analyze;
 pub mod cli;
@@ -19,3 +21,5 @@ pub mod manifests;
 pub mod model_file;
 pub mod node_config;
 pub mod rebuild;
+pub mod xds_auth;
+pub mod xds_tls;

@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let rt = tokio::runtime::Runtime::new().context("cannot start the Tokio runtime")?;
-            rt.block_on(serve(args))
+            rt.block_on(serve(*args))
         }
         Command::Config(args) => config(args),
         Command::Analyze(args) => {
@@ -159,6 +159,55 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
 
+    let admit = if args.auth.xds_auth {
+        let client = kube::Client::try_default()
+            .await
+            .context("--xds-auth needs a Kubernetes API server (TokenReview)")?;
+        if args.auth.gateway_service_accounts.is_empty() {
+            warn!("--xds-auth without --gateway-service-accounts: no client may be traffic-ingress");
+        }
+        info!(
+            gateways = ?args.auth.gateway_service_accounts,
+            peer_check = args.auth.xds_auth_peer_check,
+            "ADS streams are authenticated (ServiceAccount tokens, audience traffic-control)"
+        );
+        Some(traffic_control::xds_auth::authenticator(
+            client,
+            models.clone(),
+            args.auth.gateway_service_accounts.clone(),
+            args.auth.xds_auth_peer_check,
+            std::time::Duration::from_secs(args.auth.token_cache_secs),
+        ))
+    } else {
+        warn!("ADS streams are NOT authenticated (--xds-auth is off): any client may ask for any node's configuration");
+        None
+    };
+    let tls_identity = if args.auth.xds_tls {
+        let store: Box<dyn traffic_control::xds_tls::CaStore> = match &args.auth.xds_ca_dir {
+            Some(dir) => Box::new(traffic_control::xds_tls::DirCaStore(dir.clone())),
+            None => Box::new(traffic_control::xds_tls::KubeCaStore {
+                client: kube::Client::try_default()
+                    .await
+                    .context("--xds-tls without --xds-ca-dir keeps the CA in a Secret: needs Kubernetes")?,
+                namespace: args.auth.own_namespace.clone(),
+                name: args.auth.xds_ca_name.clone(),
+            }),
+        };
+        let ca = traffic_control::xds_tls::ensure_ca(store.as_ref())
+            .await
+            .context("cannot obtain the xDS CA")?;
+        if args.auth.xds_tls_names.is_empty() {
+            anyhow::bail!("--xds-tls needs --xds-tls-names (the names clients dial)");
+        }
+        let cert = ca
+            .issue_server(&args.auth.xds_tls_names)
+            .context("cannot issue the xDS server certificate")?;
+        info!(names = ?args.auth.xds_tls_names, "ADS is served over TLS");
+        Some((cert.cert_pem, cert.key_pem))
+    } else {
+        warn!("ADS is served in plaintext (--xds-tls is off)");
+        None
+    };
     let empty: Arc<dyn MeshSnapshot> = Arc::new(StaticSnapshot::default());
     let (snapshots_tx, snapshots_rx) = watch::channel(empty);
     let rebuild_task = tokio::spawn(rebuild::run(
@@ -169,7 +218,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         rebuild_metrics,
         problem_events,
     ));
-    let server = XdsServer::new(snapshots_rx, xds_metrics, sink)?;
+    let server = XdsServer::with_admission(snapshots_rx, xds_metrics, sink, admit)?;
     let listener = tokio::net::TcpListener::bind(args.xds_addr)
         .await
         .with_context(|| format!("cannot listen on {}", args.xds_addr))?;
@@ -184,7 +233,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         info!("shutting down");
     };
     tokio::select! {
-        r = server.serve(listener, shutdown) => r?,
+        r = server.serve_tls(listener, tls_identity, shutdown) => r?,
         r = http_task => {
             r.context("http task")?.with_context(|| format!("cannot serve HTTP on {http_addr}"))?;
         }

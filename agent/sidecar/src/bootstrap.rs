@@ -5,6 +5,15 @@
 //! delta), the static `xds_cluster` (HTTP/2) that reaches the control plane, and the admin
 //! interface on `127.0.0.1:<admin port>` only.
 //!
+//! Authentication (optional, [`XdsAuth`]): the `xds_cluster` carries an upstream HTTP filter,
+//! `envoy.filters.http.credential_injector`, that sets `authorization` on the ADS stream from a
+//! generic secret, `xds-token`, which Envoy reads from a file-based SDS resource
+//! ([`token_sds`]) and re-reads when the file is replaced (inotify, atomic rename). The agent
+//! renews the pod's ServiceAccount token before it expires and rewrites the file: Envoy is never
+//! restarted, its configuration is untouched, and the next ADS stream (a reconnect after a
+//! control-plane restart, say) presents the new token. With [`XdsTls`] the cluster speaks TLS,
+//! verifying the control plane's certificate against the given CA and name.
+//!
 //! The `:8900` listener exposing `/stats/prometheus` is deliberately absent: the control plane
 //! sends it over LDS (`traffic-translate`'s stats listener, routed to its `admin` cluster on
 //! `127.0.0.1:<admin port>`), so the admin port here must match the control plane's
@@ -54,6 +63,40 @@ impl std::str::FromStr for AdsApiType {
     }
 }
 
+/// The name of the generic secret holding the `authorization` value.
+pub const TOKEN_SECRET: &str = "xds-token";
+
+/// How the sidecar proves who it is to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsAuth {
+    /// Path (as Envoy sees it) of the SDS file holding [`TOKEN_SECRET`]; see [`token_sds`]. Its
+    /// directory must be watchable (the file is replaced by rename).
+    pub token_sds_path: String,
+}
+
+/// TLS to the control plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdsTls {
+    /// The CA certificate(s), PEM, the control plane's certificate must chain to.
+    pub ca_pem: String,
+    /// The name the certificate must carry (a DNS SAN), also sent as SNI.
+    pub server_name: String,
+}
+
+/// The content of the token SDS file: the generic secret [`TOKEN_SECRET`] = `Bearer <token>`
+/// (JSON, which Envoy reads as YAML too). Write it to a temporary file in the same directory and
+/// rename it over the old one.
+pub fn token_sds(token: &str) -> String {
+    json!({
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            "name": TOKEN_SECRET,
+            "generic_secret": {"secret": {"inline_string": format!("Bearer {}", token.trim())}},
+        }],
+    })
+    .to_string()
+}
+
 /// What the bootstrap of every sidecar on a node shares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootstrapOptions {
@@ -71,6 +114,10 @@ pub struct BootstrapOptions {
     pub initial_fetch_timeout: Option<Duration>,
     /// Connect timeout of the `xds_cluster`.
     pub connect_timeout: Duration,
+    /// Present a token on the ADS stream; `None`: none (the control plane must not require one).
+    pub auth: Option<XdsAuth>,
+    /// TLS to the control plane; `None`: plaintext.
+    pub tls: Option<XdsTls>,
 }
 
 impl BootstrapOptions {
@@ -83,8 +130,57 @@ impl BootstrapOptions {
             cluster: None,
             initial_fetch_timeout: None,
             connect_timeout: Duration::from_secs(1),
+            auth: None,
+            tls: None,
         }
     }
+}
+
+/// The `http_filters` of the `xds_cluster`'s protocol options: the credential injector reading
+/// the token from the SDS file, then the upstream codec (required last).
+fn token_filters(auth: &XdsAuth) -> Value {
+    json!([
+        {
+            "name": "envoy.filters.http.credential_injector",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
+                "overwrite": true,
+                "credential": {
+                    "name": "envoy.http.injected_credentials.generic",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic",
+                        "credential": {
+                            "name": TOKEN_SECRET,
+                            "sds_config": {"path_config_source": {"path": auth.token_sds_path}},
+                        },
+                    },
+                },
+            },
+        },
+        {
+            "name": "envoy.filters.http.upstream_codec",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"},
+        },
+    ])
+}
+
+fn tls_socket(tls: &XdsTls) -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": tls.server_name,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "validation_context": {
+                    "trusted_ca": {"inline_string": tls.ca_pem},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "DNS", "matcher": {"exact": tls.server_name}},
+                    ],
+                },
+            },
+        },
+    })
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -139,7 +235,14 @@ pub fn bootstrap(pod: &PodRef, opts: &BootstrapOptions) -> Result<Value, Bootstr
         }
         source
     };
-    Ok(json!({
+    let mut protocol = json!({
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}},
+    });
+    if let Some(auth) = &opts.auth {
+        protocol["http_filters"] = token_filters(auth);
+    }
+    let mut b = json!({
         "node": {
             "id": pod.node_id(),
             "cluster": opts.cluster.clone().unwrap_or_else(|| pod.namespace.clone()),
@@ -168,10 +271,7 @@ pub fn bootstrap(pod: &PodRef, opts: &BootstrapOptions) -> Result<Value, Bootstr
                 "type": if is_ip { "STATIC" } else { "STRICT_DNS" },
                 "connect_timeout": duration(opts.connect_timeout),
                 "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {"http2_protocol_options": {}},
-                    },
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": protocol,
                 },
                 "load_assignment": {
                     "cluster_name": XDS_CLUSTER,
@@ -181,7 +281,11 @@ pub fn bootstrap(pod: &PodRef, opts: &BootstrapOptions) -> Result<Value, Bootstr
                 },
             }],
         },
-    }))
+    });
+    if let Some(tls) = &opts.tls {
+        b["static_resources"]["clusters"][0]["transport_socket"] = tls_socket(tls);
+    }
+    Ok(b)
 }
 
 /// The bootstrap as compact JSON (valid YAML, for `envoy --config-yaml`).
@@ -308,6 +412,50 @@ mod tests {
         let mut o = BootstrapOptions::new("10.201.0.1:18000");
         o.admin_port = 0;
         assert_eq!(render(&pod(), &o), Err(BootstrapError::AdminPort));
+    }
+
+    #[test]
+    fn with_auth_the_xds_cluster_injects_the_token_from_the_sds_file_and_verifies_the_ca() {
+        let plain = bootstrap(&pod(), &BootstrapOptions::new("10.201.0.1:18000")).unwrap();
+        let c = &plain["static_resources"]["clusters"][0];
+        assert!(c.get("transport_socket").is_none());
+        assert!(c["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+            .get("http_filters")
+            .is_none());
+
+        let mut o = BootstrapOptions::new("10.201.0.1:18000");
+        o.auth = Some(XdsAuth {
+            token_sds_path: "/var/run/traffic/xds-token.yaml".into(),
+        });
+        o.tls = Some(XdsTls {
+            ca_pem: "-----BEGIN CERTIFICATE-----\n...".into(),
+            server_name: "traffic-control.traffic-system.svc".into(),
+        });
+        let b = bootstrap(&pod(), &o).unwrap();
+        let c = &b["static_resources"]["clusters"][0];
+        let filters = &c["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"];
+        assert_eq!(filters[0]["name"], "envoy.filters.http.credential_injector");
+        assert_eq!(
+            filters[0]["typed_config"]["credential"]["typed_config"]["credential"],
+            json!({"name": TOKEN_SECRET, "sds_config": {"path_config_source": {"path": "/var/run/traffic/xds-token.yaml"}}})
+        );
+        assert_eq!(filters[1]["name"], "envoy.filters.http.upstream_codec");
+        let tls = &c["transport_socket"]["typed_config"];
+        assert_eq!(tls["sni"], "traffic-control.traffic-system.svc");
+        assert_eq!(
+            tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]["matcher"]
+                ["exact"],
+            "traffic-control.traffic-system.svc"
+        );
+
+        let sds: Value = serde_json::from_str(&token_sds("abc.def.ghi\n")).unwrap();
+        assert_eq!(sds["resources"][0]["name"], TOKEN_SECRET);
+        assert_eq!(
+            sds["resources"][0]["generic_secret"]["secret"]["inline_string"],
+            "Bearer abc.def.ghi"
+        );
     }
 
     #[test]

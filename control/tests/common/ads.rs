@@ -66,17 +66,37 @@ impl TestServer {
     }
 
     pub async fn start_on(bind: &str, initial: Arc<dyn MeshSnapshot>) -> Self {
+        Self::start_admitting(bind, initial, None).await
+    }
+
+    /// A server serving only the streams `admit` admits (`None`: all).
+    pub async fn start_admitting(
+        bind: &str,
+        initial: Arc<dyn MeshSnapshot>,
+        admit: Option<Arc<dyn traffic_xds::Admit>>,
+    ) -> Self {
+        Self::start_full(bind, initial, admit, None).await
+    }
+
+    /// Everything: admission hook, and TLS with `identity` (certificate, key; PEM).
+    pub async fn start_full(
+        bind: &str,
+        initial: Arc<dyn MeshSnapshot>,
+        admit: Option<Arc<dyn traffic_xds::Admit>>,
+        identity: Option<(String, String)>,
+    ) -> Self {
         let (snapshots, rx) = watch::channel(initial);
         let mut registry = Registry::default();
         let metrics = XdsMetrics::register(&mut registry);
         let rejections = RecordingSink::default();
-        let server = XdsServer::new(rx, metrics, Arc::new(rejections.clone())).expect("server");
-        let listener = tokio::net::TcpListener::bind(bind).await.expect("bind");
+        let server =
+            XdsServer::with_admission(rx, metrics, Arc::new(rejections.clone()), admit).expect("server");
+        let listener = bind_reusing(bind.parse().expect("bind address")).await;
         let addr = listener.local_addr().expect("addr");
         let (tx, stop) = oneshot::channel();
         tokio::spawn(async move {
             server
-                .serve(listener, async {
+                .serve_tls(listener, identity, async {
                     let _ = stop.await;
                 })
                 .await
@@ -122,6 +142,29 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+    }
+}
+
+/// Binds with SO_REUSEADDR, retrying for a while: a restarted server binds the port its killed
+/// predecessor's connections still linger on.
+async fn bind_reusing(addr: SocketAddr) -> tokio::net::TcpListener {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        match socket.bind(addr).and_then(|()| socket.listen(1024)) {
+            Ok(listener) => return listener,
+            Err(e) if std::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
         }
     }
 }

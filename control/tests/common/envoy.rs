@@ -119,10 +119,15 @@ static_resources:
 
     /// Starts Envoy as node `node_id` against the ADS server at `xds`.
     pub async fn start(bin: &Path, node_id: &str, xds: SocketAddr, ads: Ads) -> Envoy {
+        Self::start_with(bin, |admin_port| Self::bootstrap(node_id, admin_port, xds, ads)).await
+    }
+
+    /// Starts Envoy with the bootstrap `bootstrap(admin port)` returns (YAML or JSON).
+    pub async fn start_with(bin: &Path, bootstrap: impl FnOnce(u16) -> String) -> Envoy {
         let dir = TempDir::new("envoy");
         let admin_port = free_port();
         let config = dir.0.join("bootstrap.yaml");
-        std::fs::write(&config, Self::bootstrap(node_id, admin_port, xds, ads)).expect("write bootstrap");
+        std::fs::write(&config, bootstrap(admin_port)).expect("write bootstrap");
         let log = dir.0.join("envoy.log");
         let child = Command::new(bin)
             .arg("-c")

@@ -120,3 +120,15 @@ pub fn node(items: impl IntoIterator<Item = Arc<Resource>>) -> NodeResources {
     }
     nr
 }
+
+/// The name inside an encoded resource of any type the tests use (secrets too).
+pub fn name_of_any(any: &Any) -> String {
+    if any.type_url == traffic_translate::snapshot::SECRET {
+        return envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret::decode(
+            any.value.as_slice(),
+        )
+        .map(|s| s.name)
+        .unwrap_or_default();
+    }
+    name_of(any)
+}

@@ -11,6 +11,7 @@
 //! configuration until they change; every NACK is logged and counted, and each rejected resource
 //! is handed to a [`RejectionSink`] (an Event on its origin object).
 
+pub mod admission;
 pub mod delta;
 pub mod metrics;
 pub mod quarantine;
@@ -27,6 +28,7 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::Resource as WireResource;
 use prost::Message;
 
+pub use admission::{Admission, Admit, AdmitFuture, Credentials, Refusal, RefusalCode};
 pub use metrics::XdsMetrics;
 pub use rejection::{IgnoreRejections, RejectionSink};
 pub use server::{XdsServer, XdsServerError};

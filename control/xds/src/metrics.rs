@@ -53,6 +53,12 @@ impl TypeLabels {
     }
 }
 
+/// Why a stream was refused (`no_token`, `invalid_token`, `node_mismatch`, ...).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
 /// Every metric the server updates. Cheap to clone (the metrics are shared handles).
 #[derive(Debug, Clone)]
 pub struct XdsMetrics {
@@ -78,6 +84,10 @@ pub struct XdsMetrics {
     pub stale_requests: Family<TypeLabels, Counter>,
     /// Streams that ended with an error (transport failure, malformed request).
     pub stream_errors: Family<ModeLabels, Counter>,
+    /// Streams admitted by the admission hook (authentication on).
+    pub auth_admissions: Counter,
+    /// Streams refused by the admission hook, by reason.
+    pub auth_refusals: Family<ReasonLabels, Counter>,
     /// From a new snapshot being published to its responses being queued on a stream.
     pub push_latency: Histogram,
     /// From a response being queued to the proxy acknowledging it.
@@ -97,6 +107,8 @@ impl Default for XdsMetrics {
             quarantined_resources: Family::default(),
             stale_requests: Family::default(),
             stream_errors: Family::default(),
+            auth_admissions: Counter::default(),
+            auth_refusals: Family::default(),
             // 100 µs .. ~6.5 s
             push_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             ack_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
@@ -146,6 +158,16 @@ impl XdsMetrics {
             "stream_errors",
             "ADS streams that ended with an error",
             m.stream_errors.clone(),
+        );
+        r.register(
+            "auth_admissions",
+            "ADS streams admitted after authentication",
+            m.auth_admissions.clone(),
+        );
+        r.register(
+            "auth_refusals",
+            "ADS streams refused (no or invalid token, node or peer not the token's), by reason",
+            m.auth_refusals.clone(),
         );
         r.register(
             "push_latency_seconds",

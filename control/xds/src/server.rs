@@ -9,18 +9,19 @@ use std::time::Instant;
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 use traffic_translate::snapshot::MeshSnapshot;
 
+use crate::admission::{Admission, Admit, Credentials};
 use crate::delta::{DeltaResponse, DeltaStream};
-use crate::metrics::{Mode, ModeLabels, TypeLabels, XdsMetrics};
+use crate::metrics::{Mode, ModeLabels, ReasonLabels, TypeLabels, XdsMetrics};
 use crate::quarantine::Verdict;
 use crate::rejection::{Rejection, RejectionSink};
 use crate::request::SotwRequest;
 use crate::sotw::{SotwResponse, SotwStream};
 use crate::transport::{AdsService, Inbound};
-use crate::{type_name, NameSets, View};
+use crate::{type_name, NameSets, View, SECRET};
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -61,16 +62,25 @@ impl Published {
         }
     }
 
-    /// The resources of `node`, shared with every node of the same view.
-    fn view(&self, node: &str) -> Arc<View> {
-        let key = self.snapshot.view_key(node);
-        let Ok(mut views) = self.views.lock() else {
-            return Arc::new(View::from(self.snapshot.for_node(node)));
+    /// The resources of `node`, shared with every node of the same view; without secrets unless
+    /// `secrets` (a stream that may not receive secrets never sees one, whatever the snapshot
+    /// holds for its node).
+    fn view(&self, node: &str, secrets: bool) -> Arc<View> {
+        let build = || {
+            let mut resources = self.snapshot.for_node(node);
+            if !secrets {
+                resources.by_type.remove(SECRET);
+            }
+            Arc::new(View::from(resources))
         };
-        views
-            .entry(key)
-            .or_insert_with(|| Arc::new(View::from(self.snapshot.for_node(node))))
-            .clone()
+        let mut key = self.snapshot.view_key(node);
+        if !secrets {
+            key.push_str("\0no-secrets");
+        }
+        let Ok(mut views) = self.views.lock() else {
+            return build();
+        };
+        views.entry(key).or_insert_with(build).clone()
     }
 }
 
@@ -79,6 +89,17 @@ struct Shared {
     names: Arc<NameSets>,
     metrics: XdsMetrics,
     sink: Arc<dyn RejectionSink>,
+    /// `None`: every stream is served (authentication off).
+    admit: Option<Arc<dyn Admit>>,
+}
+
+/// What the transport knows about a stream before its first request.
+pub(crate) struct StreamContext {
+    pub peer: Option<SocketAddr>,
+    /// The `authorization` metadata.
+    pub authorization: Option<String>,
+    /// The stream's final status, if not OK (sent before the stream task ends).
+    pub end: Option<oneshot::Sender<tonic::Status>>,
 }
 
 /// The ADS service. Cheap to clone.
@@ -99,9 +120,19 @@ impl XdsServer {
     /// A server pushing whatever `snapshots` holds. Must be called inside a Tokio runtime: it
     /// spawns the task that numbers and timestamps each new snapshot.
     pub fn new(
+        snapshots: watch::Receiver<Arc<dyn MeshSnapshot>>,
+        metrics: XdsMetrics,
+        sink: Arc<dyn RejectionSink>,
+    ) -> Result<Self, XdsServerError> {
+        Self::with_admission(snapshots, metrics, sink, None)
+    }
+
+    /// Like [`XdsServer::new`], serving only the streams `admit` admits (`None`: every stream).
+    pub fn with_admission(
         mut snapshots: watch::Receiver<Arc<dyn MeshSnapshot>>,
         metrics: XdsMetrics,
         sink: Arc<dyn RejectionSink>,
+        admit: Option<Arc<dyn Admit>>,
     ) -> Result<Self, XdsServerError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| XdsServerError::NoRuntime)?;
         let first = Published::new(snapshots.borrow_and_update().clone(), 1);
@@ -127,6 +158,7 @@ impl XdsServer {
                 names: Arc::default(),
                 metrics,
                 sink,
+                admit,
             }),
         })
     }
@@ -140,11 +172,11 @@ impl XdsServer {
     pub(crate) fn start_sotw(
         &self,
         inbound: Inbound<SotwRequest>,
-        peer: Option<SocketAddr>,
+        ctx: StreamContext,
     ) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let span = info_span!("ads", mode = "sotw", peer = ?peer, node = tracing::field::Empty);
-        tokio::spawn(run_sotw(self.shared.clone(), inbound, tx).instrument(span));
+        let span = info_span!("ads", mode = "sotw", peer = ?ctx.peer, node = tracing::field::Empty);
+        tokio::spawn(run_sotw(self.shared.clone(), inbound, tx, ctx).instrument(span));
         rx
     }
 
@@ -152,11 +184,11 @@ impl XdsServer {
     pub(crate) fn start_delta(
         &self,
         inbound: Inbound<DeltaDiscoveryRequest>,
-        peer: Option<SocketAddr>,
+        ctx: StreamContext,
     ) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let span = info_span!("ads", mode = "delta", peer = ?peer, node = tracing::field::Empty);
-        tokio::spawn(run_delta(self.shared.clone(), inbound, tx).instrument(span));
+        let span = info_span!("ads", mode = "delta", peer = ?ctx.peer, node = tracing::field::Empty);
+        tokio::spawn(run_delta(self.shared.clone(), inbound, tx, ctx).instrument(span));
         rx
     }
 
@@ -166,8 +198,25 @@ impl XdsServer {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), XdsServerError> {
+        self.serve_tls(listener, None, shutdown).await
+    }
+
+    /// Serves ADS on `listener` until `shutdown` completes, over TLS with `identity` (certificate
+    /// chain and key, PEM) if given, else plaintext.
+    pub async fn serve_tls(
+        self,
+        listener: tokio::net::TcpListener,
+        identity: Option<(String, String)>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), XdsServerError> {
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some((cert, key)) = identity {
+            let tls = tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(cert, key));
+            builder = builder.tls_config(tls).map_err(XdsServerError::Transport)?;
+        }
+        builder
             .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
             .max_frame_size(Some(MAX_FRAME))
             .add_service(self.into_service())
@@ -285,8 +334,45 @@ impl Shared {
             .inc_by(resources as u64);
     }
 
-    fn node_resources(&self, published: &Published, node: &str) -> Arc<View> {
-        published.view(node)
+    fn node_resources(&self, published: &Published, node: &str, admission: &Admission) -> Arc<View> {
+        published.view(node, admission.secrets)
+    }
+
+    /// Asks the admission hook about a stream whose first request names `node`. On a refusal the
+    /// stream's final status is set, the refusal logged and counted, and `None` returned: the
+    /// caller ends the stream without sending anything.
+    async fn admit(&self, ctx: &mut StreamContext, node: &str) -> Option<Admission> {
+        let Some(admit) = &self.admit else {
+            return Some(Admission::anyone());
+        };
+        let credentials = Credentials {
+            authorization: ctx.authorization.as_deref(),
+            peer: ctx.peer,
+            node_id: node,
+        };
+        match admit.admit(credentials).await {
+            Ok(admission) => {
+                info!(node, identity = %admission.identity, secrets = admission.secrets, "stream admitted");
+                self.metrics.auth_admissions.inc();
+                Some(admission)
+            }
+            Err(refusal) => {
+                warn!(
+                    node, peer = ?ctx.peer, reason = refusal.reason, message = %refusal.message,
+                    "stream refused: nothing is served"
+                );
+                self.metrics
+                    .auth_refusals
+                    .get_or_create(&ReasonLabels {
+                        reason: refusal.reason.to_string(),
+                    })
+                    .inc();
+                if let Some(end) = ctx.end.take() {
+                    let _ = end.send(refusal.status());
+                }
+                None
+            }
+        }
     }
 }
 
@@ -355,13 +441,19 @@ impl AckTimer {
 
 type FrameSender = mpsc::Sender<Bytes>;
 
-async fn run_sotw(shared: Arc<Shared>, mut inbound: Inbound<SotwRequest>, tx: FrameSender) {
+async fn run_sotw(
+    shared: Arc<Shared>,
+    mut inbound: Inbound<SotwRequest>,
+    tx: FrameSender,
+    mut ctx: StreamContext,
+) {
     const MODE: Mode = Mode::Sotw;
     let _connected = Connected::new(&shared.metrics, MODE);
     let mut published = shared.published.clone();
     let mut snapshots_live = true;
     let mut state = SotwStream::with_name_sets(shared.names.clone());
     let mut node: Option<String> = None;
+    let mut admission = Admission::anyone();
     let mut timer = AckTimer::default();
     let mut quarantined = QuarantineGauge::new(&shared.metrics, MODE);
     loop {
@@ -380,9 +472,13 @@ async fn run_sotw(shared: Arc<Shared>, mut inbound: Inbound<SotwRequest>, tx: Fr
                     let id = node_id(&req.message.node).unwrap_or_default();
                     tracing::Span::current().record("node", id.as_str());
                     info!(node = %id, "proxy connected");
+                    match shared.admit(&mut ctx, &id).await {
+                        Some(a) => admission = a,
+                        None => return,
+                    }
                     let p = published.borrow_and_update().clone();
                     // No type is subscribed yet, so this sends nothing.
-                    state.on_resources(shared.node_resources(&p, &id));
+                    state.on_resources(shared.node_resources(&p, &id, &admission));
                     node = Some(id);
                 }
                 let node = node.as_deref().unwrap_or_default();
@@ -416,7 +512,7 @@ async fn run_sotw(shared: Arc<Shared>, mut inbound: Inbound<SotwRequest>, tx: Fr
                     continue;
                 }
                 let p = published.borrow_and_update().clone();
-                let resources = shared.node_resources(&p, node.as_deref().unwrap_or_default());
+                let resources = shared.node_resources(&p, node.as_deref().unwrap_or_default(), &admission);
                 let responses = state.on_resources(resources);
                 quarantined.update(state.quarantined());
                 let n = responses.len();
@@ -452,13 +548,19 @@ async fn send_sotw(shared: &Shared, tx: &FrameSender, timer: &mut AckTimer, resp
     encoded.body.is_empty() || tx.send(encoded.body).await.is_ok()
 }
 
-async fn run_delta(shared: Arc<Shared>, mut inbound: Inbound<DeltaDiscoveryRequest>, tx: FrameSender) {
+async fn run_delta(
+    shared: Arc<Shared>,
+    mut inbound: Inbound<DeltaDiscoveryRequest>,
+    tx: FrameSender,
+    mut ctx: StreamContext,
+) {
     const MODE: Mode = Mode::Delta;
     let _connected = Connected::new(&shared.metrics, MODE);
     let mut published = shared.published.clone();
     let mut snapshots_live = true;
     let mut state = DeltaStream::with_name_sets(shared.names.clone());
     let mut node: Option<String> = None;
+    let mut admission = Admission::anyone();
     let mut timer = AckTimer::default();
     let mut quarantined = QuarantineGauge::new(&shared.metrics, MODE);
     loop {
@@ -477,8 +579,12 @@ async fn run_delta(shared: Arc<Shared>, mut inbound: Inbound<DeltaDiscoveryReque
                     let id = node_id(&req.node).unwrap_or_default();
                     tracing::Span::current().record("node", id.as_str());
                     info!(node = %id, "proxy connected");
+                    match shared.admit(&mut ctx, &id).await {
+                        Some(a) => admission = a,
+                        None => return,
+                    }
                     let p = published.borrow_and_update().clone();
-                    state.on_resources(shared.node_resources(&p, &id), p.generation);
+                    state.on_resources(shared.node_resources(&p, &id, &admission), p.generation);
                     node = Some(id);
                 }
                 let node = node.as_deref().unwrap_or_default();
@@ -511,7 +617,7 @@ async fn run_delta(shared: Arc<Shared>, mut inbound: Inbound<DeltaDiscoveryReque
                     continue;
                 }
                 let p = published.borrow_and_update().clone();
-                let resources = shared.node_resources(&p, node.as_deref().unwrap_or_default());
+                let resources = shared.node_resources(&p, node.as_deref().unwrap_or_default(), &admission);
                 let responses = state.on_resources(resources, p.generation);
                 quarantined.update(state.quarantined());
                 let n = responses.len();

@@ -12,6 +12,7 @@
 //! repeating 1,000 names is 20 KB, times 1,000 streams).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -23,14 +24,14 @@ use http_body_util::BodyExt;
 use http_body_util::StreamBody;
 use prost::Message;
 use std::collections::VecDeque;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::Status;
 
-use crate::server::XdsServer;
+use crate::server::{StreamContext, XdsServer};
 
 const SOTW_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_METHOD: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
@@ -67,15 +68,31 @@ impl tower_service::Service<Request<Body>> for AdsService {
         let peer = req
             .extensions()
             .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|i| i.remote_addr());
+            .and_then(|i| i.remote_addr())
+            .or_else(|| {
+                req.extensions()
+                    .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+                    .and_then(|i| i.get_ref().remote_addr())
+            });
+        let authorization = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let (end_tx, end_rx) = oneshot::channel();
+        let ctx = StreamContext {
+            peer,
+            authorization,
+            end: Some(end_tx),
+        };
         let response = match req.uri().path() {
             SOTW_METHOD => {
                 let inbound = Inbound::new(req.into_body(), crate::request::decode_sotw);
-                grpc_response(self.server.start_sotw(inbound, peer))
+                grpc_response(self.server.start_sotw(inbound, ctx), end_rx)
             }
             DELTA_METHOD => {
                 let inbound = Inbound::new(req.into_body(), |b: Bytes| DeltaDiscoveryRequest::decode(b));
-                grpc_response(self.server.start_delta(inbound, peer))
+                grpc_response(self.server.start_delta(inbound, ctx), end_rx)
             }
             _ => unimplemented_method(),
         };
@@ -209,17 +226,37 @@ fn grpc_headers(headers: &mut HeaderMap) {
     );
 }
 
-/// A streaming response: every frame the stream task queues (gRPC messages, possibly split into
-/// several frames), then `grpc-status: 0` when the task ends.
-fn grpc_response(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
-    let done = {
+/// The trailers ending a stream: the status the stream task left in `end`, or OK.
+struct Trailers(Option<oneshot::Receiver<Status>>);
+
+impl tokio_stream::Stream for Trailers {
+    type Item = Result<Frame<Bytes>, Infallible>;
+
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(rx) = self.0.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let status = match std::pin::Pin::new(rx).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(status)) => status,
+            Poll::Ready(Err(_)) => Status::ok(""),
+        };
+        self.0 = None;
         let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("0"));
-        Frame::trailers(trailers)
-    };
+        if status.add_header(&mut trailers).is_err() {
+            trailers.insert("grpc-status", HeaderValue::from_static("13"));
+        }
+        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+    }
+}
+
+/// A streaming response: every frame the stream task queues (gRPC messages, possibly split into
+/// several frames), then the trailers: `grpc-status: 0`, or the status the task set in `end`
+/// (a refused stream: `UNAUTHENTICATED`, `PERMISSION_DENIED`).
+fn grpc_response(rx: mpsc::Receiver<Bytes>, end: oneshot::Receiver<Status>) -> Response<Body> {
     let frames = ReceiverStream::new(rx)
         .map(|b| Ok::<_, Infallible>(Frame::data(b)))
-        .chain(tokio_stream::once(Ok(done)));
+        .chain(Trailers(Some(end)));
     let mut response = Response::new(Body::new(StreamBody::new(frames)));
     grpc_headers(response.headers_mut());
     response
