@@ -471,12 +471,15 @@ impl NodeRuntime {
                     "label=io.kubernetes.docker.type=podsandbox",
                 ])?;
                 for id in ids.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                    let info = self.docker(&[
+                    // A sandbox removed since `ps` (a pod going away) has nothing left to check.
+                    let Ok(info) = self.docker(&[
                         "inspect",
                         "-f",
                         "{{.State.Pid}} {{index .Config.Labels \"io.kubernetes.pod.namespace\"}}/{{index .Config.Labels \"io.kubernetes.pod.name\"}}",
                         id,
-                    ])?;
+                    ]) else {
+                        continue;
+                    };
                     if let Some((pid, pod)) = info.trim().split_once(' ') {
                         if let Ok(pid) = pid.parse::<u32>() {
                             if pid > 0 {
@@ -494,9 +497,12 @@ impl NodeRuntime {
                     if st != "RUNNING" || *pid == 0 {
                         continue;
                     }
+                    // A sandbox removed since the listing has nothing left to check.
+                    let Ok(text) = self.ctr(CRI_NAMESPACE, &["containers", "info", &id]) else {
+                        continue;
+                    };
                     let info: serde_json::Value =
-                        serde_json::from_str(&self.ctr(CRI_NAMESPACE, &["containers", "info", &id])?)
-                            .with_context(|| format!("ctr containers info {id}"))?;
+                        serde_json::from_str(&text).with_context(|| format!("ctr containers info {id}"))?;
                     let label = |k: &str| info["Labels"][k].as_str().unwrap_or("?").to_string();
                     out.push((
                         *pid,
