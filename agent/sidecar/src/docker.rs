@@ -16,7 +16,6 @@
 //!   [`lifecycle`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::container::LogOutput;
@@ -85,7 +84,7 @@ pub struct DockerRuntime {
     config: DockerConfig,
     /// One `start` at a time per pod uid (a concurrent one would see the other's freshly created,
     /// not yet started container as stale).
-    starting: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    starting: crate::pod_locks::PodLocks,
 }
 
 fn runtime_err(what: &str, e: DockerError) -> RuntimeError {
@@ -168,7 +167,7 @@ impl DockerRuntime {
             docker,
             cgroup,
             config,
-            starting: Arc::default(),
+            starting: crate::pod_locks::PodLocks::default(),
         })
     }
 
@@ -531,23 +530,16 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn prepare(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Option<Sidecar>, RuntimeError> {
-        let lock = self.pod_lock(&spec.pod.uid);
-        let result = {
-            let _guard = lock.lock().await;
-            self.prepare_locked(spec, sandbox).await
-        };
-        self.release_pod_lock(&spec.pod.uid, lock);
-        result.map(Some)
+        let prepared = self
+            .starting
+            .run(&spec.pod.uid, self.prepare_locked(spec, sandbox));
+        prepared.await.map(Some)
     }
 
     async fn start(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Sidecar, RuntimeError> {
-        let lock = self.pod_lock(&spec.pod.uid);
-        let result = {
-            let _guard = lock.lock().await;
-            self.start_locked(spec, sandbox).await
-        };
-        self.release_pod_lock(&spec.pod.uid, lock);
-        result
+        self.starting
+            .run(&spec.pod.uid, self.start_locked(spec, sandbox))
+            .await
     }
 
     async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {

@@ -22,6 +22,7 @@ pub mod fake;
 pub mod listeners;
 pub mod netns;
 pub mod operator;
+mod pod_locks;
 pub mod select;
 
 use std::future::Future;

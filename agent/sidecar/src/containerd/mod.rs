@@ -31,7 +31,6 @@ pub mod task;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use containerd_client::services::v1::{
@@ -117,7 +116,7 @@ pub struct ContainerdRuntime {
     cgroup: Cgroup2,
     config: ContainerdConfig,
     /// One `prepare`/`start` at a time per pod uid.
-    starting: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    starting: crate::pod_locks::PodLocks,
 }
 
 impl std::fmt::Debug for ContainerdRuntime {
@@ -243,7 +242,7 @@ impl ContainerdRuntime {
             channel: client.channel(),
             cgroup,
             config,
-            starting: Arc::default(),
+            starting: crate::pod_locks::PodLocks::default(),
         })
     }
 
@@ -374,21 +373,6 @@ impl ContainerdRuntime {
         Ok(out)
     }
 
-    /// One `prepare`/`start` at a time per pod uid (a concurrent one would see the other's freshly
-    /// created, not yet started task as one to keep or remove).
-    fn pod_lock(&self, pod_uid: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.starting.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(pod_uid.to_string()).or_default().clone()
-    }
-
-    fn release_pod_lock(&self, pod_uid: &str, lock: Arc<tokio::sync::Mutex<()>>) {
-        let mut map = self.starting.lock().unwrap_or_else(|p| p.into_inner());
-        // Only the map and we hold it: nobody else is starting this pod.
-        if Arc::strong_count(&lock) == 2 {
-            map.remove(pod_uid);
-        }
-    }
-
     /// The files under the CRI root that give a sandbox's DNS to its containers.
     fn dns_files(&self, sandbox_id: &str) -> Vec<PathBuf> {
         let Some(root) = &self.config.cri_root else {
@@ -460,23 +444,16 @@ impl ContainerRuntime for ContainerdRuntime {
     }
 
     async fn prepare(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Option<Sidecar>, RuntimeError> {
-        let lock = self.pod_lock(&spec.pod.uid);
-        let result = {
-            let _guard = lock.lock().await;
-            self.prepare_locked(spec, sandbox).await
-        };
-        self.release_pod_lock(&spec.pod.uid, lock);
-        result.map(Some)
+        let prepared = self
+            .starting
+            .run(&spec.pod.uid, self.prepare_locked(spec, sandbox));
+        prepared.await.map(Some)
     }
 
     async fn start(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Sidecar, RuntimeError> {
-        let lock = self.pod_lock(&spec.pod.uid);
-        let result = {
-            let _guard = lock.lock().await;
-            self.start_locked(spec, sandbox).await
-        };
-        self.release_pod_lock(&spec.pod.uid, lock);
-        result
+        self.starting
+            .run(&spec.pod.uid, self.start_locked(spec, sandbox))
+            .await
     }
 
     async fn remove(&self, container_id: &str) -> Result<(), RuntimeError> {

@@ -6,7 +6,6 @@
 //! redirect before Envoy runs. `start` starts a prepared container instead of creating another.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::models::{
@@ -29,21 +28,6 @@ enum Kept {
 }
 
 impl DockerRuntime {
-    /// One `prepare`/`start` at a time per pod uid (a concurrent one would see the other's freshly
-    /// created, not yet started container as stale).
-    pub(super) fn pod_lock(&self, pod_uid: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.starting.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(pod_uid.to_string()).or_default().clone()
-    }
-
-    pub(super) fn release_pod_lock(&self, pod_uid: &str, lock: Arc<tokio::sync::Mutex<()>>) {
-        let mut map = self.starting.lock().unwrap_or_else(|p| p.into_inner());
-        // Only the map and we hold it: nobody else is starting this pod.
-        if Arc::strong_count(&lock) == 2 {
-            map.remove(pod_uid);
-        }
-    }
-
     /// Keeps the pod's running (else prepared) container of this sandbox and removes every other
     /// one of the pod (exited ones, ones joined to an older sandbox whose netns is gone).
     async fn keep_one(&self, spec: &SidecarSpec, sandbox: &Sandbox) -> Result<Option<Kept>, RuntimeError> {

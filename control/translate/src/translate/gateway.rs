@@ -142,6 +142,22 @@ pub(super) fn gateway(
     node_resources(listeners, routes, clusters, endpoints, secrets)
 }
 
+/// `host` of `ing` normalized (lowercase DNS name), or `None` with the problem reported: an invalid
+/// host costs only its own rule or TLS entry.
+pub(super) fn checked_host(ing: &Ingress, host: &str, problems: &mut Vec<Problem>) -> Option<String> {
+    match crate::ingress_check::check_host(host) {
+        Ok(host) => Some(host),
+        Err(error) => {
+            problems.push(Problem::InvalidHost {
+                ingress: ingress_ref(ing),
+                host: host.to_string(),
+                error,
+            });
+            None
+        }
+    }
+}
+
 /// The `ingress` route configuration: one virtual host per Ingress host (`*` for rules without
 /// one), routes merged across Ingresses in Kubernetes precedence, the default backend last.
 fn ingress_route_config(
@@ -156,16 +172,9 @@ fn ingress_route_config(
         for rule in &ing.rules {
             let host = match &rule.host {
                 None => "*".to_string(),
-                Some(host) => match crate::ingress_check::check_host(host) {
-                    Ok(host) => host,
-                    Err(error) => {
-                        problems.push(Problem::InvalidHost {
-                            ingress: ingress_ref(ing),
-                            host: host.clone(),
-                            error,
-                        });
-                        continue;
-                    }
+                Some(host) => match checked_host(ing, host, problems) {
+                    Some(host) => host,
+                    None => continue,
                 },
             };
             for p in &rule.paths {

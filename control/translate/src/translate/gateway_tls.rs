@@ -132,16 +132,8 @@ fn claim_server_names(
 ) -> Option<Vec<String>> {
     let mut server_names = Vec::new();
     for host in &tls.hosts {
-        let host = match crate::ingress_check::check_host(host) {
-            Ok(host) => host,
-            Err(error) => {
-                problems.push(Problem::InvalidHost {
-                    ingress: ingress_ref(ing),
-                    host: host.clone(),
-                    error,
-                });
-                continue;
-            }
+        let Some(host) = super::gateway::checked_host(ing, host, problems) else {
+            continue;
         };
         if claimed.insert(host.clone()) {
             server_names.push(host.clone());
