@@ -7,7 +7,8 @@
 //! file where one pod moved costs one small parse instead of a full one: ~50 ms -> a few ms). Any
 //! layout the splitter does not understand (flow-style lists, document markers, an item that does
 //! not parse on its own, e.g. an alias to another item's anchor) falls back to parsing the whole
-//! file, so the result is always what a full parse gives.
+//! file, so the result is always what a full parse gives. The `istio:` block is one unit: parsed
+//! again only when its text changed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
+use traffic_istio::IstioConfig;
 use traffic_translate::model::{
     read_model_file, Ingress, MeshModel, ModelError, Pod, Service, TlsSecret, Workload,
 };
@@ -39,10 +41,25 @@ fn stamp(path: &Path) -> Option<Stamp> {
 /// The top-level keys of a model file, in [`MeshModel`] field order.
 const SECTIONS: [&str; 5] = ["services", "pods", "workloads", "ingresses", "secrets"];
 
-/// `text` split into its top-level block lists: per [`SECTIONS`] entry, the text of each item
-/// (a one-element YAML sequence). `None` when the layout is anything else.
-fn split_sections(text: &str) -> Option<[Vec<&str>; 5]> {
+/// The top-level key of the Istio objects: a mapping of lists, cached as one block.
+const ISTIO: &str = "istio";
+
+/// A model file split by [`split_sections`].
+#[derive(Debug, Default)]
+struct Split<'t> {
+    /// Per [`SECTIONS`] entry, the text of each item (a one-element YAML sequence).
+    lists: [Vec<&'t str>; 5],
+    /// The `istio:` block, its key line included.
+    istio: Option<&'t str>,
+}
+
+/// `text` split into its top-level block lists and its `istio:` block. `None` when the layout is
+/// anything else.
+fn split_sections(text: &str) -> Option<Split<'_>> {
     let mut sections: [Vec<&str>; 5] = Default::default();
+    // Start of the `istio:` block while inside it, and the block once it ended.
+    let mut istio_start: Option<usize> = None;
+    let mut istio: Option<&str> = None;
     let mut seen = [false; 5];
     // `key:` with a block list after it (an empty one is null, which a full parse refuses).
     let mut block = [false; 5];
@@ -64,9 +81,27 @@ fn split_sections(text: &str) -> Option<[Vec<&str>; 5]> {
         if col == 0 && content.contains('\t') {
             return None;
         }
+        if let Some(s) = istio_start {
+            if col > 0 {
+                continue; // inside the `istio:` block
+            }
+            istio = Some(&text[s..start]);
+            istio_start = None;
+        }
         if col == 0 && !trimmed.starts_with('-') {
             // A top-level key: `name:` (a block list follows) or `name: []`.
             let (key, rest) = trimmed.split_once(':')?;
+            if key == ISTIO {
+                if istio.is_some() || !rest.trim().is_empty() {
+                    return None;
+                }
+                if let (Some(cur), Some(s)) = (current, item_start.take()) {
+                    sections[cur].push(&text[s..start]);
+                }
+                current = None;
+                istio_start = Some(start);
+                continue;
+            }
             let idx = SECTIONS.iter().position(|s| *s == key)?;
             if std::mem::replace(&mut seen[idx], true) {
                 return None;
@@ -106,10 +141,23 @@ fn split_sections(text: &str) -> Option<[Vec<&str>; 5]> {
     if let (Some(cur), Some(s)) = (current, item_start) {
         sections[cur].push(&text[s..]);
     }
+    if let Some(s) = istio_start {
+        istio = Some(&text[s..]);
+    }
     if (0..SECTIONS.len()).any(|i| block[i] && sections[i].is_empty()) {
         return None;
     }
-    Some(sections)
+    Some(Split {
+        lists: sections,
+        istio,
+    })
+}
+
+/// The `istio:` block parsed on its own.
+#[derive(Debug, Default, serde::Deserialize)]
+struct IstioBlock {
+    #[serde(default)]
+    istio: IstioConfig,
 }
 
 /// The items of one list as last parsed: their exact text and value, in file order.
@@ -184,6 +232,8 @@ pub struct ModelParser {
     workloads: ItemCache<Workload>,
     ingresses: ItemCache<Ingress>,
     secrets: ItemCache<TlsSecret>,
+    /// The text of the last `istio:` block and what it parsed to.
+    istio: Option<(String, IstioConfig)>,
 }
 
 impl ModelParser {
@@ -199,7 +249,19 @@ impl ModelParser {
     }
 
     fn parse_items(&mut self, text: &str) -> Option<MeshModel> {
-        let [services, pods, workloads, ingresses, secrets] = split_sections(text)?;
+        let split = split_sections(text)?;
+        let istio = match split.istio {
+            None => IstioConfig::default(),
+            Some(block) => match &self.istio {
+                Some((last, parsed)) if last == block => parsed.clone(),
+                _ => {
+                    let parsed = serde_yaml::from_str::<IstioBlock>(block).ok()?.istio;
+                    self.istio = Some((block.to_string(), parsed.clone()));
+                    parsed
+                }
+            },
+        };
+        let [services, pods, workloads, ingresses, secrets] = split.lists;
         let (services, a) = self.services.items(&services)?;
         let (pods, b) = self.pods.items(&pods)?;
         let (workloads, c) = self.workloads.items(&workloads)?;
@@ -215,7 +277,7 @@ impl ModelParser {
             workloads,
             ingresses,
             secrets,
-            istio: Default::default(),
+            istio,
         })
     }
 
@@ -308,16 +370,54 @@ mod tests {
         let yaml = full.to_yaml().expect("to yaml");
         let mut parser = ModelParser::default();
         parser.parse(&yaml).expect("first");
-        let [_, pods, ..] = split_sections(&yaml).expect("split");
+        let [_, pods, ..] = split_sections(&yaml).expect("split").lists;
         let (_, parsed) = parser.pods.items(&pods).expect("same");
         assert_eq!(parsed, 0);
         let mut changed = full.clone();
         changed.pods[0].ready = false;
         let yaml = changed.to_yaml().expect("to yaml");
-        let [_, pods, ..] = split_sections(&yaml).expect("split");
+        let [_, pods, ..] = split_sections(&yaml).expect("split").lists;
         let (items, parsed) = parser.pods.items(&pods).expect("changed");
         assert_eq!(parsed, 1);
         assert_eq!(items, changed.pods);
+    }
+
+    const ISTIO: &str = "istio:\n  virtualServices:\n  - metadata: {name: reviews}\n    spec:\n      hosts: [reviews]\n      http:\n      - route: [{destination: {host: reviews, subset: v1}}]\n  destinationRules:\n  - metadata: {name: reviews}\n    spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}]}\n";
+
+    #[test]
+    fn the_istio_block_is_split_off_and_parsed_only_when_its_text_changed() {
+        let mut full = MeshModel::from_yaml_str(BOOKINFO).expect("bookinfo");
+        full.istio = MeshModel::from_yaml_str(ISTIO).expect("istio").istio;
+        let yaml = full.to_yaml().expect("to yaml");
+        let split = split_sections(&yaml).expect("split");
+        assert!(split.istio.expect("istio block").starts_with("istio:"));
+        let mut parser = ModelParser::default();
+        assert_eq!(parser.parse(&yaml).expect("first"), full);
+        let cached = parser.istio.as_ref().map(|(text, _)| text.clone());
+        // A pod moves: the same block, taken from the cache.
+        let mut moved = full.clone();
+        moved.pods[0].ip = Some("10.9.9.9".parse().expect("ip"));
+        assert_eq!(
+            parser.parse(&moved.to_yaml().expect("yaml")).expect("moved"),
+            moved
+        );
+        assert_eq!(parser.istio.as_ref().map(|(text, _)| text.clone()), cached);
+        // The block changes: parsed again.
+        let mut edited = moved.clone();
+        edited.istio.destination_rules.clear();
+        assert_eq!(
+            parser.parse(&edited.to_yaml().expect("yaml")).expect("edited"),
+            edited
+        );
+        // The block anywhere in the file, before other lists too.
+        let text = format!("{ISTIO}pods:\n- name: a\n  ip: 10.0.0.1\n");
+        let whole = MeshModel::from_yaml_str(&text).expect("whole");
+        assert!(split_sections(&text).is_some());
+        assert_eq!(ModelParser::default().parse(&text).expect("split"), whole);
+        // An invalid block: the error of a full parse.
+        let bad = "istio:\n  virtualServices: 3\n";
+        assert!(MeshModel::from_yaml_str(bad).is_err());
+        assert!(ModelParser::default().parse(bad).is_err());
     }
 
     #[test]

@@ -70,3 +70,63 @@ fn anything_but_a_pod_move_needs_a_full_translation() {
     let prev = translate(&before, &loopback);
     assert!(translate_endpoint_change(&before, &prev, &moved, &loopback).is_none());
 }
+
+/// Bookinfo with a VirtualService and a DestinationRule of three subsets for `reviews`.
+fn bookinfo_with_subsets() -> MeshModel {
+    let mut m = bookinfo();
+    let istio: MeshModel = MeshModel::from_yaml_str(
+        r#"
+services: []
+pods: []
+istio:
+  virtualServices:
+  - metadata: {name: reviews}
+    spec:
+      hosts: [reviews]
+      http:
+      - match: [{headers: {end-user: {exact: jason}}}]
+        route: [{destination: {host: reviews, subset: v2}}]
+      - route: [{destination: {host: reviews, subset: v1}}]
+  destinationRules:
+  - metadata: {name: reviews}
+    spec:
+      host: reviews.default.svc.cluster.local
+      subsets:
+      - {name: v1, labels: {version: v1}}
+      - {name: v2, labels: {version: v2}}
+      - {name: v3, labels: {version: v3}}
+  - metadata: {name: ratings}
+    spec:
+      host: ratings
+      trafficPolicy: {loadBalancer: {simple: RANDOM}}
+"#,
+    )
+    .unwrap();
+    m.istio = istio.istio;
+    m
+}
+
+#[test]
+fn a_moved_pod_of_a_destination_rule_subset_gives_what_a_full_translation_gives() {
+    let opts = Options::default();
+    let before = bookinfo_with_subsets();
+    let prev = translate(&before, &opts);
+    assert!(prev.problems.is_empty(), "{:?}", prev.problems);
+    let mut after = before.clone();
+    let i = after
+        .pods
+        .iter()
+        .position(|p| {
+            p.labels.get("version").map(String::as_str) == Some("v2") && p.name.starts_with("reviews")
+        })
+        .unwrap();
+    after.pods[i].ip = Some("10.9.9.9".parse().unwrap());
+    let fast = translate_endpoint_change(&before, &prev, &after, &opts).expect("endpoint-only change");
+    let full = translate(&after, &opts);
+    assert_eq!(fast.snapshot, full.snapshot);
+    assert_ne!(fast.snapshot, prev.snapshot);
+    // A changed Istio object is not a pod move.
+    let mut edited = after.clone();
+    edited.istio.destination_rules[0].spec.subsets.pop();
+    assert!(translate_endpoint_change(&after, &full, &edited, &opts).is_none());
+}

@@ -16,6 +16,7 @@
 //! (raw, one entry per change: `cargo xtask bench xds` computes the spreads). SotW clients send
 //! pre-encoded ACKs (the same bytes as building them each time).
 mod clients;
+mod synthetic;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -44,6 +45,10 @@ struct Args {
     /// Use delta ADS instead of state-of-the-world.
     #[arg(long)]
     delta: bool,
+    /// Every service also gets a VirtualService (3 rules: header matches, weighted subsets) and
+    /// a DestinationRule (3 subsets), as Istio users write them.
+    #[arg(long)]
+    istio: bool,
     /// A cgroup v2 directory (existing, empty) to run the server in: its cpu.stat gives the
     /// server's exact CPU time per change.
     #[arg(long)]
@@ -51,35 +56,6 @@ struct Args {
     /// Write the figures, one entry per change, to this file as JSON.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-}
-
-fn model(services: usize, pods: usize, bump: usize) -> anyhow::Result<MeshModel> {
-    let mut y = String::from("services:\n");
-    for s in 0..services {
-        y.push_str(&format!(
-            "- name: svc{s}\n  clusterIPs: [10.96.{}.{}]\n  ports: [{{name: http, port: 9080}}]\n  selector: {{app: svc{s}}}\n  labels: {{traffic.port.9080: http}}\n",
-            s / 250,
-            s % 250 + 1
-        ));
-    }
-    y.push_str("pods:\n");
-    for s in 0..services {
-        for p in 0..pods {
-            let n = s * pods + p;
-            // `bump` moves one pod of service 0 to another IP: one endpoint change.
-            let last = if s == 0 && p == 0 {
-                200 + bump % 50
-            } else {
-                n % 250 + 1
-            };
-            y.push_str(&format!(
-                "- {{name: svc{s}-{p}, ip: 10.{}.{}.{last}, labels: {{app: svc{s}}}}}\n",
-                1 + n / 62500,
-                (n / 250) % 250
-            ));
-        }
-    }
-    MeshModel::from_yaml_str(&y).context("synthetic model")
 }
 
 /// `field` (VmRSS, VmHWM) of process `pid` in MB.
@@ -203,7 +179,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let m = model(args.services, args.pods_per_service, 0)?;
+    let shape = synthetic::Shape {
+        services: args.services,
+        pods_per_service: args.pods_per_service,
+        istio: args.istio,
+    };
+    let m = shape.model(0)?;
     let opts = Options::default();
     let mut rebuilds = Vec::new();
     let mut t = translate(&m, &opts);
@@ -214,7 +195,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         rebuilds.push(started.elapsed());
     }
     rebuilds.sort();
-    let moved = model(args.services, args.pods_per_service, 1)?;
+    let moved = shape.model(1)?;
     let mut incremental = Vec::new();
     for _ in 0..3 {
         let started = Instant::now();
@@ -382,7 +363,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut latencies = Vec::new();
     let mut per_change = Vec::new();
     for change in 1..=args.changes {
-        let text = model_yaml(&model(args.services, args.pods_per_service, change)?)?;
+        let text = model_yaml(&shape.model(change)?)?;
         let tmp = dir.join("mesh.yaml.tmp");
         std::fs::write(&tmp, text)?;
         let (cpu0, bytes0) = (
@@ -463,7 +444,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "bench": "xds",
             "config": {
                 "services": args.services, "endpoints": endpoints, "pods_per_service": args.pods_per_service,
-                "streams": args.streams, "changes": args.changes, "delta": args.delta,
+                "streams": args.streams, "changes": args.changes, "delta": args.delta, "istio": args.istio,
                 "server_cpu": if server_cgroup.is_some() { "cgroup cpu.stat" } else { "/proc/<pid>/stat" },
             },
             "full_rebuild_ms": rebuilds[1].as_secs_f64() * 1000.0,

@@ -317,7 +317,6 @@ pub fn translate_endpoint_change(
     opts: &Options,
 ) -> Option<Translation> {
     if opts.local_endpoint_via_loopback
-        || !model.istio.is_empty()
         || prev_model.istio != model.istio
         || prev_model.pods.len() != model.pods.len()
         || prev_model.services != model.services
@@ -362,13 +361,15 @@ pub fn translate_endpoint_change(
         .filter(|p| services.iter().any(|s| s.selects(p)))
         .cloned()
         .collect();
+    // DestinationRule subsets are endpoint assignments too (VirtualServices shape only routes).
+    let istio = destination_rules_for(&model.istio, &services);
     let part = MeshModel {
         services,
         pods,
         workloads: model.workloads.clone(),
         ingresses: Vec::new(),
         secrets: Vec::new(),
-        istio: Default::default(),
+        istio,
     };
     let fresh = translate(&part, opts).snapshot.sidecar.by_type.remove(ENDPOINT)?;
     let mut snapshot = prev.snapshot.clone();
@@ -396,6 +397,27 @@ pub fn translate_endpoint_change(
         label_errors: prev.label_errors.clone(),
         problems: prev.problems.clone(),
     })
+}
+
+/// The DestinationRules of `istio` whose host is one of `services`: what the subset clusters of
+/// those services, and so their endpoint assignments, come from.
+fn destination_rules_for(
+    istio: &traffic_istio::IstioConfig,
+    services: &[Service],
+) -> traffic_istio::IstioConfig {
+    if istio.destination_rules.is_empty() {
+        return traffic_istio::IstioConfig::default();
+    }
+    let hosts = crate::istio_lower::HostIndex::new(services);
+    traffic_istio::IstioConfig {
+        destination_rules: istio
+            .destination_rules
+            .iter()
+            .filter(|dr| hosts.resolve(&dr.spec.host, &dr.metadata.namespace).is_some())
+            .cloned()
+            .collect(),
+        ..Default::default()
+    }
 }
 
 fn node_resources(
