@@ -216,6 +216,7 @@ impl ModelParser {
             ingresses,
             secrets,
             istio: Default::default(),
+            outbound_traffic_policy: None,
         })
     }
 

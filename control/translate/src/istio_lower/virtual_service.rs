@@ -193,7 +193,7 @@ pub(super) fn lower_tcp_rule(
 fn destination(d: &vs::Destination, ns: &str, hosts: &HostIndex<'_>) -> Result<Destination, String> {
     let ResolvedHost { service, ports } = hosts
         .resolve(&d.host, ns)
-        .ok_or_else(|| format!("destination host {:?} is not a Service", d.host))?;
+        .ok_or_else(|| format!("destination host {:?} is not a Service or ServiceEntry host", d.host))?;
     let port = match d.port.and_then(|p| p.number) {
         Some(n) => {
             let n = u16::try_from(n).map_err(|_| format!("bad port {n}"))?;
