@@ -270,7 +270,11 @@ mod tests {
         let Command::Serve(s) = cli.command else {
             panic!("serve")
         };
-        assert_eq!(s.translate.options().outbound_policy, OutboundPolicy::Block, "default");
+        assert_eq!(
+            s.translate.options().outbound_policy,
+            OutboundPolicy::Block,
+            "default"
+        );
         assert!(Cli::try_parse_from([
             "traffic-control",
             "serve",

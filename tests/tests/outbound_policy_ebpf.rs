@@ -62,7 +62,10 @@ fn http_from_pod(pod: &TestPod, ip: &str, port: u16, host: &str) -> String {
         try:\n c.request('GET','/marker.txt',headers={'Host':sys.argv[3]}); r=c.getresponse(); print(r.status, r.read().decode().strip())\n\
         except Exception as e:\n print('error', repr(e))\n";
     let args = ["-c", script, ip, &port.to_string(), host].map(str::to_string);
-    let out = pod.app_placement().run(Path::new(PYTHON), &args).expect("python client");
+    let out = pod
+        .app_placement()
+        .run(Path::new(PYTHON), &args)
+        .expect("python client");
     out.stdout.trim().to_string()
 }
 
@@ -121,12 +124,23 @@ fn start(pod: &TestPod, envoy: &Path, policy: OutboundPolicy) -> Sidecar {
     set_mode(&cfg, 0o644);
 
     let mut cmd = Command::new(PYTHON);
-    cmd.args(["-m", "http.server", &HTTP_PORT.to_string(), "--bind", "0.0.0.0", "--directory"])
-        .arg(&www)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let http = KillOnDrop(pod.backend_placement().spawn(&mut cmd).expect("start the HTTP server"));
+    cmd.args([
+        "-m",
+        "http.server",
+        &HTTP_PORT.to_string(),
+        "--bind",
+        "0.0.0.0",
+        "--directory",
+    ])
+    .arg(&www)
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let http = KillOnDrop(
+        pod.backend_placement()
+            .spawn(&mut cmd)
+            .expect("start the HTTP server"),
+    );
 
     let mut cmd = Command::new(envoy);
     cmd.arg("-c")
@@ -151,7 +165,10 @@ fn set_mode(p: &Path, mode: u32) {
 /// Runs `test-client tcp <dst>` as the pod's app.
 fn tcp_client(pod: &TestPod, dst: &str) -> traffic_tests::pod::Output {
     pod.app_placement()
-        .run(&bins::path(bins::CLIENT).expect("test-client"), &["tcp".to_string(), dst.to_string()])
+        .run(
+            &bins::path(bins::CLIENT).expect("test-client"),
+            &["tcp".to_string(), dst.to_string()],
+        )
         .expect("client")
 }
 
@@ -191,7 +208,11 @@ fn passthrough_reaches_an_unknown_destination_and_block_refuses_it_through_the_e
         // Opaque TCP to an address and port nobody declared: through Envoy's ORIGINAL_DST cluster
         // to exactly the original destination.
         let out = tcp_client(&pod, &unknown_tcp);
-        assert!(out.success, "passthrough TCP failed: {}\n{}", out.stdout, out.stderr);
+        assert!(
+            out.success,
+            "passthrough TCP failed: {}\n{}",
+            out.stdout, out.stderr
+        );
         let res = &out.client_results()[0];
         assert!(res.local.ip().is_loopback(), "not redirected: {res:?}");
         assert!(!res.went_direct(), "{res:?}");

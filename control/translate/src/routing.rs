@@ -284,6 +284,7 @@ pub enum HttpAction {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Destination {
     pub service: ServiceKey,
+    /// 0 only in a rule not placed on a port yet: "the port the request came to".
     pub port: u16,
     pub subset: Option<String>,
 }

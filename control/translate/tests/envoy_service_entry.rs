@@ -121,7 +121,8 @@ fn start(envoy_bin: &std::path::PathBuf, model: &MeshModel, policy: OutboundPoli
     let t = translate(model, &opts);
     assert!(t.problems.is_empty(), "{:?}", t.problems);
     t.snapshot.validate().unwrap();
-    let bootstrap = static_bootstrap("client.default", &t.snapshot.for_node("client.default"), admin).unwrap();
+    let bootstrap =
+        static_bootstrap("client.default", &t.snapshot.for_node("client.default"), admin).unwrap();
     start_envoy(envoy_bin, &bootstrap, admin)
 }
 
@@ -176,7 +177,10 @@ fn service_entries_resolve_static_and_dns_and_take_virtual_service_rules_in_envo
     let started = Instant::now();
     let r = get("slow.example", "/slow", "");
     let took = started.elapsed();
-    eprintln!("VirtualService timeout 0.5s on a ServiceEntry host: {} after {took:?}", status(&r));
+    eprintln!(
+        "VirtualService timeout 0.5s on a ServiceEntry host: {} after {took:?}",
+        status(&r)
+    );
     assert_eq!(status(&r), 504, "{r}");
     assert!(
         (Duration::from_millis(450)..Duration::from_millis(1500)).contains(&took),
@@ -225,4 +229,126 @@ fn allow_any_serves_the_same_entries_and_block_refuses_unknown_tcp_in_envoy() {
         "hello from 127.0.0.23"
     );
     assert_eq!(http_get(([127, 0, 0, 41], outbound2).into(), "/", ""), None);
+}
+
+/// A TLS 1.2 ClientHello naming `sni` (enough for Envoy's tls_inspector; no handshake follows).
+fn client_hello(sni: &str) -> Vec<u8> {
+    let name = sni.as_bytes();
+    let len16 = |n: usize| u16::try_from(n).unwrap().to_be_bytes();
+    // server_name extension: list of one host_name.
+    let mut list = vec![0u8];
+    list.extend(len16(name.len()));
+    list.extend(name);
+    let mut ext = vec![0u8, 0];
+    ext.extend(len16(list.len() + 2));
+    ext.extend(len16(list.len()));
+    ext.extend(list);
+    let mut body = vec![3u8, 3];
+    body.extend([7u8; 32]); // random
+    body.push(0); // session id
+    body.extend([0, 2, 0, 0x2f]); // one cipher suite
+    body.extend([1, 0]); // null compression
+    body.extend(len16(ext.len()));
+    body.extend(ext);
+    let mut hs = vec![1u8, 0];
+    hs.extend(len16(body.len()));
+    hs.extend(body);
+    let mut record = vec![0x16u8, 3, 1];
+    record.extend(len16(hs.len()));
+    record.extend(hs);
+    record
+}
+
+/// A TCP backend on `ip:port` that reads what arrives first and answers `<tag> got <n> bytes`.
+fn tagged_tcp_backend(ip: &str, port: u16, tag: &'static str) {
+    let listener = std::net::TcpListener::bind((ip, port)).unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let _ = write!(conn, "{tag} got {n} bytes");
+        }
+    });
+}
+
+/// Sends a ClientHello for `sni` to `addr`; what came back before the connection closed.
+fn hello(addr: SocketAddr, sni: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&client_hello(sni)).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn tls_service_entries_are_chosen_by_sni_in_envoy() {
+    let Some(envoy_bin) = envoy_or_skip() else { return };
+    let (outbound, app) = (free_port(), free_port());
+    tagged_tcp_backend("127.0.0.24", app, "tls-a");
+    tagged_tcp_backend("127.0.0.25", app, "tls-b");
+    let entry = |name: &str, host: &str, ip: &str, protocol: &str| {
+        format!(
+            "  - metadata: {{name: {name}}}\n    spec: {{hosts: [{host}], resolution: STATIC, \
+             ports: [{{number: {outbound}, name: tls, protocol: {protocol}, targetPort: {app}}}], endpoints: [{{address: {ip}}}]}}\n"
+        )
+    };
+    let yaml = format!(
+        "istio:\n  serviceEntries:\n{}{}",
+        entry("a", "a.example", "127.0.0.24", "TLS"),
+        entry("b", "b.example", "127.0.0.25", "HTTPS"),
+    );
+    let model = MeshModel::from_yaml_str(&yaml).unwrap();
+    let _envoy = start(&envoy_bin, &model, OutboundPolicy::Block, outbound);
+    let at: SocketAddr = ([127, 0, 0, 30], outbound).into();
+    let n = client_hello("a.example").len();
+    assert_eq!(hello(at, "a.example"), format!("tls-a got {n} bytes"));
+    assert_eq!(hello(at, "b.example"), format!("tls-b got {n} bytes"));
+    // An SNI no entry names: the default chain (REGISTRY_ONLY: blackhole) closes it.
+    assert_eq!(hello(at, "c.example"), "");
+}
+
+/// Every kind of entry at once (HTTP/GRPC without addresses, HTTP and TCP on a VIP and a CIDR,
+/// TLS/HTTPS on two ports, MONGO, NONE, STATIC with localities, DNS, DNS_ROUND_ROBIN, subsets on
+/// a DNS host) under both policies: Envoy starts on it, i.e. accepts every resource.
+#[test]
+fn every_kind_of_entry_is_accepted_by_envoy() {
+    let Some(envoy_bin) = envoy_or_skip() else { return };
+    let yaml = r#"
+istio:
+  serviceEntries:
+  - metadata: {name: httpbin}
+    spec: {hosts: [httpbin.org], resolution: DNS, ports: [{number: 80, name: http, protocol: HTTP}, {number: 443, name: https, protocol: HTTPS}]}
+  - metadata: {name: grpc}
+    spec: {hosts: [grpc.example], resolution: DNS_ROUND_ROBIN, ports: [{number: 80, name: grpc, protocol: GRPC}, {number: 8443, name: tls, protocol: TLS}]}
+  - metadata: {name: vip}
+    spec:
+      hosts: [api.internal]
+      addresses: [240.0.0.1, 10.20.0.0/16]
+      location: MESH_INTERNAL
+      resolution: STATIC
+      ports: [{number: 8080, name: http, protocol: HTTP}, {number: 9000, name: tcp, protocol: TCP}]
+      endpoints:
+      - {address: 10.20.0.5, labels: {version: v1}, locality: r1/z1/s1, weight: 2}
+      - {address: 10.20.0.6, labels: {version: v2}, locality: r1/z2}
+  - metadata: {name: mongo}
+    spec: {hosts: [mongo.example], ports: [{number: 27017, name: mongo, protocol: MONGO}]}
+  - metadata: {name: wild}
+    spec: {hosts: ["*.wild.example"], resolution: NONE, ports: [{number: 80, name: http, protocol: HTTP}, {number: 443, name: https, protocol: HTTPS}]}
+  virtualServices:
+  - metadata: {name: httpbin}
+    spec: {hosts: [httpbin.org], http: [{timeout: 3s, route: [{destination: {host: httpbin.org, subset: a}}]}]}
+  - metadata: {name: api}
+    spec: {hosts: [api.internal], http: [{route: [{destination: {host: api.internal, port: {number: 8080}, subset: v2}, weight: 20}, {destination: {host: api.internal, port: {number: 8080}, subset: v1}, weight: 80}]}]}
+  destinationRules:
+  - metadata: {name: httpbin}
+    spec: {host: httpbin.org, trafficPolicy: {connectionPool: {tcp: {maxConnections: 10}}, outlierDetection: {consecutive5xxErrors: 3}}, subsets: [{name: a, labels: {}}]}
+  - metadata: {name: api}
+    spec: {host: api.internal, subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]}
+"#;
+    let model = MeshModel::from_yaml_str(yaml).unwrap();
+    for policy in [OutboundPolicy::Block, OutboundPolicy::Passthrough] {
+        let _envoy = start(&envoy_bin, &model, policy, free_port());
+    }
 }

@@ -29,7 +29,10 @@ fn model(entries: &str, extra: &str) -> MeshModel {
 
 /// A ServiceEntry list item named `name` with the flow-mapping `spec`.
 fn se(name: &str, spec: &str) -> String {
-    format!("  - metadata: {{name: {name}, creationTimestamp: \"2024-01-0{}T00:00:00Z\"}}\n    spec: {spec}\n", name.len() % 9 + 1)
+    format!(
+        "  - metadata: {{name: {name}, creationTimestamp: \"2024-01-0{}T00:00:00Z\"}}\n    spec: {spec}\n",
+        name.len() % 9 + 1
+    )
 }
 
 /// The discovery type; Envoy's DNS cluster extension reads as STRICT_DNS, or LOGICAL_DNS with
@@ -66,7 +69,12 @@ fn chain<'l>(l: &'l Listener, name: &str) -> &'l FilterChain {
     l.filter_chains
         .iter()
         .find(|c| c.name == name)
-        .unwrap_or_else(|| panic!("no chain {name}: {:?}", l.filter_chains.iter().map(|c| &c.name).collect::<Vec<_>>()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no chain {name}: {:?}",
+                l.filter_chains.iter().map(|c| &c.name).collect::<Vec<_>>()
+            )
+        })
 }
 
 fn prefixes(c: &FilterChain) -> Vec<(String, u32)> {
@@ -75,7 +83,12 @@ fn prefixes(c: &FilterChain) -> Vec<(String, u32)> {
         .unwrap()
         .prefix_ranges
         .iter()
-        .map(|p| (p.address_prefix.clone(), p.prefix_len.map(|l| l.value).unwrap_or(0)))
+        .map(|p| {
+            (
+                p.address_prefix.clone(),
+                p.prefix_len.map(|l| l.value).unwrap_or(0),
+            )
+        })
         .collect()
 }
 
@@ -89,10 +102,18 @@ fn messages(t: &Translation) -> Vec<String> {
 
 const HTTPBIN: &str = "{hosts: [httpbin.org], location: MESH_EXTERNAL, resolution: DNS, ports: [{number: 80, name: http, protocol: HTTP}]}";
 
+/// (spec, cluster kind, EDS assignment?, (address, port, weight) of the endpoints in the cluster
+/// or the assignment)
+type ResolutionCase = (
+    &'static str,
+    cluster::DiscoveryType,
+    bool,
+    &'static [(&'static str, u32, u32)],
+);
+
 #[test]
 fn resolution_picks_the_cluster_kind() {
-    // (spec, cluster kind, EDS assignment?, endpoints in the cluster or the assignment)
-    let cases: &[(&str, cluster::DiscoveryType, bool, &[(&str, u32, u32)])] = &[
+    let cases: &[ResolutionCase] = &[
         (
             "{hosts: [a.example], resolution: NONE, ports: [{number: 5000, name: tcp, protocol: TCP}]}",
             cluster::DiscoveryType::OriginalDst,
@@ -200,7 +221,12 @@ fn static_endpoints_keep_their_locality_and_labels_pick_subsets() {
         .iter()
         .map(|l| {
             let loc = l.locality.clone().unwrap();
-            (loc.region, loc.zone, loc.sub_zone, l.load_balancing_weight.unwrap().value)
+            (
+                loc.region,
+                loc.zone,
+                loc.sub_zone,
+                l.load_balancing_weight.unwrap().value,
+            )
         })
         .collect();
     assert_eq!(
@@ -212,13 +238,19 @@ fn static_endpoints_keep_their_locality_and_labels_pick_subsets() {
     );
     let c = cluster(&view, "5432|default|db.example");
     assert_eq!(
-        c.circuit_breakers.unwrap().thresholds[0].max_connections.unwrap().value,
+        c.circuit_breakers.unwrap().thresholds[0]
+            .max_connections
+            .unwrap()
+            .value,
         7,
         "the DestinationRule's policy applies to the ServiceEntry host"
     );
     let sub = cla(&view, "5432|default|db.example|v2");
     assert_eq!(endpoints(&sub), [("10.1.0.2".to_string(), 5432, 4, 4)]);
-    assert_eq!(kind(&cluster(&view, "5432|default|db.example|v2")), cluster::DiscoveryType::Eds);
+    assert_eq!(
+        kind(&cluster(&view, "5432|default|db.example|v2")),
+        cluster::DiscoveryType::Eds
+    );
 }
 
 #[test]
@@ -244,7 +276,15 @@ fn ports_pick_the_filter_chain_and_addresses_its_match() {
     // HTTP without addresses: one chain for port 80, any address, HCM + RDS "80".
     let c = chain(&l, "80|http");
     assert!(prefixes(c).is_empty());
-    assert_eq!(c.filter_chain_match.as_ref().unwrap().destination_port.unwrap().value, 80);
+    assert_eq!(
+        c.filter_chain_match
+            .as_ref()
+            .unwrap()
+            .destination_port
+            .unwrap()
+            .value,
+        80
+    );
     let hcm = hcm_of(&c.filters[0]);
     let Some(envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier::Rds(rds)) =
         hcm.route_specifier
@@ -266,7 +306,10 @@ fn ports_pick_the_filter_chain_and_addresses_its_match() {
 
     // HTTPS without addresses: by SNI, tls_inspector on port 443 only.
     let c = chain(&l, "443|default|httpbin.org");
-    assert_eq!(c.filter_chain_match.as_ref().unwrap().server_names, ["httpbin.org"]);
+    assert_eq!(
+        c.filter_chain_match.as_ref().unwrap().server_names,
+        ["httpbin.org"]
+    );
     assert_eq!(tcp_cluster(c), "443|default|httpbin.org");
     let inspector = l
         .listener_filters
@@ -274,13 +317,22 @@ fn ports_pick_the_filter_chain_and_addresses_its_match() {
         .find(|f| f.name == "envoy.filters.listener.tls_inspector")
         .expect("tls_inspector");
     let disabled = format!("{:?}", inspector.filter_disabled);
-    assert!(disabled.contains("NotMatch") && disabled.contains("start: 443, end: 444"), "{disabled}");
+    assert!(
+        disabled.contains("NotMatch") && disabled.contains("start: 443, end: 444"),
+        "{disabled}"
+    );
 
     // Addresses: VIP /32 and the CIDR as written; HTTP with addresses shares RDS "8080".
     let c = chain(&l, "8080|http|8080|default|api.internal");
-    assert_eq!(prefixes(c), [("10.20.0.0".to_string(), 16), ("240.0.0.1".to_string(), 32)]);
+    assert_eq!(
+        prefixes(c),
+        [("10.20.0.0".to_string(), 16), ("240.0.0.1".to_string(), 32)]
+    );
     let c = chain(&l, "9000|default|api.internal");
-    assert_eq!(prefixes(c), [("10.20.0.0".to_string(), 16), ("240.0.0.1".to_string(), 32)]);
+    assert_eq!(
+        prefixes(c),
+        [("10.20.0.0".to_string(), 16), ("240.0.0.1".to_string(), 32)]
+    );
     assert_eq!(tcp_cluster(c), "9000|default|api.internal");
 
     // MONGO is opaque TCP; without addresses the chain takes the port at any address.
@@ -311,7 +363,10 @@ fn the_outbound_policy_decides_unknown_http_hosts_and_other_destinations() {
             },
         );
         let last = rc(&t, "80").virtual_hosts.last().cloned().unwrap();
-        assert_eq!((last.name.as_str(), last.domains.as_slice()), (vhost, &["*".to_string()][..]));
+        assert_eq!(
+            (last.name.as_str(), last.domains.as_slice()),
+            (vhost, &["*".to_string()][..])
+        );
         match (&last.routes[0].action, policy) {
             (Some(route::Action::DirectResponse(d)), OutboundPolicy::Block) => assert_eq!(d.status, 502),
             (Some(route::Action::Route(a)), OutboundPolicy::Passthrough) => assert_eq!(
@@ -345,7 +400,11 @@ fn the_outbound_policy_decides_unknown_http_hosts_and_other_destinations() {
                 ..Options::default()
             },
         );
-        assert_eq!(tcp_cluster(&outbound(&t).default_filter_chain.unwrap()), default_cluster, "{mode}");
+        assert_eq!(
+            tcp_cluster(&outbound(&t).default_filter_chain.unwrap()),
+            default_cluster,
+            "{mode}"
+        );
     }
     assert!(MeshModel::from_yaml_str("outboundTrafficPolicy: {mode: SOMETIMES}\n").is_err());
 
@@ -366,14 +425,20 @@ fn virtual_services_and_destination_rules_apply_to_service_entry_hosts() {
     let r = rc(&t, "80");
     let vh = &r.virtual_hosts[0];
     assert_eq!(vh.domains[0], "httpbin.org");
-    assert_eq!(vh.routes.len(), 1, "the rule matches every request: no fallback route");
+    assert_eq!(
+        vh.routes.len(),
+        1,
+        "the rule matches every request: no fallback route"
+    );
     let Some(route::Action::Route(a)) = &vh.routes[0].action else {
         panic!("{:?}", vh.routes[0])
     };
     assert_eq!(a.timeout.unwrap().seconds, 3);
     assert_eq!(
         a.cluster_specifier,
-        Some(route_action::ClusterSpecifier::Cluster("80|default|httpbin.org".into()))
+        Some(route_action::ClusterSpecifier::Cluster(
+            "80|default|httpbin.org".into()
+        ))
     );
 
     // From another namespace, by the same name (ServiceEntries are visible everywhere), to a
@@ -393,7 +458,9 @@ fn virtual_services_and_destination_rules_apply_to_service_entry_hosts() {
     };
     assert_eq!(
         a.cluster_specifier,
-        Some(route_action::ClusterSpecifier::Cluster("80|default|httpbin.org|a".into()))
+        Some(route_action::ClusterSpecifier::Cluster(
+            "80|default|httpbin.org|a".into()
+        ))
     );
 
     // A host that is neither a Service nor a ServiceEntry host stays unemitted and reported.
@@ -401,7 +468,8 @@ fn virtual_services_and_destination_rules_apply_to_service_entry_hosts() {
     let t = run(&model(&se("httpbin", HTTPBIN), vs));
     let m = messages(&t);
     assert!(
-        m.iter().any(|p| p.contains("\"nope.example\" is not a Service or ServiceEntry host")),
+        m.iter()
+            .any(|p| p.contains("\"nope.example\" is not a Service or ServiceEntry host")),
         "{m:?}"
     );
     let r = rc(&t, "80");
@@ -410,7 +478,9 @@ fn virtual_services_and_destination_rules_apply_to_service_entry_hosts() {
     };
     assert_eq!(
         a.cluster_specifier,
-        Some(route_action::ClusterSpecifier::Cluster("80|default|httpbin.org".into())),
+        Some(route_action::ClusterSpecifier::Cluster(
+            "80|default|httpbin.org".into()
+        )),
         "the host keeps its own route"
     );
 }
@@ -448,16 +518,23 @@ fn invalid_service_entries_leave_out_only_themselves() {
             assert!(m.is_empty(), "{spec}: {m:?}");
         } else {
             assert!(
-                m.iter().any(|p| p.contains("ServiceEntry default/bad") && p.contains(code)),
+                m.iter()
+                    .any(|p| p.contains("ServiceEntry default/bad") && p.contains(code)),
                 "{spec}: {m:?}"
             );
         }
         let view = sidecar(&t, "x.default");
         let clusters = names(&view, CLUSTER);
-        assert!(clusters.contains(&"80|default|httpbin.org".to_string()), "{spec}: the good entry stays");
+        assert!(
+            clusters.contains(&"80|default|httpbin.org".to_string()),
+            "{spec}: the good entry stays"
+        );
         let bad = clusters.iter().any(|c| c.contains("bad.example"));
         assert_eq!(bad, *kept, "{spec}: {clusters:?}");
-        assert!(m.iter().all(|p| !p.contains("ServiceEntry default/good")), "{spec}: {m:?}");
+        assert!(
+            m.iter().all(|p| !p.contains("ServiceEntry default/good")),
+            "{spec}: {m:?}"
+        );
     }
 }
 
@@ -476,13 +553,66 @@ fn conflicting_entries_keep_the_first_and_report_the_rest() {
     let t = run(&model(&entries, ""));
     let m = messages(&t);
     assert_eq!(m.len(), 3, "{m:?}");
-    assert!(m[0].contains("ServiceEntry default/bb") && m[0].contains("earlier ServiceEntry") && m[0].contains("(by ServiceEntry default/a)"), "{m:?}");
-    assert!(m[1].contains("ServiceEntry default/ccc") && m[1].contains("port 5432"), "{m:?}");
-    assert!(m[2].contains("ServiceEntry default/dddd") && m[2].contains("Kubernetes Service default/reviews"), "{m:?}");
+    assert!(
+        m[0].contains("ServiceEntry default/bb")
+            && m[0].contains("earlier ServiceEntry")
+            && m[0].contains("(by ServiceEntry default/a)"),
+        "{m:?}"
+    );
+    assert!(
+        m[1].contains("ServiceEntry default/ccc") && m[1].contains("port 5432"),
+        "{m:?}"
+    );
+    assert!(
+        m[2].contains("ServiceEntry default/dddd") && m[2].contains("Kubernetes Service default/reviews"),
+        "{m:?}"
+    );
     let clusters = names(&sidecar(&t, "x.default"), CLUSTER);
     assert!(clusters.contains(&"5432|default|db.example".to_string()));
     assert!(!clusters.iter().any(|c| c.starts_with("5433|")));
     assert!(!clusters.contains(&"5432|default|db2.example".to_string()));
     assert!(clusters.contains(&"80|default|db2.example".to_string()));
     assert!(matches!(t.problems[0], Problem::IstioConflict { .. }));
+}
+
+#[test]
+fn a_destination_without_port_takes_the_port_of_the_request_and_http_rules_only_http_ports() {
+    // httpbin.org on 80 (HTTP) and 443 (HTTPS): the VirtualService names no port, as the
+    // walk-throughs do; its HTTP rule lands on port 80 only, routed to port 80.
+    let entry = se(
+        "httpbin",
+        "{hosts: [httpbin.org], resolution: DNS, ports: [{number: 80, name: http, protocol: HTTP}, {number: 443, name: https, protocol: HTTPS}]}",
+    );
+    let vs = "  virtualServices:\n  - metadata: {name: httpbin}\n    spec: {hosts: [httpbin.org], http: [{timeout: 3s, route: [{destination: {host: httpbin.org}}]}]}\n";
+    let t = run(&model(&entry, vs));
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let Some(route::Action::Route(a)) = &rc(&t, "80").virtual_hosts[0].routes[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        a.cluster_specifier,
+        Some(route_action::ClusterSpecifier::Cluster(
+            "80|default|httpbin.org".into()
+        ))
+    );
+    assert!(!names(&sidecar(&t, "x.default"), ROUTE).contains(&"443".to_string()));
+    let l = outbound(&t);
+    assert_eq!(
+        tcp_cluster(chain(&l, "443|default|httpbin.org")),
+        "443|default|httpbin.org"
+    );
+
+    // To another multi-port host without a port: that host must have the request's port.
+    let other = se(
+        "mirror",
+        "{hosts: [mirror.example], resolution: DNS, ports: [{number: 81, name: http, protocol: HTTP}, {number: 82, name: http2, protocol: HTTP}]}",
+    );
+    let vs = "  virtualServices:\n  - metadata: {name: httpbin}\n    spec: {hosts: [httpbin.org], http: [{route: [{destination: {host: mirror.example}}]}]}\n";
+    let t = run(&model(&format!("{entry}{other}"), vs));
+    let m = messages(&t);
+    assert!(
+        m.iter()
+            .any(|p| p.contains("mirror.example") && p.contains("no TCP port 80")),
+        "{m:?}"
+    );
 }

@@ -41,16 +41,20 @@ fn bad_host(h: &str) -> Option<String> {
         return Some("host \"*\" would take every destination; name the hosts".into());
     }
     if h.contains('/') {
-        return Some(format!("host {h:?}: a namespace prefix is not allowed in a ServiceEntry"));
+        return Some(format!(
+            "host {h:?}: a namespace prefix is not allowed in a ServiceEntry"
+        ));
     }
     let rest = h.strip_prefix("*.").unwrap_or(h);
     let labels_ok = !rest.is_empty()
         && rest.trim_end_matches('.').split('.').all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         });
-    (!labels_ok || h.len() > 253).then(|| format!("host {h:?} is not a DNS name (a leading `*.` is the only wildcard)"))
+    (!labels_ok || h.len() > 253)
+        .then(|| format!("host {h:?} is not a DNS name (a leading `*.` is the only wildcard)"))
 }
 
 /// The object with invalid ports and endpoints removed (`None` when the object itself is

@@ -36,6 +36,9 @@ const CLUSTER_DOMAIN: &str = "cluster.local";
 pub(crate) struct ResolvedHost {
     pub service: ServiceKey,
     pub ports: Vec<u16>,
+    /// The ports HTTP rules apply to: `None` = all of them (a Service: a port is HTTP when
+    /// labels, names or rules say so); a ServiceEntry's ports say their protocol.
+    pub http_ports: Option<Vec<u16>>,
 }
 
 /// Services by namespace and name, and ServiceEntry hosts by name, for host resolution.
@@ -66,6 +69,13 @@ impl<'m> HostIndex<'m> {
             Some(ResolvedHost {
                 service: e.key.clone(),
                 ports: e.ports.iter().map(|p| p.number).collect(),
+                http_ports: Some(
+                    e.ports
+                        .iter()
+                        .filter(|p| p.protocol == crate::routing::ExternalProtocol::Http)
+                        .map(|p| p.number)
+                        .collect(),
+                ),
             })
         })
     }
@@ -93,6 +103,7 @@ impl<'m> HostIndex<'m> {
                 .filter(|p| p.protocol == L4::Tcp)
                 .map(|p| p.port)
                 .collect(),
+            http_ports: None,
         })
     }
 }
@@ -266,10 +277,17 @@ pub fn lower(validated: &ValidatedConfig, services: &[Service]) -> (RoutingModel
                             ),
                         });
                     } else {
-                        model.tcp.insert(key.clone(), route.clone());
+                        let mut route = route.clone();
+                        for (d, _) in &mut route.destinations {
+                            d.port = virtual_service::at_port(d.port, port);
+                        }
+                        model.tcp.insert(key.clone(), route);
                     }
                 }
-                let rules: Vec<HttpRule> = lowered.iter().filter_map(|r| r.for_port(port)).collect();
+                if t.http_ports.as_ref().is_some_and(|h| !h.contains(&port)) {
+                    continue; // not an HTTP port of a ServiceEntry
+                }
+                let rules: Vec<HttpRule> = lowered.iter().filter_map(|r| r.placed_on(port)).collect();
                 if rules.is_empty() {
                     continue;
                 }

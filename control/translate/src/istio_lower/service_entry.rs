@@ -22,6 +22,9 @@ use crate::routing::{
 };
 use crate::translate::Problem;
 
+/// What an outbound filter chain of an HTTP or TCP port matches on: port and addresses.
+type ChainMatch = (u16, Vec<(IpAddr, u8)>);
+
 /// How a ServiceEntry port's protocol is handled (validation already refused unknown ones).
 pub(crate) fn protocol(p: Option<&str>) -> ExternalProtocol {
     match p.map(str::to_ascii_uppercase).as_deref() {
@@ -68,7 +71,7 @@ pub(super) fn lower_service_entries(
     let mut out: Vec<ExternalHost> = Vec::new();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     // (port, addresses) of HTTP and TCP ports -> the first host with it, whether HTTP.
-    let mut matches: BTreeMap<(u16, Vec<(IpAddr, u8)>), (usize, bool)> = BTreeMap::new();
+    let mut matches: BTreeMap<ChainMatch, (usize, bool)> = BTreeMap::new();
     for se in sorted {
         let origin = object_ref("ServiceEntry", &se.metadata);
         let spec = &se.spec;

@@ -149,23 +149,27 @@ pub(super) fn assignment(
             continue;
         }
         let entry = by_locality.entry(ep.locality.clone()).or_default();
-        entry.0.push(lb_endpoint(&ep.address, ep.port_for(port), ep.weight));
+        entry
+            .0
+            .push(lb_endpoint(&ep.address, ep.port_for(port), ep.weight));
         entry.1 += ep.weight.unwrap_or(1);
     }
     ClusterLoadAssignment {
         cluster_name: name.to_string(),
         endpoints: by_locality
             .into_iter()
-            .map(|((region, zone, sub_zone), (lb_endpoints, weight))| LocalityLbEndpoints {
-                locality: Some(Locality {
-                    region,
-                    zone,
-                    sub_zone,
-                }),
-                load_balancing_weight: (!dns).then(|| envoy::u32_value(weight.max(1))),
-                lb_endpoints,
-                ..Default::default()
-            })
+            .map(
+                |((region, zone, sub_zone), (lb_endpoints, weight))| LocalityLbEndpoints {
+                    locality: Some(Locality {
+                        region,
+                        zone,
+                        sub_zone,
+                    }),
+                    load_balancing_weight: (!dns).then(|| envoy::u32_value(weight.max(1))),
+                    lb_endpoints,
+                    ..Default::default()
+                },
+            )
             .collect(),
         ..Default::default()
     }
@@ -275,12 +279,17 @@ pub(super) fn filter_chains(ctx: &Ctx<'_>) -> (Vec<FilterChain>, Option<Listener
                 end: i32::from(*p) + 1,
             })),
         };
+        let mut ports: Vec<ListenerFilterChainMatchPredicate> = sni_ports.iter().map(port).collect();
+        // Envoy wants at least two rules in a MatchSet.
+        let any_of = if ports.len() == 1 {
+            ports.remove(0)
+        } else {
+            ListenerFilterChainMatchPredicate {
+                rule: Some(Rule::OrMatch(MatchSet { rules: ports })),
+            }
+        };
         f.filter_disabled = Some(ListenerFilterChainMatchPredicate {
-            rule: Some(Rule::NotMatch(Box::new(ListenerFilterChainMatchPredicate {
-                rule: Some(Rule::OrMatch(MatchSet {
-                    rules: sni_ports.iter().map(port).collect(),
-                })),
-            }))),
+            rule: Some(Rule::NotMatch(Box::new(any_of))),
         });
         f
     });
@@ -345,7 +354,9 @@ fn unknown_host(policy: OutboundPolicy) -> VirtualHost {
         OutboundPolicy::Passthrough => (
             "allow_any",
             route::Action::Route(RouteAction {
-                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(PASSTHROUGH_CLUSTER.into())),
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                    PASSTHROUGH_CLUSTER.into(),
+                )),
                 timeout: Some(envoy::duration(std::time::Duration::ZERO)),
                 ..Default::default()
             }),
