@@ -145,9 +145,13 @@ pub struct ConfigArgs {
     pub translate: TranslateArgs,
 }
 
+/// `block` / `passthrough`, or Istio's `meshConfig.outboundTrafficPolicy.mode` names
+/// `REGISTRY_ONLY` / `ALLOW_ANY` for the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutboundPolicyArg {
+    #[value(alias = "registry_only", alias = "registry-only")]
     Block,
+    #[value(alias = "allow_any", alias = "allow-any")]
     Passthrough,
 }
 
@@ -172,11 +176,15 @@ pub struct TranslateArgs {
     /// Zipkin collector `host:port`; tracing labels have no effect without it.
     #[arg(long, env = "TRAFFIC_CONTROL_ZIPKIN")]
     pub zipkin: Option<Collector>,
-    /// What an enabled pod's connection to a port with no protocol does.
+    /// What an enabled pod's connection to a destination nobody declared (a port with no
+    /// protocol, an address that is no Service's, an HTTP host no ServiceEntry names) does:
+    /// `block` (= Istio's REGISTRY_ONLY) or `passthrough` (= ALLOW_ANY). A model file's
+    /// `outboundTrafficPolicy.mode` wins over it.
     #[arg(
         long,
         env = "TRAFFIC_CONTROL_OUTBOUND_POLICY",
         value_enum,
+        ignore_case = true,
         default_value = "block"
     )]
     pub outbound_policy: OutboundPolicyArg,
@@ -233,6 +241,49 @@ mod tests {
             (o.outbound_port, o.stats_port, o.admin_port),
             (15001, Some(8900), 15000)
         );
+    }
+
+    #[test]
+    fn the_outbound_policy_takes_istio_mode_names_too() {
+        for (value, policy) in [
+            ("block", OutboundPolicy::Block),
+            ("passthrough", OutboundPolicy::Passthrough),
+            ("REGISTRY_ONLY", OutboundPolicy::Block),
+            ("ALLOW_ANY", OutboundPolicy::Passthrough),
+            ("allow-any", OutboundPolicy::Passthrough),
+        ] {
+            let cli = Cli::try_parse_from([
+                "traffic-control",
+                "serve",
+                "--model",
+                "m.yaml",
+                "--outbound-policy",
+                value,
+            ])
+            .expect("parse");
+            let Command::Serve(s) = cli.command else {
+                panic!("serve")
+            };
+            assert_eq!(s.translate.options().outbound_policy, policy, "{value}");
+        }
+        let cli = Cli::try_parse_from(["traffic-control", "serve", "--model", "m.yaml"]).expect("parse");
+        let Command::Serve(s) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(
+            s.translate.options().outbound_policy,
+            OutboundPolicy::Block,
+            "default"
+        );
+        assert!(Cli::try_parse_from([
+            "traffic-control",
+            "serve",
+            "--model",
+            "m.yaml",
+            "--outbound-policy",
+            "sometimes"
+        ])
+        .is_err());
     }
 
     #[test]

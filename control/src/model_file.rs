@@ -278,6 +278,8 @@ impl ModelParser {
             ingresses,
             secrets,
             istio,
+            // A file with `outboundTrafficPolicy:` is not split (a full parse reads it).
+            outbound_traffic_policy: None,
         })
     }
 

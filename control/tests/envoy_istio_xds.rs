@@ -1,5 +1,6 @@
 //! Real Envoy against our ADS server with an Istio model (VirtualService + DestinationRule with
-//! subsets, as in the bookinfo walk-through): every type is ACKed and nothing is NACKed in
+//! subsets, as in the bookinfo walk-through, and ServiceEntries: TCP on an address, HTTP + HTTPS
+//! resolved by DNS with a VirtualService timeout): every type is ACKed and nothing is NACKed in
 //! state-of-the-world and delta mode, subsets route by header, and a mirror copies every request
 //! to the shadow subset. Addressing as in `envoy_xds.rs` (loopback cluster IPs, no iptables).
 
@@ -8,6 +9,8 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use common::ads::TestServer;
 use common::envoy::{envoy_binary, free_port, http_get, Ads, Backend, Envoy};
@@ -24,6 +27,20 @@ pods:
 - {{name: reviews-v2, ip: 127.0.20.2, labels: {{app: reviews, version: v2}}}}
 - {{name: reviews-v3, ip: 127.0.20.3, labels: {{app: reviews, version: v3}}}}
 istio:
+  serviceEntries:
+  - metadata: {{name: db}}
+    spec:
+      hosts: [db.example]
+      addresses: [127.0.10.9]
+      resolution: STATIC
+      ports: [{{number: {port}, name: tcp, protocol: TCP}}]
+      endpoints: [{{address: 127.0.20.2, ports: {{tcp: {target}}}}}]
+  - metadata: {{name: httpbin}}
+    spec:
+      hosts: [httpbin.example]
+      resolution: DNS
+      ports: [{{number: {port}, name: http, protocol: HTTP}}, {{number: 443, name: https, protocol: HTTPS}}]
+      endpoints: [{{address: localhost, ports: {{http: {target}}}}}]
   destinationRules:
   - metadata: {{name: reviews}}
     spec:
@@ -33,6 +50,8 @@ istio:
       - {{name: v2, labels: {{version: v2}}}}
       - {{name: v3, labels: {{version: v3}}}}
   virtualServices:
+  - metadata: {{name: httpbin}}
+    spec: {{hosts: [httpbin.example], http: [{{timeout: 3s, route: [{{destination: {{host: httpbin.example}}}}]}}]}}
   - metadata: {{name: reviews}}
     spec:
       hosts: [reviews]
@@ -94,6 +113,25 @@ async fn istio_config_is_acked_and_routes(ads: Ads) {
     }
     assert_eq!(v3.hits.load(Ordering::SeqCst), n, "mirrored copies");
     assert_eq!(v2.hits.load(Ordering::SeqCst), 5);
+    // The ServiceEntry with an address: its chain matches 127.0.10.9, tcp_proxy to its STATIC
+    // endpoint (v2's pod).
+    // (Raw TCP: the backend keeps the connection open, only Envoy's HTTP filter would close it.)
+    let db = SocketAddr::new("127.0.10.9".parse::<IpAddr>().expect("ip"), port);
+    let mut s = tokio::net::TcpStream::connect(db).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nhost: db.example\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("reviews-v2") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(v2.hits.load(Ordering::SeqCst), 6);
     assert_eq!(v1.hits.load(Ordering::SeqCst), n);
 }
 

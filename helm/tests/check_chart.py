@@ -171,9 +171,10 @@ VALUE_SETS: list[tuple[str, dict[str, Any]]] = [
         {"agent": {"controlPlaneAddress": "[fd00:10:96::20]:15010"}},
     ),
     (
-        "scheduling, resources, annotations, tuning",
+        "scheduling, resources, annotations, tuning, Istio's outbound policy name",
         {
             "imagePullSecrets": [{"name": "regcred"}],
+            "meshConfig": {"outboundTrafficPolicy": {"mode": "ALLOW_ANY"}},
             "agent": {
                 "resyncSeconds": 30,
                 "concurrency": 8,
@@ -240,6 +241,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("runtime not docker|containerd|auto", {"agent": {"runtime": "cri-o"}}),
     ("containerd namespace with a slash", {"agent": {"containerdNamespace": "a/b"}}),
     ("outboundPolicy not block|passthrough", {"control": {"outboundPolicy": "allow"}}),
+    ("outboundTrafficPolicy.mode not ALLOW_ANY|REGISTRY_ONLY", {"meshConfig": {"outboundTrafficPolicy": {"mode": "ALLOW_SOME"}}}),
     ("unknown key", {"agent": {"redirect_mode": "ebpf"}}),
     ("unknown top-level key", {"gateway": {"enabled": True}}),
     ("port out of range", {"envoy": {"statsPort": 70000}}),
@@ -571,7 +573,10 @@ def check_components(label: str, v: dict[str, Any], by_kind: dict[str, dict[str,
 
     # Control plane: flags, and exactly the RBAC of control/kube-source/rbac.yaml.
     cenv = env_of(control[0]["spec"]["template"]["spec"]["containers"][0])
-    if cenv.get("TRAFFIC_CONTROL_OUTBOUND_POLICY") != v["control"]["outboundPolicy"]:
+    # meshConfig.outboundTrafficPolicy.mode (Istio's ALLOW_ANY / REGISTRY_ONLY, which the control
+    # plane reads as passthrough / block) wins over control.outboundPolicy when set.
+    want_policy = v["meshConfig"]["outboundTrafficPolicy"]["mode"] or v["control"]["outboundPolicy"]
+    if cenv.get("TRAFFIC_CONTROL_OUTBOUND_POLICY") != want_policy:
         fail.add(label, "control plane outbound policy is not the chart value")
     zipkin = v["control"]["zipkinAddress"] or (
         f"{v['monitor']['zipkin']['serviceName']}.{NAMESPACE}.svc.{v['clusterDomain']}:{v['monitor']['zipkin']['port']}"

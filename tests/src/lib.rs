@@ -14,6 +14,7 @@ pub mod e2e_faults;
 pub mod e2e_parse;
 pub mod install;
 pub mod node_runtime;
+pub mod pin_root;
 pub mod pod;
 pub mod privileged;
 pub mod scratch;

@@ -12,38 +12,13 @@ use std::time::Duration;
 
 use traffic_redirect::ebpf::{EbpfConfig, EbpfError, EbpfRedirector};
 use traffic_redirect::{PodKey, PodRedirect, RedirectError, Redirector, Settings};
+use traffic_tests::pin_root::PinRoot;
 use traffic_tests::pod::{bpftool_cgroup_show, unique_name, CgroupDir, KillOnDrop, Placement, PROXY_UID};
 use traffic_tests::wire::{unmap, ClientResult, ProxyEvent};
 use traffic_tests::{bins, require_privileged, TestPod};
 
 const PROXY_PORT: u16 = 15001;
 const PYTHON: &str = "/usr/bin/python3";
-
-/// A unique pin root, purged (links detached, pins removed) on drop.
-struct PinRoot(PathBuf);
-
-impl PinRoot {
-    fn new() -> Self {
-        Self(PathBuf::from("/sys/fs/bpf").join(unique_name("tm-test-")))
-    }
-    fn config(&self) -> EbpfConfig {
-        EbpfConfig {
-            pin_root: self.0.clone(),
-            ..EbpfConfig::default()
-        }
-    }
-    fn redirector(&self) -> EbpfRedirector {
-        EbpfRedirector::new(self.config()).expect("load the eBPF redirector (run `cargo xtask build-ebpf`)")
-    }
-}
-
-impl Drop for PinRoot {
-    fn drop(&mut self) {
-        if let Err(e) = EbpfRedirector::purge_pin_root(&self.0) {
-            eprintln!("cleanup: purge {}: {e}", self.0.display());
-        }
-    }
-}
 
 fn key(pod: &TestPod) -> PodKey {
     PodKey::new(pod.name.clone()).expect("valid key")

@@ -43,8 +43,9 @@
 //! | `TM1017` | error | rule | a fault with neither delay nor abort, a delay without `fixedDelay`, an abort without `httpStatus` |
 //! | `TM2001` | error | subset | a subset without name, or a name defined twice |
 //! | `TM2002` | error | setting | `simple` with `consistentHash`, or a hash with none or several keys |
-//! | `TM3001` | error | endpoint / object | `STATIC` with a non-IP endpoint or no endpoints, `DNS` with a wildcard host, endpoints with `NONE` |
+//! | `TM3001` | error | endpoint / object | `STATIC` with a non-IP endpoint or no endpoints, `DNS` with a wildcard host or a CIDR address, `DNS_ROUND_ROBIN` with several endpoints, endpoints with `NONE` |
 //! | `TM3002` | error | port | a ServiceEntry port number listed twice |
+//! | `TM3003` | error | object | a ServiceEntry host that is `*`, has a `namespace/` prefix or is not a DNS name |
 //! | `TM4001` | error | server | TLS that cannot be served: HTTPS without `tls`, `SIMPLE`/`MUTUAL` without `credentialName`, an unsupported mode |
 //! | `TM4002` | error | server | a Gateway server without hosts |
 //! | `TM4003` | warning | - | a Gateway with an empty selector (every gateway proxy) |

@@ -120,6 +120,7 @@ pub fn build_model(inputs: &Inputs) -> MeshModel {
         ingresses,
         secrets,
         istio: inputs.istio.clone(),
+        outbound_traffic_policy: None,
     }
 }
 

@@ -17,6 +17,8 @@ use crate::snapshot::Resource;
 pub mod names {
     pub const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
     pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+    /// The DNS cluster extension (STRICT_DNS, or LOGICAL_DNS with `all_addresses_in_single_endpoint`).
+    pub const DNS_CLUSTER: &str = "envoy.clusters.dns";
     pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
     pub const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
     pub const ROUTER: &str = "envoy.filters.http.router";

@@ -51,6 +51,43 @@ pub struct MeshModel {
     /// routing model by [`crate::istio_lower`].
     #[serde(default, skip_serializing_if = "traffic_istio::IstioConfig::is_empty")]
     pub istio: traffic_istio::IstioConfig,
+    /// Istio's `meshConfig.outboundTrafficPolicy`: what an enabled pod's connection to a
+    /// destination nobody declared does. When present it wins over `--outbound-policy`.
+    #[serde(
+        default,
+        rename = "outboundTrafficPolicy",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+}
+
+/// `outboundTrafficPolicy: {mode: ALLOW_ANY | REGISTRY_ONLY}`, as in Istio's meshConfig.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundTrafficPolicy {
+    pub mode: OutboundMode,
+}
+
+/// Istio's names for [`crate::translate::OutboundPolicy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutboundMode {
+    /// `passthrough`: unknown destinations are reached through the `passthrough` cluster
+    /// (Envoy `ORIGINAL_DST`; Istio's `PassthroughCluster`).
+    #[serde(rename = "ALLOW_ANY")]
+    AllowAny,
+    /// `block`: unknown destinations go to the `blackhole` cluster (Istio's `BlackHoleCluster`),
+    /// HTTP to a host no ServiceEntry declares gets 502.
+    #[serde(rename = "REGISTRY_ONLY")]
+    RegistryOnly,
+}
+
+impl OutboundMode {
+    pub fn policy(self) -> crate::translate::OutboundPolicy {
+        match self {
+            OutboundMode::AllowAny => crate::translate::OutboundPolicy::Passthrough,
+            OutboundMode::RegistryOnly => crate::translate::OutboundPolicy::Block,
+        }
+    }
 }
 
 /// A Kubernetes Service (ClusterIP; headless Services have no `clusterIPs`).

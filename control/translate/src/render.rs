@@ -201,6 +201,7 @@ fn debug_of(any: &Any) -> Option<String> {
         .or_else(|| d::<envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions>(any))
         .or_else(|| d::<OriginalDst>(any))
         .or_else(|| d::<TlsInspector>(any))
+        .or_else(|| d::<envoy_types::pb::envoy::extensions::clusters::dns::v3::DnsCluster>(any))
         .or_else(|| d::<DownstreamTlsContext>(any).map(|_| "DownstreamTlsContext { <redacted> }".to_string()))
 }
 

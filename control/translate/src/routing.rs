@@ -47,6 +47,91 @@ pub struct RoutingModel {
     /// (Service, port) -> where its opaque TCP connections go (Istio `tcp[]`; the first rule
     /// for the port wins), weights > 0.
     pub tcp: BTreeMap<(ServiceKey, u16), TcpRoute>,
+    /// Hosts the mesh reaches that are no Kubernetes Service (Istio ServiceEntry), one per host
+    /// (the first entry for a host wins), in creation order. Their [`ServiceKey`] is
+    /// (the entry's namespace, the host), so rules and policies address them like Services.
+    pub external: Vec<ExternalHost>,
+}
+
+/// One host of a ServiceEntry: a destination with its own ports, addresses and endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalHost {
+    /// The ServiceEntry.
+    pub origin: ObjectRef,
+    /// (entry namespace, host) — the host as written (`httpbin.org`, `*.example.com`).
+    pub key: ServiceKey,
+    /// VIPs / CIDRs the outbound filter chain matches on (empty: matched by port, and by Host
+    /// header or SNI where the protocol carries one).
+    pub addresses: Vec<(std::net::IpAddr, u8)>,
+    pub ports: Vec<ExternalPort>,
+    pub location: Location,
+    pub resolution: Resolution,
+    /// Used by `Static` and `Dns*` (for `Dns*` without endpoints the host itself is resolved).
+    pub endpoints: Vec<ExternalEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalPort {
+    pub number: u16,
+    pub name: String,
+    /// The endpoints' port when an endpoint's `ports` map does not name this port.
+    pub target_port: Option<u16>,
+    pub protocol: ExternalProtocol,
+}
+
+/// How the sidecar handles a ServiceEntry port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExternalProtocol {
+    /// HTTP, HTTP2, GRPC: HTTP connection manager, virtual host per host (Host header).
+    Http,
+    /// HTTPS, TLS: tcp_proxy, chosen by SNI when the entry has no addresses.
+    Tls,
+    /// TCP, MONGO: tcp_proxy by destination address and port.
+    Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Location {
+    MeshExternal,
+    MeshInternal,
+}
+
+/// Where a ServiceEntry's cluster finds its hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// `ORIGINAL_DST` + `CLUSTER_PROVIDED`: the address the caller connected to.
+    None,
+    /// EDS from the entry's endpoints.
+    Static,
+    /// `STRICT_DNS`, every address of every name.
+    Dns,
+    /// `LOGICAL_DNS`: one name, the first address of each answer.
+    DnsRoundRobin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalEndpoint {
+    /// An IP (`Static`) or a DNS name (`Dns*`).
+    pub address: String,
+    /// Port name -> port on this endpoint.
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+    /// > 0; `None`: Envoy's default (1).
+    pub weight: Option<u32>,
+    /// `region/zone/sub_zone`.
+    pub locality: (String, String, String),
+}
+
+impl ExternalEndpoint {
+    /// The port of this endpoint for `port`: its own `ports[name]`, else the port's
+    /// `targetPort`, else the port number.
+    pub fn port_for(&self, port: &ExternalPort) -> u16 {
+        self.ports
+            .get(&port.name)
+            .copied()
+            .or(port.target_port)
+            .unwrap_or(port.number)
+    }
 }
 
 /// A weighted split of TCP connections.
@@ -62,6 +147,7 @@ impl RoutingModel {
             && self.policies.is_empty()
             && self.gateway_hosts.is_empty()
             && self.tcp.is_empty()
+            && self.external.is_empty()
     }
 }
 
@@ -198,6 +284,7 @@ pub enum HttpAction {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Destination {
     pub service: ServiceKey,
+    /// 0 only in a rule not placed on a port yet: "the port the request came to".
     pub port: u16,
     pub subset: Option<String>,
 }

@@ -108,11 +108,14 @@ codes! {
     /// with none or several keys.
     InvalidLoadBalancer = "TM2002", Error, "InvalidLoadBalancer";
 
-    /// `STATIC` resolution with an endpoint address that is not an IP, or `DNS` with a wildcard
-    /// host.
+    /// `STATIC` resolution with an endpoint address that is not an IP or without endpoints, `DNS`
+    /// with a wildcard host or a CIDR address, `DNS_ROUND_ROBIN` with several endpoints,
+    /// endpoints with `NONE`.
     InvalidResolution = "TM3001", Error, "InvalidResolution";
     /// A port number used twice in one ServiceEntry or Gateway server list.
     DuplicatePort = "TM3002", Error, "DuplicatePort";
+    /// A ServiceEntry host that is `*`, has a namespace prefix or is not a DNS name.
+    InvalidHost = "TM3003", Error, "InvalidHost";
 
     /// A Gateway server whose TLS settings cannot be served (HTTPS without `tls`, a mode that needs
     /// `credentialName` without it, file-path certificates).

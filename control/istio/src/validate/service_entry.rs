@@ -26,6 +26,37 @@ fn is_address(a: &str) -> bool {
     }
 }
 
+/// A CIDR covering more than one address (`10.0.0.0/8`; not `10.0.0.1/32`).
+fn is_cidr_range(a: &str) -> bool {
+    a.split_once('/').is_some_and(|(ip, len)| {
+        let full = if ip.contains(':') { "128" } else { "32" };
+        len != full
+    })
+}
+
+/// Why `h` cannot be a ServiceEntry host: `*` alone (every host), a `namespace/` prefix, an empty
+/// label, characters no DNS name has, or a wildcard that is not the leftmost label.
+fn bad_host(h: &str) -> Option<String> {
+    if h == "*" {
+        return Some("host \"*\" would take every destination; name the hosts".into());
+    }
+    if h.contains('/') {
+        return Some(format!(
+            "host {h:?}: a namespace prefix is not allowed in a ServiceEntry"
+        ));
+    }
+    let rest = h.strip_prefix("*.").unwrap_or(h);
+    let labels_ok = !rest.is_empty()
+        && rest.trim_end_matches('.').split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    (!labels_ok || h.len() > 253)
+        .then(|| format!("host {h:?} is not a DNS name (a leading `*.` is the only wildcard)"))
+}
+
 /// The object with invalid ports and endpoints removed (`None` when the object itself is
 /// unusable), and its problems.
 pub fn validate_service_entry(se: &ServiceEntry) -> (Option<ServiceEntry>, Vec<Problem>) {
@@ -74,6 +105,7 @@ pub fn validate_service_entry(se: &ServiceEntry) -> (Option<ServiceEntry>, Vec<P
                 }
             }
         }
+        Resolution::Dns | Resolution::DnsRoundRobin => {}
         Resolution::Static if spec.endpoints.is_empty() && spec.workload_selector.is_none() => {
             top.push(
                 Code::InvalidResolution,
@@ -83,12 +115,33 @@ pub fn validate_service_entry(se: &ServiceEntry) -> (Option<ServiceEntry>, Vec<P
         }
         _ => {}
     }
+    if resolution == Resolution::DnsRoundRobin && spec.endpoints.len() > 1 {
+        top.push(
+            Code::InvalidResolution,
+            "spec.endpoints",
+            format!(
+                "DNS_ROUND_ROBIN uses one name (Envoy LOGICAL_DNS); {} endpoints given",
+                spec.endpoints.len()
+            ),
+        );
+    }
+    for (i, h) in spec.hosts.iter().enumerate() {
+        if let Some(why) = bad_host(h) {
+            top.push(Code::InvalidHost, format!("spec.hosts[{i}]"), why);
+        }
+    }
     for (i, a) in spec.addresses.iter().enumerate() {
         if !is_address(a) {
             top.push(
                 Code::UnknownValue,
                 format!("spec.addresses[{i}]"),
                 format!("{a:?} is not an IP address or CIDR"),
+            );
+        } else if is_cidr_range(a) && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
+            top.push(
+                Code::InvalidResolution,
+                format!("spec.addresses[{i}]"),
+                format!("CIDR {a:?} with DNS resolution: a DNS cluster has no range to answer for (use NONE or STATIC)"),
             );
         }
     }

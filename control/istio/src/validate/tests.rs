@@ -259,6 +259,11 @@ fn object_level_problems_leave_the_object_out() {
         ("unknown resolution", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [a.example], ports: [{number: 80, protocol: HTTP, name: http}], resolution: MAGIC}\n", "TM1013"),
         ("DNS for a wildcard", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [\"*.example\"], ports: [{number: 80, protocol: HTTP, name: http}], resolution: DNS}\n", "TM3001"),
         ("STATIC without endpoints", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [a.example], ports: [{number: 80, protocol: HTTP, name: http}], resolution: STATIC}\n", "TM3001"),
+        ("DNS with a CIDR", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [a.example], addresses: [10.0.0.0/8], ports: [{number: 80, protocol: HTTP, name: http}], resolution: DNS}\n", "TM3001"),
+        ("DNS_ROUND_ROBIN with two endpoints", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [a.example], ports: [{number: 80, protocol: HTTP, name: http}], resolution: DNS_ROUND_ROBIN, endpoints: [{address: a1.example}, {address: a2.example}]}\n", "TM3001"),
+        ("host *", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [\"*\"], ports: [{number: 80, protocol: HTTP, name: http}]}\n", "TM3003"),
+        ("a namespace prefix", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [ns/a.example], ports: [{number: 80, protocol: HTTP, name: http}]}\n", "TM3003"),
+        ("a wildcard inside", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: s}\nspec: {hosts: [a.*.example], ports: [{number: 80, protocol: HTTP, name: http}]}\n", "TM3003"),
         ("a Gateway without servers", "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {selector: {app: gw}}\n", "TM0004"),
     ] {
         let v = validated(yaml);
@@ -409,6 +414,21 @@ fn service_entry_ports_and_endpoints_are_checked_one_by_one() {
     };
     assert_eq!(out.spec.ports.len(), 1);
     assert_eq!(out.spec.endpoints.len(), 1);
+}
+
+#[test]
+fn service_entry_boundaries_that_are_fine() {
+    for spec in [
+        "{hosts: [a.example], addresses: [10.0.0.1/32, 10.0.0.2], ports: [{number: 80, protocol: HTTP, name: http}], resolution: DNS}",
+        "{hosts: [\"*.a.example\", A.Example.], ports: [{number: 1, protocol: tcp, name: t}, {number: 65535, protocol: Https, name: s}]}",
+        "{hosts: [a.example], ports: [{number: 80, name: http}], resolution: DNS_ROUND_ROBIN, endpoints: [{address: lb.example}]}",
+        "{hosts: [a.example], addresses: [10.0.0.0/8], ports: [{number: 80, protocol: GRPC, name: g}], resolution: STATIC, endpoints: [{address: 10.0.0.1, weight: 0}]}",
+    ] {
+        let v = validated(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: s}}\nspec: {spec}\n"
+        ));
+        assert!(v.problems.is_empty(), "{spec}: {:?}", v.problems);
+    }
 }
 
 #[test]

@@ -3,8 +3,10 @@
 //!
 //! - Hosts (`reviews`, `reviews.default`, `reviews.default.svc`, `reviews.default.svc.cluster.local`,
 //!   optionally with a `<namespace>/` prefix) resolve to the Kubernetes Service; short names are
-//!   relative to the object's namespace. Wildcards and hosts that are no Service (ServiceEntry hosts
-//!   are not lowered yet) are reported.
+//!   relative to the object's namespace. Otherwise a host names a ServiceEntry host (exact, case
+//!   insensitive; ServiceEntries are visible from every namespace). Other hosts are reported.
+//! - ServiceEntries become [`crate::routing::ExternalHost`]s (see [`service_entry`]); VirtualServices
+//!   and DestinationRules address their hosts like Services.
 //! - VirtualServices apply to mesh sidecars when `gateways` is empty or names `mesh`. Several for
 //!   one host are merged deterministically: creation time, then namespace/name; a later one's
 //!   rules behind an earlier catch-all rule are reported as unreachable.
@@ -15,6 +17,7 @@
 
 mod destination_rule;
 mod gateway;
+mod service_entry;
 mod virtual_service;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,35 +26,62 @@ use traffic_istio::validate::{Dropped, ObjectReport};
 use traffic_istio::{DestinationRule, Kind, ObjectMeta, ValidatedConfig, VirtualService};
 
 use crate::model::{PortProtocol as L4, Service};
-use crate::routing::{HttpRule, RoutingModel, ServiceKey};
+use crate::routing::{ExternalHost, HttpRule, RoutingModel, ServiceKey};
 use crate::snapshot::ObjectRef;
 use crate::translate::Problem;
 
 const CLUSTER_DOMAIN: &str = "cluster.local";
 
-/// A Service a host name resolved to, with its TCP ports.
+/// A Service (or ServiceEntry host) a host name resolved to, with its TCP ports.
 pub(crate) struct ResolvedHost {
     pub service: ServiceKey,
     pub ports: Vec<u16>,
+    /// The ports HTTP rules apply to: `None` = all of them (a Service: a port is HTTP when
+    /// labels, names or rules say so); a ServiceEntry's ports say their protocol.
+    pub http_ports: Option<Vec<u16>>,
 }
 
-/// Services by namespace and name, for host resolution.
+/// Services by namespace and name, and ServiceEntry hosts by name, for host resolution.
 pub(crate) struct HostIndex<'m> {
     services: BTreeMap<(&'m str, &'m str), &'m Service>,
+    external: BTreeMap<String, &'m ExternalHost>,
 }
 
 impl<'m> HostIndex<'m> {
-    pub fn new(services: &'m [Service]) -> Self {
+    pub fn new(services: &'m [Service], external: &'m [ExternalHost]) -> Self {
         HostIndex {
             services: services
                 .iter()
                 .map(|s| ((s.namespace.as_str(), s.name.as_str()), s))
                 .collect(),
+            external: external
+                .iter()
+                .map(|e| (service_entry::host_key(&e.key.name), e))
+                .collect(),
         }
     }
 
-    /// The Service `host` names, short names relative to `ns`.
+    /// The Service `host` names, else the ServiceEntry host it is.
     pub fn resolve(&self, host: &str, ns: &str) -> Option<ResolvedHost> {
+        self.resolve_service(host, ns).or_else(|| {
+            let name = host.split_once('/').map_or(host, |(_, h)| h);
+            let e = self.external.get(&service_entry::host_key(name))?;
+            Some(ResolvedHost {
+                service: e.key.clone(),
+                ports: e.ports.iter().map(|p| p.number).collect(),
+                http_ports: Some(
+                    e.ports
+                        .iter()
+                        .filter(|p| p.protocol == crate::routing::ExternalProtocol::Http)
+                        .map(|p| p.number)
+                        .collect(),
+                ),
+            })
+        })
+    }
+
+    /// The Service `host` names, short names relative to `ns`.
+    fn resolve_service(&self, host: &str, ns: &str) -> Option<ResolvedHost> {
         let host = host.trim_end_matches('.');
         let host = host.split_once('/').map_or(host, |(_, h)| h);
         if host.contains('*') {
@@ -73,6 +103,7 @@ impl<'m> HostIndex<'m> {
                 .filter(|p| p.protocol == L4::Tcp)
                 .map(|p| p.port)
                 .collect(),
+            http_ports: None,
         })
     }
 }
@@ -126,9 +157,14 @@ fn original_index(k: usize, dropped: Option<&BTreeSet<usize>>) -> usize {
 pub fn lower(validated: &ValidatedConfig, services: &[Service]) -> (RoutingModel, Vec<Problem>) {
     let config = &validated.config;
     let dropped = dropped_http_rules(&validated.reports);
-    let hosts = HostIndex::new(services);
     let mut problems = Vec::new();
     let mut model = RoutingModel::default();
+    let external = service_entry::lower_service_entries(
+        &config.service_entries,
+        &HostIndex::new(services, &[]),
+        &mut problems,
+    );
+    let hosts = HostIndex::new(services, &external);
 
     let mut drs: Vec<&DestinationRule> = config.destination_rules.iter().collect();
     drs.sort_by(|a, b| order_key(&a.metadata).cmp(&order_key(&b.metadata)));
@@ -139,7 +175,7 @@ pub fn lower(validated: &ValidatedConfig, services: &[Service]) -> (RoutingModel
                 object: origin,
                 path: "spec.host".into(),
                 message: format!(
-                    "host {:?} is not a Service (ServiceEntry hosts and wildcards are not supported yet)",
+                    "host {:?} is neither a Service nor a ServiceEntry host (wildcards are not supported)",
                     dr.spec.host
                 ),
             });
@@ -210,7 +246,7 @@ pub fn lower(validated: &ValidatedConfig, services: &[Service]) -> (RoutingModel
                 None => problems.push(Problem::IstioRule {
                     object: origin.clone(),
                     path: "spec.hosts".into(),
-                    message: format!("host {h:?} is not a Service (ServiceEntry hosts and wildcards are not supported yet); ignored"),
+                    message: format!("host {h:?} is neither a Service nor a ServiceEntry host; ignored"),
                 }),
             }
         }
@@ -241,10 +277,17 @@ pub fn lower(validated: &ValidatedConfig, services: &[Service]) -> (RoutingModel
                             ),
                         });
                     } else {
-                        model.tcp.insert(key.clone(), route.clone());
+                        let mut route = route.clone();
+                        for (d, _) in &mut route.destinations {
+                            d.port = virtual_service::at_port(d.port, port);
+                        }
+                        model.tcp.insert(key.clone(), route);
                     }
                 }
-                let rules: Vec<HttpRule> = lowered.iter().filter_map(|r| r.for_port(port)).collect();
+                if t.http_ports.as_ref().is_some_and(|h| !h.contains(&port)) {
+                    continue; // not an HTTP port of a ServiceEntry
+                }
+                let rules: Vec<HttpRule> = lowered.iter().filter_map(|r| r.placed_on(port)).collect();
                 if rules.is_empty() {
                     continue;
                 }
@@ -267,6 +310,7 @@ pub fn lower(validated: &ValidatedConfig, services: &[Service]) -> (RoutingModel
         }
     }
     gateway::lower_gateway_bindings(config, &bound, &bound_rules, &mut model, &mut problems);
+    model.external = external;
     (model, problems)
 }
 

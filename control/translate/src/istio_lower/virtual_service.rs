@@ -44,6 +44,30 @@ impl LoweredRule {
         rule.matches = matches;
         Some(rule)
     }
+
+    /// [`LoweredRule::for_port`], with destinations that name no port (on a host with several)
+    /// sent to `port`, as Istio does.
+    pub fn placed_on(&self, port: u16) -> Option<HttpRule> {
+        let mut rule = self.for_port(port)?;
+        if let HttpAction::Route(ds) = &mut rule.action {
+            for d in ds {
+                d.destination.port = at_port(d.destination.port, port);
+            }
+        }
+        for m in &mut rule.mirrors {
+            m.destination.port = at_port(m.destination.port, port);
+        }
+        Some(rule)
+    }
+}
+
+/// A destination port as placed on `port`: 0 (none named, several to choose from) is `port`.
+pub(super) fn at_port(destination_port: u16, port: u16) -> u16 {
+    if destination_port == 0 {
+        port
+    } else {
+        destination_port
+    }
 }
 
 /// Whether the VirtualService applies to mesh sidecars.
@@ -191,9 +215,12 @@ pub(super) fn lower_tcp_rule(
 }
 
 fn destination(d: &vs::Destination, ns: &str, hosts: &HostIndex<'_>) -> Result<Destination, String> {
-    let ResolvedHost { service, ports } = hosts
-        .resolve(&d.host, ns)
-        .ok_or_else(|| format!("destination host {:?} is not a Service", d.host))?;
+    let ResolvedHost { service, ports, .. } = hosts.resolve(&d.host, ns).ok_or_else(|| {
+        format!(
+            "destination host {:?} is not a Service or ServiceEntry host",
+            d.host
+        )
+    })?;
     let port = match d.port.and_then(|p| p.number) {
         Some(n) => {
             let n = u16::try_from(n).map_err(|_| format!("bad port {n}"))?;
@@ -204,12 +231,9 @@ fn destination(d: &vs::Destination, ns: &str, hosts: &HostIndex<'_>) -> Result<D
         }
         None => match ports.as_slice() {
             [only] => *only,
-            _ => {
-                return Err(format!(
-                    "destination {:?} has several ports; name one with destination.port.number",
-                    d.host
-                ))
-            }
+            // Several: the port of the request, resolved when the rule is placed on a port
+            // (`LoweredRule::placed_on`); a rule never placed (a Gateway's) is reported then.
+            _ => 0,
         },
     };
     Ok(Destination {

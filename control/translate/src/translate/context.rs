@@ -12,7 +12,7 @@ use crate::model::{
     Ingress, IngressBackend, MeshModel, Pod, PortProtocol as L4, Service, ServicePort, TargetPort,
     WorkloadKind,
 };
-use crate::routing::{HttpRule, RoutingModel, ServiceKey};
+use crate::routing::{ExternalHost, ExternalProtocol, HttpRule, RoutingModel, ServiceKey};
 use crate::snapshot::ObjectRef;
 
 pub(super) fn service_ref(svc: &Service) -> ObjectRef {
@@ -27,6 +27,29 @@ pub(super) fn ingress_ref(ing: &Ingress) -> ObjectRef {
     ObjectRef::new("Ingress", &ing.namespace, &ing.name)
 }
 
+/// A ServiceEntry host as the Service the rest of the translator sees: named like the host, in
+/// the entry's namespace, its ports TCP, no cluster IPs (its addresses are matched separately) and
+/// no selector.
+pub(super) fn external_service(e: &ExternalHost) -> Service {
+    Service {
+        namespace: e.key.namespace.clone(),
+        name: e.key.name.clone(),
+        cluster_ips: Vec::new(),
+        ports: e
+            .ports
+            .iter()
+            .map(|p| ServicePort {
+                name: Some(p.name.clone()),
+                port: p.number,
+                target_port: None,
+                protocol: L4::Tcp,
+            })
+            .collect(),
+        selector: BTreeMap::new(),
+        labels: BTreeMap::new(),
+    }
+}
+
 /// `<port>|<namespace>|<service>`.
 pub fn cluster_name(svc: &Service, port: &ServicePort) -> String {
     format!("{}|{}|{}", port.port, svc.namespace, svc.name)
@@ -39,6 +62,8 @@ pub(super) struct SvcCtx<'m> {
     pub(super) settings: Settings,
     pub(super) origin: ObjectRef,
     pub(super) ports: Vec<PortCtx<'m>>,
+    /// Set for a ServiceEntry host: how its clusters, endpoints and filter chains are built.
+    pub(super) external: Option<ExternalHost>,
 }
 
 pub(super) struct PortCtx<'m> {
@@ -72,8 +97,10 @@ pub(super) struct Ctx<'m> {
 }
 
 impl<'m> Ctx<'m> {
+    /// `external`: [`external_service`] of each of `routing.external`, in that order.
     pub(super) fn new(
         model: &'m MeshModel,
+        external: &'m [Service],
         opts: &'m Options,
         routing: RoutingModel,
         errors: &mut Vec<ObjectLabelError>,
@@ -168,6 +195,30 @@ impl<'m> Ctx<'m> {
                 settings: parsed.settings,
                 origin: service_ref(svc),
                 ports,
+                external: None,
+            });
+        }
+        for (svc, e) in external.iter().zip(&routing.external) {
+            let ports = svc
+                .ports
+                .iter()
+                .zip(&e.ports)
+                .map(|(port, ep)| PortCtx {
+                    port,
+                    cluster: cluster_name(svc, port),
+                    protocol: Some(match ep.protocol {
+                        ExternalProtocol::Http => PortProtocol::Http,
+                        ExternalProtocol::Tls | ExternalProtocol::Tcp => PortProtocol::Tcp,
+                    }),
+                })
+                .collect();
+            services.push(SvcCtx {
+                svc,
+                pods: Vec::new(),
+                settings: Settings::default(),
+                origin: e.origin.clone(),
+                ports,
+                external: Some(e.clone()),
             });
         }
         Ctx {
@@ -216,7 +267,11 @@ pub(super) fn resolve_service_port<'s>(svc: &'s Service, port: &TargetPort) -> O
         })
 }
 
-/// The protocol a sidecar uses for a service port: the pod's own `traffic.port.<N>` wins.
-pub(super) fn protocol_at(pod: &Settings, p: &PortCtx<'_>) -> Option<PortProtocol> {
+/// The protocol a sidecar uses for a service port: the pod's own `traffic.port.<N>` wins (not
+/// for ServiceEntry hosts, whose ports say what they are).
+pub(super) fn protocol_at(pod: &Settings, s: &SvcCtx<'_>, p: &PortCtx<'_>) -> Option<PortProtocol> {
+    if s.external.is_some() {
+        return p.protocol;
+    }
     pod.ports.get(&p.port.port).copied().or(p.protocol)
 }

@@ -110,7 +110,7 @@ pub(super) fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
 }
 
 /// tcp_proxy splitting connections over `(cluster, weight)` (Istio `tcp[]` routes).
-fn weighted_tcp_proxy(stat_prefix: &str, split: &[(String, u32)]) -> Filter {
+pub(super) fn weighted_tcp_proxy(stat_prefix: &str, split: &[(String, u32)]) -> Filter {
     let specifier = match split {
         [(only, _)] => tcp_proxy::ClusterSpecifier::Cluster(only.clone()),
         many => tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
@@ -154,7 +154,7 @@ pub(super) fn outbound_listener(ctx: &Ctx<'_>, pod: &Settings) -> Listener {
             continue;
         }
         for p in &s.ports {
-            let filter = match protocol_at(pod, p) {
+            let filter = match protocol_at(pod, s, p) {
                 Some(PortProtocol::Http) => network_filter(
                     names::HTTP_CONNECTION_MANAGER,
                     &http_connection_manager(&p.cluster, p.cluster.clone(), Side::Sidecar, ctx.opts, true),
@@ -180,6 +180,20 @@ pub(super) fn outbound_listener(ctx: &Ctx<'_>, pod: &Settings) -> Listener {
             });
         }
     }
+    let (external_chains, tls_inspector) = super::external::filter_chains(ctx);
+    filter_chains.extend(external_chains);
+    // Two chains with the same match make Envoy reject the listener: the first one stays (Service
+    // chains come first; ServiceEntry conflicts are reported when they are lowered).
+    let mut seen = Vec::new();
+    filter_chains.retain(|c| {
+        let m = c.filter_chain_match.clone().unwrap_or_default();
+        if seen.contains(&m) {
+            ::tracing::warn!(chain = %c.name, "outbound filter chain left out: an earlier chain has the same match");
+            return false;
+        }
+        seen.push(m);
+        true
+    });
     let default_cluster = match ctx.opts.outbound_policy {
         OutboundPolicy::Passthrough => PASSTHROUGH_CLUSTER,
         OutboundPolicy::Block => BLACKHOLE_CLUSTER,
@@ -192,7 +206,9 @@ pub(super) fn outbound_listener(ctx: &Ctx<'_>, pod: &Settings) -> Listener {
     Listener {
         name: OUTBOUND_LISTENER.to_string(),
         address: Some(envoy::socket_address("0.0.0.0", ctx.opts.outbound_port)),
-        listener_filters: vec![listener_filter(names::ORIGINAL_DST, &OriginalDst {})],
+        listener_filters: std::iter::once(listener_filter(names::ORIGINAL_DST, &OriginalDst {}))
+            .chain(tls_inspector)
+            .collect(),
         filter_chains,
         default_filter_chain,
         traffic_direction: TrafficDirection::Outbound as i32,

@@ -137,8 +137,15 @@ fn unresolved(rule: &HttpRule, ctx: &Ctx<'_>) -> Option<String> {
 fn missing(d: &Destination, ctx: &Ctx<'_>, routing: &RoutingModel) -> Option<String> {
     let host = format!("{}.{}", d.service.name, d.service.namespace);
     let Some(s) = ctx.service(&d.service) else {
-        return Some(format!("destination {host} is not a Service"));
+        return Some(format!(
+            "destination {host} is not a Service or ServiceEntry host"
+        ));
     };
+    if d.port == 0 {
+        return Some(format!(
+            "destination {host} has several ports; name one with destination.port.number"
+        ));
+    }
     if !s.ports.iter().any(|p| p.port.port == d.port) {
         return Some(format!("destination {host} has no TCP port {}", d.port));
     }

@@ -56,6 +56,7 @@
 //! | `clusters.rs` | CDS: service and fixed clusters |
 //! | `cluster_policy.rs` | CDS: the routing model's destination policy and subset clusters |
 //! | `endpoints.rs` | EDS: endpoint assignments (also per subset) |
+//! | `external.rs` | ServiceEntry hosts: clusters, endpoints, filter chains, per-port HTTP routes, the outbound policy for unknown HTTP hosts |
 //! | `gateway.rs`, `gateway_tls.rs` | the ingress gateway's view (Ingress routes, HTTP/HTTPS listeners, secrets) |
 //! | `per_node.rs` | per-pod overrides of the shared sidecar view |
 
@@ -63,6 +64,7 @@ mod cluster_policy;
 mod clusters;
 mod context;
 mod endpoints;
+mod external;
 mod gateway;
 mod gateway_tls;
 mod listeners;
@@ -80,6 +82,7 @@ use traffic_labels::Settings;
 
 pub use cluster_policy::subset_cluster_name;
 pub use context::cluster_name;
+pub use external::external_route_name;
 pub use mesh_routes::destination_cluster;
 use options::RATE_LIMIT_STAT_PREFIX;
 pub use options::{
@@ -166,8 +169,21 @@ impl Snapshot {
 pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
     let mut label_errors = Vec::new();
     let mut problems = Vec::new();
+    // The model file's `outboundTrafficPolicy` (Istio's meshConfig field) wins over the option.
+    let with_model_policy;
+    let opts = match model.outbound_traffic_policy.as_ref().map(|p| p.mode.policy()) {
+        Some(policy) if policy != opts.outbound_policy => {
+            with_model_policy = Options {
+                outbound_policy: policy,
+                ..opts.clone()
+            };
+            &with_model_policy
+        }
+        _ => opts,
+    };
     let routing = istio_routing(model, &mut problems);
-    let mut ctx = Ctx::new(model, opts, routing, &mut label_errors);
+    let external: Vec<Service> = routing.external.iter().map(context::external_service).collect();
+    let mut ctx = Ctx::new(model, &external, opts, routing, &mut label_errors);
     ctx.rules = mesh_rules::resolve(&ctx, &mut problems);
     ctx.gateway_rules = mesh_rules::resolve_gateway(&ctx, &mut problems);
     ctx.tcp_routes = mesh_rules::resolve_tcp(&ctx, &mut problems);
@@ -176,6 +192,10 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
     let mut clusters = Resources::new();
     let mut endpoints = Resources::new();
     for s in &ctx.services {
+        if let Some(e) = &s.external {
+            external::insert_clusters(&ctx, s, e, &mut clusters, &mut endpoints);
+            continue;
+        }
         let policy = ctx
             .routing
             .policies
@@ -318,6 +338,7 @@ pub fn translate_endpoint_change(
 ) -> Option<Translation> {
     if opts.local_endpoint_via_loopback
         || prev_model.istio != model.istio
+        || prev_model.outbound_traffic_policy != model.outbound_traffic_policy
         || prev_model.pods.len() != model.pods.len()
         || prev_model.services != model.services
         || prev_model.workloads != model.workloads
@@ -370,6 +391,7 @@ pub fn translate_endpoint_change(
         ingresses: Vec::new(),
         secrets: Vec::new(),
         istio,
+        outbound_traffic_policy: model.outbound_traffic_policy.clone(),
     };
     let fresh = translate(&part, opts).snapshot.sidecar.by_type.remove(ENDPOINT)?;
     let mut snapshot = prev.snapshot.clone();

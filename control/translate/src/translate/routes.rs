@@ -34,10 +34,10 @@ pub(super) fn sidecar_routes(
 ) -> Resources {
     let caller = caller.map(|p| (p.namespace.as_str(), &p.labels));
     let mut out = Resources::new();
-    for s in &ctx.services {
+    for s in ctx.services.iter().filter(|s| s.external.is_none()) {
         let traffic = pod.traffic.overlay(&s.settings.traffic);
         for p in &s.ports {
-            if protocol_at(pod, p) != Some(PortProtocol::Http) {
+            if protocol_at(pod, s, p) != Some(PortProtocol::Http) {
                 continue;
             }
             let rules: Vec<HttpRule> = ctx
@@ -63,6 +63,7 @@ pub(super) fn sidecar_routes(
             );
         }
     }
+    out.extend(super::external::route_configs(ctx, pod, caller, pod_origin));
     out
 }
 

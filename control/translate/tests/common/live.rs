@@ -5,6 +5,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::bootstrap::v3::Bootstrap;
@@ -214,4 +216,61 @@ fn read_chunked(conn: &mut TcpStream) -> Option<Vec<u8>> {
         conn.read_exact(&mut chunk).ok()?;
         body.extend_from_slice(&chunk[..size]);
     }
+}
+
+/// A backend on `ip:port` answering `hello from <ip>`; `answer(n, path)` (n = 0-based request
+/// count) gives the status and a delay before answering.
+pub fn scripted_backend(ip: &str, port: u16, answer: fn(usize, &str) -> (u16, Duration)) -> Arc<AtomicUsize> {
+    scripted_backend_conns(ip, port, answer).0
+}
+
+/// [`scripted_backend`], also counting the connections it accepted.
+pub fn scripted_backend_conns(
+    ip: &str,
+    port: u16,
+    answer: fn(usize, &str) -> (u16, Duration),
+) -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind((ip, port)).unwrap();
+    let me = ip.to_string();
+    let count = Arc::new(AtomicUsize::new(0));
+    let conns = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    let accepted = conns.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let me = me.clone();
+            let seen = seen.clone();
+            std::thread::spawn(move || loop {
+                let mut buf = [0u8; 4096];
+                let mut req = Vec::new();
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).to_string();
+                let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let (status, delay) = answer(n, &path);
+                std::thread::sleep(delay);
+                let body = format!("hello from {me}");
+                // One write: `write!` would send pieces, and Nagle + delayed ACKs cost 40 ms each.
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if conn.write_all(resp.as_bytes()).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    (count, conns)
+}
+
+pub fn ok(_: usize, _: &str) -> (u16, Duration) {
+    (200, Duration::ZERO)
 }
