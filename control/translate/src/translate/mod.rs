@@ -430,7 +430,7 @@ fn destination_rules_for(
     if istio.destination_rules.is_empty() {
         return traffic_istio::IstioConfig::default();
     }
-    let hosts = crate::istio_lower::HostIndex::new(services);
+    let hosts = crate::istio_lower::HostIndex::new(services, &[]);
     traffic_istio::IstioConfig {
         destination_rules: istio
             .destination_rules
