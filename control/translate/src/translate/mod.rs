@@ -57,6 +57,7 @@
 //! | `cluster_policy.rs` | CDS: the routing model's destination policy and subset clusters |
 //! | `endpoints.rs` | EDS: endpoint assignments (also per subset) |
 //! | `gateway.rs`, `gateway_tls.rs` | the ingress gateway's view (Ingress routes, HTTP/HTTPS listeners, secrets) |
+//! | `gateway_servers.rs` | the ingress gateway's Istio Gateway servers (per-port listeners, SNI filter chains) |
 //! | `per_node.rs` | per-pod overrides of the shared sidecar view |
 
 mod cluster_policy;
@@ -64,6 +65,7 @@ mod clusters;
 mod context;
 mod endpoints;
 mod gateway;
+mod gateway_servers;
 mod gateway_tls;
 mod listeners;
 mod mesh_routes;
@@ -83,7 +85,7 @@ pub use context::cluster_name;
 pub use mesh_routes::destination_cluster;
 use options::RATE_LIMIT_STAT_PREFIX;
 pub use options::{
-    Collector, Options, OutboundPolicy, TlsDelivery, ADMIN_CLUSTER, BLACKHOLE_CLUSTER,
+    default_ingress_labels, Collector, Options, OutboundPolicy, TlsDelivery, ADMIN_CLUSTER, BLACKHOLE_CLUSTER,
     INGRESS_HTTPS_LISTENER, INGRESS_HTTP_LISTENER, INGRESS_NODE_ID, INGRESS_ROUTE, OUTBOUND_LISTENER,
     PASSTHROUGH_CLUSTER, STATS_LISTENER, ZIPKIN_CLUSTER,
 };
@@ -169,7 +171,7 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
     let routing = istio_routing(model, &mut problems);
     let mut ctx = Ctx::new(model, opts, routing, &mut label_errors);
     ctx.rules = mesh_rules::resolve(&ctx, &mut problems);
-    ctx.gateway_rules = mesh_rules::resolve_gateway(&ctx, &mut problems);
+    ctx.gateway_servers = mesh_rules::resolve_gateway(&ctx, &mut problems);
     ctx.tcp_routes = mesh_rules::resolve_tcp(&ctx, &mut problems);
 
     // Clusters and endpoint assignments: identical for every node.
@@ -292,10 +294,11 @@ fn istio_routing(model: &MeshModel, problems: &mut Vec<Problem>) -> crate::routi
     }
     let validated = traffic_istio::validate_config(&model.istio);
     for (object, p) in validated.problems() {
-        problems.push(Problem::IstioRule {
+        problems.push(Problem::IstioValidation {
             object: ObjectRef::new(object.kind.as_str(), &object.namespace, &object.name),
             path: p.path.clone(),
-            message: format!("{} {} {}", p.code.as_str(), p.severity(), p.message),
+            code: p.code,
+            message: p.message.clone(),
         });
     }
     let (routing, lowering) = crate::istio_lower::lower(&validated, &model.services);
