@@ -261,7 +261,10 @@ mod tests {
             (o.outbound_port, o.stats_port, o.admin_port),
             (15001, Some(8900), 15000)
         );
-        assert_eq!(o.ingress_labels, traffic_translate::translate::default_ingress_labels());
+        assert_eq!(
+            o.ingress_labels,
+            traffic_translate::translate::default_ingress_labels()
+        );
     }
 
     #[test]

@@ -92,7 +92,7 @@ fn config(args: ConfigArgs) -> anyhow::Result<()> {
         args.format,
         &model.istio,
     )
-        .context("cannot render the node's resources")?;
+    .context("cannot render the node's resources")?;
     // `| head` closes the pipe early: that is not an error (println! would panic).
     use std::io::Write;
     match writeln!(std::io::stdout().lock(), "{text}") {

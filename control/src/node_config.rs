@@ -88,7 +88,11 @@ pub fn istio_sources(istio: &IstioConfig, type_url: &str, r: &Resource) -> Vec<S
         SECRET => {
             if let Some((ns, name)) = r.name.split_once('/') {
                 for g in istio.gateways.iter().filter(|g| g.metadata.namespace == ns) {
-                    let names = g.spec.servers.iter().filter_map(|s| s.tls.as_ref()?.credential_name.as_deref());
+                    let names = g
+                        .spec
+                        .servers
+                        .iter()
+                        .filter_map(|s| s.tls.as_ref()?.credential_name.as_deref());
                     if names.into_iter().any(|c| c == name) {
                         out.insert(format!("Gateway {ns}/{}", g.metadata.name));
                     }
@@ -214,7 +218,10 @@ istio:
             from("x.default", CLUSTER, "9080|default|reviews"),
             ["DestinationRule default/reviews-dr"]
         );
-        assert_eq!(from("traffic-ingress", ROUTE, "ingress"), ["VirtualService default/front"]);
+        assert_eq!(
+            from("traffic-ingress", ROUTE, "ingress"),
+            ["VirtualService default/front"]
+        );
         let text = render(
             "x.default",
             &t.snapshot.for_node("x.default"),

@@ -311,9 +311,15 @@ istio:
         task.abort();
         let written = recorder.written.lock().expect("lock").clone();
         let status = &written[0][0];
-        assert_eq!((status.kind.as_str(), status.name.as_str()), ("VirtualService", "reviews"));
+        assert_eq!(
+            (status.kind.as_str(), status.name.as_str()),
+            ("VirtualService", "reviews")
+        );
         let refs = &status.conditions[1];
-        assert_eq!((refs.type_, refs.status, refs.reason.as_str()), ("ResolvedRefs", false, "BackendNotFound"));
+        assert_eq!(
+            (refs.type_, refs.status, refs.reason.as_str()),
+            ("ResolvedRefs", false, "BackendNotFound")
+        );
         assert_eq!(refs.observed_generation, Some(4));
         assert!(refs.message.contains("\"v9\""), "{}", refs.message);
     }

@@ -149,14 +149,14 @@ pub fn status_patch(current: Option<&Value>, desired: &[Condition], now: &str) -
         .collect();
     for d in desired {
         let old = find(d.type_);
-        let same_status = old
-            .and_then(|o| o.get("status"))
-            .and_then(Value::as_str)
-            == Some(status_str(d.status));
+        let same_status =
+            old.and_then(|o| o.get("status")).and_then(Value::as_str) == Some(status_str(d.status));
         let same = same_status
             && old.and_then(|o| o.get("reason")).and_then(Value::as_str) == Some(d.reason.as_str())
             && old.and_then(|o| o.get("message")).and_then(Value::as_str) == Some(d.message.as_str())
-            && old.and_then(|o| o.get("observedGeneration")).and_then(Value::as_i64)
+            && old
+                .and_then(|o| o.get("observedGeneration"))
+                .and_then(Value::as_i64)
                 == d.observed_generation;
         changed |= !same;
         let since = old
@@ -260,7 +260,11 @@ mod tests {
             let c = conditions(Some(1), &[&p]);
             let failed: Vec<_> = c.iter().filter(|c| !c.status).collect();
             assert_eq!(failed.len(), 1, "{p}");
-            assert_eq!((failed[0].type_, failed[0].reason.as_str()), (type_, reason), "{p}");
+            assert_eq!(
+                (failed[0].type_, failed[0].reason.as_str()),
+                (type_, reason),
+                "{p}"
+            );
             assert_eq!(failed[0].message, p.to_string());
         }
     }
@@ -276,7 +280,11 @@ mod tests {
         assert!(conditions(None, &[&deprecated]).iter().all(|c| c.status));
         let (a, b) = (unresolved(), unresolved());
         let c = conditions(None, &[&a, &deprecated, &b]);
-        assert!(c[1].message.ends_with("(and 1 more; see the object's Events)"), "{}", c[1].message);
+        assert!(
+            c[1].message.ends_with("(and 1 more; see the object's Events)"),
+            "{}",
+            c[1].message
+        );
     }
 
     #[test]

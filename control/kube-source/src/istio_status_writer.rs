@@ -58,7 +58,9 @@ impl StatusWriter for KubeStatusWriter {
 
 /// RFC 3339 in whole seconds, as Kubernetes writes times.
 fn now() -> String {
-    k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    k8s_openapi::jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 async fn run(client: Client, stores: IstioStores, mut rx: watch::Receiver<Arc<Vec<ObjectStatus>>>) {

@@ -296,11 +296,7 @@ impl KubeSource {
         let istio = stores.istio.clone();
         let looped = run_model_loop(stores, pokes, tx, config, metrics, label_events);
         tasks.push(tokio::spawn(looped.instrument(tracing::info_span!("kube_model"))));
-        Ok(KubeSource {
-            models,
-            istio,
-            tasks,
-        })
+        Ok(KubeSource { models, istio, tasks })
     }
 
     /// A receiver of models (the current value is always a complete model).

@@ -75,7 +75,10 @@ pub struct GatewayServer {
 impl GatewayServer {
     /// `<namespace>/<gateway>/servers[<index>]`, for names and reports.
     pub fn label(&self) -> String {
-        format!("{}/{}/servers[{}]", self.origin.namespace, self.origin.name, self.index)
+        format!(
+            "{}/{}/servers[{}]",
+            self.origin.namespace, self.origin.name, self.index
+        )
     }
 }
 
@@ -85,7 +88,9 @@ pub enum ServerProtocol {
     Http,
     /// TLS terminated with the certificate of this `kubernetes.io/tls` Secret (in the Gateway's
     /// namespace).
-    Https { credential_name: String },
+    Https {
+        credential_name: String,
+    },
 }
 
 /// A weighted split of TCP connections.

@@ -135,7 +135,8 @@ fn gateway_http_and_https_servers_serve_with_the_certificate_sni_chooses() {
         eprintln!("skipping: no curl");
         return;
     }
-    let (http, https, redirect, admin, app) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let (http, https, redirect, admin, app) =
+        (free_port(), free_port(), free_port(), free_port(), free_port());
     backend("127.0.0.21", app);
     backend("127.0.0.22", app);
     let m = model(app, redirect);
@@ -160,17 +161,23 @@ fn gateway_http_and_https_servers_serve_with_the_certificate_sni_chooses() {
         };
         let t = translate(&m, &opts);
         let reported = |kind: &str, name: &str, what: &str| {
-            t.problems.iter().any(|p| {
-                p.object().kind == kind && p.object().name == name && p.to_string().contains(what)
-            })
+            t.problems
+                .iter()
+                .any(|p| p.object().kind == kind && p.object().name == name && p.to_string().contains(what))
         };
         assert!(
-            t.problems.iter().any(|p| matches!(p, Problem::MissingSecret { ingress, secret }
+            t.problems
+                .iter()
+                .any(|p| matches!(p, Problem::MissingSecret { ingress, secret }
                 if ingress.kind == "Gateway" && secret == "missing-cert")),
             "{:?}",
             t.problems
         );
-        assert!(reported("Gateway", "elsewhere", "selects no gateway proxy"), "{:?}", t.problems);
+        assert!(
+            reported("Gateway", "elsewhere", "selects no gateway proxy"),
+            "{:?}",
+            t.problems
+        );
         let bootstrap =
             static_bootstrap(INGRESS_NODE_ID, &t.snapshot.for_node(INGRESS_NODE_ID), admin).unwrap();
         let envoy = start_envoy(&envoy_bin, &bootstrap, admin);
@@ -183,7 +190,11 @@ fn gateway_http_and_https_servers_serve_with_the_certificate_sni_chooses() {
         }
         for host in ["unknown.example.com", "z.example.com", "r.example.com"] {
             let resp = host_get(addr, host);
-            assert_eq!(status(&resp), 404, "{tls:?}: HTTP {host} is on no server of port 80: {resp}");
+            assert_eq!(
+                status(&resp),
+                404,
+                "{tls:?}: HTTP {host} is on no server of port 80: {resp}"
+            );
         }
 
         // SNI chooses the certificate: each host verifies only with its own.
@@ -192,7 +203,11 @@ fn gateway_http_and_https_servers_serve_with_the_certificate_sni_chooses() {
             let got = curl_https(&h, https, &cert(host), &dir);
             assert_eq!(got, Some((200, format!("hello from {ip}"))), "{tls:?}: HTTPS {h}");
             let other = if host == "a" { cert("b") } else { cert("a") };
-            assert_eq!(curl_https(&h, https, &other, &dir), None, "{tls:?}: {h} showed the other certificate");
+            assert_eq!(
+                curl_https(&h, https, &other, &dir),
+                None,
+                "{tls:?}: {h} showed the other certificate"
+            );
         }
         // The server whose Secret is missing is dropped alone.
         assert_eq!(curl_https("c.example.com", https, &cert("a"), &dir), None);
@@ -200,7 +215,8 @@ fn gateway_http_and_https_servers_serve_with_the_certificate_sni_chooses() {
         let resp = host_get(([127, 0, 0, 1], redirect).into(), "r.example.com");
         assert_eq!(status(&resp), 301, "{tls:?}: httpsRedirect: {resp}");
         assert!(
-            resp.to_ascii_lowercase().contains("location: https://r.example.com"),
+            resp.to_ascii_lowercase()
+                .contains("location: https://r.example.com"),
             "{resp}"
         );
         drop(envoy);

@@ -17,7 +17,10 @@ use traffic_translate::translate::{Options, TlsDelivery, Translation, INGRESS_NO
 /// Gateway `gw` with `servers` (YAML block list, indented 6) and VirtualService `front` for
 /// `hosts`.
 fn model(servers: &str, hosts: &str) -> MeshModel {
-    model_with(&format!("{{istio: ingressgateway}}\n      servers:\n{servers}"), hosts)
+    model_with(
+        &format!("{{istio: ingressgateway}}\n      servers:\n{servers}"),
+        hosts,
+    )
 }
 
 fn model_with(selector_and_servers: &str, hosts: &str) -> MeshModel {
@@ -68,7 +71,11 @@ fn vhosts(t: &Translation) -> Vec<(String, String, bool)> {
     let mut out = Vec::new();
     for name in names(&view, ROUTE) {
         for v in route_config(&view, &name).virtual_hosts {
-            out.push((name.clone(), v.domains[0].clone(), v.require_tls == TlsRequirementType::All as i32));
+            out.push((
+                name.clone(),
+                v.domains[0].clone(),
+                v.require_tls == TlsRequirementType::All as i32,
+            ));
         }
     }
     out
@@ -86,14 +93,21 @@ fn vh(rc: &str, domain: &str, redirect: bool) -> (String, String, bool) {
     (rc.to_string(), domain.to_string(), redirect)
 }
 
-const HTTP80: &str = "      - port: {number: 80, name: http, protocol: HTTP}\n        hosts: [\"*.example.com\"]\n";
+const HTTP80: &str =
+    "      - port: {number: 80, name: http, protocol: HTTP}\n        hosts: [\"*.example.com\"]\n";
 const HTTPS443: &str = "      - port: {number: 443, name: https, protocol: HTTPS}\n        hosts: [a.example.com, b.example.com]\n        tls: {mode: SIMPLE, credentialName: cert}\n";
 const HTTPS_RC: &str = "https.443.default/gw/servers[0]";
 
 #[test]
 fn gateway_fields_become_listeners_virtual_hosts_and_filter_chains() {
     // (case, servers, VirtualService hosts, expected virtual hosts, expected problem)
-    type Case = (&'static str, String, &'static str, Vec<(String, String, bool)>, Option<&'static str>);
+    type Case = (
+        &'static str,
+        String,
+        &'static str,
+        Vec<(String, String, bool)>,
+        Option<&'static str>,
+    );
     let cases: Vec<Case> = vec![
         (
             "HTTP on 80 serves the VirtualService hosts the server accepts",
@@ -242,7 +256,11 @@ fn gateway_fields_become_listeners_virtual_hosts_and_filter_chains() {
         if let Some(p) = problem {
             assert!(has_problem(&t, p), "{case}: no {p:?} in {:#?}", problems(&t));
         }
-        assert!(t.snapshot.validate().is_ok(), "{case}: {:?}", t.snapshot.validate());
+        assert!(
+            t.snapshot.validate().is_ok(),
+            "{case}: {:?}",
+            t.snapshot.validate()
+        );
     }
 }
 
@@ -293,14 +311,21 @@ fn the_selector_picks_the_gateway_by_its_pod_labels() {
     ] {
         let t = run(&model_with(&format!("{selector}{servers}"), "[a.example.com]"));
         assert_eq!(!vhosts(&t).is_empty(), applies, "{selector}");
-        assert_eq!(has_problem(&t, "selects no gateway proxy"), !applies, "{selector}");
+        assert_eq!(
+            has_problem(&t, "selects no gateway proxy"),
+            !applies,
+            "{selector}"
+        );
     }
     // Other labels (a gateway Deployment of the chart with its own labels) select by those.
     let opts = Options {
         ingress_labels: [("istio".to_string(), "eastwestgateway".to_string())].into(),
         ..Options::default()
     };
-    let t = run_with(&model_with(&format!("{{istio: eastwestgateway}}{servers}"), "[a.example.com]"), &opts);
+    let t = run_with(
+        &model_with(&format!("{{istio: eastwestgateway}}{servers}"), "[a.example.com]"),
+        &opts,
+    );
     assert_eq!(vhosts(&t), [vh("ingress", "a.example.com", false)]);
 }
 
@@ -312,6 +337,12 @@ fn a_listener_of_its_own_is_only_made_for_ports_with_servers() {
     ));
     let ls = names(&gw(&t), LISTENER);
     assert!(ls.contains(&"gateway_9443".to_string()), "{ls:?}");
-    assert!(!ls.contains(&traffic_translate::translate::INGRESS_HTTPS_LISTENER.to_string()), "{ls:?}");
-    assert_eq!(vhosts(&t), [vh("https.9443.default/gw/servers[0]", "a.example.com", false)]);
+    assert!(
+        !ls.contains(&traffic_translate::translate::INGRESS_HTTPS_LISTENER.to_string()),
+        "{ls:?}"
+    );
+    assert_eq!(
+        vhosts(&t),
+        [vh("https.9443.default/gw/servers[0]", "a.example.com", false)]
+    );
 }

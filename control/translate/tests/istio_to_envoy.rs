@@ -673,7 +673,9 @@ fn virtual_services_bound_to_a_gateway_become_ingress_virtual_hosts() {
     // The HTTPS server's missing Secret is reported, not silently ignored; sidecars are
     // untouched (no `mesh`).
     assert!(
-        t.problems.iter().any(|p| matches!(p, Problem::MissingSecret { ingress, secret }
+        t.problems
+            .iter()
+            .any(|p| matches!(p, Problem::MissingSecret { ingress, secret }
             if ingress.kind == "Gateway" && secret == "cert")),
         "{:?}",
         t.problems

@@ -56,7 +56,12 @@ fn condition(e2e: &E2e, ns: &str, resource: &str, type_: &str) -> Option<(String
         .find(|c| c["type"] == type_)?
         .clone();
     let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-    Some((s("status"), s("reason"), c["observedGeneration"].as_i64().unwrap_or(-1), generation))
+    Some((
+        s("status"),
+        s("reason"),
+        c["observedGeneration"].as_i64().unwrap_or(-1),
+        generation,
+    ))
 }
 
 fn apply(e2e: &E2e, ns: &str, yaml: &str) {
@@ -80,7 +85,8 @@ fn istio_status_conditions_and_events_follow_the_objects() {
         file: file.clone(),
         delete: !preexisting,
     };
-    e2e.kubectl(&["apply", "-f", &file.to_string_lossy()]).expect("CRDs");
+    e2e.kubectl(&["apply", "-f", &file.to_string_lossy()])
+        .expect("CRDs");
     for kind in ["virtualservices", "destinationrules"] {
         e2e.kubectl(&[
             "wait",
@@ -118,7 +124,10 @@ fn istio_status_conditions_and_events_follow_the_objects() {
         .expect("message");
     assert!(message.contains("\"v9\""), "{message}");
     let accepted = condition(&e2e, n, vs_res, "Accepted").expect("Accepted");
-    assert_eq!(accepted.0, "True", "nothing of the object is invalid: {accepted:?}");
+    assert_eq!(
+        accepted.0, "True",
+        "nothing of the object is invalid: {accepted:?}"
+    );
 
     let events = wait_until(
         "a Warning Event on the VirtualService",

@@ -115,8 +115,19 @@ pub(super) fn gateway(
     let mut checker = SecretChecker::new(opts);
     let mut claimed = BTreeSet::new();
     let mut secrets = Resources::new();
-    let mut chains = https_filter_chains(ctx, &ingresses, &mut checker, &mut claimed, &mut secrets, problems);
-    let domains = route_config.virtual_hosts.iter().flat_map(|v| v.domains.clone()).collect();
+    let mut chains = https_filter_chains(
+        ctx,
+        &ingresses,
+        &mut checker,
+        &mut claimed,
+        &mut secrets,
+        problems,
+    );
+    let domains = route_config
+        .virtual_hosts
+        .iter()
+        .flat_map(|v| v.domains.clone())
+        .collect();
     let istio = gateway_servers(ctx, domains, &mut checker, &mut claimed, &mut secrets, problems);
     route_config.virtual_hosts.extend(istio.ingress_virtual_hosts);
     chains.extend(istio.ingress_https_chains);

@@ -22,7 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
-use envoy_types::pb::envoy::config::route::v3::{virtual_host::TlsRequirementType, RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::config::route::v3::{
+    virtual_host::TlsRequirementType, RouteConfiguration, VirtualHost,
+};
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 
 use super::context::Ctx;
@@ -74,7 +76,9 @@ fn listener_port(opts: &Options, number: u16) -> Result<Port, String> {
 }
 
 fn selector_matches(opts: &Options, selector: &BTreeMap<String, String>) -> bool {
-    selector.iter().all(|(k, v)| opts.ingress_labels.get(k) == Some(v))
+    selector
+        .iter()
+        .all(|(k, v)| opts.ingress_labels.get(k) == Some(v))
 }
 
 /// Builds the ingress gateway's part of the Gateway servers. `ingress_domains`: domains the
@@ -150,7 +154,13 @@ pub(super) fn gateway_servers<'m>(
                         });
                         continue;
                     }
-                    vhosts.push(istio_virtual_host(ctx, domain, rules, server.https_redirect, problems));
+                    vhosts.push(istio_virtual_host(
+                        ctx,
+                        domain,
+                        rules,
+                        server.https_redirect,
+                        problems,
+                    ));
                 }
             }
             ServerProtocol::Https { credential_name } => {
@@ -222,7 +232,8 @@ pub(super) fn gateway_servers<'m>(
                     },
                     only(&port),
                 ));
-                out.listeners.push((own_http_listener(&name, n, opts), only(&port)));
+                out.listeners
+                    .push((own_http_listener(&name, n, opts), only(&port)));
             }
             _ => out.ingress_virtual_hosts = vhosts,
         }
@@ -231,8 +242,7 @@ pub(super) fn gateway_servers<'m>(
         match port {
             Port::Own(n) => {
                 let name = listener_name(port);
-                out.listeners
-                    .push((tls_listener(&name, n, chains), only(&port)));
+                out.listeners.push((tls_listener(&name, n, chains), only(&port)));
             }
             _ => out.ingress_https_chains = chains,
         }
@@ -258,7 +268,11 @@ fn listener_name(port: Port) -> String {
 
 /// The server's SNI names no earlier chain on the listener claimed (`*`: any, as `""`);
 /// `None` (reported) when nothing is left.
-fn claim(server: &GatewayServer, claimed: &mut BTreeSet<String>, problems: &mut Vec<Problem>) -> Option<Vec<String>> {
+fn claim(
+    server: &GatewayServer,
+    claimed: &mut BTreeSet<String>,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<String>> {
     if server.hosts.iter().any(|h| h == "*") {
         if claimed.insert(String::new()) {
             return Some(Vec::new());
@@ -278,7 +292,10 @@ fn claim(server: &GatewayServer, claimed: &mut BTreeSet<String>, problems: &mut 
             report(
                 problems,
                 server,
-                format!("TLS host {h:?} is already served on port {}; ignored here", server.port),
+                format!(
+                    "TLS host {h:?} is already served on port {}; ignored here",
+                    server.port
+                ),
             );
         }
     }

@@ -111,7 +111,11 @@ pub(super) fn https_filter_chains<'m>(
 
 /// The TLS context serving `secret`'s certificate, inline or over SDS (then the `Secret`
 /// resource is added to `secrets`).
-pub(super) fn common_tls_context(secret: &TlsSecret, opts: &Options, secrets: &mut Resources) -> CommonTlsContext {
+pub(super) fn common_tls_context(
+    secret: &TlsSecret,
+    opts: &Options,
+    secrets: &mut Resources,
+) -> CommonTlsContext {
     let certificate = tls_certificate(secret);
     let mut common = CommonTlsContext {
         // HTTP/1.1 only: service clusters forward in the client's protocol (transparent
@@ -222,13 +226,7 @@ pub(super) fn tls_filter_chain(
         }),
         filters: vec![network_filter(
             names::HTTP_CONNECTION_MANAGER,
-            &http_connection_manager(
-                listener,
-                route.into(),
-                Side::Gateway,
-                opts,
-                true,
-            ),
+            &http_connection_manager(listener, route.into(), Side::Gateway, opts, true),
         )],
         ..Default::default()
     }

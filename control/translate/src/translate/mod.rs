@@ -85,9 +85,9 @@ pub use context::cluster_name;
 pub use mesh_routes::destination_cluster;
 use options::RATE_LIMIT_STAT_PREFIX;
 pub use options::{
-    default_ingress_labels, Collector, Options, OutboundPolicy, TlsDelivery, ADMIN_CLUSTER, BLACKHOLE_CLUSTER,
-    INGRESS_HTTPS_LISTENER, INGRESS_HTTP_LISTENER, INGRESS_NODE_ID, INGRESS_ROUTE, OUTBOUND_LISTENER,
-    PASSTHROUGH_CLUSTER, STATS_LISTENER, ZIPKIN_CLUSTER,
+    default_ingress_labels, Collector, Options, OutboundPolicy, TlsDelivery, ADMIN_CLUSTER,
+    BLACKHOLE_CLUSTER, INGRESS_HTTPS_LISTENER, INGRESS_HTTP_LISTENER, INGRESS_NODE_ID, INGRESS_ROUTE,
+    OUTBOUND_LISTENER, PASSTHROUGH_CLUSTER, STATS_LISTENER, ZIPKIN_CLUSTER,
 };
 pub use problems::{ObjectLabelError, Problem};
 
