@@ -24,9 +24,10 @@ spec:
   - {name: v2, labels: {version: v2}}
 "#;
 
+/// `reviews` has three ports (9080 http, 9081, 9082 direct): the rule is for the HTTP one.
 fn vs(subset: &str) -> String {
     format!(
-        "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: reviews, subset: {subset}, port: {{number: 9080}}}}\n"
+        "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {{name: reviews}}\nspec:\n  hosts: [reviews]\n  http:\n  - match: [{{port: 9080}}]\n    route:\n    - destination: {{host: reviews, subset: {subset}, port: {{number: 9080}}}}\n"
     )
 }
 
