@@ -200,6 +200,33 @@ pub struct TranslateArgs {
         default_value = "inline"
     )]
     pub ingress_tls: TlsArg,
+    /// Pod labels of the ingress gateway (`k=v,k=v`): an Istio Gateway applies to it when its
+    /// `selector` is a subset. The chart passes its gateway pods' labels.
+    #[arg(
+        long,
+        env = "TRAFFIC_CONTROL_INGRESS_LABELS",
+        default_value = "app=traffic-ingress,istio=ingressgateway",
+        value_parser = parse_labels
+    )]
+    pub ingress_labels: Labels,
+}
+
+/// `k=v` pairs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels(pub std::collections::BTreeMap<String, String>);
+
+fn parse_labels(s: &str) -> Result<Labels, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        if k.trim().is_empty() {
+            return Err(format!("{pair:?} has an empty key"));
+        }
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(Labels(out))
 }
 
 impl TranslateArgs {
@@ -219,6 +246,7 @@ impl TranslateArgs {
                 TlsArg::Inline => TlsDelivery::Inline,
                 TlsArg::Sds => TlsDelivery::Sds,
             },
+            ingress_labels: self.ingress_labels.0.clone(),
             ..Options::default()
         }
     }
@@ -241,6 +269,20 @@ mod tests {
             (o.outbound_port, o.stats_port, o.admin_port),
             (15001, Some(8900), 15000)
         );
+        assert_eq!(
+            o.ingress_labels,
+            traffic_translate::translate::default_ingress_labels()
+        );
+    }
+
+    #[test]
+    fn ingress_labels_are_key_value_pairs() {
+        assert_eq!(
+            parse_labels("istio=ingressgateway, app=gw").map(|l| l.0.len()),
+            Ok(2)
+        );
+        assert!(parse_labels("istio").is_err());
+        assert!(parse_labels("=x").is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 use traffic_control::cli::{AnalyzeArgs, Cli, Command, ConfigArgs, ServeArgs};
 use traffic_control::{analyze, manifests, model_file, node_config, rebuild};
+use traffic_kube_source::istio_status_writer::{KubeStatusWriter, StatusWriter};
 use traffic_kube_source::{
     rejection_sink, EventMetrics, EventSink, EventsConfig, KubeEvents, KubeSource, SourceConfig,
     SourceMetrics,
@@ -84,8 +85,14 @@ fn config(args: ConfigArgs) -> anyhow::Result<()> {
     let t = rebuild::translate_logged(&model, &args.translate.options());
     let snapshot = traffic_control::grpc::WithApiListeners::from_translation(t.snapshot);
     let resources = snapshot.for_node(&args.node_id);
-    let text = node_config::render(&args.node_id, &resources, args.only.as_deref(), args.format)
-        .context("cannot render the node's resources")?;
+    let text = node_config::render(
+        &args.node_id,
+        &resources,
+        args.only.as_deref(),
+        args.format,
+        &model.istio,
+    )
+    .context("cannot render the node's resources")?;
     // `| head` closes the pipe early: that is not an error (println! would panic).
     use std::io::Write;
     match writeln!(std::io::stdout().lock(), "{text}") {
@@ -105,10 +112,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         clippy::type_complexity,
         reason = "one tuple per source, destructured at once"
     )]
-    let (models, sink, problem_events, quiet, _source): (
+    let (models, sink, problem_events, status_writer, quiet, _source): (
         watch::Receiver<Arc<MeshModel>>,
         Arc<dyn RejectionSink>,
         Option<Arc<dyn EventSink>>,
+        Option<Arc<dyn StatusWriter>>,
         _,
         _,
     ) = match args.model.as_slice() {
@@ -131,7 +139,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 ..SourceConfig::default()
             };
             let source = KubeSource::start(
-                client,
+                client.clone(),
                 source_config,
                 SourceMetrics::register(&mut registry),
                 Some(Arc::new(events.clone())),
@@ -139,10 +147,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("cannot sync the mesh model from Kubernetes")?;
             info!("mesh model synced from Kubernetes");
+            let (status, _status_task) = KubeStatusWriter::spawn(client, source.istio.clone());
             (
                 source.models.clone(),
                 rejection_sink(events.clone()),
                 Some(Arc::new(events)),
+                Some(Arc::new(status)),
                 std::time::Duration::ZERO,
                 Some(source),
             )
@@ -150,12 +160,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         paths if manifests::are_manifests(paths)? => {
             let (rx, _task) = manifests::watch_manifests(paths.to_vec(), args.model_poll())
                 .context("cannot load the manifests")?;
-            (rx, Arc::new(IgnoreRejections), None, args.debounce(), None)
+            (rx, Arc::new(IgnoreRejections), None, None, args.debounce(), None)
         }
         [path, ..] => {
             let (rx, _task) = model_file::watch_model_file(path.clone(), args.model_poll())
                 .with_context(|| format!("cannot load the model file {}", path.display()))?;
-            (rx, Arc::new(IgnoreRejections), None, args.debounce(), None)
+            (rx, Arc::new(IgnoreRejections), None, None, args.debounce(), None)
         }
     };
 
@@ -217,6 +227,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         snapshots_tx,
         rebuild_metrics,
         problem_events,
+        status_writer,
     ));
     let server = XdsServer::with_admission(snapshots_rx, xds_metrics, sink, admit)?;
     let listener = tokio::net::TcpListener::bind(args.xds_addr)

@@ -10,6 +10,8 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use traffic_kube_source::events::EventSink;
+use traffic_kube_source::istio_status::desired_statuses;
+use traffic_kube_source::istio_status_writer::StatusWriter;
 use traffic_kube_source::problems::problem_events;
 use traffic_translate::model::MeshModel;
 use traffic_translate::snapshot::MeshSnapshot;
@@ -167,12 +169,14 @@ pub async fn run(
     out: watch::Sender<Arc<dyn MeshSnapshot>>,
     metrics: RebuildMetrics,
     events: Option<Arc<dyn EventSink>>,
+    status: Option<Arc<dyn StatusWriter>>,
 ) {
     let max_wait = (quiet * 10).max(Duration::from_secs(1));
     let mut prev: Option<Previous> = None;
     let mut recheck = false;
     loop {
         let model = models.borrow_and_update().clone();
+        let current = model.clone();
         let opts = options.clone();
         let started = Instant::now();
         // A recheck translates in full: the incremental path would reuse the previous verdicts.
@@ -188,6 +192,9 @@ pub async fn run(
                 metrics.problems.inc_by(t.problems.len() as u64);
                 if let Some(events) = &events {
                     report_problems(t, events.as_ref());
+                }
+                if let Some(status) = &status {
+                    status.write(desired_statuses(&current, &t.problems));
                 }
                 info!(
                     took_ms = took.as_millis() as u64,
@@ -264,6 +271,7 @@ mod tests {
             out,
             metrics.clone(),
             None,
+            None,
         ));
         rebuilds_reach(&metrics, 1).await;
         tokio::time::sleep(RECHECK / 2).await;
@@ -271,6 +279,49 @@ mod tests {
         tokio::time::sleep(RECHECK).await;
         rebuilds_reach(&metrics, 2).await;
         task.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn every_translation_gives_the_istio_objects_their_conditions() {
+        use traffic_kube_source::istio_status_writer::RecordingStatusWriter;
+        let yaml = r#"
+services:
+- {name: reviews, clusterIPs: [10.96.0.10], ports: [{name: http, port: 9080, targetPort: 9080}], selector: {app: reviews}}
+istio:
+  virtualServices:
+  - metadata: {name: reviews, generation: 4}
+    spec: {hosts: [reviews], http: [{route: [{destination: {host: reviews, subset: v9}}]}]}
+"#;
+        let model = Arc::new(MeshModel::from_yaml_str(yaml).expect("model"));
+        let (_models_tx, models) = watch::channel(model);
+        let empty: Arc<dyn MeshSnapshot> = Arc::new(traffic_xds::StaticSnapshot::default());
+        let (out, _snapshots) = watch::channel(empty);
+        let metrics = RebuildMetrics::register(&mut Registry::default());
+        let recorder = RecordingStatusWriter::default();
+        let task = tokio::spawn(run(
+            models,
+            Options::default(),
+            Duration::from_millis(10),
+            out,
+            metrics.clone(),
+            None,
+            Some(Arc::new(recorder.clone())),
+        ));
+        rebuilds_reach(&metrics, 1).await;
+        task.abort();
+        let written = recorder.written.lock().expect("lock").clone();
+        let status = &written[0][0];
+        assert_eq!(
+            (status.kind.as_str(), status.name.as_str()),
+            ("VirtualService", "reviews")
+        );
+        let refs = &status.conditions[1];
+        assert_eq!(
+            (refs.type_, refs.status, refs.reason.as_str()),
+            ("ResolvedRefs", false, "BackendNotFound")
+        );
+        assert_eq!(refs.observed_generation, Some(4));
+        assert!(refs.message.contains("\"v9\""), "{}", refs.message);
     }
 
     #[tokio::test(start_paused = true)]

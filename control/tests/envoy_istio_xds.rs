@@ -144,3 +144,99 @@ async fn istio_subsets_and_mirror_over_sotw_without_nacks() {
 async fn istio_subsets_and_mirror_over_delta_without_nacks() {
     istio_config_is_acked_and_routes(Ads::Delta).await;
 }
+
+#[path = "../translate/tests/common/certs.rs"]
+mod certs;
+
+/// An Istio Gateway (HTTP on 80, HTTPS on 443 with two hosts and certificates, a port of its
+/// own with `httpsRedirect`) as the gateway Envoy gets it over ADS, certificates inline and over
+/// SDS, both ADS modes: every listener is active and nothing is NACKed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_istio_gateway_with_https_servers_is_accepted_over_ads() {
+    use traffic_translate::model::{MeshModel, TlsSecret};
+    use traffic_translate::translate::{translate, Options, TlsDelivery};
+    let Some(bin) = envoy_binary() else { return };
+    let own = free_port();
+    let yaml = format!(
+        r#"services:
+- {{name: web, clusterIPs: [127.0.10.5], ports: [{{name: http, port: 80, targetPort: 8080}}], selector: {{app: web}}}}
+pods:
+- {{name: web-1, ip: 127.0.20.5, labels: {{app: web}}}}
+istio:
+  gateways:
+  - metadata: {{name: gw}}
+    spec:
+      selector: {{istio: ingressgateway}}
+      servers:
+      - {{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ["*.example.com"]}}
+      - {{port: {{number: 443, name: a, protocol: HTTPS}}, hosts: [a.example.com], tls: {{mode: SIMPLE, credentialName: a-cert}}}}
+      - {{port: {{number: 443, name: b, protocol: HTTPS}}, hosts: [b.example.com], tls: {{mode: SIMPLE, credentialName: b-cert}}}}
+      - {{port: {{number: {own}, name: r, protocol: HTTP}}, hosts: [r.example.com], tls: {{httpsRedirect: true}}}}
+  virtualServices:
+  - metadata: {{name: front}}
+    spec:
+      hosts: [a.example.com, b.example.com, r.example.com]
+      gateways: [gw]
+      http: [{{route: [{{destination: {{host: web}}}}]}}]
+"#
+    );
+    let mut model = MeshModel::from_yaml_str(&yaml).expect("model");
+    let now = certs::unix_now();
+    for name in ["a", "b"] {
+        let (cert_pem, key_pem) =
+            certs::test_cert(&[&format!("{name}.example.com")], now - 3600, now + 86_400 * 90);
+        model.secrets.push(TlsSecret {
+            namespace: "default".into(),
+            name: format!("{name}-cert"),
+            cert_pem,
+            key_pem,
+        });
+    }
+    for (tls, ads) in [
+        (TlsDelivery::Inline, Ads::Sotw),
+        (TlsDelivery::Sds, Ads::Delta),
+        (TlsDelivery::Sds, Ads::Sotw),
+    ] {
+        let opts = Options {
+            stats_port: None,
+            ingress_http_port: free_port(),
+            ingress_https_port: free_port(),
+            ingress_tls: tls,
+            ..Options::default()
+        };
+        let t = translate(&model, &opts);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        t.snapshot.validate().expect("consistent");
+        let server = TestServer::start_with(std::sync::Arc::new(t.snapshot)).await;
+        let gw = Envoy::start(&bin, "traffic-ingress", server.addr, ads).await;
+        gw.wait_config("the gateway listeners", |d| {
+            d.contains("ingress_https") && d.contains(&format!("gateway_{own}")) && d.contains("127.0.20.5")
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            gw.stat("listener_manager.lds.update_rejected").await,
+            0,
+            "{}",
+            gw.log_text()
+        );
+        assert_eq!(
+            gw.stat("cluster_manager.cds.update_rejected").await,
+            0,
+            "{}",
+            gw.log_text()
+        );
+        assert!(
+            gw.stat("listener_manager.total_listeners_active").await >= 3,
+            "{}",
+            gw.log_text()
+        );
+        assert!(
+            !server.metrics().contains("xds_nacks_total{"),
+            "{tls:?} {ads:?}: unexpected NACK:\n{}",
+            server.metrics()
+        );
+        let rejected = server.rejections.0.lock().expect("lock").clone();
+        assert!(rejected.is_empty(), "{tls:?}: {rejected:#?}");
+    }
+}

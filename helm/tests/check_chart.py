@@ -225,6 +225,7 @@ VALUE_SETS: list[tuple[str, dict[str, Any]]] = [
                     }
                 },
                 "podAnnotations": {"example.com/team": "edge"},
+                "podLabels": {"istio": "edge-gateway"},
                 "service": {
                     "annotations": {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"},
                     "loadBalancerSourceRanges": ["10.0.0.0/8", "2001:db8::/32"],

@@ -17,6 +17,8 @@ mod churn;
 mod faults;
 #[path = "e2e/istio_crds.rs"]
 mod istio_crds;
+#[path = "e2e/istio_status.rs"]
+mod istio_status;
 use traffic_tests::e2e_parse::{cluster_hosts, cluster_stat, outbound_connections, Tally};
 
 const ENABLED: &str = "traffic.envoy.enabled";

@@ -186,8 +186,12 @@ impl Deduper {
     }
 }
 
-/// The `apiVersion` and resource of the kinds we put Events on; `None` for unknown kinds.
+/// The `apiVersion` and resource of the kinds we put Events on; `None` for unknown kinds. The
+/// Istio kinds are named in the version the control plane watches (`networking.istio.io/v1beta1`).
 pub fn api_resource(kind: &str) -> Option<ApiResource> {
+    if let Some(k) = traffic_istio::Kind::ALL.into_iter().find(|k| k.as_str() == kind) {
+        return Some(crate::istio_watch::api_resource(k));
+    }
     Some(match kind {
         "Service" => ApiResource::erase::<Service>(&()),
         "Pod" => ApiResource::erase::<Pod>(&()),
@@ -617,6 +621,11 @@ mod tests {
             api_resource("Ingress").unwrap().api_version,
             "networking.k8s.io/v1"
         );
-        assert!(api_resource("Gateway").is_none());
+        let vs = api_resource("VirtualService").unwrap();
+        assert_eq!(
+            (vs.api_version.as_str(), vs.plural.as_str()),
+            ("networking.istio.io/v1beta1", "virtualservices")
+        );
+        assert!(api_resource("HTTPRoute").is_none());
     }
 }

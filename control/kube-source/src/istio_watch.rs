@@ -32,7 +32,8 @@ pub const WATCHED_VERSION: &str = "v1beta1";
 /// How long the first model waits for the Istio stores' initial lists.
 pub const ISTIO_SYNC_WAIT: Duration = Duration::from_secs(5);
 
-fn api_resource(kind: Kind) -> ApiResource {
+/// The watched resource of `kind`.
+pub fn api_resource(kind: Kind) -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk(GROUP, WATCHED_VERSION, kind.as_str()),
         kind.plural(),

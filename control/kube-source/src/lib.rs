@@ -10,11 +10,15 @@
 //!   readiness, TLS secrets referenced by Ingresses), unit-tested on recorded objects.
 //! - [`events`]: a deduplicating [`EventSink`] writing `core/v1` Events; [`problems`] finds
 //!   invalid `traffic.*` labels; [`nack`] adapts the sink to the xDS server's `RejectionSink`.
+//! - [`istio_status`]: translation problems -> `status.conditions` of Istio objects (pure);
+//!   [`istio_status_writer`] writes them through the status subresource.
 //!
 //! [`MeshModel`]: traffic_translate::model::MeshModel
 
 pub mod convert;
 pub mod events;
+pub mod istio_status;
+pub mod istio_status_writer;
 pub mod istio_watch;
 pub mod nack;
 pub mod problems;

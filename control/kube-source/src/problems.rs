@@ -105,6 +105,7 @@ pub fn problem_events(problem: &Problem) -> Vec<ProblemEvent> {
         Problem::TlsSecretExpiringSoon { .. } => TLS_CERTIFICATE_EXPIRING,
         Problem::InvalidHost { .. } | Problem::InvalidPath { .. } => INVALID_INGRESS_RULE,
         Problem::IstioRule { .. } => ISTIO_RULE_REJECTED,
+        Problem::IstioValidation { code, .. } => code.reason(),
         Problem::UnresolvedReference { .. } => BACKEND_NOT_FOUND_ISTIO,
         Problem::IstioConflict { .. } | Problem::LabelOverridden { .. } => OVERRIDDEN,
     };

@@ -248,6 +248,8 @@ impl Default for SourceConfig {
 /// A running source: the latest complete model, and the tasks producing it.
 pub struct KubeSource {
     pub models: watch::Receiver<Arc<MeshModel>>,
+    /// The watched Istio objects (their current status, for the status writer).
+    pub istio: IstioStores,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -291,9 +293,10 @@ impl KubeSource {
         report_label_problems(&first, label_events.as_deref(), &metrics);
         metrics.models.inc();
         let (tx, models) = watch::channel(Arc::new(first));
+        let istio = stores.istio.clone();
         let looped = run_model_loop(stores, pokes, tx, config, metrics, label_events);
         tasks.push(tokio::spawn(looped.instrument(tracing::info_span!("kube_model"))));
-        Ok(KubeSource { models, tasks })
+        Ok(KubeSource { models, istio, tasks })
     }
 
     /// A receiver of models (the current value is always a complete model).

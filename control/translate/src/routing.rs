@@ -42,8 +42,9 @@ pub struct RoutingModel {
     pub http: BTreeMap<(ServiceKey, u16), Vec<HttpRule>>,
     /// Service -> subsets and cluster policy.
     pub policies: BTreeMap<ServiceKey, DestinationPolicy>,
-    /// Host (as the client sends it, `*` and `*.suffix` allowed) -> the ingress gateway's rules.
-    pub gateway_hosts: BTreeMap<String, Vec<HttpRule>>,
+    /// The servers of Istio Gateways (in Gateway precedence order, then `servers[]` order)
+    /// with the VirtualService rules bound to them.
+    pub gateway_servers: Vec<GatewayServer>,
     /// (Service, port) -> where its opaque TCP connections go (Istio `tcp[]`; the first rule
     /// for the port wins), weights > 0.
     pub tcp: BTreeMap<(ServiceKey, u16), TcpRoute>,
@@ -134,6 +135,49 @@ impl ExternalEndpoint {
     }
 }
 
+/// One `servers[]` entry of an Istio Gateway, with the VirtualService rules bound to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayServer {
+    /// The Gateway.
+    pub origin: ObjectRef,
+    /// Its index in `spec.servers` (as the user wrote it).
+    pub index: usize,
+    /// Pod labels of the gateway proxies it applies to (empty: every one).
+    pub selector: BTreeMap<String, String>,
+    /// `port.number`.
+    pub port: u16,
+    pub protocol: ServerProtocol,
+    /// `tls.httpsRedirect` of an HTTP server: every virtual host answers 301 to `https://`.
+    pub https_redirect: bool,
+    /// The server's hosts without their `namespace/` part, lower case (`*`, `*.suffix`): the SNI
+    /// names of an HTTPS server.
+    pub hosts: Vec<String>,
+    /// Domain (a bound VirtualService host within the server's hosts) -> its rules in
+    /// VirtualService precedence order.
+    pub virtual_hosts: BTreeMap<String, Vec<HttpRule>>,
+}
+
+impl GatewayServer {
+    /// `<namespace>/<gateway>/servers[<index>]`, for names and reports.
+    pub fn label(&self) -> String {
+        format!(
+            "{}/{}/servers[{}]",
+            self.origin.namespace, self.origin.name, self.index
+        )
+    }
+}
+
+/// What a Gateway server speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerProtocol {
+    Http,
+    /// TLS terminated with the certificate of this `kubernetes.io/tls` Secret (in the Gateway's
+    /// namespace).
+    Https {
+        credential_name: String,
+    },
+}
+
 /// A weighted split of TCP connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpRoute {
@@ -145,7 +189,7 @@ impl RoutingModel {
     pub fn is_empty(&self) -> bool {
         self.http.is_empty()
             && self.policies.is_empty()
-            && self.gateway_hosts.is_empty()
+            && self.gateway_servers.is_empty()
             && self.tcp.is_empty()
             && self.external.is_empty()
     }

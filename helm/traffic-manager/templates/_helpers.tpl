@@ -158,3 +158,20 @@ scrape_configs:
       - source_labels: [__meta_kubernetes_pod_name]
         target_label: pod
 {{- end -}}
+
+{{/* The gateway pods' labels: the selector labels plus ingress.podLabels (Istio Gateways select on them). */}}
+{{- define "tm.ingressPodLabels" -}}
+{{ include "tm.selectorLabels" (dict "ctx" . "component" "ingress-gateway") }}
+{{- with .Values.ingress.podLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The same labels as k=v,k=v for the control plane's --ingress-labels. */}}
+{{- define "tm.ingressPodLabelList" -}}
+{{- $pairs := list -}}
+{{- range $k, $v := (include "tm.ingressPodLabels" . | fromYaml) -}}
+{{- $pairs = append $pairs (printf "%s=%s" $k $v) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}

@@ -309,7 +309,7 @@ pub fn lower(validated: &ValidatedConfig, services: &[Service]) -> (RoutingModel
             }
         }
     }
-    gateway::lower_gateway_bindings(config, &bound, &bound_rules, &mut model, &mut problems);
+    gateway::lower_gateways(config, &bound, &bound_rules, &mut model, &mut problems);
     model.external = external;
     (model, problems)
 }

@@ -90,8 +90,8 @@ pub(super) struct Ctx<'m> {
     /// Base cluster name (`<port>|<ns>|<svc>`) -> the model's rules for that port whose
     /// references all resolve (see `mesh_rules`).
     pub(super) rules: BTreeMap<String, Vec<HttpRule>>,
-    /// Host -> the ingress gateway's usable rules (VirtualServices bound to Gateways).
-    pub(super) gateway_rules: BTreeMap<String, Vec<HttpRule>>,
+    /// Istio Gateway servers with their usable rules (VirtualServices bound to Gateways).
+    pub(super) gateway_servers: Vec<crate::routing::GatewayServer>,
     /// Base cluster name -> (cluster, weight) of its usable Istio `tcp[]` route.
     pub(super) tcp_routes: BTreeMap<String, Vec<(String, u32)>>,
 }
@@ -228,7 +228,7 @@ impl<'m> Ctx<'m> {
             pods,
             routing,
             rules: BTreeMap::new(),
-            gateway_rules: BTreeMap::new(),
+            gateway_servers: Vec::new(),
             tcp_routes: BTreeMap::new(),
         }
     }

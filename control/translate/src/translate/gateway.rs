@@ -8,12 +8,12 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
 use envoy_types::pb::envoy::config::route::v3::{route, route_match, Route, RouteConfiguration, VirtualHost};
-use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 
 use super::context::{cluster_name, ingress_ref, resolve_service_port, Ctx};
-use super::gateway_tls::https_filter_chains;
-use super::listeners::{http_connection_manager, listener_filter, network_filter};
-use super::mesh_routes::{destination_cluster, rule_routes};
+use super::gateway_servers::{gateway_servers, tls_listener};
+use super::gateway_tls::{https_filter_chains, SecretChecker};
+use super::listeners::{http_connection_manager, network_filter};
+use super::mesh_routes::destination_cluster;
 use super::routes::{route_to_service, Side};
 use super::{node_resources, Options, Problem, TlsDelivery};
 use super::{INGRESS_HTTPS_LISTENER, INGRESS_HTTP_LISTENER, INGRESS_ROUTE};
@@ -111,12 +111,35 @@ pub(super) fn gateway(
     // Resources built from several Ingresses have no single origin.
     let only_ingress = (ingresses.len() == 1).then(|| ingress_ref(ingresses[0]));
 
-    let route_config = ingress_route_config(ctx, &ingresses, problems);
+    let mut route_config = ingress_route_config(ctx, &ingresses, problems);
+    let mut checker = SecretChecker::new(opts);
+    let mut claimed = BTreeSet::new();
+    let mut secrets = Resources::new();
+    let mut chains = https_filter_chains(
+        ctx,
+        &ingresses,
+        &mut checker,
+        &mut claimed,
+        &mut secrets,
+        problems,
+    );
+    let domains = route_config
+        .virtual_hosts
+        .iter()
+        .flat_map(|v| v.domains.clone())
+        .collect();
+    let istio = gateway_servers(ctx, domains, &mut checker, &mut claimed, &mut secrets, problems);
+    route_config.virtual_hosts.extend(istio.ingress_virtual_hosts);
+    chains.extend(istio.ingress_https_chains);
+
     let mut routes = Resources::new();
     routes.insert(
         INGRESS_ROUTE.into(),
         Arc::new(resource(INGRESS_ROUTE, &route_config, only_ingress.clone())),
     );
+    for (r, origin) in istio.routes {
+        routes.insert(r.name.clone(), Arc::new(resource(&r.name, &r, origin)));
+    }
 
     let mut listeners = Resources::new();
     listeners.insert(
@@ -127,16 +150,18 @@ pub(super) fn gateway(
             only_ingress.clone(),
         )),
     );
-    let (chains, secrets) = https_filter_chains(ctx, &ingresses, problems);
     if !chains.is_empty() {
         listeners.insert(
             INGRESS_HTTPS_LISTENER.into(),
             Arc::new(resource(
                 INGRESS_HTTPS_LISTENER,
-                &https_listener(opts, chains),
+                &tls_listener(INGRESS_HTTPS_LISTENER, opts.ingress_https_port, chains),
                 only_ingress,
             )),
         );
+    }
+    for (l, origin) in istio.listeners {
+        listeners.insert(l.name.clone(), Arc::new(resource(&l.name, &l, origin)));
     }
     let secrets = (opts.ingress_tls == TlsDelivery::Sds).then_some(secrets);
     node_resources(listeners, routes, clusters, endpoints, secrets)
@@ -192,11 +217,10 @@ fn ingress_route_config(
     hosts.entry("*".to_string()).or_default();
     let default_route = defaults.into_iter().next().map(|d| d.route);
 
-    let mut virtual_hosts: Vec<VirtualHost> = hosts
+    let virtual_hosts: Vec<VirtualHost> = hosts
         .into_iter()
         .filter_map(|(host, routes)| ingress_virtual_host(host, routes, default_route.as_ref()))
         .collect();
-    istio_virtual_hosts(ctx, &mut virtual_hosts, problems);
     RouteConfiguration {
         name: INGRESS_ROUTE.to_string(),
         virtual_hosts,
@@ -205,43 +229,9 @@ fn ingress_route_config(
     }
 }
 
-/// The virtual hosts of VirtualServices bound to Gateways, after the Ingress ones: a host an
-/// Ingress already serves stays the Ingress's (Envoy rejects a domain twice), reported.
-fn istio_virtual_hosts(ctx: &Ctx<'_>, virtual_hosts: &mut Vec<VirtualHost>, problems: &mut Vec<Problem>) {
-    let taken: BTreeSet<String> = virtual_hosts.iter().flat_map(|v| v.domains.clone()).collect();
-    for (host, rules) in &ctx.gateway_rules {
-        if taken.contains(host) {
-            problems.push(Problem::IstioRule {
-                object: rules[0].origin.clone(),
-                path: "spec.hosts".into(),
-                message: format!("host {host:?} is already served by an Ingress; not bound to the gateway"),
-            });
-            continue;
-        }
-        for r in rules.iter().filter(|r| r.fault.is_some()) {
-            problems.push(Problem::IstioRule {
-                object: r.origin.clone(),
-                path: r.name.clone(),
-                message: "fault injection is applied by sidecars only; ignored on the gateway".into(),
-            });
-        }
-        let base = gateway_base_route(ctx, rules);
-        let routes = rules
-            .iter()
-            .flat_map(|r| rule_routes(r, &base, &ctx.routing, Side::Gateway))
-            .collect();
-        virtual_hosts.push(VirtualHost {
-            name: host.clone(),
-            domains: vec![host.clone()],
-            routes,
-            ..Default::default()
-        });
-    }
-}
-
 /// What Istio rules on the gateway start from: the label-derived route to the first
 /// destination's Service (its timeout, retries, hashing), or an empty route action.
-fn gateway_base_route(ctx: &Ctx<'_>, rules: &[HttpRule]) -> Route {
+pub(super) fn gateway_base_route(ctx: &Ctx<'_>, rules: &[HttpRule]) -> Route {
     let first = rules.iter().find_map(|r| match &r.action {
         HttpAction::Route(ds) => ds.first().map(|d| &d.destination),
         _ => None,
@@ -312,18 +302,6 @@ fn http_listener(opts: &Options) -> Listener {
             )],
             ..Default::default()
         }],
-        traffic_direction: TrafficDirection::Inbound as i32,
-        ..Default::default()
-    }
-}
-
-/// The HTTPS listener: the TLS inspector reads the SNI, one filter chain per TLS entry.
-fn https_listener(opts: &Options, chains: Vec<FilterChain>) -> Listener {
-    Listener {
-        name: INGRESS_HTTPS_LISTENER.to_string(),
-        address: Some(envoy::socket_address("0.0.0.0", opts.ingress_https_port)),
-        listener_filters: vec![listener_filter(names::TLS_INSPECTOR, &TlsInspector::default())],
-        filter_chains: chains,
         traffic_direction: TrafficDirection::Inbound as i32,
         ..Default::default()
     }

@@ -8,7 +8,7 @@ use traffic_labels::PortProtocol;
 
 use super::context::{service_ref, Ctx};
 use super::Problem;
-use crate::routing::{Destination, HttpAction, HttpRule, RoutingModel};
+use crate::routing::{Destination, GatewayServer, HttpAction, HttpRule, RoutingModel};
 
 /// Base cluster name -> the usable rules of that Service port, in order.
 pub(super) fn resolve(ctx: &Ctx<'_>, problems: &mut Vec<Problem>) -> BTreeMap<String, Vec<HttpRule>> {
@@ -53,24 +53,27 @@ pub(super) fn resolve(ctx: &Ctx<'_>, problems: &mut Vec<Problem>) -> BTreeMap<St
     out
 }
 
-/// Host -> the usable rules of the ingress gateway's Istio-bound hosts, in order.
-pub(super) fn resolve_gateway(ctx: &Ctx<'_>, problems: &mut Vec<Problem>) -> BTreeMap<String, Vec<HttpRule>> {
-    let mut out = BTreeMap::new();
-    for (host, rules) in &ctx.routing.gateway_hosts {
-        let mut usable = Vec::new();
-        for rule in rules {
-            match unresolved(rule, ctx) {
-                Some(message) => problems.push(Problem::UnresolvedReference {
-                    object: rule.origin.clone(),
-                    rule: rule.name.clone(),
-                    message,
-                }),
-                None => usable.push(rule.clone()),
-            }
-        }
-        if !usable.is_empty() {
-            out.insert(host.clone(), usable);
-        }
+/// The Gateway servers with only the usable rules of each virtual host (a virtual host left
+/// without rules is dropped; the server stays).
+pub(super) fn resolve_gateway(ctx: &Ctx<'_>, problems: &mut Vec<Problem>) -> Vec<GatewayServer> {
+    let mut out = Vec::new();
+    for server in &ctx.routing.gateway_servers {
+        let mut server = server.clone();
+        server.virtual_hosts.retain(|_, rules| {
+            rules.retain(|rule| match unresolved(rule, ctx) {
+                Some(message) => {
+                    problems.push(Problem::UnresolvedReference {
+                        object: rule.origin.clone(),
+                        rule: rule.name.clone(),
+                        message,
+                    });
+                    false
+                }
+                None => true,
+            });
+            !rules.is_empty()
+        });
+        out.push(server);
     }
     out
 }

@@ -58,6 +58,7 @@
 //! | `endpoints.rs` | EDS: endpoint assignments (also per subset) |
 //! | `external.rs` | ServiceEntry hosts: clusters, endpoints, filter chains, per-port HTTP routes, the outbound policy for unknown HTTP hosts |
 //! | `gateway.rs`, `gateway_tls.rs` | the ingress gateway's view (Ingress routes, HTTP/HTTPS listeners, secrets) |
+//! | `gateway_servers.rs` | the ingress gateway's Istio Gateway servers (per-port listeners, SNI filter chains) |
 //! | `per_node.rs` | per-pod overrides of the shared sidecar view |
 
 mod cluster_policy;
@@ -66,6 +67,7 @@ mod context;
 mod endpoints;
 mod external;
 mod gateway;
+mod gateway_servers;
 mod gateway_tls;
 mod listeners;
 mod mesh_routes;
@@ -86,9 +88,9 @@ pub use external::external_route_name;
 pub use mesh_routes::destination_cluster;
 use options::RATE_LIMIT_STAT_PREFIX;
 pub use options::{
-    Collector, Options, OutboundPolicy, TlsDelivery, ADMIN_CLUSTER, BLACKHOLE_CLUSTER,
-    INGRESS_HTTPS_LISTENER, INGRESS_HTTP_LISTENER, INGRESS_NODE_ID, INGRESS_ROUTE, OUTBOUND_LISTENER,
-    PASSTHROUGH_CLUSTER, STATS_LISTENER, ZIPKIN_CLUSTER,
+    default_ingress_labels, Collector, Options, OutboundPolicy, TlsDelivery, ADMIN_CLUSTER,
+    BLACKHOLE_CLUSTER, INGRESS_HTTPS_LISTENER, INGRESS_HTTP_LISTENER, INGRESS_NODE_ID, INGRESS_ROUTE,
+    OUTBOUND_LISTENER, PASSTHROUGH_CLUSTER, STATS_LISTENER, ZIPKIN_CLUSTER,
 };
 pub use problems::{ObjectLabelError, Problem};
 
@@ -185,7 +187,7 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
     let external: Vec<Service> = routing.external.iter().map(context::external_service).collect();
     let mut ctx = Ctx::new(model, &external, opts, routing, &mut label_errors);
     ctx.rules = mesh_rules::resolve(&ctx, &mut problems);
-    ctx.gateway_rules = mesh_rules::resolve_gateway(&ctx, &mut problems);
+    ctx.gateway_servers = mesh_rules::resolve_gateway(&ctx, &mut problems);
     ctx.tcp_routes = mesh_rules::resolve_tcp(&ctx, &mut problems);
 
     // Clusters and endpoint assignments: identical for every node.
@@ -312,10 +314,11 @@ fn istio_routing(model: &MeshModel, problems: &mut Vec<Problem>) -> crate::routi
     }
     let validated = traffic_istio::validate_config(&model.istio);
     for (object, p) in validated.problems() {
-        problems.push(Problem::IstioRule {
+        problems.push(Problem::IstioValidation {
             object: ObjectRef::new(object.kind.as_str(), &object.namespace, &object.name),
             path: p.path.clone(),
-            message: format!("{} {} {}", p.code.as_str(), p.severity(), p.message),
+            code: p.code,
+            message: p.message.clone(),
         });
     }
     let (routing, lowering) = crate::istio_lower::lower(&validated, &model.services);

@@ -84,6 +84,10 @@ pub struct Options {
     pub ingress_http_port: u16,
     pub ingress_https_port: u16,
     pub ingress_tls: TlsDelivery,
+    /// Pod labels of the ingress gateway (`traffic-ingress`): an Istio Gateway applies to it when
+    /// its `selector` is a subset of these (the chart's gateway pods carry
+    /// [`default_ingress_labels`]).
+    pub ingress_labels: std::collections::BTreeMap<String, String>,
     /// When true, a sidecar reaches its *own* pod (when it calls a Service it is an endpoint of)
     /// on 127.0.0.1 unless the pod has `traffic.envoy.local.use_podip=true`. Off by default:
     /// every such pod then needs its own copy of its Service's endpoint assignment (no sharing),
@@ -107,8 +111,18 @@ impl Default for Options {
             ingress_http_port: 8080,
             ingress_https_port: 8443,
             ingress_tls: TlsDelivery::Inline,
+            ingress_labels: default_ingress_labels(),
             local_endpoint_via_loopback: false,
             now: None,
         }
     }
+}
+
+/// The labels the chart puts on the gateway pods: `app: traffic-ingress`, and
+/// `istio: ingressgateway` so Gateways written for Istio's default ingress gateway select it.
+pub fn default_ingress_labels() -> std::collections::BTreeMap<String, String> {
+    [("app", "traffic-ingress"), ("istio", "ingressgateway")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }

@@ -86,6 +86,15 @@ pub enum Problem {
         path: String,
         error: crate::ingress_check::IngressValueError,
     },
+    /// A validation finding on an Istio object (`traffic-control analyze` reports the same): an
+    /// error leaves out the part at `path`, a warning changes nothing.
+    #[error("{object}: {path}: {code} {} {message}", code.severity())]
+    IstioValidation {
+        object: ObjectRef,
+        path: String,
+        code: traffic_istio::Code,
+        message: String,
+    },
     /// An Istio rule or setting that is left out (the rest of the object still applies).
     #[error("{object}: {path}: {message}")]
     IstioRule {
@@ -131,6 +140,7 @@ impl Problem {
             | Problem::InvalidHost { ingress, .. }
             | Problem::InvalidPath { ingress, .. } => ingress,
             Problem::IstioRule { object, .. }
+            | Problem::IstioValidation { object, .. }
             | Problem::UnresolvedReference { object, .. }
             | Problem::IstioConflict { object, .. } => object,
             Problem::LabelOverridden { service, .. } => service,
