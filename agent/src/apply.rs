@@ -20,6 +20,7 @@ use traffic_translate::snapshot::ObjectRef;
 use crate::desired::{DesiredPod, PROXY_UID};
 use crate::metrics::AgentMetrics;
 use crate::reconcile::{Plan, SidecarFailure, Step};
+use crate::xds_token::{TokenError, TokenManager};
 
 /// Writes the agent's annotations on a pod (`proxy = None` and `mode = None` clear them).
 pub trait Annotator: Send + Sync {
@@ -36,6 +37,10 @@ pub trait Annotator: Send + Sync {
 pub struct SidecarTemplate {
     pub image: String,
     pub bootstrap: BootstrapOptions,
+    /// TLS to the control plane: the CA certificate file (PEM) it must chain to, read at each
+    /// start (a mounted ConfigMap the control plane may publish after the agent started), and
+    /// the name it must carry. `None`: `bootstrap.tls` as it is.
+    pub xds_ca_file: Option<(PathBuf, String)>,
 }
 
 /// Why a step failed.
@@ -72,11 +77,18 @@ pub enum ApplyError {
     },
     #[error("redirector task panicked")]
     Join,
+    #[error("xds token: {0}")]
+    Token(#[from] TokenError),
+    #[error("the control plane's CA certificate {path} is not usable (not published yet?): {detail}")]
+    XdsCa { path: PathBuf, detail: String },
 }
 
 impl ApplyError {
     /// `Event` reason for a failed step.
     fn reason(&self, step: &Step) -> &'static str {
+        if let ApplyError::Token(_) = self {
+            return crate::xds_token::EVENT_REASON;
+        }
         match step {
             Step::PrepareSidecar { .. } | Step::StartSidecar { .. } => "SidecarStartFailed",
             Step::AwaitListeners { .. } => "SidecarNotConfigured",
@@ -106,6 +118,8 @@ pub struct Applier<R> {
     pub concurrency: usize,
     /// Manage only this namespace's pods, sidecars and redirects (`None`: the whole node).
     pub namespace: Option<String>,
+    /// The sidecars' xDS tokens (`None`: sidecars present none).
+    pub tokens: Option<Arc<TokenManager>>,
 }
 
 /// What happened to one plan.
@@ -196,7 +210,7 @@ impl<R: ContainerRuntime + 'static> Applier<R> {
             Step::PrepareSidecar { settings } => {
                 let pod = plan.pod.as_ref().ok_or(ApplyError::NoPod)?;
                 let sandbox = self.sandbox(plan, ctx).await?;
-                let spec = self.spec(pod)?;
+                let spec = self.spec(pod).await?;
                 let prepared = self.runtime.prepare(&spec, &sandbox).await.inspect_err(|_| {
                     self.metrics.sidecar_errors.inc();
                 })?;
@@ -216,7 +230,7 @@ impl<R: ContainerRuntime + 'static> Applier<R> {
             Step::StartSidecar { restart } => {
                 let pod = plan.pod.as_ref().ok_or(ApplyError::NoPod)?;
                 let sandbox = self.sandbox(plan, ctx).await?;
-                let spec = self.spec(pod)?;
+                let spec = self.spec(pod).await?;
                 let started = self.runtime.start(&spec, &sandbox).await.inspect_err(|_| {
                     self.metrics.sidecar_errors.inc();
                 })?;
@@ -284,13 +298,40 @@ impl<R: ContainerRuntime + 'static> Applier<R> {
         Ok(())
     }
 
-    fn spec(&self, pod: &PodRef) -> Result<SidecarSpec, ApplyError> {
+    /// The sidecar to start; with tokens, only once the pod has one (else the step fails: no
+    /// sidecar, and a sidecar being replaced keeps the pod's redirect, fail-closed).
+    async fn spec(&self, pod: &PodRef) -> Result<SidecarSpec, ApplyError> {
+        let token_dir = match &self.tokens {
+            Some(tokens) => Some(tokens.ensure(pod).await?),
+            None => None,
+        };
+        let mut options = self.template.bootstrap.clone();
+        if let Some((path, server_name)) = &self.template.xds_ca_file {
+            let ca_pem = std::fs::read_to_string(path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| {
+                    if pem.contains("-----BEGIN CERTIFICATE-----") {
+                        Ok(pem)
+                    } else {
+                        Err("no PEM certificate in it".to_string())
+                    }
+                })
+                .map_err(|detail| ApplyError::XdsCa {
+                    path: path.clone(),
+                    detail,
+                })?;
+            options.tls = Some(bootstrap::XdsTls {
+                ca_pem,
+                server_name: server_name.clone(),
+            });
+        }
         Ok(SidecarSpec {
             pod: pod.clone(),
             image: self.template.image.clone(),
-            bootstrap: bootstrap::render(pod, &self.template.bootstrap)?,
+            bootstrap: bootstrap::render(pod, &options)?,
             uid: PROXY_UID,
             admin_port: self.template.bootstrap.admin_port,
+            token_dir,
         })
     }
 

@@ -103,6 +103,8 @@ pub struct RunArgs {
     /// (set by `traffic-agent uninstall`), the agent removes everything it made on this node.
     #[arg(long, env = "TRAFFIC_AGENT_DAEMONSET")]
     pub daemonset: Option<DaemonSetRef>,
+    #[command(flatten)]
+    pub xds: crate::xds_args::XdsAuthArgs,
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +228,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         event_metrics,
     );
+    let events = Arc::new(events);
+    let tokens = args
+        .xds
+        .tokens(&mut bootstrap, &client, events.clone(), args.namespace.clone())?;
+    if let Some(tokens) = &tokens {
+        info!(dir = %args.xds.xds_token_dir.display(), "sidecars present ServiceAccount tokens to the control plane");
+        tokio::spawn(tokens.clone().run());
+    }
+    let xds_ca_file = args.xds.tls(&args.control_plane);
     let registry = Arc::new(registry);
     let addr = args.metrics_addr;
     let http = tokio::spawn(async move { traffic_metrics_http::serve(addr, registry).await });
@@ -237,7 +248,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         annotator: Arc::new(KubeAnnotator {
             client: client.clone(),
         }),
-        events: Arc::new(events),
+        events,
         metrics: agent_metrics,
         listener_wait: ListenerWait {
             admin_port: bootstrap.admin_port,
@@ -247,11 +258,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         template: SidecarTemplate {
             image: args.envoy_image.clone(),
             bootstrap,
+            xds_ca_file,
         },
         admin: Arc::new(NetnsAdmin::default()),
         sidecar_failure: args.sidecar_failure,
         concurrency: args.concurrency,
         namespace: args.namespace.clone(),
+        tokens,
     });
     let config = ControllerConfig {
         node_name: args.node_name.clone(),

@@ -156,6 +156,8 @@ pub enum Ineligible {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredPod {
     pub pod: PodRef,
+    /// The pod's service account (`default` when unset): whose token its sidecar presents.
+    pub service_account: String,
     /// Sidecar + redirect wanted.
     pub enabled: bool,
     pub settings: Settings,
@@ -218,8 +220,15 @@ pub fn desired(pod: &Pod, cluster: &Cluster) -> Option<DesiredPod> {
     for guarded in &settings.guarded_ports {
         settings.direct_ports.remove(guarded);
     }
+    let service_account = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_string());
     Some(DesiredPod {
         pod: pod_ref,
+        service_account,
         enabled,
         settings,
         problems,

@@ -10,6 +10,7 @@
 //!   container runtime it found.
 mod cli;
 mod runtime_args;
+mod xds_args;
 
 use clap::{Parser, Subcommand};
 use traffic_redirect::probe::{self, Check, Decision, ProbeReport};

@@ -219,6 +219,16 @@ impl<R: ContainerRuntime + 'static> Applier<R> {
         }
         let mode = self.redirector.mode();
         let plans = reconcile(desired, &observed, mode, self.sidecar_failure);
+        if let Some(tokens) = &self.tokens {
+            // Before the plans: a sidecar starts only with its pod's token. Pods no longer
+            // enabled lose theirs (their sidecars are removed by these plans).
+            let enabled: Vec<_> = desired
+                .iter()
+                .filter(|d| d.enabled)
+                .map(|d| (d.pod.clone(), d.service_account.clone()))
+                .collect();
+            tokens.sync(&enabled).await;
+        }
         if !plans.is_empty() {
             debug!(plans = plans.len(), "applying plans");
             self.apply(&plans).await;

@@ -69,13 +69,21 @@ pub struct ServeArgs {
     pub auth: AuthArgs,
 }
 
-/// Authentication of xDS clients (off by default until every deployment path presents tokens).
+/// Authentication of xDS clients: on by default (the chart's sidecars, gateway and agent present
+/// tokens and verify the CA); `--xds-auth=false --xds-tls=false` for development without a cluster.
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
     /// Serve an ADS stream only to a client presenting a ServiceAccount token (audience
     /// `traffic-control`, bound to its pod) whose pod is the node it asks for. Needs a Kubernetes
-    /// API server (TokenReview).
-    #[arg(long, env = "TRAFFIC_CONTROL_XDS_AUTH", default_value_t = false)]
+    /// API server (TokenReview). `--xds-auth=false` serves anyone (development only).
+    #[arg(
+        long,
+        env = "TRAFFIC_CONTROL_XDS_AUTH",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub xds_auth: bool,
     /// Service accounts (`namespace/name`, comma-separated) that may be the gateway
     /// (`traffic-ingress`) and receive secrets.
@@ -93,8 +101,15 @@ pub struct AuthArgs {
     #[arg(long, env = "TRAFFIC_CONTROL_TOKEN_CACHE_SECS", default_value_t = 300)]
     pub token_cache_secs: u64,
     /// Serve ADS over TLS, with a certificate issued at start from the xDS CA (see
-    /// `--xds-ca-dir`, `--xds-ca-name`). Off: plaintext.
-    #[arg(long, env = "TRAFFIC_CONTROL_XDS_TLS", default_value_t = false)]
+    /// `--xds-ca-dir`, `--xds-ca-name`). `--xds-tls=false`: plaintext (development only).
+    #[arg(
+        long,
+        env = "TRAFFIC_CONTROL_XDS_TLS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub xds_tls: bool,
     /// Names (DNS or IP, comma-separated) the xDS certificate is valid for: what clients dial.
     #[arg(long, env = "TRAFFIC_CONTROL_XDS_TLS_NAMES", value_delimiter = ',')]
@@ -264,6 +279,20 @@ mod tests {
         };
         assert_eq!(s.xds_addr.port(), 15010);
         assert_eq!(s.debounce(), Duration::from_millis(100));
+        // Authenticated TLS unless explicitly turned off.
+        assert!(s.auth.xds_auth && s.auth.xds_tls);
+        for (args, auth, tls) in [
+            (&["--xds-auth=false", "--xds-tls=false"][..], false, false),
+            (&["--xds-auth", "--xds-tls"][..], true, true),
+            (&["--xds-tls", "false"][..], true, false),
+        ] {
+            let mut argv = vec!["traffic-control", "serve", "--model", "m.yaml"];
+            argv.extend_from_slice(args);
+            let Command::Serve(s) = Cli::try_parse_from(argv).expect("parse").command else {
+                panic!("serve")
+            };
+            assert_eq!((s.auth.xds_auth, s.auth.xds_tls), (auth, tls), "{args:?}");
+        }
         let o = s.translate.options();
         assert_eq!(
             (o.outbound_port, o.stats_port, o.admin_port),

@@ -170,9 +170,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     let admit = if args.auth.xds_auth {
-        let client = kube::Client::try_default()
-            .await
-            .context("--xds-auth needs a Kubernetes API server (TokenReview)")?;
+        let client = kube::Client::try_default().await.context(
+            "--xds-auth (the default) needs a Kubernetes API server (TokenReview); \
+                 pass --xds-auth=false --xds-tls=false to serve without one (development only)",
+        )?;
         if args.auth.gateway_service_accounts.is_empty() {
             warn!("--xds-auth without --gateway-service-accounts: no client may be traffic-ingress");
         }
@@ -207,7 +208,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .context("cannot obtain the xDS CA")?;
         if args.auth.xds_tls_names.is_empty() {
-            anyhow::bail!("--xds-tls needs --xds-tls-names (the names clients dial)");
+            anyhow::bail!(
+                "--xds-tls (the default) needs --xds-tls-names (the names clients dial); \
+                 --xds-tls=false serves plaintext (development only)"
+            );
         }
         let cert = ca
             .issue_server(&args.auth.xds_tls_names)

@@ -249,7 +249,7 @@ async fn the_binary_serves_a_model_file_and_pushes_its_changes() {
     std::fs::write(&model, model_yaml(port, target, &[("web-a", "127.0.20.1")])).expect("write model");
     let (xds_port, http_port) = (free_port(), free_port());
     let mut control = std::process::Command::new(env!("CARGO_BIN_EXE_traffic-control"))
-        .args(["serve", "--model"])
+        .args(["serve", "--xds-auth=false", "--xds-tls=false", "--model"])
         .arg(&model)
         .args([
             "--xds-addr",

@@ -4,6 +4,7 @@
   grpc_xds.py call <target> [count]      # calls it through xDS (GRPC_XDS_BOOTSTRAP); prints replies
 No generated stubs: raw-bytes handlers keep it dependency-free beyond grpcio.
 """
+import os
 import sys
 import time
 from concurrent import futures
@@ -27,10 +28,11 @@ def serve(ip, port, name):
 
 
 def call(target, count):
+    timeout = float(os.environ.get("GRPC_CALL_TIMEOUT_S", "20"))
     with grpc.insecure_channel(target) as channel:
         say = channel.unary_unary("/test.Echo/Say")
         for _ in range(count):
-            reply = say(b"hi", timeout=20, wait_for_ready=True)
+            reply = say(b"hi", timeout=timeout, wait_for_ready=True)
             print(reply.decode(), flush=True)
 
 

@@ -64,6 +64,7 @@ VALUE_SETS: list[tuple[str, dict[str, Any]]] = [
                     "dockerSocket": "/run/traffic-e2e/docker.sock",
                     "bpffs": "/sys/fs/bpf",
                     "state": "/var/run/traffic-manager-e2e",
+                    "xdsTokens": "/var/run/traffic-manager-e2e/xds-tokens",
                 },
             },
             "envoy": {"image": {"repository": "traffic-e2e/envoy", "tag": "1.39.3"}},
@@ -95,6 +96,22 @@ VALUE_SETS: list[tuple[str, dict[str, Any]]] = [
                     "criRoot": "/var/lib/rancher/k3s/agent/containerd/io.containerd.grpc.v1.cri",
                 },
             },
+        },
+    ),
+    (
+        "development: plaintext, unauthenticated xDS",
+        {"xds": {"auth": False, "tls": False, "insecureDevelopment": True}},
+    ),
+    (
+        "xDS auth tuning, own CA name",
+        {
+            "xds": {
+                "caName": "mesh-xds-ca",
+                "peerCheck": False,
+                "sidecarTokenSeconds": 600,
+                "gatewayTokenSeconds": 7200,
+                "tokenCacheSeconds": 60,
+            }
         },
     ),
     (
@@ -257,12 +274,17 @@ BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
     ("Service name", {"ingress": {"service": {"name": "Traffic_Ingress"}}}),
     ("zero replicas of the control plane", {"control": {"replicas": 0}}),
     ("crds.install as a string", {"crds": {"install": "no"}}),
+    ("plaintext xDS without insecureDevelopment", {"xds": {"tls": False}}),
+    ("unauthenticated xDS without insecureDevelopment", {"xds": {"auth": False}}),
+    ("sidecar token shorter than the TokenRequest minimum", {"xds": {"sidecarTokenSeconds": 60}}),
 ]
 
 # Values that only render with another value set (checked "alone" on top of these).
 PREREQUISITES: list[tuple[str, dict[str, Any]]] = [
     ("monitor.prometheus.", {"monitor": {"enabled": True}}),
     ("monitor.zipkin.", {"monitor": {"enabled": True}}),
+    ("xds.auth", {"xds": {"insecureDevelopment": True}}),
+    ("xds.tls", {"xds": {"insecureDevelopment": True}}),
 ]
 
 
@@ -453,8 +475,13 @@ def check_consistency(label: str, values: dict[str, Any], objs: list[dict[str, A
         sa = spec.get("serviceAccountName")
         if sa and sa not in by_kind.get("ServiceAccount", {}):
             fail.add(label, f"{key_of(w)}: ServiceAccount {sa} is not rendered")
-        for vol in spec.get("volumes", []):
-            cm = vol.get("configMap", {}).get("name")
+        sources = [vol.get("configMap", {}) for vol in spec.get("volumes", [])]
+        sources += [s.get("configMap", {}) for vol in spec.get("volumes", []) for s in vol.get("projected", {}).get("sources", [])]
+        for src in sources:
+            cm = src.get("name")
+            # The xDS CA's ConfigMap is published by the control plane at run time (optional).
+            if cm == values["xds"]["caName"] and src.get("optional") is True:
+                continue
             if cm and cm not in by_kind.get("ConfigMap", {}):
                 fail.add(label, f"{key_of(w)}: ConfigMap {cm} is not rendered")
         for c in spec["containers"]:
@@ -593,6 +620,7 @@ def check_components(label: str, v: dict[str, Any], by_kind: dict[str, dict[str,
     crole = [r for r in by_kind["ClusterRole"].values() if comp(r) == "control"][0]
     if crole["rules"] != control_rbac_rules():
         fail.add(label, "control plane ClusterRole differs from control/kube-source/rbac.yaml")
+    check_xds_auth(label, v, by_kind, cenv, env, spec, fail)
 
     # Ingress gateway: node id traffic-ingress, Service traffic-ingress 80/443 -> the listener
     # ports the control plane is told to give the gateway, no API token.
@@ -634,12 +662,87 @@ def check_components(label: str, v: dict[str, Any], by_kind: dict[str, dict[str,
         fail.add(label, "gateway admin must be on 127.0.0.1:<envoy.adminPort> (the stats listener's target)")
 
 
+def rules_of(by_kind: dict[str, dict[str, dict[str, Any]]], kind: str, component: str) -> list[dict[str, Any]]:
+    return [
+        r
+        for o in by_kind.get(kind, {}).values()
+        if o["metadata"]["labels"]["app.kubernetes.io/component"] == component
+        for r in o["rules"]
+    ]
+
+
+def check_xds_auth(
+    label: str,
+    v: dict[str, Any],
+    by_kind: dict[str, dict[str, dict[str, Any]]],
+    cenv: dict[str, str],
+    aenv: dict[str, str],
+    agent_spec: dict[str, Any],
+    fail: Failures,
+) -> None:
+    """xds.auth / xds.tls reach the control plane, the agent and the gateway; RBAC grows only then."""
+    x = v["xds"]
+    if cenv.get("TRAFFIC_CONTROL_XDS_AUTH") != str(x["auth"]).lower() or aenv.get("TRAFFIC_AGENT_XDS_AUTH") != str(x["auth"]).lower():
+        fail.add(label, "xds.auth does not reach the control plane and the agent")
+    if cenv.get("TRAFFIC_CONTROL_XDS_TLS") != str(x["tls"]).lower() or (x["tls"] != ("TRAFFIC_AGENT_XDS_CA_FILE" in aenv)):
+        fail.add(label, "xds.tls does not reach the control plane and the agent")
+    if x["tls"] and aenv.get("TRAFFIC_AGENT_XDS_SERVER_NAME") not in cenv.get("TRAFFIC_CONTROL_XDS_TLS_NAMES", "").split(","):
+        fail.add(label, "the name the sidecars verify is not in the xDS certificate's names")
+    token_review = {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+    sa_token = {"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}
+    if (token_review in rules_of(by_kind, "ClusterRole", "control-xds")) != x["auth"]:
+        fail.add(label, "tokenreviews create must be granted exactly when xds.auth")
+    if (sa_token in rules_of(by_kind, "ClusterRole", "agent")) != x["auth"]:
+        fail.add(label, "serviceaccounts/token create must be granted to the agent exactly when xds.auth")
+    ca_rules = rules_of(by_kind, "Role", "control-xds")
+    if x["tls"] != bool(ca_rules) or any(r["resources"] == ["secrets"] and r.get("resourceNames") != [x["caName"]] for r in ca_rules):
+        fail.add(label, "the CA Role must exist exactly with xds.tls and read no Secret but xds.caName")
+    agent_tokens = [vol for vol in agent_spec["volumes"] if vol["name"] == "xds-tokens"]
+    if x["auth"] and (not agent_tokens or agent_tokens[0]["hostPath"]["path"] != aenv.get("TRAFFIC_AGENT_XDS_TOKEN_DIR")):
+        fail.add(label, "the agent's token directory must be the host path it names")
+    for d in by_kind.get("Deployment", {}).values():
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] != "ingress-gateway":
+            continue
+        gspec = d["spec"]["template"]["spec"]
+        tokens = [
+            s["serviceAccountToken"]
+            for vol in gspec["volumes"]
+            for s in vol.get("projected", {}).get("sources", [])
+            if "serviceAccountToken" in s
+        ]
+        want = [{"audience": "traffic-control", "expirationSeconds": x["gatewayTokenSeconds"], "path": "token"}] if x["auth"] else []
+        if tokens != want:
+            fail.add(label, f"gateway projected tokens {tokens}, want {want}")
+        gw_sa = f"{NAMESPACE}/{gspec['serviceAccountName']}"
+        if x["auth"] and cenv.get("TRAFFIC_CONTROL_GATEWAY_SERVICE_ACCOUNTS") != gw_sa:
+            fail.add(label, f"the control plane's gateway identity is {cenv.get('TRAFFIC_CONTROL_GATEWAY_SERVICE_ACCOUNTS')}, want {gw_sa}")
+
+
+# Where the gateway's bootstrap expects its xDS credentials (tm.gatewayXdsDir); validation
+# points it at a directory with a throwaway CA and token instead.
+GATEWAY_XDS_DIR = "/var/run/traffic-xds"
+
+
+def fake_gateway_credentials(d: str) -> None:
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", f"{d}/ca.key", "-out", f"{d}/ca.crt", "-days", "1", "-subj", "/CN=check-chart"],
+        check=True, capture_output=True,
+    )
+    Path(d, "token").write_text("token")
+    Path(d, "xds-token-sds.yaml").write_text(
+        "resources:\n- '@type': type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n"
+        f"  name: xds-token\n  generic_secret: {{secret: {{filename: {d}/token}}}}\n"
+    )
+
+
 def validate_envoy_bootstraps(label: str, objs: list[dict[str, Any]], envoy: str, fail: Failures) -> int:
     n = 0
     for o in objs:
         if o["kind"] == "ConfigMap" and "envoy.yaml" in o.get("data", {}):
-            with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-                f.write(o["data"]["envoy.yaml"])
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f, tempfile.TemporaryDirectory() as creds:
+                fake_gateway_credentials(creds)
+                f.write(o["data"]["envoy.yaml"].replace(GATEWAY_XDS_DIR, creds))
                 f.flush()
                 r = subprocess.run(
                     [envoy, "--mode", "validate", "-c", f.name, "--log-level", "error"],

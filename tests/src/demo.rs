@@ -228,7 +228,8 @@ pub fn run(o: &Options) -> anyhow::Result<Report> {
     let xds = std::net::SocketAddr::from((GATEWAY, XDS_PORT));
     let control_log = scratch.path().join("traffic-control.log");
     let mut cmd = Command::new(&o.traffic_control);
-    cmd.arg("serve")
+    // The demo's Envoys are started by hand, without ServiceAccount tokens (no cluster).
+    cmd.args(["serve", "--xds-auth=false", "--xds-tls=false"])
         .arg("--model")
         .arg(&model_path)
         .args([

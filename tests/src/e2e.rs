@@ -163,6 +163,19 @@ impl ProcessControl {
             .with_context(|| format!("{} pid file", self.name))
     }
 
+    /// The value after `flag` on its command line (`--http-addr 10.201.0.1:19090`), or of
+    /// `flag=value`.
+    pub fn arg(&self, flag: &str) -> Option<&str> {
+        let prefix = format!("{flag}=");
+        self.argv.iter().enumerate().find_map(|(i, a)| {
+            if a == flag {
+                self.argv.get(i + 1).map(String::as_str)
+            } else {
+                a.strip_prefix(&prefix)
+            }
+        })
+    }
+
     /// Whether the process is alive (a zombie counts as dead).
     pub fn alive(&self) -> bool {
         let Ok(pid) = self.pid() else { return false };

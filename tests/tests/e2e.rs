@@ -19,6 +19,8 @@ mod faults;
 mod istio_crds;
 #[path = "e2e/istio_status.rs"]
 mod istio_status;
+#[path = "e2e/xds_auth.rs"]
+mod xds_auth;
 use traffic_tests::e2e_parse::{cluster_hosts, cluster_stat, outbound_connections, Tally};
 
 const ENABLED: &str = "traffic.envoy.enabled";
@@ -507,6 +509,13 @@ mod agent_lifecycle {
     ) {
         let Some(e2e) = E2e::require() else { return };
         faults::api_server_outage(&e2e);
+    }
+
+    #[test]
+    fn xds_auth_a_sidecar_keeps_its_config_across_token_renewal_and_control_plane_restart_and_another_pods_token_gets_nothing(
+    ) {
+        let Some(e2e) = E2e::require() else { return };
+        xds_auth::sidecar_authenticates_renews_and_survives_a_control_plane_restart(&e2e);
     }
 
     #[test]

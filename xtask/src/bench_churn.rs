@@ -39,5 +39,8 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             ("TRAFFIC_E2E_CHURN_CYCLES".into(), o.cycles.to_string()),
             ("TRAFFIC_E2E_CHURN_BATCH".into(), o.batch.to_string()),
         ],
+        // As installed: authenticated xDS over TLS, tokens renewed at the default 80 %.
+        insecure_xds: false,
+        token_renew_seconds: 2880,
     })
 }

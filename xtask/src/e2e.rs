@@ -62,6 +62,73 @@ pub struct Options {
     /// Extra environment for the test binary (set by other tasks, e.g. `bench churn`).
     #[arg(skip)]
     pub test_env: Vec<(String, String)>,
+    /// Run the control plane without xDS authentication and TLS (and the agent without tokens),
+    /// as before issue 10. Default: both on, as installed by the chart.
+    #[arg(long)]
+    pub insecure_xds: bool,
+    /// How often the agent renews every sidecar's token (seconds): short, so that the suite
+    /// runs across renewals (the `xds_auth` test waits for one).
+    #[arg(long, default_value_t = 30)]
+    pub token_renew_seconds: u64,
+}
+
+/// Namespace and name of the ConfigMap/Secret where the suite's control plane keeps its xDS CA.
+const CA_NAMESPACE: &str = "default";
+const CA_NAME: &str = "traffic-e2e-control-ca";
+
+/// The control plane's CA certificate, as published in its ConfigMap (waits for it).
+fn fetch_ca(dest: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = cmd::output(Command::new("kubectl").args([
+            "-n",
+            CA_NAMESPACE,
+            "get",
+            "configmap",
+            CA_NAME,
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ]));
+        match out {
+            Ok(pem) if pem.contains("BEGIN CERTIFICATE") => {
+                std::fs::write(dest, pem)?;
+                return Ok(());
+            }
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(500)),
+            other => {
+                bail!("the control plane published no CA in configmap {CA_NAMESPACE}/{CA_NAME}: {other:?}")
+            }
+        }
+    }
+}
+
+/// Arguments of `traffic-control serve` for authenticated xDS over TLS (CA in the cluster).
+fn control_auth_args(node_ip: &str) -> Vec<String> {
+    [
+        "--xds-auth=true",
+        "--xds-tls=true",
+        "--xds-tls-names",
+        node_ip,
+        "--own-namespace",
+        CA_NAMESPACE,
+        "--xds-ca-name",
+        CA_NAME,
+    ]
+    .map(String::from)
+    .into()
+}
+
+/// Arguments of `traffic-agent run`: tokens in `dir`, renewed every `renew` seconds, TLS with `ca`.
+fn agent_auth_args(dir: &Path, renew: u64, ca: &Path) -> Vec<String> {
+    vec![
+        "--xds-auth=true".into(),
+        "--xds-token-dir".into(),
+        dir.display().to_string(),
+        "--xds-token-renew-seconds".into(),
+        renew.to_string(),
+        "--xds-ca-file".into(),
+        ca.display().to_string(),
+    ]
 }
 
 fn env_or(key: &str, default: &str) -> String {
@@ -347,7 +414,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     let result = (|| -> anyhow::Result<Vec<String>> {
         // The fault scenarios kill -9 and restart the control plane too: same command line,
         // pid recorded in the pid file so that the one running at the end is stopped.
-        let control_argv: Vec<String> = [
+        let mut control_argv: Vec<String> = [
             bin_dir.join("traffic-control").display().to_string(),
             "serve".into(),
             "--xds-addr".into(),
@@ -358,6 +425,11 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             "traffic-e2e-control".into(),
         ]
         .into();
+        if o.insecure_xds {
+            control_argv.extend(["--xds-auth=false".into(), "--xds-tls=false".into()]);
+        } else {
+            control_argv.extend(control_auth_args(&node_ip));
+        }
         let control_log = tmp.join("traffic-control.log");
         let control_pidfile = tmp.join("traffic-control.pid");
         let mut control = Guard::spawn(
@@ -370,11 +442,23 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             Some(&control_pidfile),
         )?;
         wait_healthy(http, &mut control, Duration::from_secs(60))?;
+        let mut agent_args = o.agent_args.clone();
+        if o.insecure_xds {
+            agent_args.push("--xds-auth=false".into());
+        } else {
+            let ca = tmp.join("xds-ca.crt");
+            fetch_ca(&ca)?;
+            agent_args.extend(agent_auth_args(
+                &tmp.join("xds-tokens"),
+                o.token_renew_seconds,
+                &ca,
+            ));
+        }
         let mut failed = Vec::new();
         for (i, mode) in o.modes.iter().enumerate() {
             let log = tmp.join(format!("traffic-agent-{mode}.log"));
             let pidfile = tmp.join(format!("traffic-agent-{mode}.pid"));
-            let argv = agent_argv(&bin_dir.join("traffic-agent"), mode, &xds, runtime, &o.agent_args);
+            let argv = agent_argv(&bin_dir.join("traffic-agent"), mode, &xds, runtime, &agent_args);
             let mut agent = Guard::spawn(
                 "traffic-agent",
                 Command::new(&argv[0])

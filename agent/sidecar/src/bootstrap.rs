@@ -164,23 +164,25 @@ fn token_filters(auth: &XdsAuth) -> Value {
     ])
 }
 
+/// An IP address as the name: matched against an IP SAN, and no SNI (SNI carries host names only).
 fn tls_socket(tls: &XdsTls) -> Value {
-    json!({
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "sni": tls.server_name,
-            "common_tls_context": {
-                "alpn_protocols": ["h2"],
-                "validation_context": {
-                    "trusted_ca": {"inline_string": tls.ca_pem},
-                    "match_typed_subject_alt_names": [
-                        {"san_type": "DNS", "matcher": {"exact": tls.server_name}},
-                    ],
-                },
+    let is_ip = tls.server_name.parse::<IpAddr>().is_ok();
+    let mut context = json!({
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {
+            "alpn_protocols": ["h2"],
+            "validation_context": {
+                "trusted_ca": {"inline_string": tls.ca_pem},
+                "match_typed_subject_alt_names": [
+                    {"san_type": if is_ip { "IP_ADDRESS" } else { "DNS" }, "matcher": {"exact": tls.server_name}},
+                ],
             },
         },
-    })
+    });
+    if !is_ip {
+        context["sni"] = json!(tls.server_name);
+    }
+    json!({"name": "envoy.transport_sockets.tls", "typed_config": context})
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -448,6 +450,18 @@ mod tests {
             tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0]["matcher"]
                 ["exact"],
             "traffic-control.traffic-system.svc"
+        );
+
+        o.tls = Some(XdsTls {
+            ca_pem: "pem".into(),
+            server_name: "10.201.0.1".into(),
+        });
+        let b = bootstrap(&pod(), &o).unwrap();
+        let tls = &b["static_resources"]["clusters"][0]["transport_socket"]["typed_config"];
+        assert!(tls.get("sni").is_none());
+        assert_eq!(
+            tls["common_tls_context"]["validation_context"]["match_typed_subject_alt_names"][0],
+            json!({"san_type": "IP_ADDRESS", "matcher": {"exact": "10.201.0.1"}})
         );
 
         let sds: Value = serde_json::from_str(&token_sds("abc.def.ghi\n")).unwrap();

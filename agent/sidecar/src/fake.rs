@@ -362,6 +362,7 @@ mod tests {
             bootstrap: "{}".into(),
             uid: 1337,
             admin_port: 15000,
+            token_dir: None,
         }
     }
 

@@ -98,7 +98,14 @@ pub struct SidecarSpec {
     pub uid: u32,
     /// Envoy admin port on 127.0.0.1 in the pod netns (readiness: GET /ready).
     pub admin_port: u16,
+    /// A host directory mounted read-only at [`TOKEN_DIR_IN_CONTAINER`]: the pod's xDS token
+    /// file, which the agent replaces (rename) when it renews the token. A directory, not the
+    /// file, so that the sidecar sees each replacement. `None`: no token.
+    pub token_dir: Option<PathBuf>,
 }
+
+/// Where a sidecar sees its [`SidecarSpec::token_dir`].
+pub const TOKEN_DIR_IN_CONTAINER: &str = "/var/run/traffic-xds";
 
 /// The container-runtime seam. Every method is idempotent where it can be.
 pub trait ContainerRuntime: Send + Sync {

@@ -29,6 +29,7 @@ fn spec(pod: &PodRef, image: &str) -> SidecarSpec {
         bootstrap: render(pod, &o).unwrap(),
         uid: 1337,
         admin_port: ADMIN,
+        token_dir: None,
     }
 }
 

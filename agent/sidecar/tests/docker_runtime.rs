@@ -46,6 +46,7 @@ fn spec(env: &Env, pod: &PodRef, fetch_timeout: Option<Duration>) -> SidecarSpec
         bootstrap: render(pod, &o).unwrap(),
         uid: 1337,
         admin_port: ADMIN,
+        token_dir: None,
     }
 }
 

@@ -144,6 +144,7 @@ async fn a_sidecar_next_to_a_real_pod_lives_in_its_pod_cgroup_and_shares_its_net
         bootstrap: render(&pref, &o).unwrap(),
         uid: 1337,
         admin_port: 15000,
+        token_dir: None,
     };
     let t0 = Instant::now();
     let sidecar = rt.start(&spec, &sandbox).await.unwrap();

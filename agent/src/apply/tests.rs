@@ -188,6 +188,7 @@ fn world() -> World {
         template: SidecarTemplate {
             image: "envoy:test".into(),
             bootstrap: BootstrapOptions::new("10.201.0.1:18000"),
+            xds_ca_file: None,
         },
         admin: admin.clone(),
         listener_wait: ListenerWait {
@@ -198,6 +199,7 @@ fn world() -> World {
         sidecar_failure: SidecarFailure::Closed,
         concurrency: 4,
         namespace: None,
+        tokens: None,
     };
     World {
         applier,
@@ -216,6 +218,7 @@ fn want(uid: &str, enabled: bool) -> DesiredPod {
             namespace: "default".into(),
             name: format!("pod-{uid}"),
         },
+        service_account: "default".into(),
         enabled,
         settings: Settings::default(),
         problems: vec![],
@@ -494,4 +497,74 @@ fn the_annotation_patch_sets_or_clears_both_annotations() {
         annotation_patch("", None),
         serde_json::json!({"metadata": {"annotations": {"traffic.envoy.proxy": "", "traffic.redirect.mode": null}}})
     );
+}
+
+/// The applier with a token manager on the fake TokenRequest source.
+fn world_with_tokens(
+    name: &str,
+) -> (
+    World,
+    Arc<crate::xds_token::source::FakeTokenSource>,
+    std::path::PathBuf,
+) {
+    use crate::xds_token::{files::TokenFiles, TokenConfig, TokenManager};
+    let mut w = world();
+    let root = std::env::temp_dir().join(format!("apply-tokens-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let source = Arc::new(crate::xds_token::source::FakeTokenSource::default());
+    w.applier.tokens = Some(Arc::new(TokenManager::new(
+        source.clone(),
+        TokenFiles {
+            root: root.clone(),
+            owner: None,
+        },
+        TokenConfig::default(),
+        w.events.clone(),
+        None,
+    )));
+    (w, source, root)
+}
+
+#[tokio::test]
+async fn with_tokens_a_sidecar_starts_only_with_its_pods_token_directory_mounted() {
+    let (w, _source, root) = world_with_tokens("mount");
+    w.runtime().add_sandbox("a");
+    assert_eq!(
+        w.round(&[want("a", true)]).await,
+        ["start a", "admin", "enable a", "annotate a"]
+    );
+    let spec = &w.runtime().started_specs()[0];
+    let dir = spec.token_dir.clone().unwrap();
+    assert_eq!(dir, root.join("default/a"));
+    let token = std::fs::read_to_string(dir.join("xds-token.yaml")).unwrap();
+    assert!(token.contains("Bearer fake-1-default-pod-a"), "{token}");
+    // Disabled: the sidecar goes, and so does its token.
+    w.round(&[want("a", false)]).await;
+    assert!(!dir.exists(), "the token is removed with the sidecar");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[tokio::test]
+async fn without_a_token_no_sidecar_starts_an_event_says_why_and_a_later_round_starts_it() {
+    let (w, source, root) = world_with_tokens("fail");
+    w.runtime().add_sandbox("a");
+    source.fail(true);
+    let log = w.round(&[want("a", true)]).await;
+    assert!(log.is_empty(), "no sidecar, no redirect: {log:?}");
+    assert!(w.sidecar_of("a").is_none());
+    let events = w.events.0.lock().unwrap().clone();
+    assert!(
+        events
+            .iter()
+            .any(|(pod, reason)| pod == "pod-a" && reason == "XdsTokenFailed"),
+        "{events:?}"
+    );
+    source.fail(false);
+    // The backoff (1 s) has to pass before the next attempt.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        w.round(&[want("a", true)]).await,
+        ["start a", "admin", "enable a", "annotate a"]
+    );
+    let _ = std::fs::remove_dir_all(&root);
 }

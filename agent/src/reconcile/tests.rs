@@ -16,6 +16,7 @@ fn settings() -> Settings {
 fn want(uid: &str, enabled: bool) -> DesiredPod {
     DesiredPod {
         pod: pod(uid),
+        service_account: "default".into(),
         enabled,
         settings: settings(),
         problems: vec![],

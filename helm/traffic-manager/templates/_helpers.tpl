@@ -71,6 +71,21 @@ app.kubernetes.io/component: {{ .component }}
 
 
 {{/* The ingress gateway's Envoy bootstrap: node id traffic-ingress, ADS to the control plane. */}}
+{{/* The host part of the control plane address: the name its xDS certificate must carry. */}}
+{{- define "tm.controlPlaneHost" -}}
+{{- regexReplaceAll ":[0-9]+$" (include "tm.controlPlaneAddress" .) "" | trimPrefix "[" | trimSuffix "]" -}}
+{{- end -}}
+
+{{/* Plaintext or unauthenticated xDS only as an explicit development choice. */}}
+{{- define "tm.xdsCheck" -}}
+{{- if and (not (and .Values.xds.auth .Values.xds.tls)) (not .Values.xds.insecureDevelopment) -}}
+{{- fail "xds.auth=false or xds.tls=false lets any pod read every proxy's configuration and the gateway's private keys: set xds.insecureDevelopment=true to allow it (development only)" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the gateway's xDS credentials (projected token, its SDS file, the CA) appear. */}}
+{{- define "tm.gatewayXdsDir" -}}/var/run/traffic-xds{{- end -}}
+
 {{- define "tm.ingressBootstrap" -}}
 {{- $addr := include "tm.controlPlaneAddress" . }}
 {{- $host := regexReplaceAll ":[0-9]+$" $addr "" | trimPrefix "[" | trimSuffix "]" }}
@@ -100,6 +115,47 @@ static_resources:
         envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
           "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
           explicit_http_config: {http2_protocol_options: {}}
+          {{- if .Values.xds.auth }}
+          # The projected ServiceAccount token (audience traffic-control) as `authorization:
+          # Bearer <token>` on the ADS stream. The SDS file names the token file; the kubelet
+          # renews the token by swapping the volume's ..data link, a move Envoy watches for,
+          # so it re-reads both and the next ADS stream presents the new token.
+          http_filters:
+            - name: envoy.filters.http.credential_injector
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector
+                overwrite: true
+                credential:
+                  name: envoy.http.injected_credentials.generic
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic
+                    header_value_prefix: "Bearer "
+                    credential:
+                      name: xds-token
+                      sds_config:
+                        path_config_source:
+                          path: {{ include "tm.gatewayXdsDir" . }}/xds-token-sds.yaml
+                          watched_directory: {path: {{ include "tm.gatewayXdsDir" . }}}
+            - name: envoy.filters.http.upstream_codec
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec
+          {{- end }}
+      {{- if .Values.xds.tls }}
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+          {{- if not $isIP }}
+          sni: {{ $host | quote }}
+          {{- end }}
+          common_tls_context:
+            alpn_protocols: [h2]
+            validation_context:
+              trusted_ca: {filename: {{ include "tm.gatewayXdsDir" . }}/ca.crt}
+              match_typed_subject_alt_names:
+                - san_type: {{ ternary "IP_ADDRESS" "DNS" $isIP }}
+                  matcher: {exact: {{ $host | quote }}}
+      {{- end }}
       load_assignment:
         cluster_name: xds_cluster
         endpoints:

@@ -35,6 +35,9 @@ pub struct SpecInput<'a> {
     pub hostname: Option<&'a str>,
     /// Host files mounted read-only at the same name under `/etc` (`resolv.conf`, `hosts`).
     pub etc_files: &'a [PathBuf],
+    /// Host directory of the pod's xDS token, mounted read-only at
+    /// [`crate::TOKEN_DIR_IN_CONTAINER`] (a directory, so renewals, made by rename, show).
+    pub token_dir: Option<&'a Path>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +124,14 @@ fn mounts(input: &SpecInput<'_>) -> Result<Vec<Mount>, SpecError> {
         &bootstrap,
         &["rbind", "ro", "nosuid", "nodev"],
     )?);
+    if let Some(dir) = input.token_dir {
+        m.push(mount(
+            crate::TOKEN_DIR_IN_CONTAINER,
+            "bind",
+            &dir.to_string_lossy(),
+            &["rbind", "ro", "nosuid", "nodev", "noexec"],
+        )?);
+    }
     for f in input.etc_files {
         let name = f
             .file_name()
@@ -209,6 +220,7 @@ mod tests {
             cgroups_path: "/kubepods/besteffort/pod1/abc",
             hostname: Some("reviews-v1"),
             etc_files: etc,
+            token_dir: None,
         }
     }
 
@@ -297,5 +309,27 @@ mod tests {
         assert!(r["options"].as_array().unwrap().iter().any(|o| o == "ro"));
         assert!(mounts.iter().any(|m| m["destination"] == "/proc"));
         assert_eq!(j["root"]["path"], "rootfs");
+        assert!(!mounts
+            .iter()
+            .any(|m| m["destination"] == crate::TOKEN_DIR_IN_CONTAINER));
+    }
+
+    #[test]
+    fn the_token_directory_is_bind_mounted_read_only_as_a_directory() {
+        let image = ImageConfig::default();
+        let mut i = input(&image, &[]);
+        let dir = Path::new("/var/run/traffic-agent/xds-tokens/uid-1");
+        i.token_dir = Some(dir);
+        let j = json_of(&sidecar_spec(&i).unwrap());
+        let m = j["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == crate::TOKEN_DIR_IN_CONTAINER)
+            .unwrap()
+            .clone();
+        assert_eq!(m["source"], "/var/run/traffic-agent/xds-tokens/uid-1");
+        assert_eq!(m["type"], "bind");
+        assert!(m["options"].as_array().unwrap().iter().any(|o| o == "ro"));
     }
 }

@@ -233,6 +233,7 @@ impl ContainerdRuntime {
             cgroups_path: &cgroups_path,
             hostname: sb.hostname.as_deref(),
             etc_files: &etc_files,
+            token_dir: spec.token_dir.as_deref(),
         })
         .and_then(|s| to_json(&s))
         .map_err(|e| RuntimeError::Runtime(e.to_string()))?;

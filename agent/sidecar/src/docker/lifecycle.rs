@@ -247,6 +247,7 @@ impl DockerRuntime {
                     name: Some(RestartPolicyNameEnum::NO),
                     maximum_retry_count: None,
                 }),
+                binds: spec.token_dir.as_ref().map(|d| vec![token_bind(d)]),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
                 ..Default::default()
@@ -333,4 +334,10 @@ impl DockerRuntime {
         }
         removed
     }
+}
+
+/// The read-only bind of the pod's token directory (a directory, so renewals, made by rename,
+/// show in the sidecar).
+fn token_bind(dir: &std::path::Path) -> String {
+    format!("{}:{}:ro", dir.display(), crate::TOKEN_DIR_IN_CONTAINER)
 }

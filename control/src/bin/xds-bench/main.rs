@@ -273,7 +273,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let server = Server(
         command
-            .args(["serve", "--model"])
+            .args(["serve", "--xds-auth=false", "--xds-tls=false", "--model"])
             .arg(&model_path)
             .args([
                 "--xds-addr",
