@@ -21,7 +21,7 @@ fn repo() -> PathBuf {
 }
 
 /// The CRDs as the chart renders them with `crds.install=true` (the template without its guard).
-fn crds_yaml() -> String {
+pub(super) fn crds_yaml() -> String {
     let template = std::fs::read_to_string(repo().join("helm/traffic-manager/templates/istio-crds.yaml"))
         .expect("chart template");
     template
