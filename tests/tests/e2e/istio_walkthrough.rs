@@ -1,7 +1,8 @@
 //! Istio's traffic-management walk-through on the real node, applied with `kubectl apply -f` as a
 //! user would: the classic bookinfo files (`control/istio/tests/fixtures/bookinfo`, exactly as
-//! Istio ships them) and the few this suite adds (`tests/e2e/manifests/istio`), against app.yaml's
-//! reviews v1/v2/v3 + an enabled client, plus a `ratings` (busybox apps, like every e2e test).
+//! Istio ships them) and the few this suite adds (`tests/e2e/manifests/istio`), against
+//! `istio/bookinfo.yaml`: reviews v1/v2/v3 behind a one-port Service as in bookinfo, ratings and an
+//! enabled client (busybox apps, like every e2e test).
 //!
 //! Steps, one test: route all to v1 -> 75/25 v1/v2 (counted) -> `end-user: jason` to v2 and the
 //! cookie-regex variant -> everything to v2 -> a DestinationRule circuit breaker (maxConnections 1,
@@ -22,7 +23,9 @@ use std::time::{Duration, Instant};
 use traffic_tests::e2e::{random_suffix, wait_until, E2e, TestNamespace};
 use traffic_tests::e2e_parse::{cluster_stat, Tally};
 
-use super::{enabled_client, url};
+use traffic_tests::e2e::NAMESPACE_LABEL;
+
+use super::{enable, url, wait_membership};
 
 /// An applied change -> control plane (watch, maybe after the CRD watch's backoff) -> Envoy.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -93,6 +96,30 @@ impl Drop for Crds<'_> {
     }
 }
 
+/// A fresh namespace (deleted on drop, also on failure) with `bookinfo.yaml`, all available.
+fn bookinfo_namespace(e2e: &E2e) -> TestNamespace<'_> {
+    let name = format!("e2e-istio-walk-{}", random_suffix());
+    e2e.kubectl(&["create", "namespace", &name]).expect("namespace");
+    let ns = TestNamespace { e2e, name };
+    e2e.kubectl(&["label", "namespace", &ns.name, &format!("{NAMESPACE_LABEL}=true")])
+        .expect("label namespace");
+    apply(&ns, &ours("bookinfo.yaml"));
+    e2e.kubectl_within(
+        &[
+            "wait",
+            "-n",
+            &ns.name,
+            "--for=condition=available",
+            "deployment",
+            "--all",
+            "--timeout=120s",
+        ],
+        Duration::from_secs(130),
+    )
+    .expect("bookinfo available");
+    ns
+}
+
 fn apply(ns: &TestNamespace, file: &Path) {
     ns.e2e
         .kubectl(&["apply", "-n", &ns.name, "-f", &file.to_string_lossy()])
@@ -131,20 +158,12 @@ fn stats(ns: &TestNamespace, sidecar: &str) -> String {
 /// The whole walk-through; see the module doc.
 pub fn run(e2e: &E2e) {
     let _crds = Crds::ensure(e2e);
-    let (ns, client, ip) = enabled_client(e2e, "istio-walk");
-    apply(&ns, &ours("ratings.yaml"));
-    e2e.kubectl_within(
-        &[
-            "wait",
-            "-n",
-            &ns.name,
-            "--for=condition=available",
-            "deployment/ratings-v1",
-            "--timeout=120s",
-        ],
-        Duration::from_secs(130),
-    )
-    .expect("ratings available");
+    let ns = bookinfo_namespace(e2e);
+    let mut client = enable(&ns, "client", "app=client");
+    assert_eq!(client.len(), 1);
+    let client = client.remove(0);
+    wait_membership(&ns, &client.sidecar, 3);
+    let ip = ns.cluster_ip("reviews").expect("reviews cluster ip");
     let c = client.pod.name.as_str();
     let reviews = url(&ip, 9080);
     let ratings_ip = ns.cluster_ip("ratings").expect("ratings cluster ip");
