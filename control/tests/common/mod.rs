@@ -9,4 +9,5 @@
 pub mod ads;
 pub mod envoy;
 pub mod mesh;
+pub mod proxyless;
 pub mod resources;

@@ -126,12 +126,18 @@ fn reviews_weights_100_10_0_give_two_members() {
     assert_eq!(
         endpoints(&reviews),
         [
-            ("172.17.0.13".into(), 9080, 100, 110),
-            ("172.17.0.14".into(), 9080, 10, 110)
+            ("172.17.0.13".into(), 9080, 100, 100),
+            ("172.17.0.14".into(), 9080, 10, 10)
         ]
     );
-    let loc = reviews.endpoints[0].locality.as_ref().unwrap();
-    assert_eq!(loc.sub_zone, "traffic-e2e-node");
+    // One node, two weights: a sub-locality per weight, so gRPC (locality weights only) splits
+    // 100:10 like Envoy (endpoint weights).
+    let subs: Vec<&str> = reviews
+        .endpoints
+        .iter()
+        .map(|l| l.locality.as_ref().unwrap().sub_zone.as_str())
+        .collect();
+    assert_eq!(subs, ["traffic-e2e-node~w100", "traffic-e2e-node~w10"]);
 }
 
 #[test]

@@ -18,12 +18,22 @@ use envoy_types::pb::envoy::r#type::v3::Percent as PbPercent;
 use traffic_labels::ClusterPolicy as LabelPolicy;
 
 use super::clusters::{http_protocol_options, service_cluster};
+use super::context::{Ctx, PortCtx, SvcCtx};
 use crate::envoy::{self, names};
 use crate::routing::{ClusterPolicy, LoadBalancer};
 
 /// `<port>|<namespace>|<service>|<subset>`.
 pub fn subset_cluster_name(base: &str, subset: &str) -> String {
     format!("{base}|{subset}")
+}
+
+/// The cluster of Service port `p`: its labels' policy with the DestinationRule's (if any) over it.
+pub(super) fn port_cluster(ctx: &Ctx<'_>, s: &SvcCtx<'_>, p: &PortCtx<'_>) -> Cluster {
+    let key = crate::routing::ServiceKey::new(&s.svc.namespace, &s.svc.name);
+    match ctx.routing.policies.get(&key) {
+        Some(dp) => policy_cluster(&p.cluster, &s.settings.cluster, &dp.for_port(p.port.port)),
+        None => service_cluster(&p.cluster, &s.settings.cluster),
+    }
 }
 
 /// The cluster `name` of a Service port: the label policy, then `policy` over it field by field.

@@ -29,7 +29,7 @@
 //! | label | Envoy |
 //! |---|---|
 //! | `traffic.port.<N>` `http`/`tcp`/`direct` | outbound filter chain (`clusterIP/32`, port N): HCM + RDS `<N>\|<ns>\|<svc>` / tcp_proxy / tcp_proxy to `passthrough`; none: default chain (`blackhole`, or `passthrough`) |
-//! | `traffic.endpoint.weight` | `LbEndpoint.load_balancing_weight`; 0 = endpoint left out; locality weight = sum |
+//! | `traffic.endpoint.weight` | `LbEndpoint.load_balancing_weight`; 0 = endpoint left out; locality weight = sum, pods of different weights on one node in sub-localities `<node>~w<weight>` (gRPC honours only locality weights; see `endpoints`) |
 //! | `traffic.lb.policy` | `Cluster.lb_policy` |
 //! | `traffic.hash.cookie.name`/`.ttl` | `RouteAction.hash_policy[].cookie{name, ttl, path "/"}` + `RING_HASH` (unless `maglev`) |
 //! | `traffic.hash.header.name` | `RouteAction.hash_policy[].header` + `RING_HASH` (unless `maglev`) |
@@ -94,9 +94,9 @@ pub use options::{
 };
 pub use problems::{ObjectLabelError, Problem};
 
-use clusters::{admin_cluster, blackhole_cluster, passthrough_cluster, service_cluster, zipkin_cluster};
+use clusters::{admin_cluster, blackhole_cluster, passthrough_cluster, zipkin_cluster};
 use context::Ctx;
-use endpoints::{load_assignment, subset_load_assignment};
+use endpoints::{load_assignment, subset_load_assignment, Split};
 use gateway::gateway;
 use listeners::{outbound_listener, stats_listener};
 use per_node::pod_override;
@@ -203,17 +203,12 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
             .policies
             .get(&crate::routing::ServiceKey::new(&s.svc.namespace, &s.svc.name));
         for p in &s.ports {
-            let c = match policy {
-                Some(dp) => {
-                    cluster_policy::policy_cluster(&p.cluster, &s.settings.cluster, &dp.for_port(p.port.port))
-                }
-                None => service_cluster(&p.cluster, &s.settings.cluster),
-            };
+            let c = cluster_policy::port_cluster(&ctx, s, p);
             clusters.insert(
                 p.cluster.clone(),
                 Arc::new(resource(&p.cluster, &c, Some(s.origin.clone()))),
             );
-            let cla = load_assignment(&ctx, s, p, None);
+            let cla = load_assignment(&ctx, s, p, None, Split::for_lb_policy(c.lb_policy));
             endpoints.insert(
                 p.cluster.clone(),
                 Arc::new(resource(&p.cluster, &cla, Some(s.origin.clone()))),
@@ -224,7 +219,8 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
                 let origin = policy.map(|dp| dp.origin.clone());
                 let c = cluster_policy::policy_cluster(&name, &s.settings.cluster, &subset.policy);
                 clusters.insert(name.clone(), Arc::new(resource(&name, &c, origin.clone())));
-                let cla = subset_load_assignment(&ctx, s, p, &name, &subset.labels);
+                let split = Split::for_lb_policy(c.lb_policy);
+                let cla = subset_load_assignment(&ctx, s, p, &name, &subset.labels, split);
                 endpoints.insert(name.clone(), Arc::new(resource(&name, &cla, origin)));
             }
         }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::context::{pod_ref, Ctx, PodCtx};
-use super::endpoints::load_assignment;
+use super::endpoints::{load_assignment, Split};
 use super::listeners::outbound_listener;
 use super::routes::sidecar_routes;
 use super::OUTBOUND_LISTENER;
@@ -68,7 +68,8 @@ pub(super) fn pod_override(ctx: &Ctx<'_>, pc: &PodCtx<'_>, shared: &NodeResource
                 continue;
             }
             for p in &s.ports {
-                let cla = load_assignment(ctx, s, p, Some(pc.pod));
+                let lb_policy = super::cluster_policy::port_cluster(ctx, s, p).lb_policy;
+                let cla = load_assignment(ctx, s, p, Some(pc.pod), Split::for_lb_policy(lb_policy));
                 let r = resource(&p.cluster, &cla, Some(origin.clone()));
                 let same = shared
                     .by_type
