@@ -14,8 +14,12 @@ use std::sync::Arc;
 
 use common::ads::TestServer;
 use common::envoy::{free_port, TempDir};
-use common::proxyless::{backend, bootstrap, tally, Client};
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::proxyless::{backend, bootstrap, python, tally, Client, PY_SCRIPT};
 use traffic_control::grpc::WithApiListeners;
+use traffic_control::grpc::PROXYLESS_PREFIX;
 use traffic_translate::model::MeshModel;
 use traffic_translate::translate::{translate, Options};
 
@@ -142,24 +146,7 @@ async fn grpcio_presents_a_token_file_over_tls_to_an_authenticating_server() {
 
     let Some(py) = python() else { return };
     let backend_port = free_port();
-    let mut backend = Proc(
-        Command::new(&py)
-            .args([
-                SCRIPT,
-                "serve",
-                "127.0.30.2",
-                &backend_port.to_string(),
-                "greeter-b",
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start backend"),
-    );
-    let mut line = String::new();
-    BufReader::new(backend.0.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    assert_eq!(line.trim(), "ready");
+    let _backend = backend(&py, "127.0.30.2", backend_port, "greeter-b");
 
     let port = 50052;
     let yaml = format!(
@@ -241,7 +228,7 @@ async fn grpcio_presents_a_token_file_over_tls_to_an_authenticating_server() {
         let bootstrap = bootstrap(with_token);
         tokio::task::spawn_blocking(move || {
             let mut c = Command::new(&py);
-            c.args([SCRIPT, "call", &target, &count])
+            c.args([PY_SCRIPT, "call", &target, &count])
                 .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
                 .env("GRPC_CALL_TIMEOUT_S", "8");
             if with_token {

@@ -309,7 +309,10 @@ mod tests {
             Split::ByWeight,
         );
         let total: u32 = eps.iter().map(|e| e.2).sum();
-        let loc_total: u32 = ls.iter().map(|l| l.load_balancing_weight.expect("weight").value).sum();
+        let loc_total: u32 = ls
+            .iter()
+            .map(|l| l.load_balancing_weight.expect("weight").value)
+            .sum();
         assert_eq!(loc_total, total);
         for l in &ls {
             let lw = f64::from(l.load_balancing_weight.expect("weight").value) / f64::from(loc_total);
