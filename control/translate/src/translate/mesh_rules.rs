@@ -11,8 +11,25 @@ use super::Problem;
 use crate::routing::{Destination, GatewayServer, HttpAction, HttpRule, RoutingModel};
 
 /// Base cluster name -> the usable rules of that Service port, in order.
+///
+/// A rule without `match.port` is placed on every port of its host; like Istio, it applies to the
+/// HTTP ones and is reported on a non-HTTP port only when it has no HTTP port at all. A
+/// destination without a port on a Service of several ports takes the port the request came in
+/// on (Istio's reading).
 pub(super) fn resolve(ctx: &Ctx<'_>, problems: &mut Vec<Problem>) -> BTreeMap<String, Vec<HttpRule>> {
     let mut out = BTreeMap::new();
+    let is_http = |key, port: &u16| {
+        ctx.service(key)
+            .and_then(|s| s.ports.iter().find(|p| p.port.port == *port))
+            .is_some_and(|p| p.protocol == Some(PortProtocol::Http))
+    };
+    let on_http_port: std::collections::BTreeSet<(&str, &crate::snapshot::ObjectRef)> = ctx
+        .routing
+        .http
+        .iter()
+        .filter(|((key, port), _)| is_http(key, port))
+        .flat_map(|(_, rules)| rules.iter().map(|r| (r.name.as_str(), &r.origin)))
+        .collect();
     for ((key, port), rules) in &ctx.routing.http {
         let Some(s) = ctx.service(key) else {
             continue; // lowering only places rules on existing Services
@@ -22,6 +39,9 @@ pub(super) fn resolve(ctx: &Ctx<'_>, problems: &mut Vec<Problem>) -> BTreeMap<St
         };
         if p.protocol != Some(PortProtocol::Http) {
             for rule in rules {
+                if on_http_port.contains(&(rule.name.as_str(), &rule.origin)) {
+                    continue;
+                }
                 problems.push(Problem::UnresolvedReference {
                     object: rule.origin.clone(),
                     rule: rule.name.clone(),
@@ -35,6 +55,7 @@ pub(super) fn resolve(ctx: &Ctx<'_>, problems: &mut Vec<Problem>) -> BTreeMap<St
         }
         let mut usable = Vec::new();
         for rule in rules {
+            let rule = &with_request_port(rule, *port);
             match unresolved(rule, ctx) {
                 Some(message) => problems.push(Problem::UnresolvedReference {
                     object: rule.origin.clone(),
@@ -120,6 +141,20 @@ pub(super) fn resolve_tcp(
         }
     }
     out
+}
+
+/// `rule` with its port-less destinations (and mirrors) sent to `port`, the request's.
+fn with_request_port(rule: &HttpRule, port: u16) -> HttpRule {
+    let mut rule = rule.clone();
+    if let HttpAction::Route(ds) = &mut rule.action {
+        for d in ds.iter_mut().filter(|d| d.destination.port == 0) {
+            d.destination.port = port;
+        }
+    }
+    for m in rule.mirrors.iter_mut().filter(|m| m.destination.port == 0) {
+        m.destination.port = port;
+    }
+    rule
 }
 
 /// Why a rule cannot be emitted, if it cannot.
