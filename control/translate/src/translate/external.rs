@@ -40,12 +40,10 @@ use super::endpoints::lb_endpoint;
 use super::listeners::{
     http_connection_manager, listener_filter, network_filter, tcp_proxy, weighted_tcp_proxy,
 };
-use super::routes::{service_route_config, Side};
+use super::routes::Side;
 use super::{OutboundPolicy, PASSTHROUGH_CLUSTER};
 use crate::envoy::{self, names, resource};
-use crate::routing::{
-    ClusterPolicy, ExternalHost, ExternalPort, ExternalProtocol, HttpRule, LoadBalancer, Resolution,
-};
+use crate::routing::{ClusterPolicy, ExternalHost, ExternalPort, ExternalProtocol, LoadBalancer, Resolution};
 use crate::snapshot::{ObjectRef, Resources};
 
 /// The route configuration of ServiceEntry HTTP port `port` (Istio names it the same way).
@@ -312,22 +310,7 @@ pub(super) fn route_configs(
             if port.protocol != ExternalProtocol::Http {
                 continue;
             }
-            let rules: Vec<HttpRule> = ctx
-                .rules
-                .get(&p.cluster)
-                .map(Vec::as_slice)
-                .unwrap_or(&[])
-                .iter()
-                .filter_map(|r| r.for_caller(caller))
-                .collect();
-            let rc = service_route_config(
-                &p.cluster,
-                &s.settings.cluster,
-                &traffic,
-                (&rules, &ctx.routing),
-                Side::Sidecar,
-                ctx.opts,
-            );
+            let rc = super::routes::caller_route_config(ctx, s, p, &traffic, caller);
             for mut vh in rc.virtual_hosts {
                 vh.domains = vec![e.key.name.clone(), format!("{}:{}", e.key.name, port.number)];
                 by_port.entry(port.number).or_default().push(vh);

@@ -1,6 +1,7 @@
 //! RDS: a sidecar's route configuration per `http` service port (label policy: timeout, retries,
 //! hashing, tracing, faults, rate limit), and the route to a service the gateway shares.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::route::v3::{
@@ -15,7 +16,7 @@ use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{fault_abort, 
 use envoy_types::pb::google::protobuf::UInt64Value;
 use traffic_labels::{ClusterPolicy, PortProtocol, Settings, TrafficPolicy};
 
-use super::context::{protocol_at, Ctx};
+use super::context::{protocol_at, Ctx, PortCtx, SvcCtx};
 use super::mesh_routes;
 use super::{Options, RATE_LIMIT_STAT_PREFIX};
 use crate::envoy::{self, names, resource};
@@ -26,6 +27,33 @@ use crate::snapshot::{ObjectRef, Resources};
 /// Route configurations of a sidecar: one per `http` service port, named like its cluster.
 ///
 /// `caller`: the pod this view is for (`None`: the shared view), for rules with source conditions.
+/// The sidecar route configuration of Service port `p` for a caller (namespace, labels): the
+/// mesh rules that apply to that caller, then the label-derived route.
+pub(super) fn caller_route_config(
+    ctx: &Ctx<'_>,
+    s: &SvcCtx<'_>,
+    p: &PortCtx<'_>,
+    traffic: &TrafficPolicy,
+    caller: Option<(&str, &BTreeMap<String, String>)>,
+) -> RouteConfiguration {
+    let rules: Vec<HttpRule> = ctx
+        .rules
+        .get(&p.cluster)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .filter_map(|r| r.for_caller(caller))
+        .collect();
+    service_route_config(
+        &p.cluster,
+        &s.settings.cluster,
+        traffic,
+        (&rules, &ctx.routing),
+        Side::Sidecar,
+        ctx.opts,
+    )
+}
+
 pub(super) fn sidecar_routes(
     ctx: &Ctx<'_>,
     pod: &Settings,
@@ -40,22 +68,7 @@ pub(super) fn sidecar_routes(
             if protocol_at(pod, s, p) != Some(PortProtocol::Http) {
                 continue;
             }
-            let rules: Vec<HttpRule> = ctx
-                .rules
-                .get(&p.cluster)
-                .map(Vec::as_slice)
-                .unwrap_or(&[])
-                .iter()
-                .filter_map(|r| r.for_caller(caller))
-                .collect();
-            let rc = service_route_config(
-                &p.cluster,
-                &s.settings.cluster,
-                &traffic,
-                (&rules, &ctx.routing),
-                Side::Sidecar,
-                ctx.opts,
-            );
+            let rc = caller_route_config(ctx, s, p, &traffic, caller);
             let origin = pod_origin.cloned().unwrap_or_else(|| s.origin.clone());
             out.insert(
                 p.cluster.clone(),
