@@ -468,7 +468,8 @@ mod both_modes {
     }
 
     #[test]
-    fn istio_walkthrough_all_v1_75_25_jason_all_v2_circuit_breaker_delay_and_mirror_applied_with_kubectl() {
+    fn istio_walkthrough_all_v1_75_25_jason_all_v2_circuit_breaker_delay_mirror_and_service_entry_timeout_applied_with_kubectl(
+    ) {
         let Some(e2e) = E2e::require() else { return };
         istio_walkthrough::run(&e2e);
     }

@@ -3,7 +3,8 @@
 //! the rendered Helm chart by `cargo xtask e2e-install`. The original README's walk-through
 //! through the gateway: an Ingress routes `/productpage` to the reviews Service, TLS with a
 //! self-signed Secret, the sidecar's `envoy_cluster_outbound_upstream_rq_completed` in
-//! Prometheus, endpoint weights 100/10/0 and cookie-hash stickiness.
+//! Prometheus, endpoint weights 100/10/0 and cookie-hash stickiness; and Istio's ingress task: a
+//! Gateway (HTTP and HTTPS with a self-signed `credentialName`) with a VirtualService bound to it.
 //!
 //! Gated off unless `TRAFFIC_E2E=1`; each scenario uses its own namespace with the test app
 //! (`tests/e2e/manifests/app.yaml`) and its own Ingress host, so they run concurrently.
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 use traffic_tests::e2e::wait_until;
 use traffic_tests::e2e::TestNamespace;
 use traffic_tests::install::{enable, self_signed_cert, serve_path, set_cookie, GatewayTally, Install};
+use traffic_tests::istio_e2e::{apply_yaml, condition};
 use traffic_tests::ScratchDir;
 
 /// Label change -> control plane -> the gateway's Envoy.
@@ -272,4 +274,152 @@ fn a_cookie_hash_service_sets_the_cookie_with_max_age_and_the_cookie_pins_one_po
         pods.contains(pod.as_str()),
         "the pod of the first reply ({pod}): {pods:?}"
     );
+}
+
+/// Istio's ingress task, applied as a user writes it: a Gateway selecting the chart's gateway
+/// (`istio: ingressgateway`) with an HTTP server and an HTTPS server terminating TLS with a
+/// self-signed certificate (`credentialName`), and a VirtualService bound to it that routes
+/// `/headers` of its host to the test app (the httpbin-like app: it serves that path).
+fn istio_gateway_yaml(host: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata:
+  name: httpbin-gateway
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - "{host}"
+  - port:
+      number: 443
+      name: https
+      protocol: HTTPS
+    tls:
+      mode: SIMPLE
+      credentialName: httpbin-credential
+    hosts:
+    - "{host}"
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: httpbin
+spec:
+  hosts:
+  - "{host}"
+  gateways:
+  - httpbin-gateway
+  http:
+  - match:
+    - uri:
+        prefix: /headers
+    route:
+    - destination:
+        host: reviews
+        port:
+          number: 9080
+"#
+    )
+}
+
+#[test]
+fn an_istio_gateway_and_virtual_service_serve_their_host_over_http_and_https_with_a_self_signed_credential() {
+    let Some(inst) = Install::require() else { return };
+    let ns = inst.app("istio-gw").expect("namespace with the test app");
+    let path = "/headers";
+    serve_path(&ns, path).expect("serve /headers");
+    let host = host_of(&ns.name);
+    let dir = ScratchDir::temp("install-istio-gw").expect("temp dir");
+    let (cert, key) = self_signed_cert(dir.path(), &host).expect("openssl");
+    inst.e2e
+        .kubectl(&[
+            "-n",
+            &ns.name,
+            "create",
+            "secret",
+            "tls",
+            "httpbin-credential",
+            &format!("--cert={}", cert.display()),
+            &format!("--key={}", key.display()),
+        ])
+        .expect("tls secret");
+    let t = Instant::now();
+    apply_yaml(&inst.e2e, &ns.name, &istio_gateway_yaml(&host)).expect("apply Gateway + VirtualService");
+
+    // HTTP: the bound route serves its path; other paths and other hosts are not routed.
+    inst.wait_gateway_serves(&host, path, PUSH_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "Gateway applied -> served over HTTP: {} ms",
+        t.elapsed().as_millis()
+    );
+    let out = inst.gateway_get_many(&host, path, 20, &[]).expect("curl");
+    let tally = GatewayTally::of(&out);
+    assert_eq!(tally.ok, 20, "every request answered 200: {out}");
+    let other = inst.gateway_get(&host, "/productpage", &[]).expect("curl");
+    assert_eq!(
+        other.status, 404,
+        "a path the VirtualService does not match: {other:?}"
+    );
+    let unknown = inst.gateway_get("unknown.install.test", path, &[]).expect("curl");
+    assert_eq!(unknown.status, 404, "a host no server lists: {unknown:?}");
+
+    // HTTPS: the certificate of the Secret, verified with itself as the CA.
+    let ip = &inst.gateway_ip;
+    let resolve = format!("{host}:443:{ip}");
+    let url = format!("https://{host}{path}");
+    let cacert = cert.display().to_string();
+    let body = wait_until(
+        &format!("{url} through the gateway, verified with the credential's certificate"),
+        PUSH_TIMEOUT,
+        Duration::from_millis(500),
+        || {
+            let out = inst.curl(&[
+                "--cacert",
+                &cacert,
+                "--resolve",
+                &resolve,
+                "-w",
+                "\nverify=%{ssl_verify_result} code=%{http_code}",
+                &url,
+            ])?;
+            Ok((out.ok && out.stdout.contains("verify=0 code=200")).then_some(out.stdout))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("Gateway over HTTPS: {}", body.replace('\n', " | "));
+    assert!(
+        body.starts_with("reviews-"),
+        "a reply of the test app over TLS: {body}"
+    );
+    let refused = inst
+        .curl(&["--resolve", &resolve, &url])
+        .expect("curl without --cacert");
+    assert!(
+        !refused.ok,
+        "without the CA the self-signed certificate is refused: {}",
+        refused.stdout
+    );
+
+    // Both objects report that they are accepted and that their references resolve.
+    for resource in ["gateway/httpbin-gateway", "virtualservice/httpbin"] {
+        let c = wait_until(
+            &format!("{resource} Accepted and ResolvedRefs"),
+            PUSH_TIMEOUT,
+            Duration::from_millis(500),
+            || {
+                let a = condition(&inst.e2e, &ns.name, resource, "Accepted");
+                let r = condition(&inst.e2e, &ns.name, resource, "ResolvedRefs");
+                Ok(a.zip(r).filter(|(a, r)| a.is_true_now() && r.is_true_now()))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        eprintln!("{resource}: {c:?}");
+    }
 }

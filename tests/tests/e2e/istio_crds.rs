@@ -7,36 +7,18 @@
 use std::path::{Path, PathBuf};
 
 use traffic_tests::e2e::{random_suffix, E2e, NAMESPACE_LABEL};
+use traffic_tests::istio_e2e::{crds_yaml, IstioCrds, KINDS};
 
 const VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
-const KINDS: [&str; 4] = [
-    "virtualservices",
-    "destinationrules",
-    "serviceentries",
-    "gateways",
-];
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// The CRDs as the chart renders them with `crds.install=true` (the template without its guard).
-pub(crate) fn crds_yaml() -> String {
-    let template = std::fs::read_to_string(repo().join("helm/traffic-manager/templates/istio-crds.yaml"))
-        .expect("chart template");
-    template
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("{{"))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
-/// Deletes the test namespace and the CRDs (only if this test created them) even on failure.
+/// Deletes the test namespace even on failure.
 struct Cleanup<'a> {
     e2e: &'a E2e,
     namespace: String,
-    crds_file: PathBuf,
-    delete_crds: bool,
 }
 
 impl Drop for Cleanup<'_> {
@@ -44,41 +26,27 @@ impl Drop for Cleanup<'_> {
         let _ = self
             .e2e
             .kubectl(&["delete", "namespace", &self.namespace, "--wait=false"]);
-        if self.delete_crds {
-            let _ = self
-                .e2e
-                .kubectl(&["delete", "-f", &self.crds_file.to_string_lossy()]);
-        }
-        let _ = std::fs::remove_file(&self.crds_file);
     }
 }
 
 #[test]
 fn istio_crds_install_and_take_the_classic_examples_in_every_version() {
     let Some(e2e) = E2e::require() else { return };
-    let preexisting = e2e
-        .kubectl(&["get", "crd", "virtualservices.networking.istio.io"])
-        .is_ok();
-    let crds_file = std::env::temp_dir().join(format!("istio-crds-{}.yaml", random_suffix()));
-    std::fs::write(&crds_file, crds_yaml()).expect("write CRDs");
+    // Installed here when absent (and removed again at the end)...
+    let crds = IstioCrds::ensure(&e2e).expect("the CRDs install on this Kubernetes");
+    // ...and applied over the cluster's own otherwise: they must install either way.
+    if !crds.installed_here() {
+        let file = std::env::temp_dir().join(format!("istio-crds-{}.yaml", random_suffix()));
+        std::fs::write(&file, crds_yaml().expect("chart template")).expect("write CRDs");
+        let out = e2e.kubectl(&["apply", "-f", &file.to_string_lossy()]);
+        let _ = std::fs::remove_file(&file);
+        out.expect("the CRDs apply over the installed ones");
+    }
     let namespace = format!("e2e-istio-crds-{}", random_suffix());
     let _cleanup = Cleanup {
         e2e: &e2e,
         namespace: namespace.clone(),
-        crds_file: crds_file.clone(),
-        delete_crds: !preexisting,
     };
-    e2e.kubectl(&["apply", "-f", &crds_file.to_string_lossy()])
-        .expect("the CRDs install on this Kubernetes");
-    for kind in KINDS {
-        e2e.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &format!("crd/{kind}.networking.istio.io"),
-        ])
-        .expect("established");
-    }
     e2e.kubectl(&["create", "namespace", &namespace])
         .expect("namespace");
     e2e.kubectl(&[

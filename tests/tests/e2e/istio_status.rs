@@ -9,7 +9,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use traffic_tests::e2e::{random_suffix, wait_until, E2e};
+use traffic_tests::e2e::{wait_until, E2e};
+use traffic_tests::istio_e2e::{apply_yaml, condition, IstioCrds};
 
 /// CRD watch backoff (the CRDs may appear after the control plane started) + debounce + write.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(120);
@@ -31,88 +32,29 @@ fn vs(subset: &str) -> String {
     )
 }
 
-/// Deletes the CRDs when this test installed them, even on failure.
-struct Crds<'a> {
-    e2e: &'a E2e,
-    file: std::path::PathBuf,
-    delete: bool,
-}
-
-impl Drop for Crds<'_> {
-    fn drop(&mut self) {
-        if self.delete {
-            let _ = self.e2e.kubectl(&["delete", "-f", &self.file.to_string_lossy()]);
-        }
-        let _ = std::fs::remove_file(&self.file);
-    }
-}
-
-/// (status, reason, observedGeneration) of condition `type_` and the object's generation.
-fn condition(e2e: &E2e, ns: &str, resource: &str, type_: &str) -> Option<(String, String, i64, i64)> {
-    let o = e2e.kubectl_json(&["get", "-n", ns, resource]).ok()?;
-    let generation = o["metadata"]["generation"].as_i64()?;
-    let c = o["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)?
-        .clone();
-    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-    Some((
-        s("status"),
-        s("reason"),
-        c["observedGeneration"].as_i64().unwrap_or(-1),
-        generation,
-    ))
-}
-
-fn apply(e2e: &E2e, ns: &str, yaml: &str) {
-    let file = std::env::temp_dir().join(format!("istio-status-{}.yaml", random_suffix()));
-    std::fs::write(&file, yaml).expect("write");
-    let out = e2e.kubectl(&["apply", "-n", ns, "-f", &file.to_string_lossy()]);
-    let _ = std::fs::remove_file(&file);
-    out.expect("kubectl apply");
-}
-
 #[test]
 fn istio_status_conditions_and_events_follow_the_objects() {
     let Some(e2e) = E2e::require() else { return };
-    let preexisting = e2e
-        .kubectl(&["get", "crd", "virtualservices.networking.istio.io"])
-        .is_ok();
-    let file = std::env::temp_dir().join(format!("istio-crds-{}.yaml", random_suffix()));
-    std::fs::write(&file, super::istio_crds::crds_yaml()).expect("write CRDs");
-    let _crds = Crds {
-        e2e: &e2e,
-        file: file.clone(),
-        delete: !preexisting,
-    };
-    e2e.kubectl(&["apply", "-f", &file.to_string_lossy()])
-        .expect("CRDs");
-    for kind in ["virtualservices", "destinationrules"] {
-        e2e.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            &format!("crd/{kind}.networking.istio.io"),
-        ])
-        .expect("established");
-    }
+    let _crds = IstioCrds::ensure(&e2e).expect("the chart's Istio CRDs");
     let ns = e2e.namespace("istio-status").expect("namespace");
     let n = ns.name.as_str();
-    apply(&e2e, n, DR);
-    apply(&e2e, n, &vs("v9"));
+    apply_yaml(&e2e, n, DR).expect("apply");
+    apply_yaml(&e2e, n, &vs("v9")).expect("apply");
     let vs_res = "virtualservices.networking.istio.io/reviews";
     let dr_res = "destinationrules.networking.istio.io/reviews";
 
-    let (status, reason, observed, generation) = wait_until(
+    let c = wait_until(
         "VirtualService ResolvedRefs=False",
         STATUS_TIMEOUT,
         Duration::from_millis(500),
-        || Ok(condition(&e2e, n, vs_res, "ResolvedRefs").filter(|c| c.0 == "False")),
+        || Ok(condition(&e2e, n, vs_res, "ResolvedRefs").filter(|c| c.status == "False")),
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "BackendNotFound"));
-    assert_eq!(observed, generation);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "BackendNotFound")
+    );
+    assert_eq!(c.observed_generation, c.generation);
     let message = e2e
         .kubectl(&[
             "get",
@@ -126,7 +68,7 @@ fn istio_status_conditions_and_events_follow_the_objects() {
     assert!(message.contains("\"v9\""), "{message}");
     let accepted = condition(&e2e, n, vs_res, "Accepted").expect("Accepted");
     assert_eq!(
-        accepted.0, "True",
+        accepted.status, "True",
         "nothing of the object is invalid: {accepted:?}"
     );
 
@@ -164,19 +106,22 @@ fn istio_status_conditions_and_events_follow_the_objects() {
         || Ok(condition(&e2e, n, dr_res, "Accepted")),
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(dr.0, "True", "{dr:?}");
-    assert_eq!(dr.2, dr.3, "observedGeneration = metadata.generation: {dr:?}");
+    assert_eq!(dr.status, "True", "{dr:?}");
+    assert_eq!(
+        dr.observed_generation, dr.generation,
+        "observedGeneration = metadata.generation: {dr:?}"
+    );
 
     // Fixed: the subset exists now.
-    apply(&e2e, n, &vs("v2"));
+    apply_yaml(&e2e, n, &vs("v2")).expect("apply");
     let fixed = wait_until(
         "VirtualService ResolvedRefs=True",
         STATUS_TIMEOUT,
         Duration::from_millis(500),
-        || Ok(condition(&e2e, n, vs_res, "ResolvedRefs").filter(|c| c.0 == "True")),
+        || Ok(condition(&e2e, n, vs_res, "ResolvedRefs").filter(|c| c.status == "True")),
     )
     .unwrap_or_else(|e| panic!("{e:#}"));
-    assert_eq!(fixed.1, "ResolvedRefs");
-    assert_eq!(fixed.2, fixed.3, "{fixed:?}");
-    assert!(fixed.3 >= 2, "the fix is a new generation: {fixed:?}");
+    assert_eq!(fixed.reason, "ResolvedRefs");
+    assert!(fixed.is_true_now(), "{fixed:?}");
+    assert!(fixed.generation >= 2, "the fix is a new generation: {fixed:?}");
 }

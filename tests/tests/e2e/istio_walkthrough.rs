@@ -13,9 +13,11 @@
 //! Runs in both redirect modes (`both_modes::`): the VirtualService routes are applied by the
 //! caller's Envoy, whichever datapath steered the connection into it.
 //!
-//! Hooks for the steps other features bring (see the `TODO(istio-serviceentry)` and
-//! `TODO(istio-gateway)` markers in [`run`]): a ServiceEntry for a host outside the cluster with a
-//! 3 s VirtualService timeout, and a Gateway + VirtualService over HTTP and HTTPS.
+//! Then a ServiceEntry for a host outside the cluster (`httpbin.org`, stood in for by a test host in
+//! its own network namespace, [`ExternalHost`]) with a 3 s VirtualService timeout: blocked before
+//! the entry, answered through it, 504 after 3 s for a 5 s reply; and the status conditions of
+//! the entry and its VirtualService. The Gateway step (HTTP and HTTPS) needs the chart's ingress
+//! gateway and is in the install suite (`tests/tests/install.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -24,6 +26,8 @@ use traffic_tests::e2e::{random_suffix, wait_until, E2e, TestNamespace};
 use traffic_tests::e2e_parse::{cluster_stat, Tally};
 
 use traffic_tests::e2e::NAMESPACE_LABEL;
+use traffic_tests::external_host::{ExternalHost, EXTERNAL_V4};
+use traffic_tests::istio_e2e::{condition, IstioCrds};
 
 use super::{enable, url, wait_membership};
 
@@ -42,58 +46,6 @@ fn classic(file: &str) -> PathBuf {
 /// The files this walk-through adds (same style).
 fn ours(file: &str) -> PathBuf {
     repo().join("tests/e2e/manifests/istio").join(file)
-}
-
-/// Installs the chart's networking.istio.io CRDs when the cluster has none, and deletes them on
-/// drop only then (so the installed chart's suite can still install them with Helm).
-struct Crds<'a> {
-    e2e: &'a E2e,
-    file: Option<PathBuf>,
-}
-
-impl<'a> Crds<'a> {
-    fn ensure(e2e: &'a E2e) -> Self {
-        if e2e
-            .kubectl(&["get", "crd", "virtualservices.networking.istio.io"])
-            .is_ok()
-        {
-            return Crds { e2e, file: None };
-        }
-        let file = std::env::temp_dir().join(format!("istio-crds-{}.yaml", random_suffix()));
-        std::fs::write(&file, super::istio_crds::crds_yaml()).expect("write CRDs");
-        let crds = Crds {
-            e2e,
-            file: Some(file.clone()),
-        };
-        e2e.kubectl(&["apply", "-f", &file.to_string_lossy()])
-            .expect("install the CRDs");
-        for kind in [
-            "virtualservices",
-            "destinationrules",
-            "serviceentries",
-            "gateways",
-        ] {
-            e2e.kubectl(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                &format!("crd/{kind}.networking.istio.io"),
-            ])
-            .expect("CRD established");
-        }
-        crds
-    }
-}
-
-impl Drop for Crds<'_> {
-    fn drop(&mut self) {
-        if let Some(file) = &self.file {
-            let _ = self
-                .e2e
-                .kubectl(&["delete", "-f", &file.to_string_lossy(), "--wait=false"]);
-            let _ = std::fs::remove_file(file);
-        }
-    }
 }
 
 /// A fresh namespace (deleted on drop, also on failure) with `bookinfo.yaml`, all available.
@@ -157,7 +109,7 @@ fn stats(ns: &TestNamespace, sidecar: &str) -> String {
 
 /// The whole walk-through; see the module doc.
 pub fn run(e2e: &E2e) {
-    let _crds = Crds::ensure(e2e);
+    let _crds = IstioCrds::ensure(e2e).expect("the chart's Istio CRDs");
     let ns = bookinfo_namespace(e2e);
     let mut client = enable(&ns, "client", "app=client");
     assert_eq!(client.len(), 1);
@@ -333,12 +285,67 @@ pub fn run(e2e: &E2e) {
     .unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("mirror: {n} calls answered by v1; v2 completed {v2_before} -> {v2_after}");
 
-    // TODO(istio-serviceentry): a ServiceEntry for a host outside the cluster (a test host in its
-    // own network namespace standing in for httpbin.org) with a VirtualService `timeout: 3s`:
-    // apply both here, call the host from the client, expect the reply, then a slow path -> 504
-    // after ~3 s. Owned by the ServiceEntry work; add the step when it lands.
+    // 8. A ServiceEntry for a host outside the cluster with a 3 s timeout (Istio's egress
+    // timeout task): before it, the unknown destination follows the outbound policy (`block`).
+    let ext = ExternalHost::start().unwrap_or_else(|e| panic!("external host: {e:#}"));
+    let httpbin = |path: &str, timeout_s: u32| {
+        let t0 = Instant::now();
+        let out = ns
+            .sh(
+                c,
+                &format!(
+                    "wget -qO- -T {timeout_s} --header 'Host: httpbin.org' 'http://{EXTERNAL_V4}{path}' 2>&1"
+                ),
+                Duration::from_secs(u64::from(timeout_s) + 30),
+            )
+            .expect("kubectl exec");
+        (t0.elapsed(), out.ok, out.stdout)
+    };
+    let (_, ok, text) = httpbin("/get", 5);
+    assert!(
+        !ok && !text.contains("httpbin-stand-in"),
+        "no ServiceEntry yet: the outbound policy blocks the host: {text}"
+    );
+    apply(&ns, &ours("service-entry-httpbin.yaml"));
+    let reply = wait_until(
+        "httpbin.org reached through the ServiceEntry",
+        ROUTE_TIMEOUT,
+        Duration::from_millis(500),
+        || {
+            let (_, ok, text) = httpbin("/get", 5);
+            Ok((ok && text.starts_with("httpbin-stand-in /get host=httpbin.org")).then_some(text))
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let (fast, ok, text) = httpbin("/delay/1", 10);
+    assert!(ok, "1 s is within the 3 s timeout: {text}");
+    let (slow, ok, text) = httpbin("/delay/5", 10);
+    eprintln!(
+        "ServiceEntry httpbin.org: {}; /delay/1 in {fast:?}; /delay/5 -> {} after {slow:?}",
+        reply.trim(),
+        text.trim()
+    );
+    assert!(!ok && text.contains("504"), "the 3 s timeout answers 504: {text}");
+    assert!(
+        slow >= Duration::from_millis(2900) && slow < Duration::from_millis(4900),
+        "504 after about 3 s, not 5: {slow:?}"
+    );
+    for resource in ["serviceentry/httpbin-ext", "virtualservice/httpbin-ext"] {
+        let c = wait_until(
+            &format!("{resource} Accepted and ResolvedRefs"),
+            ROUTE_TIMEOUT,
+            Duration::from_millis(500),
+            || {
+                let a = condition(e2e, &ns.name, resource, "Accepted");
+                let r = condition(e2e, &ns.name, resource, "ResolvedRefs");
+                Ok(a.zip(r).filter(|(a, r)| a.is_true_now() && r.is_true_now()))
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        eprintln!("{resource}: {c:?}");
+    }
+    drop(ext);
 
-    // TODO(istio-gateway): a Gateway + VirtualService for an httpbin-like app over HTTP and HTTPS
-    // (self-signed certificate in a TLS Secret, `credentialName`), called through the ingress
-    // gateway. Owned by the Gateway/HTTPS work; add the step when it lands.
+    // The Gateway step (HTTP and HTTPS with a self-signed credentialName) needs the chart's
+    // ingress gateway: it is in the install suite (tests/tests/install.rs).
 }
