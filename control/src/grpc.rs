@@ -5,9 +5,14 @@
 //! with a warning on every update). So they are served only to nodes whose id has the
 //! [`PROXYLESS_PREFIX`] (`proxyless~<pod>.<namespace>`); everything else such a node gets is what
 //! `<pod>.<namespace>` would get. Per Service port there is one Listener,
-//! `<svc>.<ns>.svc.cluster.local:<port>`, routing everything to the port's cluster
-//! `<port>|<ns>|<svc>` (clusters and endpoints come from translation unchanged). The listeners are
-//! built once per snapshot and shared.
+//! `<svc>.<ns>.svc.cluster.local:<port>`. For an `http` port its HTTP connection manager asks RDS
+//! for the very route configuration the pod's sidecar gets for that port (`<port>|<ns>|<svc>`):
+//! VirtualService rules (header and path matches, weighted subsets, retries, timeouts, faults)
+//! and the label policy reach gRPC clients from the one translation, as they reach Envoy; gRPC
+//! applies what it supports (A28 routing, A31 timeouts, A33 faults, A44 retries) and ignores the
+//! rest (mirrors, query-parameter matches). For any other port there is no route configuration to
+//! share: an inline one routes everything to the port's cluster. Clusters and endpoints come from
+//! translation unchanged. The listeners are built once per snapshot and shared.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -16,12 +21,15 @@ use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
 use envoy_types::pb::envoy::config::route::v3::{
     route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost,
 };
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager, http_filter, HttpConnectionManager, HttpFilter,
+    http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
-use traffic_translate::envoy::{any, resource};
-use traffic_translate::snapshot::{MeshSnapshot, NodeResources, ObjectRef, Resources, CLUSTER, LISTENER};
+use traffic_translate::envoy::{ads, any, names, resource};
+use traffic_translate::snapshot::{
+    MeshSnapshot, NodeResources, ObjectRef, Resources, CLUSTER, LISTENER, ROUTE,
+};
 use traffic_translate::translate::{Snapshot, INGRESS_NODE_ID};
 
 /// Node ids starting with this are proxyless gRPC clients.
@@ -37,7 +45,45 @@ pub fn target_name(cluster: &str) -> Option<String> {
     Some(format!("{svc}.{ns}.svc.cluster.local:{port}"))
 }
 
-fn api_listener(name: &str, cluster: &str) -> Listener {
+/// The API listener of target `name` for `cluster`: RDS of the sidecar's route configuration of
+/// the same name when `shared_routes`, else an inline route of everything to `cluster`.
+fn api_listener(name: &str, cluster: &str, shared_routes: bool) -> Listener {
+    let hcm = if shared_routes {
+        HttpConnectionManager {
+            stat_prefix: name.to_string(),
+            route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+                config_source: Some(ads()),
+                route_config_name: cluster.to_string(),
+            })),
+            // Routes may carry fault injection (gRPC A33); the router ends the chain.
+            http_filters: vec![
+                http_filter(names::FAULT, &HttpFault::default()),
+                http_filter(names::ROUTER, &Router::default()),
+            ],
+            ..Default::default()
+        }
+    } else {
+        inline_routes(name, cluster)
+    };
+    Listener {
+        name: name.to_string(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(any(&hcm)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn http_filter<M: prost::Message + prost::Name>(name: &str, config: &M) -> HttpFilter {
+    HttpFilter {
+        name: name.to_string(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(any(config))),
+        ..Default::default()
+    }
+}
+
+/// Everything to `cluster`, for a port without a sidecar route configuration.
+fn inline_routes(name: &str, cluster: &str) -> HttpConnectionManager {
     let routes = RouteConfiguration {
         name: name.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -58,21 +104,10 @@ fn api_listener(name: &str, cluster: &str) -> Listener {
         }],
         ..Default::default()
     };
-    let hcm = HttpConnectionManager {
+    HttpConnectionManager {
         stat_prefix: name.to_string(),
         route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
-        http_filters: vec![HttpFilter {
-            name: "envoy.filters.http.router".to_string(),
-            config_type: Some(http_filter::ConfigType::TypedConfig(any(&Router::default()))),
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
-    Listener {
-        name: name.to_string(),
-        api_listener: Some(ApiListener {
-            api_listener: Some(any(&hcm)),
-        }),
+        http_filters: vec![http_filter(names::ROUTER, &Router::default())],
         ..Default::default()
     }
 }
@@ -84,6 +119,8 @@ pub struct WithApiListeners {
     inner: Arc<dyn MeshSnapshot>,
     /// The clusters `listeners` were built from.
     clusters: Resources,
+    /// The names of the shared sidecar route configurations `listeners` were built from.
+    routes: BTreeSet<String>,
     listeners: Resources,
     /// Nodes with their own view (from a translation); everyone else shares the sidecar view.
     own_views: Option<BTreeSet<String>>,
@@ -106,8 +143,11 @@ impl WithApiListeners {
     pub fn from_translation_reusing(snapshot: Snapshot, prev: &WithApiListeners) -> Self {
         let own: BTreeSet<String> = snapshot.overridden_nodes().map(str::to_string).collect();
         let inner: Arc<dyn MeshSnapshot> = Arc::new(snapshot);
-        let clusters = inner.for_node("").by_type.remove(CLUSTER).unwrap_or_default();
-        let same = clusters.len() == prev.clusters.len()
+        let mut shared = inner.for_node("");
+        let clusters = shared.by_type.remove(CLUSTER).unwrap_or_default();
+        let routes = route_names(shared.by_type.remove(ROUTE));
+        let same = routes == prev.routes
+            && clusters.len() == prev.clusters.len()
             && clusters
                 .iter()
                 .zip(&prev.clusters)
@@ -116,6 +156,7 @@ impl WithApiListeners {
             WithApiListeners {
                 inner,
                 clusters,
+                routes,
                 listeners: prev.listeners.clone(),
                 own_views: None,
             }
@@ -127,7 +168,9 @@ impl WithApiListeners {
     }
 
     pub fn new(inner: Arc<dyn MeshSnapshot>) -> Self {
-        let clusters = inner.for_node("").by_type.remove(CLUSTER).unwrap_or_default();
+        let mut shared = inner.for_node("");
+        let clusters = shared.by_type.remove(CLUSTER).unwrap_or_default();
+        let routes = route_names(shared.by_type.remove(ROUTE));
         let mut listeners = BTreeMap::new();
         for (cluster, r) in &clusters {
             let Some(name) = target_name(cluster) else {
@@ -136,16 +179,25 @@ impl WithApiListeners {
             let origin: Option<ObjectRef> = r.origin.clone();
             listeners.insert(
                 name.clone(),
-                Arc::new(resource(&name, &api_listener(&name, cluster), origin)),
+                Arc::new(resource(
+                    &name,
+                    &api_listener(&name, cluster, routes.contains(cluster)),
+                    origin,
+                )),
             );
         }
         WithApiListeners {
             inner,
             clusters,
+            routes,
             listeners,
             own_views: None,
         }
     }
+}
+
+fn route_names(routes: Option<Resources>) -> BTreeSet<String> {
+    routes.map(|r| r.into_keys().collect()).unwrap_or_default()
 }
 
 impl MeshSnapshot for WithApiListeners {
@@ -201,5 +253,33 @@ mod tests {
             Some("reviews.default.svc.cluster.local:9080")
         );
         assert_eq!(target_name("zipkin"), None);
+    }
+
+    /// An `http` port's API listener asks RDS for the sidecar's route configuration of the port;
+    /// another port's routes everything inline to its cluster.
+    #[test]
+    fn http_ports_share_the_sidecar_route_configuration_over_rds() {
+        let model = MeshModel::from_yaml_str(
+            "services:\n- name: greeter\n  clusterIPs: [10.96.0.1]\n  ports: [{name: grpc, port: 50051}, {name: raw, port: 50052}]\n  selector: {app: greeter}\n  labels: {traffic.port.50051: http, traffic.port.50052: tcp}\npods:\n- {name: g, ip: 10.1.0.1, labels: {app: greeter}}\n",
+        )
+        .expect("model");
+        let snap = WithApiListeners::from_translation(translate(&model, &Options::default()).snapshot);
+        let grpc = snap.for_node("proxyless~a.default");
+        let hcm = |name: &str| {
+            let l = Listener::decode(grpc.by_type[LISTENER][name].body.value.as_slice()).expect("listener");
+            let any = l.api_listener.and_then(|a| a.api_listener).expect("api listener");
+            HttpConnectionManager::decode(any.value.as_slice()).expect("hcm")
+        };
+        match hcm("greeter.default.svc.cluster.local:50051").route_specifier {
+            Some(http_connection_manager::RouteSpecifier::Rds(rds)) => {
+                assert_eq!(rds.route_config_name, "50051|default|greeter");
+                assert!(grpc.by_type[ROUTE].contains_key("50051|default|greeter"));
+            }
+            other => panic!("RDS expected: {other:?}"),
+        }
+        assert!(matches!(
+            hcm("greeter.default.svc.cluster.local:50052").route_specifier,
+            Some(http_connection_manager::RouteSpecifier::RouteConfig(_))
+        ));
     }
 }

@@ -2,6 +2,7 @@
 
   grpc_xds.py serve <ip> <port> <name>   # answers /test.Echo/Say with b"<name>"; prints "ready"
   grpc_xds.py call <target> [count]      # calls it through xDS (GRPC_XDS_BOOTSTRAP); prints replies
+                                         # (GRPC_CALL_METADATA=name=value: a header on every call)
 No generated stubs: raw-bytes handlers keep it dependency-free beyond grpcio.
 """
 import os
@@ -29,10 +30,14 @@ def serve(ip, port, name):
 
 def call(target, count):
     timeout = float(os.environ.get("GRPC_CALL_TIMEOUT_S", "20"))
+    metadata = None
+    if os.environ.get("GRPC_CALL_METADATA"):
+        name, _, value = os.environ["GRPC_CALL_METADATA"].partition("=")
+        metadata = [(name, value)]
     with grpc.insecure_channel(target) as channel:
         say = channel.unary_unary("/test.Echo/Say")
         for _ in range(count):
-            reply = say(b"hi", timeout=timeout, wait_for_ready=True)
+            reply = say(b"hi", timeout=timeout, wait_for_ready=True, metadata=metadata)
             print(reply.decode(), flush=True)
 
 

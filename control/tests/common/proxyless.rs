@@ -124,7 +124,22 @@ impl Client {
 
     /// Makes `count` sequential RPCs to `target` through the bootstrap; the finished process.
     pub fn call(self, interpreter: &Path, bootstrap: &Path, target: &str, count: usize) -> Output {
+        self.call_with_metadata(interpreter, bootstrap, target, count, None)
+    }
+
+    /// [`Client::call`], every RPC carrying the request header `metadata` (`name`, `value`).
+    pub fn call_with_metadata(
+        self,
+        interpreter: &Path,
+        bootstrap: &Path,
+        target: &str,
+        count: usize,
+        metadata: Option<(&str, &str)>,
+    ) -> Output {
         let mut cmd = Command::new(interpreter);
+        if let Some((name, value)) = metadata {
+            cmd.env("GRPC_CALL_METADATA", format!("{name}={value}"));
+        }
         match self {
             Client::Grpcio => cmd.args([PY_SCRIPT, "call", target, &count.to_string()]),
             Client::GrpcJsXds => cmd

@@ -2,7 +2,7 @@
 // GRPC_XDS_BOOTSTRAP (our ADS server) and calls /test.Echo/Say (raw bytes, served by
 // grpc_xds.py) `count` times, one RPC after the other, printing each reply on its own line.
 //
-//   node client.js <target> [count]
+//   node client.js <target> [count]     (GRPC_CALL_METADATA=name=value: a header on every call)
 'use strict';
 
 const grpc = require('@grpc/grpc-js');
@@ -14,6 +14,16 @@ const [target, countArg] = process.argv.slice(2);
 const count = Number(countArg || 1);
 const identity = (b) => b;
 const client = new grpc.Client(target, grpc.credentials.createInsecure());
+const extra = process.env.GRPC_CALL_METADATA || '';
+
+function metadata() {
+  const md = new grpc.Metadata({ waitForReady: true });
+  if (extra) {
+    const at = extra.indexOf('=');
+    md.set(extra.slice(0, at), extra.slice(at + 1));
+  }
+  return md;
+}
 
 function say() {
   return new Promise((resolve, reject) => {
@@ -23,7 +33,7 @@ function say() {
       identity,
       identity,
       Buffer.from('hi'),
-      new grpc.Metadata({ waitForReady: true }),
+      metadata(),
       { deadline },
       (err, reply) => (err ? reject(err) : resolve(reply.toString())),
     );
