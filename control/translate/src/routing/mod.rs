@@ -19,6 +19,17 @@ use traffic_labels::Percent;
 
 use crate::snapshot::ObjectRef;
 
+mod external;
+mod policy;
+
+pub use external::{
+    ExternalEndpoint, ExternalHost, ExternalPort, ExternalProtocol, GatewayServer, Location, Resolution,
+    ServerProtocol,
+};
+pub use policy::{
+    ClusterPolicy, ConnectionPool, DestinationPolicy, HashKey, LoadBalancer, OutlierDetection, Subset,
+};
+
 /// A Kubernetes Service by namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ServiceKey {
@@ -52,130 +63,6 @@ pub struct RoutingModel {
     /// (the first entry for a host wins), in creation order. Their [`ServiceKey`] is
     /// (the entry's namespace, the host), so rules and policies address them like Services.
     pub external: Vec<ExternalHost>,
-}
-
-/// One host of a ServiceEntry: a destination with its own ports, addresses and endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExternalHost {
-    /// The ServiceEntry.
-    pub origin: ObjectRef,
-    /// (entry namespace, host) — the host as written (`httpbin.org`, `*.example.com`).
-    pub key: ServiceKey,
-    /// VIPs / CIDRs the outbound filter chain matches on (empty: matched by port, and by Host
-    /// header or SNI where the protocol carries one).
-    pub addresses: Vec<(std::net::IpAddr, u8)>,
-    pub ports: Vec<ExternalPort>,
-    pub location: Location,
-    pub resolution: Resolution,
-    /// Used by `Static` and `Dns*` (for `Dns*` without endpoints the host itself is resolved).
-    pub endpoints: Vec<ExternalEndpoint>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExternalPort {
-    pub number: u16,
-    pub name: String,
-    /// The endpoints' port when an endpoint's `ports` map does not name this port.
-    pub target_port: Option<u16>,
-    pub protocol: ExternalProtocol,
-}
-
-/// How the sidecar handles a ServiceEntry port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExternalProtocol {
-    /// HTTP, HTTP2, GRPC: HTTP connection manager, virtual host per host (Host header).
-    Http,
-    /// HTTPS, TLS: tcp_proxy, chosen by SNI when the entry has no addresses.
-    Tls,
-    /// TCP, MONGO: tcp_proxy by destination address and port.
-    Tcp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Location {
-    MeshExternal,
-    MeshInternal,
-}
-
-/// Where a ServiceEntry's cluster finds its hosts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolution {
-    /// `ORIGINAL_DST` + `CLUSTER_PROVIDED`: the address the caller connected to.
-    None,
-    /// EDS from the entry's endpoints.
-    Static,
-    /// `STRICT_DNS`, every address of every name.
-    Dns,
-    /// `LOGICAL_DNS`: one name, the first address of each answer.
-    DnsRoundRobin,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExternalEndpoint {
-    /// An IP (`Static`) or a DNS name (`Dns*`).
-    pub address: String,
-    /// Port name -> port on this endpoint.
-    pub ports: BTreeMap<String, u16>,
-    pub labels: BTreeMap<String, String>,
-    /// > 0; `None`: Envoy's default (1).
-    pub weight: Option<u32>,
-    /// `region/zone/sub_zone`.
-    pub locality: (String, String, String),
-}
-
-impl ExternalEndpoint {
-    /// The port of this endpoint for `port`: its own `ports[name]`, else the port's
-    /// `targetPort`, else the port number.
-    pub fn port_for(&self, port: &ExternalPort) -> u16 {
-        self.ports
-            .get(&port.name)
-            .copied()
-            .or(port.target_port)
-            .unwrap_or(port.number)
-    }
-}
-
-/// One `servers[]` entry of an Istio Gateway, with the VirtualService rules bound to it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GatewayServer {
-    /// The Gateway.
-    pub origin: ObjectRef,
-    /// Its index in `spec.servers` (as the user wrote it).
-    pub index: usize,
-    /// Pod labels of the gateway proxies it applies to (empty: every one).
-    pub selector: BTreeMap<String, String>,
-    /// `port.number`.
-    pub port: u16,
-    pub protocol: ServerProtocol,
-    /// `tls.httpsRedirect` of an HTTP server: every virtual host answers 301 to `https://`.
-    pub https_redirect: bool,
-    /// The server's hosts without their `namespace/` part, lower case (`*`, `*.suffix`): the SNI
-    /// names of an HTTPS server.
-    pub hosts: Vec<String>,
-    /// Domain (a bound VirtualService host within the server's hosts) -> its rules in
-    /// VirtualService precedence order.
-    pub virtual_hosts: BTreeMap<String, Vec<HttpRule>>,
-}
-
-impl GatewayServer {
-    /// `<namespace>/<gateway>/servers[<index>]`, for names and reports.
-    pub fn label(&self) -> String {
-        format!(
-            "{}/{}/servers[{}]",
-            self.origin.namespace, self.origin.name, self.index
-        )
-    }
-}
-
-/// What a Gateway server speaks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerProtocol {
-    Http,
-    /// TLS terminated with the certificate of this `kubernetes.io/tls` Secret (in the Gateway's
-    /// namespace).
-    Https {
-        credential_name: String,
-    },
 }
 
 /// A weighted split of TCP connections.
@@ -400,104 +287,4 @@ pub struct HeaderOperations {
     pub set: Vec<(String, String)>,
     pub add: Vec<(String, String)>,
     pub remove: Vec<String>,
-}
-
-/// What a DestinationRule says about one Service.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DestinationPolicy {
-    pub origin: ObjectRef,
-    /// The Service's own cluster(s).
-    pub policy: ClusterPolicy,
-    /// Port number -> policy replacing `policy` field by field for that port.
-    pub ports: BTreeMap<u16, ClusterPolicy>,
-    pub subsets: Vec<Subset>,
-}
-
-impl DestinationPolicy {
-    pub fn subset(&self, name: &str) -> Option<&Subset> {
-        self.subsets.iter().find(|s| s.name == name)
-    }
-
-    /// The policy of the Service's cluster for `port`.
-    pub fn for_port(&self, port: u16) -> ClusterPolicy {
-        match self.ports.get(&port) {
-            Some(p) => p.clone().or(&self.policy),
-            None => self.policy.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Subset {
-    /// A DNS label (it is part of cluster names).
-    pub name: String,
-    /// Pods of the Service with all these labels.
-    pub labels: BTreeMap<String, String>,
-    /// Replaces the Service's policy field by field (each field whole).
-    pub policy: ClusterPolicy,
-}
-
-/// A cluster's policy; each field replaces a less specific one whole.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClusterPolicy {
-    pub load_balancer: Option<LoadBalancer>,
-    pub connection_pool: Option<ConnectionPool>,
-    pub outlier_detection: Option<OutlierDetection>,
-}
-
-impl ClusterPolicy {
-    /// `self`, with each field it does not set taken from `base`.
-    pub fn or(self, base: &ClusterPolicy) -> ClusterPolicy {
-        ClusterPolicy {
-            load_balancer: self.load_balancer.or_else(|| base.load_balancer.clone()),
-            connection_pool: self.connection_pool.or_else(|| base.connection_pool.clone()),
-            outlier_detection: self.outlier_detection.or_else(|| base.outlier_detection.clone()),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoadBalancer {
-    RoundRobin,
-    LeastRequest,
-    Random,
-    /// Envoy `ORIGINAL_DST`: connect to the address the caller asked for.
-    Passthrough,
-    /// Ring hash on this key (Envoy also needs the route's `hash_policy`).
-    ConsistentHash(HashKey),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    Header(String),
-    Cookie {
-        name: String,
-        ttl: Option<Duration>,
-        path: Option<String>,
-    },
-    SourceIp,
-    QueryParameter(String),
-}
-
-/// Connection pool settings; `None` = Istio's default (thresholds 2^32-1, Envoy's otherwise).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConnectionPool {
-    pub max_connections: Option<u32>,
-    /// > 0.
-    pub connect_timeout: Option<Duration>,
-    pub max_pending_requests: Option<u32>,
-    pub max_requests: Option<u32>,
-    pub max_requests_per_connection: Option<u32>,
-    pub max_retries: Option<u32>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OutlierDetection {
-    pub consecutive_5xx: Option<u32>,
-    pub consecutive_gateway_errors: Option<u32>,
-    pub interval: Option<Duration>,
-    pub base_ejection_time: Option<Duration>,
-    pub max_ejection_percent: Option<u32>,
-    /// Envoy's `healthy_panic_threshold`; Istio's default is 0 (panic mode off).
-    pub min_health_percent: Option<u32>,
 }
