@@ -2,15 +2,29 @@
 //! host (a Service port) -> ordered HTTP rules -> weighted destinations, plus a per-destination
 //! policy (subsets and their cluster policy).
 //!
-//! Front ends only parse and validate: Istio resources are lowered by [`crate::istio`]; what they
-//! cannot express is reported there, so everything in this model is valid for Envoy (the
-//! translator still checks references: a rule naming a subset or Service that is not there is
-//! not emitted, see `translate::mesh_routes`).
+//! Two front ends feed it; they only parse, validate and lower, and what they cannot express is
+//! reported there, so everything in this model is valid for Envoy:
+//! - the `traffic.*` labels ([`crate::label_lower`]): every Service port gets a default rule
+//!   ([`RoutingModel::defaults`]: the route to the port itself with the label timeout, retries,
+//!   fault, tracing, hash keys and rate limit) and every Service a cluster policy
+//!   ([`RoutingModel::label_policies`]);
+//! - Istio resources ([`crate::istio_lower`]): rules per Service port ([`RoutingModel::http`]),
+//!   destination policies with subsets, Gateway servers, `tcp[]` routes, ServiceEntry hosts.
 //!
-//! The `traffic.*` labels are not lowered into this model yet: their routes and clusters are
-//! still built straight from the parsed labels (`translate::routes`, `translate::clusters`);
-//! where a model rule or policy exists for a Service port it replaces the label-derived route or
-//! is merged into the label-derived cluster policy, field by field.
+//! The two meet in one place, [`merge`], with the per-setting precedence documented there (and in
+//! the README): a port's rules are the Istio rules, each with the label settings it does not set,
+//! then the label default rule unless a rule matches every request; a cluster's policy is the
+//! DestinationRule's over the labels'. The translator renders only what [`merge`] gives (it still
+//! checks references: a rule naming a subset or Service that is not there is not emitted, see
+//! `translate::mesh_rules`).
+//!
+//! Pod-level labels (a calling pod's own `traffic.request.timeout`, retries, faults, rate limit,
+//! tracing) are a per-caller overlay: the translator lowers that pod's labels layered over the
+//! Service's (labels.md: the pod's win field by field, e.g. its `traffic.retries.5xx` beside the
+//! Service's `traffic.retries.connect-failure`) into the caller's own default rule, and merges the
+//! same Istio rules with it, for that pod's own copy of the route configuration. The overlay is
+//! on the labels rather than on the lowered rule because labels overlay per label (retry
+//! conditions, tracing enabled and sampling separately), finer than the rule's fields.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -20,6 +34,7 @@ use traffic_labels::Percent;
 use crate::snapshot::ObjectRef;
 
 mod external;
+pub mod merge;
 mod policy;
 
 pub use external::{
@@ -63,6 +78,24 @@ pub struct RoutingModel {
     /// (the first entry for a host wins), in creation order. Their [`ServiceKey`] is
     /// (the entry's namespace, the host), so rules and policies address them like Services.
     pub external: Vec<ExternalHost>,
+    /// (Service or ServiceEntry host, port) -> its default rule from the labels (see
+    /// [`crate::label_lower`]; a host without labels gets the plain route to the port), for every
+    /// TCP port: which of them are HTTP can depend on the caller (a pod's `traffic.port.<N>`).
+    pub defaults: BTreeMap<(ServiceKey, u16), DefaultRoute>,
+    /// Service -> the cluster policy of its labels (absent: none).
+    pub label_policies: BTreeMap<ServiceKey, ClusterPolicy>,
+}
+
+/// The route a Service port's requests take when no other rule matches, and what applies to the
+/// port's whole route configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefaultRoute {
+    /// Matches every request; routes to the port itself. Its origin is the Service (or the
+    /// ServiceEntry of an external host).
+    pub rule: HttpRule,
+    /// `traffic.rate.limit` (KiB/s, > 0): one token bucket per calling pod and port, so it
+    /// covers every rule of the port (Envoy's bandwidth limit on the virtual host).
+    pub rate_limit_kbps: Option<u64>,
 }
 
 /// A weighted split of TCP connections.
@@ -73,6 +106,7 @@ pub struct TcpRoute {
 }
 
 impl RoutingModel {
+    /// Nothing from the Istio front end (label defaults aside).
     pub fn is_empty(&self) -> bool {
         self.http.is_empty()
             && self.policies.is_empty()
@@ -80,24 +114,43 @@ impl RoutingModel {
             && self.tcp.is_empty()
             && self.external.is_empty()
     }
+
+    /// The policy of the cluster of `service`'s port `port` (or of its `subset`): the
+    /// DestinationRule's over the labels', see [`merge::cluster_policy`].
+    pub fn cluster_policy(&self, service: &ServiceKey, port: u16, subset: Option<&str>) -> ClusterPolicy {
+        let none = ClusterPolicy::default();
+        let labels = self.label_policies.get(service).unwrap_or(&none);
+        let dr = self.policies.get(service);
+        let istio = match (dr, subset) {
+            (Some(dp), Some(name)) => dp.subset(name).map(|s| s.policy.clone()),
+            (Some(dp), None) => Some(dp.for_port(port)),
+            (None, _) => None,
+        };
+        merge::cluster_policy(istio.as_ref(), labels)
+    }
 }
 
 /// One ordered HTTP rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRule {
-    /// The object the rule came from (a VirtualService).
+    /// The object the rule came from (a VirtualService; the Service for a label default rule).
     pub origin: ObjectRef,
     /// Unique within its route configuration: `<namespace>/<name>/<index>[/<rule name>]`.
     pub name: String,
     /// Any of these (OR); none = every request.
     pub matches: Vec<RequestMatch>,
     pub action: HttpAction,
-    /// `None`: the label policy's timeout (or none at all).
+    /// `None`: not said (the label default's, see [`merge`]; none at all: 0 = no timeout).
     pub timeout: Option<Duration>,
-    /// `None`: the label policy's retries (or none).
+    /// `None`: not said (the label default's, or none).
     pub retries: Option<Retries>,
-    /// `None`: the label policy's faults (or none).
+    /// `None`: not said (the label default's, or none); `Some` without delay or abort: no fault.
     pub fault: Option<Fault>,
+    /// Share of requests traced (when a collector is configured; 0: none). `None`: not said.
+    pub tracing: Option<Percent>,
+    /// Consistent-hash keys of the route, in order (empty: not said). A destination policy's
+    /// `ConsistentHash` wins, see [`merge`].
+    pub hash: Vec<HashKey>,
     pub mirrors: Vec<Mirror>,
     pub rewrite: Rewrite,
     pub headers: HeaderOps,
@@ -237,6 +290,9 @@ pub struct Retries {
     pub retry_on: Vec<String>,
     /// Numeric codes from `retryOn` (these add `retriable-status-codes`).
     pub status_codes: Vec<u32>,
+    /// Retry on another host than the ones tried (Istio's retries); the labels' retries may
+    /// reach the same host again.
+    pub retry_other_hosts: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

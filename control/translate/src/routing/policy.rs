@@ -1,12 +1,14 @@
 //! The routing model's per-destination policy: subsets and cluster policy (load balancing,
-//! connection pool, outlier detection).
+//! connection pool, outlier detection), from Istio DestinationRules and from a Service's
+//! `traffic.*` labels.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::snapshot::ObjectRef;
 
-/// What a DestinationRule says about one Service.
+/// What a DestinationRule says about one Service (the labels' cluster policy is kept apart, in
+/// [`super::RoutingModel::label_policies`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DestinationPolicy {
     pub origin: ObjectRef,
@@ -69,6 +71,10 @@ pub enum LoadBalancer {
     Passthrough,
     /// Ring hash on this key (Envoy also needs the route's `hash_policy`).
     ConsistentHash(HashKey),
+    /// Ring hash on the routes' hash keys (`traffic.lb.policy=ring_hash`, or `traffic.hash.*`).
+    RingHash,
+    /// Maglev on the routes' hash keys (`traffic.lb.policy=maglev`).
+    Maglev,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
