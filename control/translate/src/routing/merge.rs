@@ -13,6 +13,10 @@
 //! | circuit breaker thresholds | per threshold: the DestinationRule's, else the label's, else 2^32-1 when a DestinationRule exists (Istio's default), else Envoy's |
 //! | connect timeout | the DestinationRule's (> 0), else `traffic.connection.timeout`, else 60 s |
 //! | max requests per connection, outlier detection | the DestinationRule only |
+//!
+//! On the ingress gateway, the rules of a VirtualService bound to an Istio Gateway take the label
+//! settings of their first destination's port ([`over_default`]) and no default route follows
+//! them; Ingress routes are the port's [`default_rule`]. Faults never apply there.
 
 use super::{
     ClusterPolicy, ConnectionPool, Destination, HashKey, HttpAction, HttpRule, LoadBalancer, RoutingModel,

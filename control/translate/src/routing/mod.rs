@@ -6,8 +6,8 @@
 //! reported there, so everything in this model is valid for Envoy:
 //! - the `traffic.*` labels ([`crate::label_lower`]): every Service port gets a default rule
 //!   ([`RoutingModel::defaults`]: the route to the port itself with the label timeout, retries,
-//!   fault, tracing, hash keys and rate limit) and every Service a cluster policy
-//!   ([`RoutingModel::label_policies`]);
+//!   fault, tracing, hash keys and rate limit) and every Service whose labels say anything about
+//!   its clusters a cluster policy ([`RoutingModel::label_policies`]);
 //! - Istio resources ([`crate::istio_lower`]): rules per Service port ([`RoutingModel::http`]),
 //!   destination policies with subsets, Gateway servers, `tcp[]` routes, ServiceEntry hosts.
 //!
