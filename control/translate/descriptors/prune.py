@@ -27,6 +27,8 @@ ROOTS = [
     "envoy/extensions/filters/listener/tls_inspector/v3/tls_inspector.proto",
     "envoy/extensions/upstreams/http/v3/http_protocol_options.proto",
     "envoy/config/bootstrap/v3/bootstrap.proto",
+    "envoy/extensions/retry/host/previous_hosts/v3/previous_hosts.proto",
+    "envoy/extensions/clusters/dns/v3/dns_cluster.proto",
 ]
 
 def main(src, dst):

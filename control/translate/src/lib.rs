@@ -4,7 +4,8 @@
 //! - [`translate`]: model + [`translate::Options`] -> [`translate::Snapshot`] (shared `Arc`
 //!   resources, per-node overrides only where a pod's labels change something).
 //! - [`routing`]: the one routing model front ends lower into (host -> ordered rules ->
-//!   weighted destinations + per-destination policy); [`istio_lower`] lowers Istio objects into it.
+//!   weighted destinations + per-destination policy); [`label_lower`] lowers the `traffic.*`
+//!   labels into it, [`istio_lower`] Istio objects, and [`routing::merge`] decides between them.
 //! - [`snapshot`]: the seam the xDS server consumes.
 //! - [`consistency`]: every referenced route/cluster/endpoint/secret name exists.
 //! - [`render`]: a static Envoy bootstrap of a node's resources, and a readable text dump.
@@ -14,6 +15,7 @@ pub mod consistency;
 pub mod envoy;
 pub mod ingress_check;
 pub mod istio_lower;
+pub mod label_lower;
 pub mod model;
 pub mod render;
 pub mod routing;

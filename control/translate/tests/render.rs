@@ -102,6 +102,30 @@ fn the_vendored_descriptors_cover_every_type_translation_emits() {
     m.ingresses[0].rules[0].paths[0].backend.service = "web".into();
     m.ingresses[0].rules[0].paths[0].backend.port = traffic_translate::model::TargetPort::Number(80);
     m.secrets = bookinfo().secrets;
+    // The Istio front end's own types: retries (previous-hosts predicate), a DNS ServiceEntry
+    // (the DNS cluster extension).
+    m.istio = traffic_translate::model::MeshModel::from_yaml_str(
+        r#"
+services: []
+pods: []
+istio:
+  virtualServices:
+  - metadata: {name: web}
+    spec:
+      hosts: [web]
+      http:
+      - route: [{destination: {host: web}}]
+        retries: {attempts: 2, retryOn: 5xx}
+  serviceEntries:
+  - metadata: {name: ext}
+    spec:
+      hosts: [httpbin.org]
+      ports: [{number: 80, name: http, protocol: HTTP}]
+      resolution: DNS
+"#,
+    )
+    .unwrap()
+    .istio;
     let opts = Options {
         outbound_policy: traffic_translate::translate::OutboundPolicy::Passthrough,
         zipkin: Some("zipkin:9411".parse().unwrap()),
@@ -109,6 +133,7 @@ fn the_vendored_descriptors_cover_every_type_translation_emits() {
         ..Options::default()
     };
     let t = run_with(&m, &opts);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
     for (node, res) in t.snapshot.views() {
         traffic_translate::render::render_json(res).unwrap_or_else(|e| panic!("{node}: {e}"));
     }

@@ -169,6 +169,8 @@ pub(super) fn lower_rule(
             timeout,
             retries,
             fault,
+            tracing: None,
+            hash: Vec::new(),
             mirrors,
             rewrite,
             headers: headers(rule.headers.as_ref()),
@@ -306,6 +308,7 @@ fn retries(
             .transpose()?
             .unwrap_or(0),
         per_try_timeout: r.per_try_timeout.as_ref().map(&duration).transpose()?,
+        retry_other_hosts: true,
         ..Default::default()
     };
     for cond in r.retry_on.iter().flat_map(|s| s.split(',')).map(str::trim) {

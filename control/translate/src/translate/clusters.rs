@@ -1,44 +1,57 @@
-//! CDS: one EDS cluster per service port (label policy: load balancing, circuit breakers, connect
-//! timeout), and the fixed clusters (`admin`, `zipkin`, `blackhole`, `passthrough`).
+//! CDS: one EDS cluster per service port rendered from its [`ClusterPolicy`] (labels and
+//! DestinationRule merged, see [`crate::routing::merge`]), and the fixed clusters (`admin`,
+//! `zipkin`, `blackhole`, `passthrough`).
+//!
+//! | model | Envoy |
+//! |---|---|
+//! | `LoadBalancer::{RoundRobin, LeastRequest, Random, Maglev}` (none: round robin) | `Cluster.lb_policy` |
+//! | `LoadBalancer::{RingHash, ConsistentHash}` | `RING_HASH` (+ the routes' `hash_policy`, see `mesh_routes`) |
+//! | `LoadBalancer::Passthrough` | `ORIGINAL_DST` cluster, `CLUSTER_PROVIDED` |
+//! | `max_connections` / `max_pending_requests` / `max_requests` / `max_retries` | `circuit_breakers.thresholds[0]` (none given: no circuit breakers, Envoy's defaults) |
+//! | `connect_timeout` | `Cluster.connect_timeout` (default 60 s) |
+//! | `max_requests_per_connection` | `HttpProtocolOptions.common_http_protocol_options.max_requests_per_connection` |
+//! | `OutlierDetection` | `Cluster.outlier_detection` (`enforcing_* 100` for the given counts, `enforcing_success_rate 0`) + `common_lb_config.healthy_panic_threshold` = `min_health_percent` (default 0: panic mode off) |
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
-    circuit_breakers::Thresholds, cluster, CircuitBreakers, Cluster,
+    circuit_breakers::Thresholds, cluster, CircuitBreakers, Cluster, OutlierDetection as PbOutlier,
 };
 use envoy_types::pb::envoy::config::core::v3::HttpProtocolOptions as CoreHttpProtocolOptions;
 use envoy_types::pb::envoy::config::endpoint::v3::{ClusterLoadAssignment, LocalityLbEndpoints};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{http_protocol_options, HttpProtocolOptions};
-use traffic_labels::{ClusterPolicy, LbPolicy};
+use envoy_types::pb::envoy::r#type::v3::Percent as PbPercent;
 
 use super::endpoints::lb_endpoint;
 use super::{Collector, ADMIN_CLUSTER, BLACKHOLE_CLUSTER, PASSTHROUGH_CLUSTER, ZIPKIN_CLUSTER};
 use crate::envoy::{self, names};
+use crate::routing::{ClusterPolicy, LoadBalancer};
 
+/// The EDS cluster `name` of a Service port (or subset) with `policy`.
 pub(super) fn service_cluster(name: &str, policy: &ClusterPolicy) -> Cluster {
-    let hashing = policy.hash_cookie_name.is_some() || policy.hash_header_name.is_some();
-    let lb = match (policy.lb_policy.unwrap_or_default(), hashing) {
-        (LbPolicy::Maglev, _) => cluster::LbPolicy::Maglev,
-        (LbPolicy::RingHash, _) | (_, true) => cluster::LbPolicy::RingHash,
-        (LbPolicy::RoundRobin, false) => cluster::LbPolicy::RoundRobin,
-        (LbPolicy::LeastRequest, false) => cluster::LbPolicy::LeastRequest,
-        (LbPolicy::Random, false) => cluster::LbPolicy::Random,
+    let lb = match &policy.load_balancer {
+        None | Some(LoadBalancer::RoundRobin) => cluster::LbPolicy::RoundRobin,
+        Some(LoadBalancer::LeastRequest) => cluster::LbPolicy::LeastRequest,
+        Some(LoadBalancer::Random) => cluster::LbPolicy::Random,
+        Some(LoadBalancer::RingHash | LoadBalancer::ConsistentHash(_)) => cluster::LbPolicy::RingHash,
+        Some(LoadBalancer::Maglev) => cluster::LbPolicy::Maglev,
+        Some(LoadBalancer::Passthrough) => cluster::LbPolicy::ClusterProvided,
     };
-    let nonzero = |v: Option<u32>| v.filter(|n| *n > 0).map(envoy::u32_value);
+    let pool = policy.connection_pool.clone().unwrap_or_default();
     let thresholds = Thresholds {
-        max_connections: nonzero(policy.connection_max),
-        max_pending_requests: nonzero(policy.request_max_pending),
-        max_requests: nonzero(policy.request_max),
-        max_retries: nonzero(policy.retries_max),
+        max_connections: pool.max_connections.map(envoy::u32_value),
+        max_pending_requests: pool.max_pending_requests.map(envoy::u32_value),
+        max_requests: pool.max_requests.map(envoy::u32_value),
+        max_retries: pool.max_retries.map(envoy::u32_value),
         ..Default::default()
     };
     let circuit_breakers = (thresholds != Thresholds::default()).then(|| CircuitBreakers {
         thresholds: vec![thresholds],
         ..Default::default()
     });
-    let protocol = http_protocol_options(None);
-    Cluster {
+    let protocol = http_protocol_options(pool.max_requests_per_connection.filter(|n| *n > 0));
+    let mut c = Cluster {
         name: name.to_string(),
         // One entry only, so the encoding stays deterministic.
         typed_extension_protocol_options: [(names::HTTP_PROTOCOL_OPTIONS.to_string(), envoy::any(&protocol))]
@@ -52,8 +65,7 @@ pub(super) fn service_cluster(name: &str, policy: &ClusterPolicy) -> Cluster {
             service_name: name.to_string(),
         }),
         connect_timeout: Some(envoy::duration(
-            policy
-                .connection_timeout
+            pool.connect_timeout
                 .unwrap_or(traffic_labels::defaults::CONNECTION_TIMEOUT),
         )),
         lb_policy: lb as i32,
@@ -64,7 +76,34 @@ pub(super) fn service_cluster(name: &str, policy: &ClusterPolicy) -> Cluster {
         alt_stat_name: format!("{name}.outbound"),
         circuit_breakers,
         ..Default::default()
+    };
+    if policy.load_balancer == Some(LoadBalancer::Passthrough) {
+        c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::OriginalDst as i32,
+        ));
+        c.eds_cluster_config = None;
     }
+    if let Some(od) = &policy.outlier_detection {
+        let enforcing = |n: Option<u32>| n.map(|n| envoy::u32_value(if n > 0 { 100 } else { 0 }));
+        c.outlier_detection = Some(PbOutlier {
+            consecutive_5xx: od.consecutive_5xx.map(envoy::u32_value),
+            enforcing_consecutive_5xx: enforcing(od.consecutive_5xx),
+            consecutive_gateway_failure: od.consecutive_gateway_errors.map(envoy::u32_value),
+            enforcing_consecutive_gateway_failure: enforcing(od.consecutive_gateway_errors),
+            interval: od.interval.map(envoy::duration),
+            base_ejection_time: od.base_ejection_time.map(envoy::duration),
+            max_ejection_percent: od.max_ejection_percent.map(envoy::u32_value),
+            enforcing_success_rate: Some(envoy::u32_value(0)),
+            ..Default::default()
+        });
+        c.common_lb_config = Some(cluster::CommonLbConfig {
+            healthy_panic_threshold: Some(PbPercent {
+                value: f64::from(od.min_health_percent.unwrap_or(0)),
+            }),
+            ..Default::default()
+        });
+    }
+    c
 }
 
 /// Speak to the upstream in the protocol the client used (h2c stays h2c: gRPC keeps working

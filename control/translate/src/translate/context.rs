@@ -85,7 +85,8 @@ pub(super) struct Ctx<'m> {
     pub(super) opts: &'m Options,
     pub(super) services: Vec<SvcCtx<'m>>,
     pub(super) pods: BTreeMap<(&'m str, &'m str), PodCtx<'m>>,
-    /// What the front ends other than labels (Istio) said, lowered.
+    /// What the front ends said, lowered (Istio's by `istio_lower`, then the labels' by
+    /// `label_lower` once the labels are parsed here).
     pub(super) routing: RoutingModel,
     /// Base cluster name (`<port>|<ns>|<svc>`) -> the model's rules for that port whose
     /// references all resolve (see `mesh_rules`).

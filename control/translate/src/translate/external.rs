@@ -31,9 +31,8 @@ use envoy_types::pb::envoy::extensions::clusters::common::dns::v3::DnsLookupFami
 use envoy_types::pb::envoy::extensions::clusters::dns::v3::DnsCluster;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
 use envoy_types::pb::envoy::r#type::v3::Int32Range;
-use traffic_labels::{ClusterPolicy as LabelPolicy, Settings};
+use traffic_labels::Settings;
 
-use super::cluster_policy::policy_cluster;
 use super::clusters::service_cluster;
 use super::context::{Ctx, SvcCtx};
 use super::endpoints::lb_endpoint;
@@ -43,7 +42,9 @@ use super::listeners::{
 use super::routes::Side;
 use super::{OutboundPolicy, PASSTHROUGH_CLUSTER};
 use crate::envoy::{self, names, resource};
-use crate::routing::{ClusterPolicy, ExternalHost, ExternalPort, ExternalProtocol, LoadBalancer, Resolution};
+use crate::routing::{
+    merge, ClusterPolicy, ExternalHost, ExternalPort, ExternalProtocol, LoadBalancer, Resolution,
+};
 use crate::snapshot::{ObjectRef, Resources};
 
 /// The route configuration of ServiceEntry HTTP port `port` (Istio names it the same way).
@@ -59,10 +60,8 @@ pub(super) fn external_cluster(
     policy: Option<&ClusterPolicy>,
     subset: Option<&BTreeMap<String, String>>,
 ) -> Cluster {
-    let mut c = match policy {
-        Some(p) => policy_cluster(name, &LabelPolicy::default(), p),
-        None => service_cluster(name, &LabelPolicy::default()),
-    };
+    // No labels: the entry's DestinationRule alone (see `merge::cluster_policy`).
+    let mut c = service_cluster(name, &merge::cluster_policy(policy, &ClusterPolicy::default()));
     let passthrough_lb = policy.is_some_and(|p| p.load_balancer == Some(LoadBalancer::Passthrough));
     // Envoy's DNS cluster extension (the `respect_dns_ttl` / `dns_lookup_family` fields of
     // `Cluster` are deprecated); `all_addresses_in_single_endpoint` is LOGICAL_DNS.
@@ -91,7 +90,7 @@ pub(super) fn external_cluster(
         c.load_assignment = Some(cla);
     };
     match e.resolution {
-        _ if passthrough_lb => {} // policy_cluster made it ORIGINAL_DST already
+        _ if passthrough_lb => {} // service_cluster made it ORIGINAL_DST already
         Resolution::None => {
             c.cluster_discovery_type = Some(cluster::ClusterDiscoveryType::Type(
                 cluster::DiscoveryType::OriginalDst as i32,
@@ -305,12 +304,11 @@ pub(super) fn route_configs(
     let mut by_port: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
     for s in &ctx.services {
         let Some(e) = &s.external else { continue };
-        let traffic = pod.traffic.overlay(&s.settings.traffic);
         for (p, port) in s.ports.iter().zip(&e.ports) {
             if port.protocol != ExternalProtocol::Http {
                 continue;
             }
-            let rc = super::routes::caller_route_config(ctx, s, p, &traffic, caller);
+            let rc = super::routes::caller_route_config(ctx, s, p, pod, caller);
             for mut vh in rc.virtual_hosts {
                 vh.domains = vec![e.key.name.clone(), format!("{}:{}", e.key.name, port.number)];
                 by_port.entry(port.number).or_default().push(vh);

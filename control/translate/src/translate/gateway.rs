@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::TrafficDirection;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
-use envoy_types::pb::envoy::config::route::v3::{route, route_match, Route, RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::config::route::v3::{
+    route_match, Route, RouteConfiguration, RouteMatch, VirtualHost,
+};
 
-use super::context::{cluster_name, ingress_ref, resolve_service_port, Ctx};
+use super::context::{ingress_ref, resolve_service_port, Ctx};
 use super::gateway_servers::{gateway_servers, tls_listener};
 use super::gateway_tls::{https_filter_chains, SecretChecker};
 use super::listeners::{http_connection_manager, network_filter};
-use super::mesh_routes::destination_cluster;
-use super::routes::{route_to_service, Side};
+use super::routes::{default_route, gateway_default_route, Side};
 use super::{node_resources, Options, Problem, TlsDelivery};
 use super::{INGRESS_HTTPS_LISTENER, INGRESS_HTTP_LISTENER, INGRESS_ROUTE};
 use crate::envoy::{self, names, resource};
@@ -66,7 +67,6 @@ fn ingress_route(
         });
         return None;
     };
-    let cluster = cluster_name(s.svc, port);
     let exact = path_type == PathType::Exact;
     let (specifier, path) = if exact {
         (
@@ -86,14 +86,11 @@ fn ingress_route(
             )
         }
     };
-    let route = route_to_service(
-        &cluster,
-        specifier,
-        &s.settings.cluster,
-        &s.settings.traffic,
-        Side::Gateway,
-        ctx.opts,
-    );
+    let mut route = gateway_default_route(ctx, s, port.port)?;
+    route.r#match = Some(RouteMatch {
+        path_specifier: Some(specifier),
+        ..Default::default()
+    });
     Some(IngressPathRoute { exact, path, route })
 }
 
@@ -229,27 +226,17 @@ fn ingress_route_config(
     }
 }
 
-/// What Istio rules on the gateway start from: the label-derived route to the first
-/// destination's Service (its timeout, retries, hashing), or an empty route action.
-pub(super) fn gateway_base_route(ctx: &Ctx<'_>, rules: &[HttpRule]) -> Route {
+/// The label default rule Istio rules on the gateway are merged with: the one of the first
+/// destination's Service port (its timeout, retries, hashing, tracing); `None` when no rule
+/// routes anywhere.
+pub(super) fn gateway_default_rule(ctx: &Ctx<'_>, rules: &[HttpRule]) -> Option<HttpRule> {
     let first = rules.iter().find_map(|r| match &r.action {
         HttpAction::Route(ds) => ds.first().map(|d| &d.destination),
         _ => None,
-    });
-    match first.and_then(|d| ctx.service(&d.service).map(|s| (d, s))) {
-        Some((d, s)) => route_to_service(
-            &destination_cluster(d),
-            route_match::PathSpecifier::Prefix("/".into()),
-            &s.settings.cluster,
-            &s.settings.traffic,
-            Side::Gateway,
-            ctx.opts,
-        ),
-        None => Route {
-            action: Some(route::Action::Route(Default::default())),
-            ..Default::default()
-        },
-    }
+    })?;
+    let s = ctx.service(&first.service)?;
+    let default = default_route(ctx, s, first.port, &traffic_labels::Settings::default());
+    Some(default.rule.clone())
 }
 
 /// One host's routes in Kubernetes precedence (exact paths first, then longer prefixes before

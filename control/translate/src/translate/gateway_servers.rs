@@ -34,7 +34,7 @@ use super::mesh_routes::rule_routes;
 use super::routes::Side;
 use super::{Options, Problem};
 use crate::envoy::{self, names};
-use crate::routing::{GatewayServer, HttpRule, ServerProtocol};
+use crate::routing::{merge, GatewayServer, HttpRule, ServerProtocol};
 use crate::snapshot::{ObjectRef, Resources};
 
 /// What the Gateway servers add to the ingress gateway's view.
@@ -317,10 +317,14 @@ pub(super) fn istio_virtual_host(
             message: "fault injection is applied by sidecars only; ignored on the gateway".into(),
         });
     }
-    let base = super::gateway::gateway_base_route(ctx, rules);
+    let default = super::gateway::gateway_default_rule(ctx, rules);
     let routes = rules
         .iter()
-        .flat_map(|r| rule_routes(r, &base, &ctx.routing, Side::Gateway))
+        .map(|r| match &default {
+            Some(d) => merge::over_default(r, d, &ctx.routing),
+            None => r.clone(),
+        })
+        .flat_map(|r| rule_routes(&r, Side::Gateway, ctx.opts))
         .collect();
     VirtualHost {
         name: domain.to_string(),

@@ -1,10 +1,9 @@
-//! RDS, the routing model's part: a Service port's [`HttpRule`]s as Envoy routes.
+//! RDS: the routing model's [`HttpRule`]s as Envoy routes — a port's label default rule and the
+//! Istio rules alike, each already merged with the label policy where it says nothing
+//! ([`crate::routing::merge`]). A rule with several `matches` becomes one route per match, same
+//! action.
 //!
-//! Each rule starts from the label-derived route of that port (so the label policy still applies
-//! where the rule says nothing: timeout, retries, faults, hashing, tracing) and sets what it
-//! says. A rule with several `matches` becomes one route per match, same action.
-//!
-//! | model (Istio) | Envoy |
+//! | model | Envoy |
 //! |---|---|
 //! | no match | `prefix: "/"` |
 //! | `uri` exact / prefix / regex (+ `ignore_uri_case`) | `RouteMatch.path` / `prefix` / `safe_regex` (+ `case_sensitive: false`) |
@@ -13,14 +12,15 @@
 //! | `method`, `authority` | `:method`, `:authority` header matchers |
 //! | one destination | `RouteAction.cluster` (`<port>\|<ns>\|<svc>[\|<subset>]`) |
 //! | several destinations | `RouteAction.weighted_clusters` (per-destination headers on each `ClusterWeight`) |
-//! | `timeout` | `RouteAction.timeout` |
-//! | `retries` | `RouteAction.retry_policy` (`num_retries`, `per_try_timeout`, `retry_on`, numeric codes -> `retriable_status_codes`, `previous_hosts` predicate) |
-//! | `fault` | `typed_per_filter_config["envoy.filters.http.fault"]` |
+//! | `timeout` | `RouteAction.timeout` (always set for a route action: 0 = none, Envoy's default would be 15 s) |
+//! | `retries` | `RouteAction.retry_policy` (`num_retries`, `per_try_timeout`, `retry_on`, numeric codes -> `retriable_status_codes`; `retry_other_hosts`: the `previous_hosts` predicate, and Istio's default conditions when none are given) |
+//! | `tracing` | `Route.tracing.random_sampling` (only with a Zipkin collector) |
+//! | `hash` | `RouteAction.hash_policy[]` (cookie: `name`, `ttl`, `path`; header; source IP; query parameter) |
+//! | `fault` | `typed_per_filter_config["envoy.filters.http.fault"]` (sidecars only) |
 //! | `mirrors` | `RouteAction.request_mirror_policies[]` with `runtime_fraction` |
 //! | `rewrite` uri / authority | `prefix_rewrite` / `host_rewrite_literal` |
 //! | `redirect`, `direct_response` | `Route.redirect`, `Route.direct_response` |
 //! | `headers` set / add / remove | `request_headers_to_add` (OVERWRITE_IF_EXISTS_OR_ADD / APPEND_IF_EXISTS_OR_ADD), `*_headers_to_remove`, `response_*` |
-//! | destination policy `ConsistentHash` | `RouteAction.hash_policy[]` (single destination) |
 
 use envoy_types::pb::envoy::config::core::v3::{
     data_source, header_value_option::HeaderAppendAction, DataSource, HeaderValue, HeaderValueOption,
@@ -29,7 +29,8 @@ use envoy_types::pb::envoy::config::core::v3::{
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher, query_parameter_matcher, redirect_action, retry_policy, route, route_action,
     route_action::hash_policy, route_match, weighted_cluster, DirectResponseAction, HeaderMatcher,
-    QueryParameterMatcher, RedirectAction, RetryPolicy, Route, RouteAction, RouteMatch, WeightedCluster,
+    QueryParameterMatcher, RedirectAction, RetryPolicy, Route, RouteAction, RouteMatch,
+    Tracing as RouteTracing, WeightedCluster,
 };
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{fault_delay, FaultDelay};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::{fault_abort, FaultAbort, HttpFault};
@@ -39,10 +40,11 @@ use envoy_types::pb::google::protobuf::BoolValue;
 
 use super::cluster_policy::subset_cluster_name;
 use super::routes::Side;
+use super::Options;
 use crate::envoy::{self, names};
 use crate::routing::{
-    Destination, Fault, HashKey, HeaderOperations, HttpAction, HttpRule, LoadBalancer, Mirror, RequestMatch,
-    Retries, RoutingModel, StringMatch,
+    Destination, Fault, HashKey, HeaderOperations, HttpAction, HttpRule, Mirror, RequestMatch, Retries,
+    StringMatch,
 };
 
 const PREVIOUS_HOSTS: &str = "envoy.retry_host_predicates.previous_hosts";
@@ -56,20 +58,19 @@ pub fn destination_cluster(d: &Destination) -> String {
     }
 }
 
-/// The Envoy routes of one rule, built over `base` (the port's label-derived route).
-pub(super) fn rule_routes(rule: &HttpRule, base: &Route, routing: &RoutingModel, side: Side) -> Vec<Route> {
-    let mut route = base.clone();
-    route.name = rule.name.clone();
+/// The Envoy routes of one rule (already merged with its port's label default, see
+/// [`crate::routing::merge`]): one per match, same action.
+pub(super) fn rule_routes(rule: &HttpRule, side: Side, opts: &Options) -> Vec<Route> {
+    let mut route = Route {
+        name: rule.name.clone(),
+        ..Default::default()
+    };
     match &rule.action {
         HttpAction::Route(destinations) => {
-            let Some(route::Action::Route(mut action)) = route.action.take() else {
-                return Vec::new();
-            };
-            route_action(&mut action, rule, destinations, routing);
+            route.action = Some(route::Action::Route(route_action(rule, destinations)));
             if let [only] = destinations.as_slice() {
                 add_headers(&mut route, &only.headers.request, &only.headers.response);
             }
-            route.action = Some(route::Action::Route(action));
         }
         HttpAction::Redirect(r) => {
             route.action = Some(route::Action::Redirect(RedirectAction {
@@ -86,7 +87,6 @@ pub(super) fn rule_routes(rule: &HttpRule, base: &Route, routing: &RoutingModel,
                     .map(redirect_action::PathRewriteSpecifier::PathRedirect),
                 ..Default::default()
             }));
-            // Nothing is forwarded: no tracing decision or hashing needed beyond the base.
         }
         HttpAction::DirectResponse { status, body } => {
             route.action = Some(route::Action::DirectResponse(DirectResponseAction {
@@ -100,15 +100,20 @@ pub(super) fn rule_routes(rule: &HttpRule, base: &Route, routing: &RoutingModel,
         }
     }
     add_headers(&mut route, &rule.headers.request, &rule.headers.response);
+    if opts.zipkin.is_some() {
+        if let Some(sampling) = rule.tracing {
+            route.tracing = Some(RouteTracing {
+                random_sampling: Some(envoy::fractional_percent(sampling)),
+                ..Default::default()
+            });
+        }
+    }
+    // Fault injection is the sidecars' (labels.md: not applied at the ingress gateway).
     if side == Side::Sidecar {
         if let Some(fault) = rule.fault.as_ref().and_then(http_fault) {
-            route.typed_per_filter_config.clear();
             route
                 .typed_per_filter_config
                 .insert(names::FAULT.to_string(), envoy::any(&fault));
-        } else if rule.fault.is_some() {
-            // An explicit "no fault" (all percentages 0) clears the label's.
-            route.typed_per_filter_config.clear();
         }
     }
 
@@ -132,40 +137,36 @@ pub(super) fn rule_routes(rule: &HttpRule, base: &Route, routing: &RoutingModel,
         .collect()
 }
 
-fn route_action(
-    action: &mut RouteAction,
-    rule: &HttpRule,
-    destinations: &[crate::routing::WeightedDestination],
-    routing: &RoutingModel,
-) {
-    action.cluster_specifier = Some(match destinations {
-        [only] => route_action::ClusterSpecifier::Cluster(destination_cluster(&only.destination)),
-        many => route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
-            clusters: many
-                .iter()
-                .map(|d| {
-                    let (req_add, req_remove) = header_options(&d.headers.request);
-                    let (resp_add, resp_remove) = header_options(&d.headers.response);
-                    weighted_cluster::ClusterWeight {
-                        name: destination_cluster(&d.destination),
-                        weight: Some(envoy::u32_value(d.weight)),
-                        request_headers_to_add: req_add,
-                        request_headers_to_remove: req_remove,
-                        response_headers_to_add: resp_add,
-                        response_headers_to_remove: resp_remove,
-                        ..Default::default()
-                    }
-                })
-                .collect(),
-            ..Default::default()
+fn route_action(rule: &HttpRule, destinations: &[crate::routing::WeightedDestination]) -> RouteAction {
+    let mut action = RouteAction {
+        cluster_specifier: Some(match destinations {
+            [only] => route_action::ClusterSpecifier::Cluster(destination_cluster(&only.destination)),
+            many => route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
+                clusters: many
+                    .iter()
+                    .map(|d| {
+                        let (req_add, req_remove) = header_options(&d.headers.request);
+                        let (resp_add, resp_remove) = header_options(&d.headers.response);
+                        weighted_cluster::ClusterWeight {
+                            name: destination_cluster(&d.destination),
+                            weight: Some(envoy::u32_value(d.weight)),
+                            request_headers_to_add: req_add,
+                            request_headers_to_remove: req_remove,
+                            response_headers_to_add: resp_add,
+                            response_headers_to_remove: resp_remove,
+                            ..Default::default()
+                        }
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
         }),
-    });
-    if let Some(t) = rule.timeout {
-        action.timeout = Some(envoy::duration(t));
-    }
-    if let Some(r) = &rule.retries {
-        action.retry_policy = retry_policy(r);
-    }
+        // Always set: Envoy's default is 15 s, the contract's default is "none" (0).
+        timeout: Some(envoy::duration(rule.timeout.unwrap_or_default())),
+        retry_policy: rule.retries.as_ref().and_then(retry_policy),
+        hash_policy: rule.hash.iter().map(hash_policy).collect(),
+        ..Default::default()
+    };
     for m in &rule.mirrors {
         action.request_mirror_policies.push(mirror_policy(m));
     }
@@ -177,32 +178,7 @@ fn route_action(
             authority.clone(),
         ));
     }
-    // Consistent hashing: the (subset's) policy of a single destination decides.
-    if let [only] = destinations {
-        if let Some(key) = consistent_hash(&only.destination, routing) {
-            action.hash_policy = vec![hash_policy(key)];
-        }
-    }
-}
-
-fn consistent_hash<'r>(d: &Destination, routing: &'r RoutingModel) -> Option<&'r HashKey> {
-    let policy = routing.policies.get(&d.service)?;
-    let lb = d
-        .subset
-        .as_deref()
-        .and_then(|s| policy.subset(s))
-        .and_then(|s| s.policy.load_balancer.as_ref())
-        .or_else(|| {
-            policy
-                .ports
-                .get(&d.port)
-                .and_then(|p| p.load_balancer.as_ref())
-                .or(policy.policy.load_balancer.as_ref())
-        });
-    match lb {
-        Some(LoadBalancer::ConsistentHash(key)) => Some(key),
-        _ => None,
-    }
+    action
 }
 
 fn hash_policy(key: &HashKey) -> route_action::HashPolicy {
@@ -237,6 +213,16 @@ fn retry_policy(r: &Retries) -> Option<RetryPolicy> {
         return None;
     }
     let mut on = r.retry_on.clone();
+    if !r.retry_other_hosts {
+        // The labels' retries: the conditions and the count, nothing else.
+        return Some(RetryPolicy {
+            retry_on: on.join(","),
+            num_retries: Some(envoy::u32_value(r.attempts)),
+            per_try_timeout: r.per_try_timeout.map(envoy::duration),
+            retriable_status_codes: r.status_codes.clone(),
+            ..Default::default()
+        });
+    }
     if !r.status_codes.is_empty() && !on.iter().any(|c| c == "retriable-status-codes") {
         on.push("retriable-status-codes".to_string());
     }

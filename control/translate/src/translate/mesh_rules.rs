@@ -8,7 +8,7 @@ use traffic_labels::PortProtocol;
 
 use super::context::{service_ref, Ctx};
 use super::Problem;
-use crate::routing::{Destination, GatewayServer, HttpAction, HttpRule, RoutingModel};
+use crate::routing::{merge, Destination, GatewayServer, HttpAction, HttpRule, RoutingModel};
 
 /// Base cluster name -> the usable rules of that Service port, in order.
 ///
@@ -68,7 +68,7 @@ pub(super) fn resolve(ctx: &Ctx<'_>, problems: &mut Vec<Problem>) -> BTreeMap<St
         if usable.is_empty() {
             continue;
         }
-        label_overrides(s, *port, &usable, problems);
+        label_overrides(ctx, s, *port, &usable, problems);
         out.insert(p.cluster.clone(), usable);
     }
     out
@@ -196,42 +196,26 @@ fn missing(d: &Destination, ctx: &Ctx<'_>, routing: &RoutingModel) -> Option<Str
 }
 
 /// A label setting of the Service that a rule replaces is reported on the Service (the label
-/// still applies to rules that do not set it).
+/// still applies to rules that do not set it); which settings lose is [`merge::overridden`]'s.
 fn label_overrides(
+    ctx: &Ctx<'_>,
     s: &super::context::SvcCtx<'_>,
     port: u16,
     rules: &[HttpRule],
     problems: &mut Vec<Problem>,
 ) {
-    let t = &s.settings.traffic;
-    let r = &t.retries;
-    let labelled = [
-        ("traffic.request.timeout", t.request_timeout.is_some()),
-        (
-            "traffic.retries.*",
-            r.on_5xx.is_some() || r.on_connect_failure.is_some() || r.on_gateway_error.is_some(),
-        ),
-        (
-            "traffic.fault.*",
-            t.fault.delay_time.is_some() || t.fault.abort_status.is_some(),
-        ),
-    ];
-    for (setting, set) in labelled {
-        if !set {
-            continue;
-        }
-        let by = rules.iter().find(|rule| match setting {
-            "traffic.request.timeout" => rule.timeout.is_some(),
-            "traffic.retries.*" => rule.retries.is_some(),
-            _ => rule.fault.is_some(),
+    let Some(default) = ctx.routing.defaults.get(&(
+        crate::routing::ServiceKey::new(&s.svc.namespace, &s.svc.name),
+        port,
+    )) else {
+        return;
+    };
+    for (setting, by) in merge::overridden(&default.rule, rules) {
+        problems.push(Problem::LabelOverridden {
+            service: service_ref(s.svc),
+            setting: setting.to_string(),
+            port,
+            by: by.clone(),
         });
-        if let Some(rule) = by {
-            problems.push(Problem::LabelOverridden {
-                service: service_ref(s.svc),
-                setting: setting.to_string(),
-                port,
-                by: rule.origin.clone(),
-            });
-        }
     }
 }

@@ -23,8 +23,13 @@
 //!   `origin: None`; an outbound filter chain is named like its cluster, and
 //!   [`ObjectRef::from_cluster_name`](crate::snapshot::ObjectRef::from_cluster_name) maps that name back to the Service.
 //!
-//! Label -> Envoy field (all checked by `tests/labels_to_envoy.rs`, behaviour by real Envoy in
-//! `tests/envoy_serves.rs` and `tests/envoy_gateway.rs`):
+//! Service routes and clusters come only from the routing model ([`crate::routing`]): the labels
+//! are lowered into it by [`crate::label_lower`] (a default rule per Service port, a cluster
+//! policy per Service), Istio objects by [`crate::istio_lower`], and [`crate::routing::merge`]
+//! decides between the two per setting; a calling pod's own labels give it its own default rules
+//! (see `routes::default_route`). The end-to-end mapping for the labels (all checked by
+//! `tests/labels_to_envoy.rs`, behaviour by real Envoy in `tests/envoy_serves.rs` and
+//! `tests/envoy_gateway.rs`):
 //!
 //! | label | Envoy |
 //! |---|---|
@@ -50,11 +55,11 @@
 //! | `problems.rs` | [`Problem`], [`ObjectLabelError`] |
 //! | `context.rs` | the model with labels parsed once (`Ctx`), cluster names |
 //! | `listeners.rs` | LDS: outbound and stats listeners, HCM / tcp_proxy filters |
-//! | `routes.rs` | RDS: sidecar route configurations, the route to a service |
-//! | `mesh_routes.rs` | RDS: the routing model's rules (Istio VirtualServices) as routes |
-//! | `mesh_rules.rs` | the routing model's rules checked against what is pushed (no dangling routes) |
-//! | `clusters.rs` | CDS: service and fixed clusters |
-//! | `cluster_policy.rs` | CDS: the routing model's destination policy and subset clusters |
+//! | `routes.rs` | RDS: sidecar route configurations (a port's merged rules, its rate limit), a caller's default rule |
+//! | `mesh_routes.rs` | RDS: the routing model's rules (label defaults and Istio VirtualServices) as routes |
+//! | `mesh_rules.rs` | the routing model's rules checked against what is pushed (no dangling routes), overridden labels |
+//! | `clusters.rs` | CDS: a cluster policy as a service cluster; the fixed clusters |
+//! | `cluster_policy.rs` | CDS: the clusters of a Service port and of its subsets, from the routing model |
 //! | `endpoints.rs` | EDS: endpoint assignments (also per subset) |
 //! | `external.rs` | ServiceEntry hosts: clusters, endpoints, filter chains, per-port HTTP routes, the outbound policy for unknown HTTP hosts |
 //! | `gateway.rs`, `gateway_tls.rs` | the ingress gateway's view (Ingress routes, HTTP/HTTPS listeners, secrets) |
@@ -186,6 +191,12 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
     let routing = istio_routing(model, &mut problems);
     let external: Vec<Service> = routing.external.iter().map(context::external_service).collect();
     let mut ctx = Ctx::new(model, &external, opts, routing, &mut label_errors);
+    // The labels front end: every Service's (and external host's) labels into the same model.
+    for s in &ctx.services {
+        let key = crate::routing::ServiceKey::new(&s.svc.namespace, &s.svc.name);
+        let ports: Vec<u16> = s.ports.iter().map(|p| p.port.port).collect();
+        crate::label_lower::lower_service(&mut ctx.routing, &key, &s.origin, &ports, &s.settings);
+    }
     ctx.rules = mesh_rules::resolve(&ctx, &mut problems);
     ctx.gateway_servers = mesh_rules::resolve_gateway(&ctx, &mut problems);
     ctx.tcp_routes = mesh_rules::resolve_tcp(&ctx, &mut problems);
@@ -203,7 +214,7 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
             .policies
             .get(&crate::routing::ServiceKey::new(&s.svc.namespace, &s.svc.name));
         for p in &s.ports {
-            let c = cluster_policy::port_cluster(&ctx, s, p);
+            let c = cluster_policy::port_cluster(&ctx.routing, s, p, None);
             clusters.insert(
                 p.cluster.clone(),
                 Arc::new(resource(&p.cluster, &c, Some(s.origin.clone()))),
@@ -217,7 +228,7 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
             for subset in policy.map(|dp| dp.subsets.as_slice()).unwrap_or(&[]) {
                 let name = subset_cluster_name(&p.cluster, &subset.name);
                 let origin = policy.map(|dp| dp.origin.clone());
-                let c = cluster_policy::policy_cluster(&name, &s.settings.cluster, &subset.policy);
+                let c = cluster_policy::port_cluster(&ctx.routing, s, p, Some((&subset.name, &name)));
                 clusters.insert(name.clone(), Arc::new(resource(&name, &c, origin.clone())));
                 let split = Split::for_lb_policy(c.lb_policy);
                 let cla = subset_load_assignment(&ctx, s, p, &name, &subset.labels, split);

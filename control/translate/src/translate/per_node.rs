@@ -68,7 +68,7 @@ pub(super) fn pod_override(ctx: &Ctx<'_>, pc: &PodCtx<'_>, shared: &NodeResource
                 continue;
             }
             for p in &s.ports {
-                let lb_policy = super::cluster_policy::port_cluster(ctx, s, p).lb_policy;
+                let lb_policy = super::cluster_policy::port_cluster(&ctx.routing, s, p, None).lb_policy;
                 let cla = load_assignment(ctx, s, p, Some(pc.pod), Split::for_lb_policy(lb_policy));
                 let r = resource(&p.cluster, &cla, Some(origin.clone()));
                 let same = shared

@@ -2,15 +2,29 @@
 //! host (a Service port) -> ordered HTTP rules -> weighted destinations, plus a per-destination
 //! policy (subsets and their cluster policy).
 //!
-//! Front ends only parse and validate: Istio resources are lowered by [`crate::istio`]; what they
-//! cannot express is reported there, so everything in this model is valid for Envoy (the
-//! translator still checks references: a rule naming a subset or Service that is not there is
-//! not emitted, see `translate::mesh_routes`).
+//! Two front ends feed it; they only parse, validate and lower, and what they cannot express is
+//! reported there, so everything in this model is valid for Envoy:
+//! - the `traffic.*` labels ([`crate::label_lower`]): every Service port gets a default rule
+//!   ([`RoutingModel::defaults`]: the route to the port itself with the label timeout, retries,
+//!   fault, tracing, hash keys and rate limit) and every Service whose labels say anything about
+//!   its clusters a cluster policy ([`RoutingModel::label_policies`]);
+//! - Istio resources ([`crate::istio_lower`]): rules per Service port ([`RoutingModel::http`]),
+//!   destination policies with subsets, Gateway servers, `tcp[]` routes, ServiceEntry hosts.
 //!
-//! The `traffic.*` labels are not lowered into this model yet: their routes and clusters are
-//! still built straight from the parsed labels (`translate::routes`, `translate::clusters`);
-//! where a model rule or policy exists for a Service port it replaces the label-derived route or
-//! is merged into the label-derived cluster policy, field by field.
+//! The two meet in one place, [`merge`], with the per-setting precedence documented there (and in
+//! the README): a port's rules are the Istio rules, each with the label settings it does not set,
+//! then the label default rule unless a rule matches every request; a cluster's policy is the
+//! DestinationRule's over the labels'. The translator renders only what [`merge`] gives (it still
+//! checks references: a rule naming a subset or Service that is not there is not emitted, see
+//! `translate::mesh_rules`).
+//!
+//! Pod-level labels (a calling pod's own `traffic.request.timeout`, retries, faults, rate limit,
+//! tracing) are a per-caller overlay: the translator lowers that pod's labels layered over the
+//! Service's (labels.md: the pod's win field by field, e.g. its `traffic.retries.5xx` beside the
+//! Service's `traffic.retries.connect-failure`) into the caller's own default rule, and merges the
+//! same Istio rules with it, for that pod's own copy of the route configuration. The overlay is
+//! on the labels rather than on the lowered rule because labels overlay per label (retry
+//! conditions, tracing enabled and sampling separately), finer than the rule's fields.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +32,18 @@ use std::time::Duration;
 use traffic_labels::Percent;
 
 use crate::snapshot::ObjectRef;
+
+mod external;
+pub mod merge;
+mod policy;
+
+pub use external::{
+    ExternalEndpoint, ExternalHost, ExternalPort, ExternalProtocol, GatewayServer, Location, Resolution,
+    ServerProtocol,
+};
+pub use policy::{
+    ClusterPolicy, ConnectionPool, DestinationPolicy, HashKey, LoadBalancer, OutlierDetection, Subset,
+};
 
 /// A Kubernetes Service by namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,130 +78,24 @@ pub struct RoutingModel {
     /// (the first entry for a host wins), in creation order. Their [`ServiceKey`] is
     /// (the entry's namespace, the host), so rules and policies address them like Services.
     pub external: Vec<ExternalHost>,
+    /// (Service or ServiceEntry host, port) -> its default rule from the labels (see
+    /// [`crate::label_lower`]; a host without labels gets the plain route to the port), for every
+    /// TCP port: which of them are HTTP can depend on the caller (a pod's `traffic.port.<N>`).
+    pub defaults: BTreeMap<(ServiceKey, u16), DefaultRoute>,
+    /// Service -> the cluster policy of its labels (absent: none).
+    pub label_policies: BTreeMap<ServiceKey, ClusterPolicy>,
 }
 
-/// One host of a ServiceEntry: a destination with its own ports, addresses and endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExternalHost {
-    /// The ServiceEntry.
-    pub origin: ObjectRef,
-    /// (entry namespace, host) — the host as written (`httpbin.org`, `*.example.com`).
-    pub key: ServiceKey,
-    /// VIPs / CIDRs the outbound filter chain matches on (empty: matched by port, and by Host
-    /// header or SNI where the protocol carries one).
-    pub addresses: Vec<(std::net::IpAddr, u8)>,
-    pub ports: Vec<ExternalPort>,
-    pub location: Location,
-    pub resolution: Resolution,
-    /// Used by `Static` and `Dns*` (for `Dns*` without endpoints the host itself is resolved).
-    pub endpoints: Vec<ExternalEndpoint>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExternalPort {
-    pub number: u16,
-    pub name: String,
-    /// The endpoints' port when an endpoint's `ports` map does not name this port.
-    pub target_port: Option<u16>,
-    pub protocol: ExternalProtocol,
-}
-
-/// How the sidecar handles a ServiceEntry port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExternalProtocol {
-    /// HTTP, HTTP2, GRPC: HTTP connection manager, virtual host per host (Host header).
-    Http,
-    /// HTTPS, TLS: tcp_proxy, chosen by SNI when the entry has no addresses.
-    Tls,
-    /// TCP, MONGO: tcp_proxy by destination address and port.
-    Tcp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Location {
-    MeshExternal,
-    MeshInternal,
-}
-
-/// Where a ServiceEntry's cluster finds its hosts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolution {
-    /// `ORIGINAL_DST` + `CLUSTER_PROVIDED`: the address the caller connected to.
-    None,
-    /// EDS from the entry's endpoints.
-    Static,
-    /// `STRICT_DNS`, every address of every name.
-    Dns,
-    /// `LOGICAL_DNS`: one name, the first address of each answer.
-    DnsRoundRobin,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExternalEndpoint {
-    /// An IP (`Static`) or a DNS name (`Dns*`).
-    pub address: String,
-    /// Port name -> port on this endpoint.
-    pub ports: BTreeMap<String, u16>,
-    pub labels: BTreeMap<String, String>,
-    /// > 0; `None`: Envoy's default (1).
-    pub weight: Option<u32>,
-    /// `region/zone/sub_zone`.
-    pub locality: (String, String, String),
-}
-
-impl ExternalEndpoint {
-    /// The port of this endpoint for `port`: its own `ports[name]`, else the port's
-    /// `targetPort`, else the port number.
-    pub fn port_for(&self, port: &ExternalPort) -> u16 {
-        self.ports
-            .get(&port.name)
-            .copied()
-            .or(port.target_port)
-            .unwrap_or(port.number)
-    }
-}
-
-/// One `servers[]` entry of an Istio Gateway, with the VirtualService rules bound to it.
+/// The route a Service port's requests take when no other rule matches, and what applies to the
+/// port's whole route configuration.
 #[derive(Debug, Clone, PartialEq)]
-pub struct GatewayServer {
-    /// The Gateway.
-    pub origin: ObjectRef,
-    /// Its index in `spec.servers` (as the user wrote it).
-    pub index: usize,
-    /// Pod labels of the gateway proxies it applies to (empty: every one).
-    pub selector: BTreeMap<String, String>,
-    /// `port.number`.
-    pub port: u16,
-    pub protocol: ServerProtocol,
-    /// `tls.httpsRedirect` of an HTTP server: every virtual host answers 301 to `https://`.
-    pub https_redirect: bool,
-    /// The server's hosts without their `namespace/` part, lower case (`*`, `*.suffix`): the SNI
-    /// names of an HTTPS server.
-    pub hosts: Vec<String>,
-    /// Domain (a bound VirtualService host within the server's hosts) -> its rules in
-    /// VirtualService precedence order.
-    pub virtual_hosts: BTreeMap<String, Vec<HttpRule>>,
-}
-
-impl GatewayServer {
-    /// `<namespace>/<gateway>/servers[<index>]`, for names and reports.
-    pub fn label(&self) -> String {
-        format!(
-            "{}/{}/servers[{}]",
-            self.origin.namespace, self.origin.name, self.index
-        )
-    }
-}
-
-/// What a Gateway server speaks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ServerProtocol {
-    Http,
-    /// TLS terminated with the certificate of this `kubernetes.io/tls` Secret (in the Gateway's
-    /// namespace).
-    Https {
-        credential_name: String,
-    },
+pub struct DefaultRoute {
+    /// Matches every request; routes to the port itself. Its origin is the Service (or the
+    /// ServiceEntry of an external host).
+    pub rule: HttpRule,
+    /// `traffic.rate.limit` (KiB/s, > 0): one token bucket per calling pod and port, so it
+    /// covers every rule of the port (Envoy's bandwidth limit on the virtual host).
+    pub rate_limit_kbps: Option<u64>,
 }
 
 /// A weighted split of TCP connections.
@@ -186,6 +106,7 @@ pub struct TcpRoute {
 }
 
 impl RoutingModel {
+    /// Nothing from the Istio front end (label defaults aside).
     pub fn is_empty(&self) -> bool {
         self.http.is_empty()
             && self.policies.is_empty()
@@ -193,24 +114,43 @@ impl RoutingModel {
             && self.tcp.is_empty()
             && self.external.is_empty()
     }
+
+    /// The policy of the cluster of `service`'s port `port` (or of its `subset`): the
+    /// DestinationRule's over the labels', see [`merge::cluster_policy`].
+    pub fn cluster_policy(&self, service: &ServiceKey, port: u16, subset: Option<&str>) -> ClusterPolicy {
+        let none = ClusterPolicy::default();
+        let labels = self.label_policies.get(service).unwrap_or(&none);
+        let dr = self.policies.get(service);
+        let istio = match (dr, subset) {
+            (Some(dp), Some(name)) => dp.subset(name).map(|s| s.policy.clone()),
+            (Some(dp), None) => Some(dp.for_port(port)),
+            (None, _) => None,
+        };
+        merge::cluster_policy(istio.as_ref(), labels)
+    }
 }
 
 /// One ordered HTTP rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRule {
-    /// The object the rule came from (a VirtualService).
+    /// The object the rule came from (a VirtualService; the Service for a label default rule).
     pub origin: ObjectRef,
     /// Unique within its route configuration: `<namespace>/<name>/<index>[/<rule name>]`.
     pub name: String,
     /// Any of these (OR); none = every request.
     pub matches: Vec<RequestMatch>,
     pub action: HttpAction,
-    /// `None`: the label policy's timeout (or none at all).
+    /// `None`: not said (the label default's, see [`merge`]; none at all: 0 = no timeout).
     pub timeout: Option<Duration>,
-    /// `None`: the label policy's retries (or none).
+    /// `None`: not said (the label default's, or none).
     pub retries: Option<Retries>,
-    /// `None`: the label policy's faults (or none).
+    /// `None`: not said (the label default's, or none); `Some` without delay or abort: no fault.
     pub fault: Option<Fault>,
+    /// Share of requests traced (when a collector is configured; 0: none). `None`: not said.
+    pub tracing: Option<Percent>,
+    /// Consistent-hash keys of the route, in order (empty: not said). A destination policy's
+    /// `ConsistentHash` wins, see [`merge`].
+    pub hash: Vec<HashKey>,
     pub mirrors: Vec<Mirror>,
     pub rewrite: Rewrite,
     pub headers: HeaderOps,
@@ -350,6 +290,9 @@ pub struct Retries {
     pub retry_on: Vec<String>,
     /// Numeric codes from `retryOn` (these add `retriable-status-codes`).
     pub status_codes: Vec<u32>,
+    /// Retry on another host than the ones tried (Istio's retries); the labels' retries may
+    /// reach the same host again.
+    pub retry_other_hosts: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -400,104 +343,4 @@ pub struct HeaderOperations {
     pub set: Vec<(String, String)>,
     pub add: Vec<(String, String)>,
     pub remove: Vec<String>,
-}
-
-/// What a DestinationRule says about one Service.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DestinationPolicy {
-    pub origin: ObjectRef,
-    /// The Service's own cluster(s).
-    pub policy: ClusterPolicy,
-    /// Port number -> policy replacing `policy` field by field for that port.
-    pub ports: BTreeMap<u16, ClusterPolicy>,
-    pub subsets: Vec<Subset>,
-}
-
-impl DestinationPolicy {
-    pub fn subset(&self, name: &str) -> Option<&Subset> {
-        self.subsets.iter().find(|s| s.name == name)
-    }
-
-    /// The policy of the Service's cluster for `port`.
-    pub fn for_port(&self, port: u16) -> ClusterPolicy {
-        match self.ports.get(&port) {
-            Some(p) => p.clone().or(&self.policy),
-            None => self.policy.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Subset {
-    /// A DNS label (it is part of cluster names).
-    pub name: String,
-    /// Pods of the Service with all these labels.
-    pub labels: BTreeMap<String, String>,
-    /// Replaces the Service's policy field by field (each field whole).
-    pub policy: ClusterPolicy,
-}
-
-/// A cluster's policy; each field replaces a less specific one whole.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClusterPolicy {
-    pub load_balancer: Option<LoadBalancer>,
-    pub connection_pool: Option<ConnectionPool>,
-    pub outlier_detection: Option<OutlierDetection>,
-}
-
-impl ClusterPolicy {
-    /// `self`, with each field it does not set taken from `base`.
-    pub fn or(self, base: &ClusterPolicy) -> ClusterPolicy {
-        ClusterPolicy {
-            load_balancer: self.load_balancer.or_else(|| base.load_balancer.clone()),
-            connection_pool: self.connection_pool.or_else(|| base.connection_pool.clone()),
-            outlier_detection: self.outlier_detection.or_else(|| base.outlier_detection.clone()),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoadBalancer {
-    RoundRobin,
-    LeastRequest,
-    Random,
-    /// Envoy `ORIGINAL_DST`: connect to the address the caller asked for.
-    Passthrough,
-    /// Ring hash on this key (Envoy also needs the route's `hash_policy`).
-    ConsistentHash(HashKey),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HashKey {
-    Header(String),
-    Cookie {
-        name: String,
-        ttl: Option<Duration>,
-        path: Option<String>,
-    },
-    SourceIp,
-    QueryParameter(String),
-}
-
-/// Connection pool settings; `None` = Istio's default (thresholds 2^32-1, Envoy's otherwise).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConnectionPool {
-    pub max_connections: Option<u32>,
-    /// > 0.
-    pub connect_timeout: Option<Duration>,
-    pub max_pending_requests: Option<u32>,
-    pub max_requests: Option<u32>,
-    pub max_requests_per_connection: Option<u32>,
-    pub max_retries: Option<u32>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OutlierDetection {
-    pub consecutive_5xx: Option<u32>,
-    pub consecutive_gateway_errors: Option<u32>,
-    pub interval: Option<Duration>,
-    pub base_ejection_time: Option<Duration>,
-    pub max_ejection_percent: Option<u32>,
-    /// Envoy's `healthy_panic_threshold`; Istio's default is 0 (panic mode off).
-    pub min_health_percent: Option<u32>,
 }
