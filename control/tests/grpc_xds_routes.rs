@@ -16,6 +16,8 @@ use traffic_control::grpc::WithApiListeners;
 use traffic_translate::model::MeshModel;
 use traffic_translate::translate::{translate, Options};
 
+/// Every label a route configuration carries is on the Service too (the rate limit is a virtual
+/// host filter config gRPC does not know: it must be optional for gRPC, or it NACKs the routes).
 fn model(port: u16, backend_port: u16, ip_base: u8) -> String {
     format!(
         r#"services:
@@ -23,7 +25,15 @@ fn model(port: u16, backend_port: u16, ip_base: u8) -> String {
   clusterIPs: [127.0.10.{ip_base}]
   ports: [{{name: grpc, port: {port}, targetPort: {backend_port}}}]
   selector: {{app: greeter}}
-  labels: {{traffic.port.{port}: http}}
+  labels:
+    traffic.port.{port}: http
+    traffic.rate.limit: "10000"
+    traffic.request.timeout: "20s"
+    traffic.retries.5xx: "2"
+    traffic.tracing.enabled: "true"
+    traffic.tracing.sampling: "10"
+    traffic.fault.delay.percentage: "1"
+    traffic.fault.delay.time: "1ms"
 pods:
 - {{name: greeter-v1, ip: 127.0.{ip_base}.1, labels: {{app: greeter, version: v1}}}}
 - {{name: greeter-v2, ip: 127.0.{ip_base}.2, labels: {{app: greeter, version: v2}}}}

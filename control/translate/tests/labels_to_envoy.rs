@@ -378,8 +378,11 @@ fn faults_are_never_applied_at_the_ingress_gateway() {
 fn rate_limit_sets_a_bandwidth_limit_on_the_virtual_host() {
     let t = svc(&[("traffic.rate.limit", "64")]);
     let rc = route_config(&sidecar(&t, CLIENT), WEB);
-    let bw: BandwidthLimit =
+    // Wrapped as optional, so proxyless gRPC clients (same route configuration) ignore it.
+    let wrapper: envoy_types::pb::envoy::config::route::v3::FilterConfig =
         decode(&rc.virtual_hosts[0].typed_per_filter_config["envoy.filters.http.bandwidth_limit"]);
+    assert!(wrapper.is_optional);
+    let bw: BandwidthLimit = decode(&wrapper.config.unwrap());
     assert_eq!(bw.limit_kbps.unwrap().value, 64);
     assert_eq!(bw.enable_mode, EnableMode::RequestAndResponse as i32);
 }

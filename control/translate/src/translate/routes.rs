@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::route::v3::{Route, RouteConfiguration, VirtualHost};
+use envoy_types::pb::envoy::config::route::v3::{FilterConfig, Route, RouteConfiguration, VirtualHost};
 use envoy_types::pb::envoy::extensions::filters::http::bandwidth_limit::v3::{
     bandwidth_limit::EnableMode, BandwidthLimit,
 };
@@ -149,9 +149,16 @@ pub(super) fn service_route_config(
     };
     if side == Side::Sidecar {
         if let Some(bw) = bandwidth_limit(rate_limit_kbps) {
+            // Optional: proxyless gRPC clients get this route configuration too, and NACK a
+            // filter override they do not know unless it is marked optional (Envoy applies it).
+            let optional = FilterConfig {
+                config: Some(envoy::any(&bw)),
+                is_optional: true,
+                ..Default::default()
+            };
             vhost
                 .typed_per_filter_config
-                .insert(names::BANDWIDTH_LIMIT.to_string(), envoy::any(&bw));
+                .insert(names::BANDWIDTH_LIMIT.to_string(), envoy::any(&optional));
         }
     }
     RouteConfiguration {
