@@ -2,9 +2,12 @@
 //! (connect4/6, sockops, bind4/6) and to its proxy's cgroup (getsockopt).
 //!
 //! - `connect4/6` rewrite an application's TCP `connect()` to the pod's proxy on loopback and
-//!   remember the original destination by socket cookie.
-//! - `sockops` moves that record to a 4-tuple key as soon as the local port is known
-//!   (`TCP_CONNECT_CB`), i.e. before the proxy can accept the connection.
+//!   remember the original destination in the socket's own storage (`BPF_MAP_TYPE_SK_STORAGE`:
+//!   no hash insert or removal per connection, freed by the kernel with the socket).
+//! - `sockops` copies that record to a 4-tuple key as soon as the local port is known
+//!   (`TCP_CONNECT_CB`), i.e. before the proxy can accept the connection. The 4-tuple is the only
+//!   link to the proxy's accepted socket, a different socket. Every other callback returns after
+//!   comparing the op.
 //! - `getsockopt` answers the proxy's `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST` from the 4-tuple,
 //!   exactly as netfilter conntrack would.
 //! - `bind4/6` stop the pod's applications from binding the proxy's ports.
@@ -21,15 +24,16 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{bpf_sock, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB},
-    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
-    macros::{cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
+    btf_maps::SkStorage,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, generated::bpf_sk_storage_get},
+    macros::{btf_map, cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
     maps::{HashMap, LruHashMap},
     programs::{SockAddrContext, SockOpsContext, SockoptContext},
 };
 use aya_log_ebpf::warn;
 use traffic_ebpf_common::{
-    capacity, is_v4_mapped, v4_mapped, CookieEntry, OrigDst, PodName, PodRecord, PodSettings, PortFlags,
-    PortKey, ProxyCgroupKey, TupleKey, AF_INET, AF_INET6, SOCK_STREAM, SOL_IP, SOL_IPV6, SO_ORIGINAL_DST,
+    capacity, is_v4_mapped, v4_mapped, OrigDst, PodName, PodRecord, PodSettings, PortFlags,
+    PortKey, ProxyCgroupKey, SockEntry, TupleKey, AF_INET, AF_INET6, SOCK_STREAM, SOL_IP, SOL_IPV6, SO_ORIGINAL_DST,
 };
 
 #[map]
@@ -38,14 +42,11 @@ static TM_SETTINGS: HashMap<u64, PodSettings> = HashMap::pinned(capacity::SETTIN
 static TM_PORTS: HashMap<PortKey, PortFlags> = HashMap::pinned(capacity::PORTS, 0);
 #[map]
 static TM_PROXY_CG: HashMap<ProxyCgroupKey, u32> = HashMap::pinned(capacity::PROXY_CGROUPS, 0);
-/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists. An entry lives from connect4/6 to sockops's
-/// `TCP_CONNECT_CB` in the same `connect()` call, on the same CPU, so per-CPU lists never run dry
-/// and inserts take no lock shared between CPUs.
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
-
-#[map]
-static TM_ORIG_COOKIE: LruHashMap<u64, CookieEntry> =
-    LruHashMap::pinned(capacity::ORIG_BY_COOKIE, BPF_F_NO_COMMON_LRU);
+/// The original destination of a redirected app socket, from connect4/6 to sockops. A BTF map
+/// (the kernel requires BTF for socket storage); not pinned: it holds nothing once sockops has
+/// run, and every socket's entry goes with the socket.
+#[btf_map]
+static TM_SK_ORIG: SkStorage<SockEntry> = SkStorage::new();
 #[map]
 static TM_ORIG_TUPLE: LruHashMap<TupleKey, OrigDst> = LruHashMap::pinned(capacity::ORIG_BY_TUPLE, 0);
 /// Written and read by the agent only (its record of managed pods, so it survives restarts).
@@ -115,20 +116,31 @@ fn redirect_port(ctx: &SockAddrContext, dst_port_be: u16) -> Option<(u64, u16)> 
     Some((netns, settings.proxy_port))
 }
 
-/// Remembers the original destination of this socket; false when the map refused it (then the
-/// connection is not redirected: a proxy that cannot learn the destination would drop it).
+/// Remembers the original destination of this socket; false when the storage could not be
+/// allocated (then the connection is not redirected: a proxy that cannot learn the destination
+/// would drop it).
 #[inline(always)]
 fn remember(ctx: &SockAddrContext, netns_cookie: u64, dst: OrigDst) -> bool {
-    // SAFETY: ctx is the kernel's bpf_sock_addr for this program.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
-    let entry = CookieEntry { netns_cookie, dst };
-    if TM_ORIG_COOKIE.insert(&cookie, &entry, 0).is_err() {
+    let mut entry = SockEntry {
+        netns_cookie,
+        dst,
+        state: SockEntry::PENDING,
+        _pad0: 0,
+    };
+    // SAFETY: ctx is the kernel's bpf_sock_addr for this program, whose `sk` is the socket being
+    // connected (never null in connect4/6).
+    let slot = unsafe { TM_SK_ORIG.get_or_insert_ptr_mut(ctx, Some(&mut entry)) };
+    if slot.is_null() {
         warn!(
             ctx,
             "traffic-manager: cannot record original destination, not redirecting"
         );
         return false;
     }
+    // A socket that connected before (a failed non-blocking attempt) already had storage, which
+    // the call above returned as it was.
+    // SAFETY: a non-null pointer from bpf_sk_storage_get to a value of this type.
+    unsafe { *slot = entry };
     true
 }
 
@@ -214,6 +226,8 @@ pub fn tm_connect6(ctx: SockAddrContext) -> i32 {
 
 #[sock_ops]
 pub fn tm_sockops(ctx: SockOpsContext) -> u32 {
+    // The kernel runs this for every default callback of the app's sockets (timeout and window
+    // init, ECN, connect, established): the others return after this one comparison.
     let op = ctx.op();
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB || op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         record_tuple(&ctx);
@@ -221,20 +235,30 @@ pub fn tm_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-/// Moves the original destination of a redirected socket to its 4-tuple key: at `TCP_CONNECT_CB`
-/// (local port known, SYN not sent yet), and again at `ACTIVE_ESTABLISHED_CB` only if that first
-/// attempt could not store the tuple (the cookie entry is removed once the tuple is stored, so the
-/// second callback normally finds nothing and returns after one lookup).
+/// Copies the original destination of a redirected socket to its 4-tuple key: at
+/// `TCP_CONNECT_CB` (local port known, SYN not sent yet), and again at `ACTIVE_ESTABLISHED_CB`
+/// only if that first attempt could not store the tuple (the entry is marked done once the tuple
+/// is stored, so the second callback normally returns after one storage lookup; sockets that were
+/// not redirected have no storage and return there too).
 #[inline(always)]
 fn record_tuple(ctx: &SockOpsContext) {
-    // SAFETY: ctx is the kernel's bpf_sock_ops for this program.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
-    let Some(entry) = TM_ORIG_COOKIE.get_ptr(&cookie) else {
-        return;
-    };
-    // SAFETY: the pointer comes from a successful lookup.
-    let entry = unsafe { *entry };
     let ops = ctx.ops;
+    // SAFETY: ctx field load (a full socket at these callbacks; the verifier wants the null check).
+    let sk = unsafe { rd(&(*ops).__bindgen_anon_2.sk) };
+    if sk.is_null() {
+        return;
+    }
+    let map = core::ptr::from_ref(&TM_SK_ORIG).cast_mut().cast::<c_void>();
+    // SAFETY: a socket-storage map and a socket pointer from the context; no value, no flags.
+    let slot = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }.cast::<SockEntry>();
+    if slot.is_null() {
+        return;
+    }
+    // SAFETY: a non-null pointer from bpf_sk_storage_get to a value of this type.
+    let entry = unsafe { *slot };
+    if entry.state != SockEntry::PENDING {
+        return;
+    }
     // SAFETY: ctx field loads. Each one is a volatile read of exactly one field so that LLVM
     // cannot fold the offsets into a modified context pointer, which the verifier rejects.
     // Every field is loaded unconditionally and the values are selected afterwards: loads in
@@ -282,9 +306,10 @@ fn record_tuple(ctx: &SockOpsContext) {
         warn!(ctx, "traffic-manager: cannot record connection tuple");
         return;
     }
-    // The tuple is recorded: the cookie entry has done its job (a later connect() on the same
-    // socket records a new one).
-    let _ = TM_ORIG_COOKIE.remove(&cookie);
+    // The tuple is recorded: the socket's entry has done its job (a later connect() on the same
+    // socket sets it pending again). The kernel frees it with the socket.
+    // SAFETY: as above.
+    unsafe { (*slot).state = 0 };
 }
 
 /// `struct sockaddr_in` as `SO_ORIGINAL_DST` returns it.
