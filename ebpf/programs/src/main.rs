@@ -23,8 +23,10 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{bpf_sock, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB},
-    btf_maps::SkStorage,
+    bindings::{
+        bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, bpf_sock, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB,
+    },
     helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, generated::bpf_sk_storage_get},
     macros::{btf_map, cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
     maps::{HashMap, LruHashMap},
@@ -42,11 +44,56 @@ static TM_SETTINGS: HashMap<u64, PodSettings> = HashMap::pinned(capacity::SETTIN
 static TM_PORTS: HashMap<PortKey, PortFlags> = HashMap::pinned(capacity::PORTS, 0);
 #[map]
 static TM_PROXY_CG: HashMap<ProxyCgroupKey, u32> = HashMap::pinned(capacity::PROXY_CGROUPS, 0);
-/// The original destination of a redirected app socket, from connect4/6 to sockops. A BTF map
-/// (the kernel requires BTF for socket storage); not pinned: it holds nothing once sockops has
-/// run, and every socket's entry goes with the socket.
+/// A BTF definition of a socket-storage map (the kernel requires BTF key and value types for
+/// it), laid out like aya-ebpf's `btf_maps::SkStorage` plus `pinning`, which that one lacks:
+/// pinned by name like every other map here, so that when a restarted agent points a pod's links
+/// at its new programs one by one, a connect4 of the old instance and a sockops of the new one
+/// still share the storage.
+#[repr(C)]
+struct PinnedSkStorage<T> {
+    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+    /// `LIBBPF_PIN_BY_NAME`.
+    pinning: *const [i32; 1],
+}
+
+// SAFETY: placeholder pointers the loader reads from BTF; never dereferenced.
+unsafe impl<T> Sync for PinnedSkStorage<T> {}
+
+impl<T> PinnedSkStorage<T> {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+            pinning: core::ptr::null(),
+        }
+    }
+
+    /// The storage of `sk` (created from `init` when `init` is given and there is none yet).
+    ///
+    /// # Safety
+    /// `sk` must be a socket pointer the verifier accepts (from a program context).
+    #[inline(always)]
+    unsafe fn get(&self, sk: *mut bpf_sock, init: Option<&mut T>) -> *mut T {
+        let map = core::ptr::from_ref(self).cast_mut().cast::<c_void>();
+        let (value, flags) = match init {
+            Some(v) => (core::ptr::from_mut(v).cast::<c_void>(), u64::from(BPF_SK_STORAGE_GET_F_CREATE)),
+            None => (core::ptr::null_mut(), 0),
+        };
+        bpf_sk_storage_get(map, sk.cast(), value, flags).cast::<T>()
+    }
+}
+
+/// The original destination of a redirected app socket, from connect4/6 to sockops; every
+/// socket's entry goes with the socket.
 #[btf_map]
-static TM_SK_ORIG: SkStorage<SockEntry> = SkStorage::new();
+static TM_SK_ORIG: PinnedSkStorage<SockEntry> = PinnedSkStorage::new();
 #[map]
 static TM_ORIG_TUPLE: LruHashMap<TupleKey, OrigDst> = LruHashMap::pinned(capacity::ORIG_BY_TUPLE, 0);
 /// Written and read by the agent only (its record of managed pods, so it survives restarts).
@@ -129,7 +176,10 @@ fn remember(ctx: &SockAddrContext, netns_cookie: u64, dst: OrigDst) -> bool {
     };
     // SAFETY: ctx is the kernel's bpf_sock_addr for this program, whose `sk` is the socket being
     // connected (never null in connect4/6).
-    let slot = unsafe { TM_SK_ORIG.get_or_insert_ptr_mut(ctx, Some(&mut entry)) };
+    let slot = unsafe {
+        let sk = rd(&(*ctx.sock_addr).__bindgen_anon_1.sk);
+        TM_SK_ORIG.get(sk, Some(&mut entry))
+    };
     if slot.is_null() {
         warn!(
             ctx,
@@ -248,9 +298,8 @@ fn record_tuple(ctx: &SockOpsContext) {
     if sk.is_null() {
         return;
     }
-    let map = core::ptr::from_ref(&TM_SK_ORIG).cast_mut().cast::<c_void>();
-    // SAFETY: a socket-storage map and a socket pointer from the context; no value, no flags.
-    let slot = unsafe { bpf_sk_storage_get(map, sk.cast(), core::ptr::null_mut(), 0) }.cast::<SockEntry>();
+    // SAFETY: a socket pointer from the context, checked for null.
+    let slot = unsafe { TM_SK_ORIG.get(sk, None) };
     if slot.is_null() {
         return;
     }
