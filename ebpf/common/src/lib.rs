@@ -15,8 +15,7 @@ pub mod map_names {
     pub const SETTINGS: &str = "TM_SETTINGS";
     pub const PORTS: &str = "TM_PORTS";
     pub const PROXY_CGROUPS: &str = "TM_PROXY_CG";
-    /// Socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`) of the app's socket: connect4/6 -> sockops.
-    pub const ORIG_BY_SOCKET: &str = "TM_SK_ORIG";
+    pub const ORIG_BY_COOKIE: &str = "TM_ORIG_COOKIE";
     pub const ORIG_BY_TUPLE: &str = "TM_ORIG_TUPLE";
     pub const PODS: &str = "TM_PODS";
 }
@@ -26,6 +25,7 @@ pub mod capacity {
     pub const SETTINGS: u32 = 4096;
     pub const PORTS: u32 = 65536;
     pub const PROXY_CGROUPS: u32 = 8192;
+    pub const ORIG_BY_COOKIE: u32 = 65536;
     pub const ORIG_BY_TUPLE: u32 = 65536;
     pub const PODS: u32 = 4096;
 }
@@ -129,25 +129,16 @@ pub struct OrigDst {
 }
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 24);
 
-/// Value of `TM_SK_ORIG`, the socket-local storage of an application socket that connect4/6
-/// redirected: the original destination until sockops has moved it to `TM_ORIG_TUPLE` (at
-/// `TCP_CONNECT_CB`, when the local port is known). The kernel frees it with the socket, so there is
-/// no per-connection map insert or removal and nothing for the agent to drain.
+/// Value of `TM_ORIG_COOKIE` (keyed by the app socket's cookie, `u64`): written by connect4/6,
+/// moved to `TM_ORIG_TUPLE` by sockops once the local port is known. Carries the netns cookie so
+/// the agent can remove a pod's entries.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct SockEntry {
+pub struct CookieEntry {
     pub netns_cookie: u64,
     pub dst: OrigDst,
-    /// [`SockEntry::PENDING`] until the tuple is recorded.
-    pub state: u32,
-    pub _pad0: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockEntry>() == 40);
-
-impl SockEntry {
-    /// Set by connect4/6; cleared by sockops once `TM_ORIG_TUPLE` holds the connection.
-    pub const PENDING: u32 = 1;
-}
+const _: () = assert!(core::mem::size_of::<CookieEntry>() == 32);
 
 /// Key of `TM_ORIG_TUPLE`: the redirected connection seen from the proxy's accepted socket
 /// (client = the app's socket, proxy = the proxy's listener address), plus the netns cookie.
@@ -238,7 +229,7 @@ mod pod_impls {
     unsafe impl aya::Pod for PortFlags {}
     unsafe impl aya::Pod for ProxyCgroupKey {}
     unsafe impl aya::Pod for OrigDst {}
-    unsafe impl aya::Pod for SockEntry {}
+    unsafe impl aya::Pod for CookieEntry {}
     unsafe impl aya::Pod for TupleKey {}
     unsafe impl aya::Pod for PodName {}
     unsafe impl aya::Pod for PodRecord {}

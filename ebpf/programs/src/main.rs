@@ -2,12 +2,9 @@
 //! (connect4/6, sockops, bind4/6) and to its proxy's cgroup (getsockopt).
 //!
 //! - `connect4/6` rewrite an application's TCP `connect()` to the pod's proxy on loopback and
-//!   remember the original destination in the socket's own storage (`BPF_MAP_TYPE_SK_STORAGE`:
-//!   no hash insert or removal per connection, freed by the kernel with the socket).
-//! - `sockops` copies that record to a 4-tuple key as soon as the local port is known
-//!   (`TCP_CONNECT_CB`), i.e. before the proxy can accept the connection. The 4-tuple is the only
-//!   link to the proxy's accepted socket, a different socket. Every other callback returns after
-//!   comparing the op.
+//!   remember the original destination by socket cookie.
+//! - `sockops` moves that record to a 4-tuple key as soon as the local port is known
+//!   (`TCP_CONNECT_CB`), i.e. before the proxy can accept the connection.
 //! - `getsockopt` answers the proxy's `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST` from the 4-tuple,
 //!   exactly as netfilter conntrack would.
 //! - `bind4/6` stop the pod's applications from binding the proxy's ports.
@@ -23,19 +20,16 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::{
-        bpf_map_type::BPF_MAP_TYPE_SK_STORAGE, bpf_sock, BPF_F_NO_PREALLOC, BPF_SK_STORAGE_GET_F_CREATE,
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB,
-    },
-    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, generated::bpf_sk_storage_get},
-    macros::{btf_map, cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
+    bindings::{bpf_sock, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_TCP_CONNECT_CB},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
     maps::{HashMap, LruHashMap},
     programs::{SockAddrContext, SockOpsContext, SockoptContext},
 };
 use aya_log_ebpf::warn;
 use traffic_ebpf_common::{
-    capacity, is_v4_mapped, v4_mapped, OrigDst, PodName, PodRecord, PodSettings, PortFlags,
-    PortKey, ProxyCgroupKey, SockEntry, TupleKey, AF_INET, AF_INET6, SOCK_STREAM, SOL_IP, SOL_IPV6, SO_ORIGINAL_DST,
+    capacity, is_v4_mapped, v4_mapped, CookieEntry, OrigDst, PodName, PodRecord, PodSettings, PortFlags,
+    PortKey, ProxyCgroupKey, TupleKey, AF_INET, AF_INET6, SOCK_STREAM, SOL_IP, SOL_IPV6, SO_ORIGINAL_DST,
 };
 
 #[map]
@@ -44,56 +38,14 @@ static TM_SETTINGS: HashMap<u64, PodSettings> = HashMap::pinned(capacity::SETTIN
 static TM_PORTS: HashMap<PortKey, PortFlags> = HashMap::pinned(capacity::PORTS, 0);
 #[map]
 static TM_PROXY_CG: HashMap<ProxyCgroupKey, u32> = HashMap::pinned(capacity::PROXY_CGROUPS, 0);
-/// A BTF definition of a socket-storage map (the kernel requires BTF key and value types for
-/// it), laid out like aya-ebpf's `btf_maps::SkStorage` plus `pinning`, which that one lacks:
-/// pinned by name like every other map here, so that when a restarted agent points a pod's links
-/// at its new programs one by one, a connect4 of the old instance and a sockops of the new one
-/// still share the storage.
-#[repr(C)]
-struct PinnedSkStorage<T> {
-    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
-    key: *const i32,
-    value: *const T,
-    max_entries: *const [i32; 0],
-    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
-    /// `LIBBPF_PIN_BY_NAME`.
-    pinning: *const [i32; 1],
-}
+/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists. An entry lives from connect4/6 to sockops's
+/// `TCP_CONNECT_CB` in the same `connect()` call, on the same CPU, so per-CPU lists never run dry
+/// and inserts take no lock shared between CPUs.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
-// SAFETY: placeholder pointers the loader reads from BTF; never dereferenced.
-unsafe impl<T> Sync for PinnedSkStorage<T> {}
-
-impl<T> PinnedSkStorage<T> {
-    const fn new() -> Self {
-        Self {
-            r#type: core::ptr::null(),
-            key: core::ptr::null(),
-            value: core::ptr::null(),
-            max_entries: core::ptr::null(),
-            map_flags: core::ptr::null(),
-            pinning: core::ptr::null(),
-        }
-    }
-
-    /// The storage of `sk` (created from `init` when `init` is given and there is none yet).
-    ///
-    /// # Safety
-    /// `sk` must be a socket pointer the verifier accepts (from a program context).
-    #[inline(always)]
-    unsafe fn get(&self, sk: *mut bpf_sock, init: Option<&mut T>) -> *mut T {
-        let map = core::ptr::from_ref(self).cast_mut().cast::<c_void>();
-        let (value, flags) = match init {
-            Some(v) => (core::ptr::from_mut(v).cast::<c_void>(), u64::from(BPF_SK_STORAGE_GET_F_CREATE)),
-            None => (core::ptr::null_mut(), 0),
-        };
-        bpf_sk_storage_get(map, sk.cast(), value, flags).cast::<T>()
-    }
-}
-
-/// The original destination of a redirected app socket, from connect4/6 to sockops; every
-/// socket's entry goes with the socket.
-#[btf_map]
-static TM_SK_ORIG: PinnedSkStorage<SockEntry> = PinnedSkStorage::new();
+#[map]
+static TM_ORIG_COOKIE: LruHashMap<u64, CookieEntry> =
+    LruHashMap::pinned(capacity::ORIG_BY_COOKIE, BPF_F_NO_COMMON_LRU);
 #[map]
 static TM_ORIG_TUPLE: LruHashMap<TupleKey, OrigDst> = LruHashMap::pinned(capacity::ORIG_BY_TUPLE, 0);
 /// Written and read by the agent only (its record of managed pods, so it survives restarts).
@@ -163,34 +115,20 @@ fn redirect_port(ctx: &SockAddrContext, dst_port_be: u16) -> Option<(u64, u16)> 
     Some((netns, settings.proxy_port))
 }
 
-/// Remembers the original destination of this socket; false when the storage could not be
-/// allocated (then the connection is not redirected: a proxy that cannot learn the destination
-/// would drop it).
+/// Remembers the original destination of this socket; false when the map refused it (then the
+/// connection is not redirected: a proxy that cannot learn the destination would drop it).
 #[inline(always)]
 fn remember(ctx: &SockAddrContext, netns_cookie: u64, dst: OrigDst) -> bool {
-    let mut entry = SockEntry {
-        netns_cookie,
-        dst,
-        state: SockEntry::PENDING,
-        _pad0: 0,
-    };
-    // SAFETY: ctx is the kernel's bpf_sock_addr for this program, whose `sk` is the socket being
-    // connected (never null in connect4/6).
-    let slot = unsafe {
-        let sk = rd(&(*ctx.sock_addr).__bindgen_anon_1.sk);
-        TM_SK_ORIG.get(sk, Some(&mut entry))
-    };
-    if slot.is_null() {
+    // SAFETY: ctx is the kernel's bpf_sock_addr for this program.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
+    let entry = CookieEntry { netns_cookie, dst };
+    if TM_ORIG_COOKIE.insert(&cookie, &entry, 0).is_err() {
         warn!(
             ctx,
             "traffic-manager: cannot record original destination, not redirecting"
         );
         return false;
     }
-    // A socket that connected before (a failed non-blocking attempt) already had storage, which
-    // the call above returned as it was.
-    // SAFETY: a non-null pointer from bpf_sk_storage_get to a value of this type.
-    unsafe { *slot = entry };
     true
 }
 
@@ -276,8 +214,6 @@ pub fn tm_connect6(ctx: SockAddrContext) -> i32 {
 
 #[sock_ops]
 pub fn tm_sockops(ctx: SockOpsContext) -> u32 {
-    // The kernel runs this for every default callback of the app's sockets (timeout and window
-    // init, ECN, connect, established): the others return after this one comparison.
     let op = ctx.op();
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB || op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         record_tuple(&ctx);
@@ -285,29 +221,20 @@ pub fn tm_sockops(ctx: SockOpsContext) -> u32 {
     1
 }
 
-/// Copies the original destination of a redirected socket to its 4-tuple key: at
-/// `TCP_CONNECT_CB` (local port known, SYN not sent yet), and again at `ACTIVE_ESTABLISHED_CB`
-/// only if that first attempt could not store the tuple (the entry is marked done once the tuple
-/// is stored, so the second callback normally returns after one storage lookup; sockets that were
-/// not redirected have no storage and return there too).
+/// Moves the original destination of a redirected socket to its 4-tuple key: at `TCP_CONNECT_CB`
+/// (local port known, SYN not sent yet), and again at `ACTIVE_ESTABLISHED_CB` only if that first
+/// attempt could not store the tuple (the cookie entry is removed once the tuple is stored, so the
+/// second callback normally finds nothing and returns after one lookup).
 #[inline(always)]
 fn record_tuple(ctx: &SockOpsContext) {
+    // SAFETY: ctx is the kernel's bpf_sock_ops for this program.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
+    let Some(entry) = TM_ORIG_COOKIE.get_ptr(&cookie) else {
+        return;
+    };
+    // SAFETY: the pointer comes from a successful lookup.
+    let entry = unsafe { *entry };
     let ops = ctx.ops;
-    // SAFETY: ctx field load (a full socket at these callbacks; the verifier wants the null check).
-    let sk = unsafe { rd(&(*ops).__bindgen_anon_2.sk) };
-    if sk.is_null() {
-        return;
-    }
-    // SAFETY: a socket pointer from the context, checked for null.
-    let slot = unsafe { TM_SK_ORIG.get(sk, None) };
-    if slot.is_null() {
-        return;
-    }
-    // SAFETY: a non-null pointer from bpf_sk_storage_get to a value of this type.
-    let entry = unsafe { *slot };
-    if entry.state != SockEntry::PENDING {
-        return;
-    }
     // SAFETY: ctx field loads. Each one is a volatile read of exactly one field so that LLVM
     // cannot fold the offsets into a modified context pointer, which the verifier rejects.
     // Every field is loaded unconditionally and the values are selected afterwards: loads in
@@ -355,10 +282,9 @@ fn record_tuple(ctx: &SockOpsContext) {
         warn!(ctx, "traffic-manager: cannot record connection tuple");
         return;
     }
-    // The tuple is recorded: the socket's entry has done its job (a later connect() on the same
-    // socket sets it pending again). The kernel frees it with the socket.
-    // SAFETY: as above.
-    unsafe { (*slot).state = 0 };
+    // The tuple is recorded: the cookie entry has done its job (a later connect() on the same
+    // socket records a new one).
+    let _ = TM_ORIG_COOKIE.remove(&cookie);
 }
 
 /// `struct sockaddr_in` as `SO_ORIGINAL_DST` returns it.

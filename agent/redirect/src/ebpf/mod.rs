@@ -28,7 +28,7 @@ use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError};
 use aya::programs::{CgroupSockAddr, CgroupSockopt, SockOps};
 use aya::{Ebpf, EbpfLoader, Pod};
 use traffic_ebpf_common::{
-    OrigDst, PodName, PodRecord, PodSettings, PortFlags, PortKey, ProxyCgroupKey, TupleKey,
+    CookieEntry, OrigDst, PodName, PodRecord, PodSettings, PortFlags, PortKey, ProxyCgroupKey, TupleKey,
     PROXY_CGROUP_PRESENT,
 };
 
@@ -165,6 +165,7 @@ struct Maps {
     settings: BpfHashMap<MapData, u64, PodSettings>,
     ports: BpfHashMap<MapData, PortKey, PortFlags>,
     proxy_cg: BpfHashMap<MapData, ProxyCgroupKey, u32>,
+    orig_cookie: BpfHashMap<MapData, u64, CookieEntry>,
     orig_tuple: BpfHashMap<MapData, TupleKey, OrigDst>,
     pods: BpfHashMap<MapData, PodName, PodRecord>,
 }
@@ -208,6 +209,7 @@ impl EbpfRedirector {
             settings: take_map(&mut ebpf, map_names::SETTINGS)?,
             ports: take_map(&mut ebpf, map_names::PORTS)?,
             proxy_cg: take_map(&mut ebpf, map_names::PROXY_CGROUPS)?,
+            orig_cookie: take_map(&mut ebpf, map_names::ORIG_BY_COOKIE)?,
             orig_tuple: take_map(&mut ebpf, map_names::ORIG_BY_TUPLE)?,
             pods: take_map(&mut ebpf, map_names::PODS)?,
         };
@@ -247,6 +249,7 @@ impl EbpfRedirector {
             usage(map_names::SETTINGS, &m.settings)?,
             usage(map_names::PORTS, &m.ports)?,
             usage(map_names::PROXY_CGROUPS, &m.proxy_cg)?,
+            usage(map_names::ORIG_BY_COOKIE, &m.orig_cookie)?,
             usage(map_names::ORIG_BY_TUPLE, &m.orig_tuple)?,
             usage(map_names::PODS, &m.pods)?,
         ])
@@ -579,9 +582,18 @@ impl Maps {
         Ok(e)
     }
 
-    /// Removes the per-connection entries of a netns (best effort: they are LRU anyway). The
-    /// socket-local storage of connect4/6 (`TM_SK_ORIG`) goes with each socket.
+    /// Removes the per-connection entries of a netns (best effort: they are LRU anyway).
     fn purge_connections(&mut self, netns: u64) {
+        let cookies: Vec<u64> = self
+            .orig_cookie
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.netns_cookie == netns)
+            .map(|(k, _)| k)
+            .collect();
+        for k in cookies {
+            let _ = self.orig_cookie.remove(&k);
+        }
         let tuples: Vec<TupleKey> = self
             .orig_tuple
             .keys()
