@@ -117,10 +117,7 @@ mod tests {
         let allowed = [0, 1];
         assert_eq!(CpuChoice::Last.resolve(&allowed).unwrap(), Some(vec![1]));
         assert_eq!(CpuChoice::All.resolve(&allowed).unwrap(), None);
-        assert_eq!(
-            CpuChoice::List(vec![0]).resolve(&allowed).unwrap(),
-            Some(vec![0])
-        );
+        assert_eq!(CpuChoice::List(vec![0]).resolve(&allowed).unwrap(), Some(vec![0]));
         assert!(CpuChoice::List(vec![2]).resolve(&allowed).is_err());
     }
 }
