@@ -27,7 +27,9 @@
 //! slow another), and the three modes of a round run at the same time, each in its own pod and
 //! cgroups: the CPU a connection costs still moves with the machine's load (other processes evict
 //! the caches; on a 2-core VM shared with compilers by +-10 % from one 5 s window to the next),
-//! but it moves for all three modes alike, so their ratios hold still. `--sequential` runs them
+//! but it moves for all three modes alike, so their ratios hold still, provided every mode's
+//! processes are placed alike: by default they all run on the machine's last CPU (`--cpus`; see
+//! bench_redirect/pinning for why and the figures). `--sequential` runs them
 //! one after another instead (each mode's wall-clock figures alone; the v1 fallback always does,
 //! one cpuacct group cannot tell the modes apart), rotating the order between rounds. Every
 //! figure is shown as min/median/max over rounds, and the ratios are computed per round before
@@ -39,6 +41,7 @@
 //! average before and after. `--json FILE` writes every figure for `cargo xtask bench compare`.
 //! A benchmark, not a test: it asserts nothing beyond "no errors". Needs root.
 mod bpf_stats;
+mod pinning;
 mod report;
 
 use std::collections::BTreeMap;
@@ -94,6 +97,11 @@ pub struct Options {
     /// Also write every figure (and each round's raw counters) to this file as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// CPUs every process of the run (client, proxy, backend of every mode) runs on: `last` (the
+    /// machine's last CPU: every mode gets the same same-CPU hand-offs, see bench_redirect/pinning),
+    /// `all` (no pinning), or a list such as `1` or `0-1`.
+    #[arg(long, default_value = "last")]
+    pub cpus: String,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -130,7 +138,15 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         "the benchmark creates network namespaces and attaches BPF: run it as root"
     );
     anyhow::ensure!(o.rounds > 0, "--rounds must be at least 1");
+    let cpu_choice = pinning::CpuChoice::parse(&o.cpus)?;
     let bin_dir = build_test_binaries(o.debug)?;
+    // After the build (which should use every CPU), before any thread or process starts: they all
+    // inherit this thread's CPUs.
+    let pinned = cpu_choice.resolve(&pinning::allowed_cpus()?)?;
+    if let Some(cpus) = &pinned {
+        pinning::pin_to(cpus)?;
+    }
+    let cpus_shown = pinned.map_or_else(|| "all".to_string(), |c| format!("{c:?}"));
     // Read by traffic_tests::bins; set before any thread starts.
     std::env::set_var(bins::BIN_DIR_ENV, &bin_dir);
     let flavour = match o.flavour {
@@ -155,7 +171,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     };
     let load_before = loadavg();
     eprintln!(
-        "bench: {} rounds x {}s per mode, {} client threads, {} workers, proxy {}, service {SERVICE}, CPU from {accounting}, load {load_before}",
+        "bench: {} rounds x {}s per mode, {} client threads, {} workers, proxy {}, service {SERVICE}, CPU from {accounting}, CPUs {cpus_shown}, load {load_before}",
         o.rounds,
         o.duration_secs,
         o.concurrency,
@@ -272,10 +288,11 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             "workers": o.workers, "proxy": o.proxy.arg(), "flavour": flavour.to_string(),
             "cpu_accounting": accounting, "load_before": load_before, "load_after": load_after,
             "modes_run": if together { "together" } else { "sequential" },
+            "cpus": cpus_shown,
         }),
     };
     println!(
-        "\nredirect benchmark: short-lived connections through bench-server (proxy {}), {} rounds x {}s, modes {}, {} client threads each, CPU from {accounting}",
+        "\nredirect benchmark: short-lived connections through bench-server (proxy {}), {} rounds x {}s, modes {}, {} client threads each, CPUs {cpus_shown}, CPU from {accounting}",
         o.proxy.arg(),
         o.rounds,
         o.duration_secs,
