@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -333,118 +332,7 @@ impl std::fmt::Debug for TlsSecret {
     }
 }
 
-/// One computed endpoint of a Service port: a ready pod selected by the Service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint<'m> {
-    pub pod: &'m Pod,
-    pub ip: IpAddr,
-    pub port: u16,
-}
-
-/// Why a model file could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelError {
-    #[error("cannot read model file {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("invalid model YAML{}: {source}", path.as_deref().map(|p| format!(" in {p}")).unwrap_or_default())]
-    Yaml {
-        path: Option<String>,
-        #[source]
-        source: serde_yaml::Error,
-    },
-    #[error("duplicate {kind} {namespace}/{name} in the model")]
-    Duplicate {
-        kind: &'static str,
-        namespace: String,
-        name: String,
-    },
-}
-
-impl ModelError {
-    /// Names `path` in a YAML error that does not name its file yet.
-    pub fn in_file(self, path: &Path) -> Self {
-        match self {
-            ModelError::Yaml { path: None, source } => ModelError::Yaml {
-                path: Some(path.display().to_string()),
-                source,
-            },
-            other => other,
-        }
-    }
-}
-
-/// The text of a model file.
-pub fn read_model_file(path: &Path) -> Result<String, ModelError> {
-    std::fs::read_to_string(path).map_err(|source| ModelError::Read {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
 impl MeshModel {
-    /// Parse a model from YAML text and check it for duplicates.
-    pub fn from_yaml_str(text: &str) -> Result<Self, ModelError> {
-        let model: MeshModel =
-            serde_yaml::from_str(text).map_err(|source| ModelError::Yaml { path: None, source })?;
-        model.check_unique()?;
-        Ok(model)
-    }
-
-    /// Read and parse a YAML model file.
-    pub fn from_yaml_file(path: impl AsRef<Path>) -> Result<Self, ModelError> {
-        let path = path.as_ref();
-        Self::from_yaml_str(&read_model_file(path)?).map_err(|e| e.in_file(path))
-    }
-
-    /// Render the model as YAML (for `config` dumps and fixtures).
-    pub fn to_yaml(&self) -> Result<String, ModelError> {
-        serde_yaml::to_string(self).map_err(|source| ModelError::Yaml { path: None, source })
-    }
-
-    /// Refuses two objects of the same kind with the same namespace and name (done by the parsers;
-    /// public for sources that assemble a model themselves).
-    pub fn check_unique(&self) -> Result<(), ModelError> {
-        fn check<'a>(
-            kind: &'static str,
-            items: impl Iterator<Item = (&'a str, &'a str)>,
-        ) -> Result<(), ModelError> {
-            // Hashing: 10,000 pods are checked on every model file re-read.
-            let mut seen = std::collections::HashSet::with_capacity(items.size_hint().0);
-            for (ns, name) in items {
-                if !seen.insert((ns, name)) {
-                    return Err(ModelError::Duplicate {
-                        kind,
-                        namespace: ns.to_string(),
-                        name: name.to_string(),
-                    });
-                }
-            }
-            Ok(())
-        }
-        check("Service", self.services.iter().map(|s| (&*s.namespace, &*s.name)))?;
-        check("Pod", self.pods.iter().map(|p| (&*p.namespace, &*p.name)))?;
-        check(
-            "Ingress",
-            self.ingresses.iter().map(|i| (&*i.namespace, &*i.name)),
-        )?;
-        check("Secret", self.secrets.iter().map(|s| (&*s.namespace, &*s.name)))?;
-        let mut seen = std::collections::BTreeSet::new();
-        for w in &self.workloads {
-            if !seen.insert((w.kind, &*w.namespace, &*w.name)) {
-                return Err(ModelError::Duplicate {
-                    kind: w.kind.as_str(),
-                    namespace: w.namespace.clone(),
-                    name: w.name.clone(),
-                });
-            }
-        }
-        Ok(())
-    }
-
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
         self.services
             .iter()
@@ -470,87 +358,17 @@ impl MeshModel {
             .iter()
             .find(|w| w.kind == owner.kind && w.namespace == pod.namespace && w.name == owner.name)
     }
-
-    /// Pods selected by a Service (same namespace, non-empty selector all matching), whether
-    /// ready or not.
-    pub fn selected_pods<'m>(&'m self, service: &'m Service) -> impl Iterator<Item = &'m Pod> + 'm {
-        self.pods.iter().filter(move |pod| service.selects(pod))
-    }
-
-    /// Services selecting a pod.
-    pub fn services_of<'m>(&'m self, pod: &'m Pod) -> impl Iterator<Item = &'m Service> + 'm {
-        self.services.iter().filter(move |service| service.selects(pod))
-    }
-
-    /// The computed endpoints of one Service port: ready, selected pods with an IP whose target
-    /// port resolves. Sorted by pod name for stable output.
-    pub fn endpoints<'m>(&'m self, service: &'m Service, port: &ServicePort) -> Vec<Endpoint<'m>> {
-        endpoints_of(self.selected_pods(service), port)
-    }
 }
 
-/// The endpoints among `pods` (already selected by a Service) for one of its ports: ready pods
-/// with an IP whose target port resolves, sorted by pod name.
-pub fn endpoints_of<'m>(pods: impl Iterator<Item = &'m Pod>, port: &ServicePort) -> Vec<Endpoint<'m>> {
-    {
-        let mut out: Vec<Endpoint<'m>> = pods
-            .filter(|pod| pod.ready)
-            .filter_map(|pod| {
-                Some(Endpoint {
-                    pod,
-                    ip: pod.ip?,
-                    port: pod.resolve_target_port(port)?,
-                })
-            })
-            .collect();
-        out.sort_by(|a, b| a.pod.name.cmp(&b.pod.name));
-        out
-    }
-}
+mod endpoints;
+mod file;
 
-/// Pods indexed by (namespace, label key, label value), so finding a Service's pods does not scan
-/// every pod: translating 1000 Services x 10 pods each took 15 s (debug build) with the scan.
-#[derive(Debug)]
-pub struct PodIndex<'m> {
-    pods: &'m [Pod],
-    by_label: std::collections::HashMap<(&'m str, &'m str, &'m str), Vec<usize>>,
-}
+pub use endpoints::{endpoints_of, Endpoint, PodIndex};
+pub use file::{read_model_file, ModelError};
 
-impl<'m> PodIndex<'m> {
-    pub fn new(pods: &'m [Pod]) -> Self {
-        let mut by_label: std::collections::HashMap<_, Vec<usize>> = std::collections::HashMap::new();
-        for (i, pod) in pods.iter().enumerate() {
-            for (k, v) in &pod.labels {
-                by_label.entry((&*pod.namespace, &**k, &**v)).or_default().push(i);
-            }
-        }
-        PodIndex { pods, by_label }
-    }
-
-    /// Pods selected by `service` (same result as [`MeshModel::selected_pods`], in model order).
-    pub fn selected(&self, service: &Service) -> Vec<&'m Pod> {
-        let lists: Option<Vec<&Vec<usize>>> = service
-            .selector
-            .iter()
-            .map(|(k, v)| self.by_label.get(&(&*service.namespace, &**k, &**v)))
-            .collect();
-        let Some(shortest) = lists.and_then(|l| l.into_iter().min_by_key(|l| l.len())) else {
-            return Vec::new();
-        };
-        shortest
-            .iter()
-            .map(|i| &self.pods[*i])
-            .filter(|pod| service.selects(pod))
-            .collect()
-    }
-}
-
+/// A small model (three reviews pods, one ready with an IP) for the submodules' unit tests.
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests fail loudly on bad fixtures")]
-mod tests {
-    use super::*;
-
-    const SMALL: &str = r#"
+const SMALL: &str = r#"
 services:
 - name: reviews
   clusterIPs: [10.96.0.20]
@@ -576,68 +394,3 @@ workloads:
   name: reviews-v1
   labels: {traffic.envoy.enabled: true, traffic.endpoint.weight: 10}
 "#;
-
-    #[test]
-    fn yaml_model_loads_with_kubernetes_spelling_and_defaults() {
-        let m = MeshModel::from_yaml_str(SMALL).unwrap();
-        let svc = &m.services[0];
-        assert_eq!(svc.namespace, "default");
-        assert_eq!(svc.ports[0].target_port, Some(TargetPort::Name("http".into())));
-        assert_eq!(svc.ports[0].protocol, PortProtocol::Tcp);
-        // Unquoted YAML booleans and numbers still arrive as label strings.
-        let w = &m.workloads[0];
-        assert_eq!(w.labels["traffic.envoy.enabled"], "true");
-        assert_eq!(w.labels["traffic.endpoint.weight"], "10");
-        assert_eq!(m.owner_of(&m.pods[0]).unwrap().name, "reviews-v1");
-        assert_eq!(m.pods[0].node_id(), "reviews-v1-1.default");
-    }
-
-    #[test]
-    fn endpoints_are_ready_selected_pods_with_an_ip_and_resolved_port() {
-        let m = MeshModel::from_yaml_str(SMALL).unwrap();
-        let svc = &m.services[0];
-        let eps = m.endpoints(svc, &svc.ports[0]);
-        assert_eq!(eps.len(), 1);
-        assert_eq!(eps[0].pod.name, "reviews-v1-1");
-        assert_eq!(eps[0].port, 9080);
-        assert_eq!(m.services_of(&m.pods[1]).count(), 1);
-    }
-
-    #[test]
-    fn the_pod_index_selects_like_the_scan() {
-        let m = MeshModel::from_yaml_str(SMALL).unwrap();
-        let idx = PodIndex::new(&m.pods);
-        let svc = &m.services[0];
-        assert_eq!(idx.selected(svc), m.selected_pods(svc).collect::<Vec<_>>());
-        let mut other = svc.clone();
-        other.namespace = "elsewhere".into();
-        assert!(idx.selected(&other).is_empty());
-        other = svc.clone();
-        other.selector.clear();
-        assert!(idx.selected(&other).is_empty(), "no selector, no pods");
-    }
-
-    #[test]
-    fn unknown_fields_and_duplicates_are_rejected() {
-        assert!(MeshModel::from_yaml_str("services: [{name: a, bogus: 1}]").is_err());
-        let dup = "services: [{name: a}, {name: a}]";
-        assert!(matches!(
-            MeshModel::from_yaml_str(dup),
-            Err(ModelError::Duplicate { kind: "Service", .. })
-        ));
-    }
-
-    #[test]
-    fn model_round_trips_through_yaml() {
-        let m = MeshModel::from_yaml_str(SMALL).unwrap();
-        let again = MeshModel::from_yaml_str(&m.to_yaml().unwrap()).unwrap();
-        assert_eq!(m, again);
-    }
-
-    #[test]
-    fn the_bookinfo_example_loads() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/bookinfo.yaml");
-        let m = MeshModel::from_yaml_file(path).unwrap();
-        assert_eq!(m.services.len(), 4);
-    }
-}
