@@ -18,7 +18,7 @@ use crate::delta::{DeltaResponse, DeltaStream};
 use crate::metrics::{Mode, ModeLabels, ReasonLabels, TypeLabels, XdsMetrics};
 use crate::quarantine::Verdict;
 use crate::rejection::{Rejection, RejectionSink};
-use crate::request::SotwRequest;
+use crate::request::decode_sotw_with;
 use crate::sotw::{SotwResponse, SotwStream};
 use crate::transport::{AdsService, Inbound};
 use crate::{type_name, NameSets, View, SECRET};
@@ -171,7 +171,7 @@ impl XdsServer {
     /// Starts the task serving one SotW stream; its responses come out of the returned channel.
     pub(crate) fn start_sotw(
         &self,
-        inbound: Inbound<SotwRequest>,
+        inbound: Inbound<Bytes>,
         ctx: StreamContext,
     ) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
@@ -443,7 +443,7 @@ type FrameSender = mpsc::Sender<Bytes>;
 
 async fn run_sotw(
     shared: Arc<Shared>,
-    mut inbound: Inbound<SotwRequest>,
+    mut inbound: Inbound<Bytes>,
     tx: FrameSender,
     mut ctx: StreamContext,
 ) {
@@ -459,7 +459,8 @@ async fn run_sotw(
     loop {
         tokio::select! {
             req = inbound.message() => {
-                let req = match req {
+                let req = match req.and_then(|r| r.map(|bytes| decode_sotw_with(bytes, state.known_names())
+                    .map_err(|e| tonic::Status::internal(format!("invalid request: {e}")))).transpose()) {
                     Ok(Some(req)) => req,
                     Ok(None) => break,
                     Err(status) => {
