@@ -83,8 +83,8 @@ fn api_listener(name: &str, cluster: &str) -> Listener {
 pub struct WithApiListeners {
     inner: Arc<dyn MeshSnapshot>,
     /// The clusters `listeners` were built from.
-    clusters: Resources,
-    listeners: Resources,
+    clusters: Arc<Resources>,
+    listeners: Arc<Resources>,
     /// Nodes with their own view (from a translation); everyone else shares the sidecar view.
     own_views: Option<BTreeSet<String>>,
 }
@@ -105,17 +105,24 @@ impl WithApiListeners {
     /// clusters they are built from did not change (an endpoint change rebuilds nothing here).
     pub fn from_translation_reusing(snapshot: Snapshot, prev: &WithApiListeners) -> Self {
         let own: BTreeSet<String> = snapshot.overridden_nodes().map(str::to_string).collect();
-        let inner: Arc<dyn MeshSnapshot> = Arc::new(snapshot);
-        let clusters = inner.for_node("").by_type.remove(CLUSTER).unwrap_or_default();
+        // The shared sidecar view's clusters (what `for_node("")` gives), compared in place: an
+        // endpoint change copies no map here.
+        let empty = Resources::new();
+        let clusters = snapshot
+            .views()
+            .next()
+            .and_then(|(_, nr)| nr.by_type.get(CLUSTER))
+            .unwrap_or(&empty);
         let same = clusters.len() == prev.clusters.len()
             && clusters
                 .iter()
-                .zip(&prev.clusters)
+                .zip(prev.clusters.iter())
                 .all(|((n, r), (pn, pr))| n == pn && (Arc::ptr_eq(r, pr) || r == pr));
+        let inner: Arc<dyn MeshSnapshot> = Arc::new(snapshot);
         let mut w = if same {
             WithApiListeners {
                 inner,
-                clusters,
+                clusters: prev.clusters.clone(),
                 listeners: prev.listeners.clone(),
                 own_views: None,
             }
@@ -141,8 +148,8 @@ impl WithApiListeners {
         }
         WithApiListeners {
             inner,
-            clusters,
-            listeners,
+            clusters: Arc::new(clusters),
+            listeners: Arc::new(listeners),
             own_views: None,
         }
     }
@@ -154,7 +161,7 @@ impl MeshSnapshot for WithApiListeners {
             None => self.inner.for_node(node_id),
             Some(pod) => {
                 let mut nr = self.inner.for_node(pod);
-                nr.by_type.insert(LISTENER, self.listeners.clone());
+                nr.by_type.insert(LISTENER, (*self.listeners).clone());
                 nr
             }
         }

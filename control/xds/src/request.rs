@@ -186,10 +186,9 @@ fn split(bytes: &Bytes, known: &[Arc<EncodedNames>]) -> Option<(Vec<u8>, Names)>
                         return split(bytes, &[]);
                     }
                     if run.is_none() {
-                        if let Some(k) = known
-                            .iter()
-                            .find(|k| !k.run.is_empty() && data.get(start..start + k.run.len()) == Some(&k.run[..]))
-                        {
+                        if let Some(k) = known.iter().find(|k| {
+                            !k.run.is_empty() && data.get(start..start + k.run.len()) == Some(&k.run[..])
+                        }) {
                             hit = Some(k.clone());
                             pos = start + k.run.len();
                             continue;
@@ -243,7 +242,10 @@ pub fn decode_sotw(bytes: Bytes) -> Result<SotwRequest, prost::DecodeError> {
 
 /// Decodes one encoded `DiscoveryRequest` whose names may repeat one of the `known` lists (the
 /// stream's current subscriptions): then they are that list, found with one comparison.
-pub fn decode_sotw_with(bytes: Bytes, known: &[Arc<EncodedNames>]) -> Result<SotwRequest, prost::DecodeError> {
+pub fn decode_sotw_with(
+    bytes: Bytes,
+    known: &[Arc<EncodedNames>],
+) -> Result<SotwRequest, prost::DecodeError> {
     match split(&bytes, known) {
         Some((rest, Names::Spans(spans))) => Ok(SotwRequest {
             message: DiscoveryRequest::decode(rest.as_slice())?,

@@ -169,11 +169,7 @@ impl XdsServer {
     }
 
     /// Starts the task serving one SotW stream; its responses come out of the returned channel.
-    pub(crate) fn start_sotw(
-        &self,
-        inbound: Inbound<Bytes>,
-        ctx: StreamContext,
-    ) -> mpsc::Receiver<Bytes> {
+    pub(crate) fn start_sotw(&self, inbound: Inbound<Bytes>, ctx: StreamContext) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let span = info_span!("ads", mode = "sotw", peer = ?ctx.peer, node = tracing::field::Empty);
         tokio::spawn(run_sotw(self.shared.clone(), inbound, tx, ctx).instrument(span));
@@ -441,12 +437,7 @@ impl AckTimer {
 
 type FrameSender = mpsc::Sender<Bytes>;
 
-async fn run_sotw(
-    shared: Arc<Shared>,
-    mut inbound: Inbound<Bytes>,
-    tx: FrameSender,
-    mut ctx: StreamContext,
-) {
+async fn run_sotw(shared: Arc<Shared>, mut inbound: Inbound<Bytes>, tx: FrameSender, mut ctx: StreamContext) {
     const MODE: Mode = Mode::Sotw;
     let _connected = Connected::new(&shared.metrics, MODE);
     let mut published = shared.published.clone();

@@ -286,7 +286,11 @@ impl SotwStream {
     }
 
     fn names_known(&mut self) {
-        self.known_names = self.types.values().filter_map(|ts| ts.known_names.clone()).collect();
+        self.known_names = self
+            .types
+            .values()
+            .filter_map(|ts| ts.known_names.clone())
+            .collect();
     }
 
     /// `names` interned, if any (an empty list is cheap to check as it is).
