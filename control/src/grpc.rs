@@ -118,10 +118,10 @@ fn inline_routes(name: &str, cluster: &str) -> HttpConnectionManager {
 pub struct WithApiListeners {
     inner: Arc<dyn MeshSnapshot>,
     /// The clusters `listeners` were built from.
-    clusters: Resources,
+    clusters: Arc<Resources>,
     /// The names of the shared sidecar route configurations `listeners` were built from.
-    routes: BTreeSet<String>,
-    listeners: Resources,
+    routes: Arc<BTreeSet<String>>,
+    listeners: Arc<Resources>,
     /// Nodes with their own view (from a translation); everyone else shares the sidecar view.
     own_views: Option<BTreeSet<String>>,
 }
@@ -142,21 +142,24 @@ impl WithApiListeners {
     /// clusters they are built from did not change (an endpoint change rebuilds nothing here).
     pub fn from_translation_reusing(snapshot: Snapshot, prev: &WithApiListeners) -> Self {
         let own: BTreeSet<String> = snapshot.overridden_nodes().map(str::to_string).collect();
-        let inner: Arc<dyn MeshSnapshot> = Arc::new(snapshot);
-        let mut shared = inner.for_node("");
-        let clusters = shared.by_type.remove(CLUSTER).unwrap_or_default();
-        let routes = route_names(shared.by_type.remove(ROUTE));
-        let same = routes == prev.routes
+        // The shared sidecar view's clusters and route names (what `for_node("")` gives),
+        // compared in place: an endpoint change copies no map here.
+        let empty = Resources::new();
+        let shared = snapshot.views().next().map(|(_, nr)| nr);
+        let of = |type_url: &str| shared.and_then(|nr| nr.by_type.get(type_url)).unwrap_or(&empty);
+        let (clusters, routes) = (of(CLUSTER), of(ROUTE));
+        let same = routes.keys().eq(prev.routes.iter())
             && clusters.len() == prev.clusters.len()
             && clusters
                 .iter()
-                .zip(&prev.clusters)
+                .zip(prev.clusters.iter())
                 .all(|((n, r), (pn, pr))| n == pn && (Arc::ptr_eq(r, pr) || r == pr));
+        let inner: Arc<dyn MeshSnapshot> = Arc::new(snapshot);
         let mut w = if same {
             WithApiListeners {
                 inner,
-                clusters,
-                routes,
+                clusters: prev.clusters.clone(),
+                routes: prev.routes.clone(),
                 listeners: prev.listeners.clone(),
                 own_views: None,
             }
@@ -188,9 +191,9 @@ impl WithApiListeners {
         }
         WithApiListeners {
             inner,
-            clusters,
-            routes,
-            listeners,
+            clusters: Arc::new(clusters),
+            routes: Arc::new(routes),
+            listeners: Arc::new(listeners),
             own_views: None,
         }
     }
@@ -206,7 +209,7 @@ impl MeshSnapshot for WithApiListeners {
             None => self.inner.for_node(node_id),
             Some(pod) => {
                 let mut nr = self.inner.for_node(pod);
-                nr.by_type.insert(LISTENER, self.listeners.clone());
+                nr.by_type.insert(LISTENER, (*self.listeners).clone());
                 nr
             }
         }

@@ -170,11 +170,39 @@ impl<T> Default for ItemCache<T> {
     }
 }
 
-impl<T: DeserializeOwned + Clone> ItemCache<T> {
+/// How a parse compares with the one before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Difference {
+    /// The same model.
+    Same,
+    /// A different model.
+    Changed,
+    /// Not known without comparing the models.
+    Unknown,
+}
+
+impl Difference {
+    fn and(self, other: Difference) -> Difference {
+        use Difference::*;
+        match (self, other) {
+            (Changed, _) | (_, Changed) => Changed,
+            (Unknown, _) | (_, Unknown) => Unknown,
+            (Same, Same) => Same,
+        }
+    }
+}
+
+impl<T: DeserializeOwned + Clone + PartialEq> ItemCache<T> {
     /// Every item of `chunks`, parsing only texts not seen last time (an item at the same position
     /// with the same text costs a comparison; one that moved, a lookup); the cache then holds
-    /// exactly these items. `None` if an item does not parse on its own.
-    fn items(&mut self, chunks: &[&str]) -> Option<(Vec<T>, usize)> {
+    /// exactly these items. `None` if an item does not parse on its own. Also says how the list
+    /// differs from the last one (an item parsed again is compared with the one it replaces).
+    fn items(&mut self, chunks: &[&str]) -> Option<(Vec<T>, usize, Difference)> {
+        let mut diff = if chunks.len() == self.0.len() {
+            Difference::Same
+        } else {
+            Difference::Changed
+        };
         let mut old: Vec<Option<(String, T)>> = std::mem::take(&mut self.0).into_iter().map(Some).collect();
         // Built only when items moved (several misses at their old position): a changed item is
         // one miss, and indexing 10,000 texts for it would cost more than parsing it.
@@ -191,6 +219,7 @@ impl<T: DeserializeOwned + Clone> ItemCache<T> {
             let found = if same_place {
                 old.get_mut(i).and_then(Option::take)
             } else if misses < 8 {
+                diff = diff.and(Difference::Unknown);
                 misses += 1;
                 None
             } else {
@@ -200,6 +229,7 @@ impl<T: DeserializeOwned + Clone> ItemCache<T> {
                         .filter_map(|(j, o)| o.as_ref().map(|(text, _)| (text.clone(), j)))
                         .collect()
                 });
+                diff = diff.and(Difference::Unknown);
                 index
                     .get(*chunk)
                     .and_then(|j| old.get_mut(*j))
@@ -213,14 +243,22 @@ impl<T: DeserializeOwned + Clone> ItemCache<T> {
                     if one.len() != 1 {
                         return None;
                     }
-                    ((*chunk).to_string(), one.pop()?)
+                    let value = one.pop()?;
+                    // The item this one replaces, if still at its place: compared, the list is
+                    // known to differ or (one item of several) not known to.
+                    if let Some(Some((_, was))) = old.get(i) {
+                        if *was != value {
+                            diff = Difference::Changed;
+                        }
+                    }
+                    ((*chunk).to_string(), value)
                 }
             };
             out.push(item.1.clone());
             next.push(item);
         }
         self.0 = next;
-        Some((out, parsed))
+        Some((out, parsed, diff))
     }
 }
 
@@ -234,12 +272,17 @@ pub struct ModelParser {
     secrets: ItemCache<TlsSecret>,
     /// The text of the last `istio:` block and what it parsed to.
     istio: Option<(String, IstioConfig)>,
+    /// How the last parse compared with the one before it.
+    last: Option<Difference>,
 }
 
 impl ModelParser {
     /// The model `text` describes: the same as [`MeshModel::from_yaml_str`].
     pub fn parse(&mut self, text: &str) -> Result<MeshModel, ModelError> {
-        if let Some(model) = self.parse_items(text) {
+        let first = self.last.is_none();
+        if let Some((model, diff)) = self.parse_items(text) {
+            // Compared with the previous parse only when there was one (the caches start empty).
+            self.last = Some(if first { Difference::Unknown } else { diff });
             model.check_unique()?;
             return Ok(model);
         }
@@ -248,39 +291,63 @@ impl ModelParser {
         MeshModel::from_yaml_str(text)
     }
 
-    fn parse_items(&mut self, text: &str) -> Option<MeshModel> {
+    /// How the model of the last [`ModelParser::parse`] compares with the model of the parse
+    /// before it (`Unknown` after a whole-file parse or an error).
+    pub fn last_difference(&self) -> Difference {
+        self.last.unwrap_or(Difference::Unknown)
+    }
+
+    fn parse_items(&mut self, text: &str) -> Option<(MeshModel, Difference)> {
+        self.last = None;
         let split = split_sections(text)?;
-        let istio = match split.istio {
-            None => IstioConfig::default(),
+        let (istio, istio_diff) = match split.istio {
+            None => {
+                let diff = if self.istio.is_none() {
+                    Difference::Same
+                } else {
+                    Difference::Unknown
+                };
+                self.istio = None;
+                (IstioConfig::default(), diff)
+            }
             Some(block) => match &self.istio {
-                Some((last, parsed)) if last == block => parsed.clone(),
+                Some((last, parsed)) if last == block => (parsed.clone(), Difference::Same),
                 _ => {
                     let parsed = serde_yaml::from_str::<IstioBlock>(block).ok()?.istio;
+                    let diff = match &self.istio {
+                        Some((_, was)) if *was == parsed => Difference::Same,
+                        Some(_) => Difference::Changed,
+                        None => Difference::Unknown,
+                    };
                     self.istio = Some((block.to_string(), parsed.clone()));
-                    parsed
+                    (parsed, diff)
                 }
             },
         };
         let [services, pods, workloads, ingresses, secrets] = split.lists;
-        let (services, a) = self.services.items(&services)?;
-        let (pods, b) = self.pods.items(&pods)?;
-        let (workloads, c) = self.workloads.items(&workloads)?;
-        let (ingresses, d) = self.ingresses.items(&ingresses)?;
-        let (secrets, e) = self.secrets.items(&secrets)?;
+        let (services, a, da) = self.services.items(&services)?;
+        let (pods, b, db) = self.pods.items(&pods)?;
+        let (workloads, c, dc) = self.workloads.items(&workloads)?;
+        let (ingresses, d, dd) = self.ingresses.items(&ingresses)?;
+        let (secrets, e, de) = self.secrets.items(&secrets)?;
         debug!(
             parsed_items = a + b + c + d + e,
             "model file parsed incrementally"
         );
-        Some(MeshModel {
-            services,
-            pods,
-            workloads,
-            ingresses,
-            secrets,
-            istio,
-            // A file with `outboundTrafficPolicy:` is not split (a full parse reads it).
-            outbound_traffic_policy: None,
-        })
+        let diff = [da, db, dc, dd, de].into_iter().fold(istio_diff, Difference::and);
+        Some((
+            MeshModel {
+                services,
+                pods,
+                workloads,
+                ingresses,
+                secrets,
+                istio,
+                // A file with `outboundTrafficPolicy:` is not split (a full parse reads it).
+                outbound_traffic_policy: None,
+            },
+            diff,
+        ))
     }
 
     /// Reads and parses `path`.
@@ -297,6 +364,8 @@ pub fn watch_model_file(
     let mut last_stamp = stamp(&path);
     let mut parser = ModelParser::default();
     let model = parser.parse_file(&path)?;
+    // The last parse gave the model sent.
+    let mut previous_ok = true;
     let (tx, rx) = watch::channel(Arc::new(model));
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(poll);
@@ -327,7 +396,16 @@ pub fn watch_model_file(
             parser = back;
             match parsed {
                 Ok(model) => {
-                    if **tx.borrow() != model {
+                    // The parser knows, from the items it parsed again, whether the model differs
+                    // from the previous parse (the model sent, unless that parse failed): the
+                    // whole models are compared only when it does not know.
+                    let changed = match parser.last_difference() {
+                        Difference::Changed if previous_ok => true,
+                        Difference::Same if previous_ok => false,
+                        _ => **tx.borrow() != model,
+                    };
+                    previous_ok = true;
+                    if changed {
                         info!(
                             path = %path.display(),
                             took_ms = started.elapsed().as_millis() as u64,
@@ -337,6 +415,7 @@ pub fn watch_model_file(
                     }
                 }
                 Err(error) => {
+                    previous_ok = false;
                     warn!(path = %path.display(), %error, "model file invalid; keeping the last good model")
                 }
             }
@@ -373,15 +452,43 @@ mod tests {
         let mut parser = ModelParser::default();
         parser.parse(&yaml).expect("first");
         let [_, pods, ..] = split_sections(&yaml).expect("split").lists;
-        let (_, parsed) = parser.pods.items(&pods).expect("same");
-        assert_eq!(parsed, 0);
+        let (_, parsed, diff) = parser.pods.items(&pods).expect("same");
+        assert_eq!((parsed, diff), (0, Difference::Same));
         let mut changed = full.clone();
         changed.pods[0].ready = false;
         let yaml = changed.to_yaml().expect("to yaml");
         let [_, pods, ..] = split_sections(&yaml).expect("split").lists;
-        let (items, parsed) = parser.pods.items(&pods).expect("changed");
-        assert_eq!(parsed, 1);
+        let (items, parsed, diff) = parser.pods.items(&pods).expect("changed");
+        assert_eq!((parsed, diff), (1, Difference::Changed));
         assert_eq!(items, changed.pods);
+    }
+
+    #[test]
+    fn the_parser_tells_a_changed_model_from_the_same_one_or_says_it_does_not_know() {
+        let full = MeshModel::from_yaml_str(BOOKINFO).expect("bookinfo");
+        let yaml = full.to_yaml().expect("to yaml");
+        let mut parser = ModelParser::default();
+        parser.parse(&yaml).expect("first");
+        assert_eq!(parser.last_difference(), Difference::Unknown);
+        parser.parse(&yaml).expect("again");
+        assert_eq!(parser.last_difference(), Difference::Same);
+        // One pod moved: that item parsed again and compared with the one it replaces.
+        let mut moved = full.clone();
+        moved.pods[0].ip = Some("10.9.9.9".parse().expect("ip"));
+        parser.parse(&moved.to_yaml().expect("yaml")).expect("moved");
+        assert_eq!(parser.last_difference(), Difference::Changed);
+        // The same pod written another way: the same model, but only a comparison can tell.
+        let text = moved.to_yaml().expect("yaml");
+        let [_, pods, ..] = split_sections(&text).expect("split").lists;
+        let first = pods[0];
+        let respelled = text.replacen(first, &format!("{}  # moved\n", first.trim_end()), 1);
+        assert_eq!(parser.parse(&respelled).expect("respelled"), moved);
+        assert_ne!(parser.last_difference(), Difference::Changed);
+        // A pod fewer.
+        let mut fewer = moved.clone();
+        fewer.pods.pop();
+        parser.parse(&fewer.to_yaml().expect("yaml")).expect("fewer");
+        assert_eq!(parser.last_difference(), Difference::Changed);
     }
 
     const ISTIO: &str = "istio:\n  virtualServices:\n  - metadata: {name: reviews}\n    spec:\n      hosts: [reviews]\n      http:\n      - route: [{destination: {host: reviews, subset: v1}}]\n  destinationRules:\n  - metadata: {name: reviews}\n    spec: {host: reviews, subsets: [{name: v1, labels: {version: v1}}]}\n";

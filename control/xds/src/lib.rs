@@ -261,11 +261,39 @@ impl From<NodeResources> for View {
 }
 
 /// Interns subscription name sets: 1,000 Envoys subscribing to the same 1,000 endpoint names
-/// share one set instead of holding 1,000 copies.
+/// share one set instead of holding 1,000 copies. Also interns name lists as requests encode them
+/// ([`request::EncodedNames`]).
 #[derive(Debug, Default)]
-pub struct NameSets(Mutex<HashMap<u64, Vec<Weak<BTreeSet<String>>>>>);
+pub struct NameSets(
+    Mutex<HashMap<u64, Vec<Weak<BTreeSet<String>>>>>,
+    Mutex<HashMap<u64, Vec<Weak<request::EncodedNames>>>>,
+);
 
 impl NameSets {
+    /// `names` as a request encodes them, shared with every stream that sent the same list.
+    pub fn intern_encoded(&self, names: &request::NameList) -> Arc<request::EncodedNames> {
+        if let Some(e) = names.encoded() {
+            return e.clone();
+        }
+        let encoded = request::EncodedNames::new(names);
+        let key = fnv(encoded.bytes());
+        let Ok(mut map) = self.1.lock() else {
+            return Arc::new(encoded);
+        };
+        let bucket = map.entry(key).or_default();
+        bucket.retain(|w| w.strong_count() > 0);
+        if let Some(same) = bucket
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|e| e.bytes() == encoded.bytes())
+        {
+            return same;
+        }
+        let e = Arc::new(encoded);
+        bucket.push(Arc::downgrade(&e));
+        e
+    }
+
     pub fn intern(&self, names: &request::NameList) -> Arc<BTreeSet<String>> {
         // Order-insensitive key (Envoy may list names in any order).
         let key = names.iter().fold(names.len() as u64, |acc, n| {

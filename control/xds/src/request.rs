@@ -6,16 +6,56 @@
 //! names stay slices of the received message ([`NameList`]); they are copied only when a
 //! subscription really changes. Every other field is decoded by prost as usual.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use prost::Message;
 
-/// `resource_names` of a request: UTF-8 slices of the received bytes.
+/// `resource_names` of a request: UTF-8 slices of the received bytes, or an interned
+/// [`EncodedNames`] when the request repeated a name list the stream had sent before (an ACK).
 #[derive(Debug, Clone, Default)]
 pub struct NameList {
     buf: Bytes,
     /// Where each name is in `buf`.
     spans: Spans,
+    /// Set when these names are exactly that interned list (then `buf` and `spans` are empty).
+    encoded: Option<Arc<EncodedNames>>,
+}
+
+/// A name list as a request encodes it (field 3, repeated: key, length, name, ...), with where
+/// each name is. Interned ([`crate::NameSets::intern_encoded`]): 1,000 streams repeating the same
+/// 1,000 names share one. A later request carrying the same bytes is recognised by one
+/// comparison of those bytes ([`decode_sotw_with`]) and refers to this list instead of being
+/// split name by name; the stream then knows by pointer equality that its subscription stands.
+#[derive(Debug, PartialEq, Eq)]
+pub struct EncodedNames {
+    run: Bytes,
+    /// Where each name is in `run`.
+    spans: Spans,
+}
+
+impl EncodedNames {
+    /// The encoding of `names`.
+    pub fn new(names: &NameList) -> Self {
+        let mut run = Vec::with_capacity(names.iter_bytes().map(|n| n.len() + 4).sum());
+        let mut spans = Vec::with_capacity(names.len());
+        for n in names.iter_bytes() {
+            prost::encoding::encode_key(3, prost::encoding::WireType::LengthDelimited, &mut run);
+            prost::encoding::encode_varint(n.len() as u64, &mut run);
+            spans.push((run.len() as u32, n.len() as u32));
+            run.extend_from_slice(n);
+        }
+        EncodedNames {
+            run: Bytes::from(run),
+            spans,
+        }
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.run
+    }
 }
 
 impl NameList {
@@ -30,28 +70,42 @@ impl NameList {
         NameList {
             buf: Bytes::from(buf),
             spans,
+            encoded: None,
+        }
+    }
+
+    /// The interned list these names are, if the request was recognised as repeating it.
+    pub fn encoded(&self) -> Option<&Arc<EncodedNames>> {
+        self.encoded.as_ref()
+    }
+
+    fn parts(&self) -> (&Bytes, &Spans) {
+        match &self.encoded {
+            Some(e) => (&e.run, &e.spans),
+            None => (&self.buf, &self.spans),
         }
     }
 
     pub fn len(&self) -> usize {
-        self.spans.len()
+        self.parts().1.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+        self.len() == 0
     }
 
     /// The names as bytes (no UTF-8 check: for comparisons).
     pub fn iter_bytes(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.spans
+        let (buf, spans) = self.parts();
+        spans
             .iter()
-            .map(|&(at, len)| &self.buf[at as usize..(at + len) as usize])
+            .map(move |&(at, len)| &buf[at as usize..(at + len) as usize])
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
-        self.spans.iter().map(|&(at, len)| {
+        self.iter_bytes().map(|n| {
             // Validated when decoded (or built from strings).
-            std::str::from_utf8(&self.buf[at as usize..(at + len) as usize]).unwrap_or_default()
+            std::str::from_utf8(n).unwrap_or_default()
         })
     }
 }
@@ -94,9 +148,18 @@ fn varint(data: &[u8], pos: &mut usize) -> Option<u64> {
 /// (offset, length) of each name.
 type Spans = Vec<(u32, u32)>;
 
-/// Splits an encoded `DiscoveryRequest` into its names (field 3) and everything else. `None` on
-/// anything unusual, for which prost decodes the whole message instead.
-fn split(bytes: &Bytes) -> Option<(Vec<u8>, Spans)> {
+/// What [`split`] found of the names.
+enum Names {
+    Spans(Spans),
+    /// The names are exactly this known list.
+    Known(Arc<EncodedNames>),
+}
+
+/// Splits an encoded `DiscoveryRequest` into its names (field 3) and everything else. When the
+/// names start with the bytes of one of `known` and no other name follows, they are that list
+/// (one comparison instead of walking every name). `None` on anything unusual, for which prost
+/// decodes the whole message instead.
+fn split(bytes: &Bytes, known: &[Arc<EncodedNames>]) -> Option<(Vec<u8>, Names)> {
     let data = &bytes[..];
     let mut rest = Vec::new();
     let mut spans = Vec::new();
@@ -104,6 +167,7 @@ fn split(bytes: &Bytes) -> Option<(Vec<u8>, Spans)> {
     // The names are usually one run of field-3 entries: (start of the first, end of the last).
     let mut run: Option<(usize, usize)> = None;
     let mut one_run = true;
+    let mut hit: Option<Arc<EncodedNames>> = None;
     while pos < data.len() {
         let start = pos;
         let key = varint(data, &mut pos)?;
@@ -117,6 +181,19 @@ fn split(bytes: &Bytes) -> Option<(Vec<u8>, Spans)> {
                 let len = usize::try_from(varint(data, &mut pos)?).ok()?;
                 let end = pos.checked_add(len)?;
                 if key >> 3 == 3 {
+                    if hit.is_some() {
+                        // More names after a known list: not that list after all.
+                        return split(bytes, &[]);
+                    }
+                    if run.is_none() {
+                        if let Some(k) = known.iter().find(|k| {
+                            !k.run.is_empty() && data.get(start..start + k.run.len()) == Some(&k.run[..])
+                        }) {
+                            hit = Some(k.clone());
+                            pos = start + k.run.len();
+                            continue;
+                        }
+                    }
                     data.get(pos..end)?;
                     spans.push((u32::try_from(pos).ok()?, u32::try_from(len).ok()?));
                     run = Some(match run {
@@ -137,6 +214,10 @@ fn split(bytes: &Bytes) -> Option<(Vec<u8>, Spans)> {
         }
         pos = end;
     }
+    if let Some(k) = hit {
+        // Valid UTF-8 when it was first decoded; the same bytes now.
+        return Some((rest, Names::Known(k)));
+    }
     // UTF-8 check of every name. One check over the whole run suffices when it passes: each name
     // is then preceded by an ASCII byte (the last byte of its length) and followed by one (the
     // next key, 0x1a) or the run's end, so no name can start or end inside a multi-byte sequence.
@@ -151,15 +232,35 @@ fn split(bytes: &Bytes) -> Option<(Vec<u8>, Spans)> {
             std::str::from_utf8(data.get(at as usize..(at + len) as usize)?).ok()?;
         }
     }
-    Some((rest, spans))
+    Some((rest, Names::Spans(spans)))
 }
 
 /// Decodes one encoded `DiscoveryRequest`.
 pub fn decode_sotw(bytes: Bytes) -> Result<SotwRequest, prost::DecodeError> {
-    match split(&bytes) {
-        Some((rest, spans)) => Ok(SotwRequest {
+    decode_sotw_with(bytes, &[])
+}
+
+/// Decodes one encoded `DiscoveryRequest` whose names may repeat one of the `known` lists (the
+/// stream's current subscriptions): then they are that list, found with one comparison.
+pub fn decode_sotw_with(
+    bytes: Bytes,
+    known: &[Arc<EncodedNames>],
+) -> Result<SotwRequest, prost::DecodeError> {
+    match split(&bytes, known) {
+        Some((rest, Names::Spans(spans))) => Ok(SotwRequest {
             message: DiscoveryRequest::decode(rest.as_slice())?,
-            names: NameList { buf: bytes, spans },
+            names: NameList {
+                buf: bytes,
+                spans,
+                encoded: None,
+            },
+        }),
+        Some((rest, Names::Known(k))) => Ok(SotwRequest {
+            message: DiscoveryRequest::decode(rest.as_slice())?,
+            names: NameList {
+                encoded: Some(k),
+                ..NameList::default()
+            },
         }),
         None => DiscoveryRequest::decode(bytes).map(SotwRequest::from),
     }
@@ -224,6 +325,41 @@ mod tests {
         prost::encoding::string::encode(4, &"t".to_string(), &mut split);
         prost::encoding::bytes::encode(3, &vec![0xff], &mut split);
         assert!(decode_sotw(Bytes::from(split)).is_err());
+    }
+
+    #[test]
+    fn a_request_repeating_a_known_name_list_is_that_list_and_decodes_like_prost() {
+        let names = ["9080|default|a", "ünï", "b"];
+        let req = DiscoveryRequest {
+            version_info: "v1".into(),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            type_url: crate::ENDPOINT.into(),
+            response_nonce: "7".into(),
+            ..Default::default()
+        };
+        let known = Arc::new(EncodedNames::new(&NameList::from_strings(&names)));
+        let other = Arc::new(EncodedNames::new(&NameList::from_strings(&["z"])));
+        let hints = [other, known.clone()];
+        let decoded = decode_sotw_with(Bytes::from(req.encode_to_vec()), &hints).expect("decode");
+        assert!(decoded.names.encoded().is_some_and(|e| Arc::ptr_eq(e, &known)));
+        assert_eq!(decoded, SotwRequest::from(req.clone()));
+        // More names after the known ones, or fewer: decoded name by name.
+        for list in [&["9080|default|a", "ünï", "b", "c"][..], &["9080|default|a"][..]] {
+            let r = DiscoveryRequest {
+                resource_names: list.iter().map(|n| n.to_string()).collect(),
+                ..req.clone()
+            };
+            let decoded = decode_sotw_with(Bytes::from(r.encode_to_vec()), &hints).expect("decode");
+            assert!(decoded.names.encoded().is_none());
+            assert_eq!(decoded, SotwRequest::from(r));
+        }
+        // Known names, then another field, then a name: prost's view of it.
+        let mut mixed = known.bytes().to_vec();
+        prost::encoding::string::encode(4, &"t".to_string(), &mut mixed);
+        prost::encoding::string::encode(3, &"late".to_string(), &mut mixed);
+        let decoded = decode_sotw_with(Bytes::from(mixed.clone()), &hints).expect("decode");
+        let prost = DiscoveryRequest::decode(mixed.as_slice()).expect("prost");
+        assert_eq!(decoded, SotwRequest::from(prost));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::delta::{DeltaResponse, DeltaStream};
 use crate::metrics::{Mode, ModeLabels, ReasonLabels, TypeLabels, XdsMetrics};
 use crate::quarantine::Verdict;
 use crate::rejection::{Rejection, RejectionSink};
-use crate::request::SotwRequest;
+use crate::request::decode_sotw_with;
 use crate::sotw::{SotwResponse, SotwStream};
 use crate::transport::{AdsService, Inbound};
 use crate::{type_name, NameSets, View, SECRET};
@@ -169,11 +169,7 @@ impl XdsServer {
     }
 
     /// Starts the task serving one SotW stream; its responses come out of the returned channel.
-    pub(crate) fn start_sotw(
-        &self,
-        inbound: Inbound<SotwRequest>,
-        ctx: StreamContext,
-    ) -> mpsc::Receiver<Bytes> {
+    pub(crate) fn start_sotw(&self, inbound: Inbound<Bytes>, ctx: StreamContext) -> mpsc::Receiver<Bytes> {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let span = info_span!("ads", mode = "sotw", peer = ?ctx.peer, node = tracing::field::Empty);
         tokio::spawn(run_sotw(self.shared.clone(), inbound, tx, ctx).instrument(span));
@@ -441,12 +437,7 @@ impl AckTimer {
 
 type FrameSender = mpsc::Sender<Bytes>;
 
-async fn run_sotw(
-    shared: Arc<Shared>,
-    mut inbound: Inbound<SotwRequest>,
-    tx: FrameSender,
-    mut ctx: StreamContext,
-) {
+async fn run_sotw(shared: Arc<Shared>, mut inbound: Inbound<Bytes>, tx: FrameSender, mut ctx: StreamContext) {
     const MODE: Mode = Mode::Sotw;
     let _connected = Connected::new(&shared.metrics, MODE);
     let mut published = shared.published.clone();
@@ -459,7 +450,8 @@ async fn run_sotw(
     loop {
         tokio::select! {
             req = inbound.message() => {
-                let req = match req {
+                let req = match req.and_then(|r| r.map(|bytes| decode_sotw_with(bytes, state.known_names())
+                    .map_err(|e| tonic::Status::internal(format!("invalid request: {e}")))).transpose()) {
                     Ok(Some(req)) => req,
                     Ok(None) => break,
                     Err(status) => {

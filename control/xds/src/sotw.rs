@@ -26,7 +26,7 @@ use traffic_translate::snapshot::{Resource, Resources};
 
 use crate::quarantine::{current_in, Quarantine};
 use crate::rejection::Rejection;
-use crate::request::{NameList, SotwRequest};
+use crate::request::{EncodedNames, NameList, SotwRequest};
 use crate::{
     is_full_state, set_version, EncodedResponse, NameSets, ResourceList, TypeView, View, CLUSTER, ENDPOINT,
     ORDER,
@@ -170,6 +170,9 @@ struct TypeState {
     /// The last few responses, newest last: an answer names a nonce (which response it is about)
     /// and a version (which set the proxy holds), even when it is stale.
     history: VecDeque<Sent>,
+    /// The name list (as encoded) of the last request found to match `subscription`: a request
+    /// repeating it (every ACK) leaves the subscription as it is without a name-by-name check.
+    known_names: Option<Arc<EncodedNames>>,
 }
 
 /// Responses remembered per type for answers to arrive late.
@@ -187,6 +190,7 @@ impl TypeState {
             acked_version: String::new(),
             quarantine: Quarantine::default(),
             history: VecDeque::new(),
+            known_names: None,
         }
     }
 
@@ -253,6 +257,8 @@ pub struct SotwStream {
     resources: Arc<View>,
     nonce: u64,
     names: Arc<NameSets>,
+    /// Every type's `known_names`, for [`crate::request::decode_sotw_with`].
+    known_names: Vec<Arc<EncodedNames>>,
 }
 
 impl SotwStream {
@@ -273,6 +279,25 @@ impl SotwStream {
         &self.resources
     }
 
+    /// The name lists this stream's subscriptions were last requested with: pass them to
+    /// [`crate::request::decode_sotw_with`] so that a request repeating one is recognised at once.
+    pub fn known_names(&self) -> &[Arc<EncodedNames>] {
+        &self.known_names
+    }
+
+    fn names_known(&mut self) {
+        self.known_names = self
+            .types
+            .values()
+            .filter_map(|ts| ts.known_names.clone())
+            .collect();
+    }
+
+    /// `names` interned, if any (an empty list is cheap to check as it is).
+    fn intern_names(sets: &NameSets, names: &NameList) -> Option<Arc<EncodedNames>> {
+        (!names.is_empty()).then(|| sets.intern_encoded(names))
+    }
+
     /// type URL -> number of resources kept out of this proxy's configuration.
     pub fn quarantined(&self) -> impl Iterator<Item = (&str, usize)> {
         self.types.iter().map(|(t, ts)| (t.as_str(), ts.quarantine.len()))
@@ -288,6 +313,7 @@ impl SotwStream {
             // A new subscription for this type (first request on the stream).
             let sub = Subscription::from_request(type_url, names, true, &self.names);
             let mut ts = TypeState::new(sub);
+            ts.known_names = Self::intern_names(&self.names, names);
             let tv = self.resources.get(type_url).cloned().unwrap_or_default();
             let desired = ts.desired(&tv);
             let version = set_version(&desired);
@@ -304,9 +330,11 @@ impl SotwStream {
                 ts.acked = desired;
                 ts.acked_version = version;
                 self.types.insert(type_url.to_string(), ts);
+                self.names_known();
                 return out;
             }
             self.types.insert(type_url.to_string(), ts);
+            self.names_known();
             out.responses.extend(self.push(type_url, true));
             return out;
         }
@@ -362,7 +390,13 @@ impl SotwStream {
             }
             (None, None) => {}
         }
-        if latest {
+        // A request repeating the names last found to match the subscription (every ACK) is known
+        // to leave it as it is.
+        let known = match (names.encoded(), &ts.known_names) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        if latest && !known {
             let first_or_wildcard = ts.subscription == Subscription::Wildcard;
             if !ts
                 .subscription
@@ -371,6 +405,8 @@ impl SotwStream {
                 ts.subscription = Subscription::from_request(type_url, names, first_or_wildcard, &self.names);
                 push = true;
             }
+            ts.known_names = Self::intern_names(&self.names, names);
+            self.names_known();
         }
         if push {
             out.responses.extend(self.push(type_url, false));

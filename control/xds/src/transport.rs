@@ -87,7 +87,8 @@ impl tower_service::Service<Request<Body>> for AdsService {
         };
         let response = match req.uri().path() {
             SOTW_METHOD => {
-                let inbound = Inbound::new(req.into_body(), crate::request::decode_sotw);
+                // Decoded by the stream task, which knows the name lists it was sent before.
+                let inbound = Inbound::new(req.into_body(), Ok::<Bytes, prost::DecodeError>);
                 grpc_response(self.server.start_sotw(inbound, ctx), end_rx)
             }
             DELTA_METHOD => {

@@ -418,3 +418,57 @@ fn an_updated_cluster_is_followed_by_its_unchanged_endpoints() {
     assert_eq!(pushed[1].type_url, ENDPOINT);
     assert_eq!(names(&pushed[1]), ["a"]);
 }
+
+/// `request` as the server receives it: encoded, then decoded with the stream's known name lists.
+fn wire(s: &SotwStream, r: DiscoveryRequest) -> SotwRequest {
+    use prost::Message;
+    crate::request::decode_sotw_with(bytes::Bytes::from(r.encode_to_vec()), s.known_names()).expect("decode")
+}
+
+#[test]
+fn acks_repeating_the_subscribed_names_are_recognised_at_once_and_a_changed_list_still_counts() {
+    let mut s = SotwStream::new();
+    s.on_resources(node_resources(&[
+        (ENDPOINT, "a", "1"),
+        (ENDPOINT, "b", "1"),
+        (ENDPOINT, "c", "1"),
+    ]));
+    let first = wire(&s, request(ENDPOINT, &["a", "b"], "", ""));
+    assert!(first.names.encoded().is_none());
+    let r = s.on_request(&first).responses.remove(0);
+    assert_eq!(names(&r), ["a", "b"]);
+    // The ACK repeats the list: recognised as the subscription's, nothing to send.
+    let ack = wire(&s, request(ENDPOINT, &["a", "b"], &r.version_info, &r.nonce));
+    assert!(ack.names.encoded().is_some());
+    assert_eq!(ack.names.iter().collect::<Vec<_>>(), ["a", "b"]);
+    assert!(s.on_request(&ack).responses.is_empty());
+    // One more name after the known ones: a new subscription.
+    let more = wire(&s, request(ENDPOINT, &["a", "b", "c"], &r.version_info, &r.nonce));
+    assert!(more.names.encoded().is_none());
+    let out = s.on_request(&more);
+    assert_eq!(names(&out.responses[0]), ["c"]);
+    // Back to the first list: a change again (the known list is now the three names).
+    let r = &out.responses[0];
+    let fewer = wire(&s, request(ENDPOINT, &["a", "b"], &r.version_info, &r.nonce));
+    assert!(fewer.names.encoded().is_none());
+    s.on_request(&fewer);
+    let pushed = s.on_resources(node_resources(&[
+        (ENDPOINT, "a", "1"),
+        (ENDPOINT, "b", "1"),
+        (ENDPOINT, "c", "3"),
+    ]));
+    assert!(pushed.is_empty(), "c is no longer subscribed");
+}
+
+#[test]
+fn streams_repeating_the_same_names_share_one_encoded_list() {
+    let sets = Arc::new(NameSets::default());
+    let mut a = SotwStream::with_name_sets(sets.clone());
+    let mut b = SotwStream::with_name_sets(sets);
+    for s in [&mut a, &mut b] {
+        s.on_resources(node_resources(&[(ENDPOINT, "x", "1")]));
+        let first = wire(s, request(ENDPOINT, &["x"], "", ""));
+        s.on_request(&first);
+    }
+    assert!(Arc::ptr_eq(&a.known_names()[0], &b.known_names()[0]));
+}
