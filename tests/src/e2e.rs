@@ -673,6 +673,19 @@ impl TestNamespace<'_> {
         Ok(ip.trim().to_string())
     }
 
+    /// `kubectl create secret tls <name>` from PEM files.
+    pub fn tls_secret(&self, name: &str, cert: &Path, key: &Path) -> anyhow::Result<()> {
+        self.kubectl(&[
+            "create",
+            "secret",
+            "tls",
+            name,
+            &format!("--cert={}", cert.display()),
+            &format!("--key={}", key.display()),
+        ])
+        .map(drop)
+    }
+
     /// `kubectl label --overwrite <object> k=v ...` (`k-` removes).
     pub fn label(&self, object: &str, labels: &[&str]) -> anyhow::Result<()> {
         let mut a = vec!["label", "--overwrite", object];

@@ -168,6 +168,45 @@ impl Install {
         Ok(out.stdout)
     }
 
+    /// Waits until `https://<host><path>` through the gateway (SNI `host`) answers 200 with a
+    /// certificate that verifies against `cacert`: the body. Then checks that without `cacert` the
+    /// certificate is refused (it is really the self-signed one).
+    pub fn wait_gateway_https(
+        &self,
+        host: &str,
+        path: &str,
+        cacert: &Path,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let resolve = format!("{host}:443:{}", self.gateway_ip);
+        let url = format!("https://{host}{path}");
+        let cacert = cacert.display().to_string();
+        let body = wait_until(
+            &format!("{url} through the gateway, verified with {cacert}"),
+            timeout,
+            Duration::from_millis(500),
+            || {
+                let out = self.curl(&[
+                    "--cacert",
+                    &cacert,
+                    "--resolve",
+                    &resolve,
+                    "-w",
+                    "\nverify=%{ssl_verify_result} code=%{http_code}",
+                    &url,
+                ])?;
+                Ok((out.ok && out.stdout.contains("verify=0 code=200")).then_some(out.stdout))
+            },
+        )?;
+        let refused = self.curl(&["--resolve", &resolve, &url])?;
+        anyhow::ensure!(
+            !refused.ok,
+            "without {cacert} the certificate must be refused: {}",
+            refused.stdout
+        );
+        Ok(body)
+    }
+
     /// Waits until a GET through the gateway answers 200 with a reply of the test app.
     pub fn wait_gateway_serves(&self, host: &str, path: &str, timeout: Duration) -> anyhow::Result<Reply> {
         wait_until(

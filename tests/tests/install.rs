@@ -87,17 +87,7 @@ fn tls_with_a_self_signed_secret_named_by_the_ingress_verifies_and_serves_produc
     let host = host_of(&ns.name);
     let dir = ScratchDir::temp("install-tls").expect("temp dir");
     let (cert, key) = self_signed_cert(dir.path(), &host).expect("openssl");
-    inst.e2e
-        .kubectl(&[
-            "-n",
-            &ns.name,
-            "create",
-            "secret",
-            "tls",
-            "productpage-cert",
-            &format!("--cert={}", cert.display()),
-            &format!("--key={}", key.display()),
-        ])
+    ns.tls_secret("productpage-cert", &cert, &key)
         .expect("tls secret");
     inst.ingress(
         &ns,
@@ -108,40 +98,12 @@ fn tls_with_a_self_signed_secret_named_by_the_ingress_verifies_and_serves_produc
         Some("productpage-cert"),
     )
     .expect("ingress");
-    let ip = &inst.gateway_ip;
-    let resolve = format!("{host}:443:{ip}");
-    let url = format!("https://{host}{PATH}");
-    let cacert = cert.display().to_string();
-    let body = wait_until(
-        &format!("{url} through the gateway, verified with the Secret's certificate"),
-        PUSH_TIMEOUT,
-        Duration::from_millis(500),
-        || {
-            let out = inst.curl(&[
-                "--cacert",
-                &cacert,
-                "--resolve",
-                &resolve,
-                "-w",
-                "\nverify=%{ssl_verify_result} code=%{http_code}",
-                &url,
-            ])?;
-            Ok((out.ok && out.stdout.contains("verify=0 code=200")).then_some(out.stdout))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    let body = inst
+        .wait_gateway_https(&host, PATH, &cert, PUSH_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(
         body.starts_with("reviews-"),
         "a reply of the test app over TLS: {body}"
-    );
-    // Without the CA the self-signed certificate is refused (it is really the Secret's).
-    let out = inst
-        .curl(&["--resolve", &resolve, &url])
-        .expect("curl without --cacert");
-    assert!(
-        !out.ok,
-        "curl without the CA must refuse the certificate: {}",
-        out.stdout
     );
     // Plain HTTP for the same host is still served.
     inst.wait_gateway_serves(&host, PATH, PUSH_TIMEOUT)
@@ -337,17 +299,7 @@ fn an_istio_gateway_and_virtual_service_serve_their_host_over_http_and_https_wit
     let host = host_of(&ns.name);
     let dir = ScratchDir::temp("install-istio-gw").expect("temp dir");
     let (cert, key) = self_signed_cert(dir.path(), &host).expect("openssl");
-    inst.e2e
-        .kubectl(&[
-            "-n",
-            &ns.name,
-            "create",
-            "secret",
-            "tls",
-            "httpbin-credential",
-            &format!("--cert={}", cert.display()),
-            &format!("--key={}", key.display()),
-        ])
+    ns.tls_secret("httpbin-credential", &cert, &key)
         .expect("tls secret");
     let t = Instant::now();
     apply_yaml(&inst.e2e, &ns.name, &istio_gateway_yaml(&host)).expect("apply Gateway + VirtualService");
@@ -371,40 +323,13 @@ fn an_istio_gateway_and_virtual_service_serve_their_host_over_http_and_https_wit
     assert_eq!(unknown.status, 404, "a host no server lists: {unknown:?}");
 
     // HTTPS: the certificate of the Secret, verified with itself as the CA.
-    let ip = &inst.gateway_ip;
-    let resolve = format!("{host}:443:{ip}");
-    let url = format!("https://{host}{path}");
-    let cacert = cert.display().to_string();
-    let body = wait_until(
-        &format!("{url} through the gateway, verified with the credential's certificate"),
-        PUSH_TIMEOUT,
-        Duration::from_millis(500),
-        || {
-            let out = inst.curl(&[
-                "--cacert",
-                &cacert,
-                "--resolve",
-                &resolve,
-                "-w",
-                "\nverify=%{ssl_verify_result} code=%{http_code}",
-                &url,
-            ])?;
-            Ok((out.ok && out.stdout.contains("verify=0 code=200")).then_some(out.stdout))
-        },
-    )
-    .unwrap_or_else(|e| panic!("{e:#}"));
+    let body = inst
+        .wait_gateway_https(&host, path, &cert, PUSH_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("Gateway over HTTPS: {}", body.replace('\n', " | "));
     assert!(
         body.starts_with("reviews-"),
         "a reply of the test app over TLS: {body}"
-    );
-    let refused = inst
-        .curl(&["--resolve", &resolve, &url])
-        .expect("curl without --cacert");
-    assert!(
-        !refused.ok,
-        "without the CA the self-signed certificate is refused: {}",
-        refused.stdout
     );
 
     // Both objects report that they are accepted and that their references resolve.

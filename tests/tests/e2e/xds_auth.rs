@@ -111,18 +111,7 @@ fn tls_ingress(ns: &TestNamespace) {
         .status
         .success();
     assert!(ok, "openssl made no certificate");
-    ns.e2e
-        .kubectl(&[
-            "-n",
-            &ns.name,
-            "create",
-            "secret",
-            "tls",
-            "shop-tls",
-            &format!("--cert={}", crt.display()),
-            &format!("--key={}", key.display()),
-        ])
-        .expect("tls secret");
+    ns.tls_secret("shop-tls", &crt, &key).expect("tls secret");
     let _ = std::fs::remove_dir_all(&dir);
     let ingress = format!(
         "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: shop, namespace: {ns}}}\n\
