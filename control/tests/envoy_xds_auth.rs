@@ -258,3 +258,62 @@ async fn over_tls_a_sidecar_verifies_the_control_plane_with_the_published_ca() {
     assert!(!plain.admin_get("/config_dump").await.contains("c-a.default-1"));
     assert_eq!(cp.server.metric("xds_auth_admissions_total"), 1.0);
 }
+
+/// An admitted stream is not trusted past its token's expiry: the control plane ends it with
+/// `UNAUTHENTICATED` then, and Envoy, which keeps its configuration while it reconnects, opens the
+/// next stream with the renewed token it reads from the file (the agent renews at 80 % of the
+/// lifetime, long before).
+#[tokio::test]
+async fn a_stream_ends_when_its_token_expires_and_envoy_reconnects_with_the_renewed_one() {
+    let Some(bin) = envoy_binary() else { return };
+    let dir = TempDir::new("xds-auth");
+    let token_file = dir.0.join("xds-token.yaml");
+    let reviewer = FakeReviewer::default();
+    let short = Identity {
+        expires_at: Some(std::time::SystemTime::now() + Duration::from_secs(4)),
+        ..identity("a")
+    };
+    reviewer.accept("tok-short", short);
+    write_token(&token_file, "tok-short");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let cp = ControlPlane::start(addr, &reviewer, 1).await;
+    let envoy = sidecar(&bin, "a", &token_file, addr).await;
+    envoy
+        .wait_config("the first configuration", |d| d.contains("c-a.default-1"))
+        .await;
+    assert_eq!(cp.server.metric("xds_auth_admissions_total"), 1.0);
+    assert_eq!(cp.server.metric("xds_auth_expired_streams_total"), 0.0);
+
+    // The renewal, before the expiry.
+    reviewer.accept("tok-renewed", identity("a"));
+    write_token(&token_file, "tok-renewed");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while cp.server.metric("xds_auth_admissions_total") < 2.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Envoy did not come back after its token expired:\n{}",
+            cp.server.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        cp.server.metric("xds_auth_expired_streams_total"),
+        1.0,
+        "the first stream ended at its token's expiry"
+    );
+    assert_eq!(
+        cp.server
+            .metric("xds_auth_refusals_total{reason=\"invalid_token\"}"),
+        0.0,
+        "the next stream carried the renewed token"
+    );
+    // The configuration outlived the stream: nothing was removed, and the new stream is live.
+    envoy.wait_stat("control_plane.connected_state", |v| v == 1).await;
+    assert_eq!(envoy.stat("cluster_manager.cluster_removed").await, 0);
+    assert!(envoy.admin_get("/config_dump").await.contains("c-a.default-1"));
+    // The renewed token has no expiry here: the stream stays.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cp.server.metric("xds_auth_expired_streams_total"), 1.0);
+    assert_eq!(cp.server.metric("xds_auth_admissions_total"), 2.0);
+}

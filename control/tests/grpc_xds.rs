@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use common::ads::TestServer;
 use common::envoy::{free_port, TempDir};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::proxyless::{backend, bootstrap, python, tally, Client, PY_SCRIPT};
+use common::proxyless::{backend, bootstrap, node, python, tally, Client, Proc, JS_DIR, PY_SCRIPT};
 use traffic_control::grpc::WithApiListeners;
 use traffic_control::grpc::PROXYLESS_PREFIX;
 use traffic_translate::model::MeshModel;
@@ -133,24 +133,27 @@ async fn grpc_js_xds_splits_80_20_endpoint_weights_80_20() {
 /// reviewer does not check the signature): audience traffic-control, expiring in 2100.
 const FAKE_JWT: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJhdWQiOlsidHJhZmZpYy1jb250cm9sIl0sImV4cCI6NDEwMjQ0NDgwMCwic3ViIjoic3lzdGVtOnNlcnZpY2VhY2NvdW50OmRlZmF1bHQ6Z3JwYy1jbGllbnQifQ.c2lnbmF0dXJl";
 
-/// Against an authenticating control plane over TLS: grpcio presents the token from a file as
-/// call credentials (gRFC A97 `call_creds: jwt_token_file`, behind
-/// `GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true`) on a TLS channel verified with the published
-/// CA (gRFC A65 `channel_creds: tls`), and is served as `proxyless~grpc-client.default`; without
-/// the token it is refused and gets nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpcio_presents_a_token_file_over_tls_to_an_authenticating_server() {
+/// An authenticating control plane over TLS (certificate for `localhost`) serving one backend
+/// `greeter-b` on `backend_ip`, which accepts [`FAKE_JWT`] as pod `default/grpc-client` (IP
+/// 127.0.0.1); the CA and the token in files of `dir`.
+struct AuthServer {
+    server: TestServer,
+    dir: TempDir,
+    ca_file: PathBuf,
+    token_file: PathBuf,
+    target: String,
+    _backend: Proc,
+}
+
+async fn authenticating_server(py: &Path, backend_ip: &str, port: u16) -> AuthServer {
     use std::collections::{BTreeMap, HashMap};
     use traffic_xds_auth::review::{POD_NAME_EXTRA, POD_UID_EXTRA};
     use traffic_xds_auth::{Authenticator, FakeReviewer, Identity, PodFacts, Policy, StaticPods};
 
-    let Some(py) = python() else { return };
     let backend_port = free_port();
-    let _backend = backend(&py, "127.0.30.2", backend_port, "greeter-b");
-
-    let port = 50052;
+    let backend = backend(py, backend_ip, backend_port, "greeter-b");
     let yaml = format!(
-        "services:\n- name: greeter\n  clusterIPs: [127.0.10.2]\n  ports: [{{name: grpc, port: {port}, targetPort: {backend_port}}}]\n  selector: {{app: greeter}}\n  labels: {{traffic.port.{port}: http}}\npods:\n- {{name: greeter-b, ip: 127.0.30.2, labels: {{app: greeter}}}}\n"
+        "services:\n- name: greeter\n  clusterIPs: [127.0.10.2]\n  ports: [{{name: grpc, port: {port}, targetPort: {backend_port}}}]\n  selector: {{app: greeter}}\n  labels: {{traffic.port.{port}: http}}\npods:\n- {{name: greeter-b, ip: {backend_ip}, labels: {{app: greeter}}}}\n"
     );
     let model = MeshModel::from_yaml_str(&yaml).expect("model");
     let t = translate(
@@ -193,35 +196,52 @@ async fn grpcio_presents_a_token_file_over_tls_to_an_authenticating_server() {
         Some((cert.cert_pem, cert.key_pem)),
     )
     .await;
-
     let dir = TempDir::new("grpc-auth");
     let ca_file = dir.0.join("ca.crt");
     std::fs::write(&ca_file, &ca.cert_pem).expect("ca file");
     let token_file = dir.0.join("token");
     std::fs::write(&token_file, FAKE_JWT).expect("token file");
+    AuthServer {
+        server,
+        dir,
+        ca_file,
+        token_file,
+        target: format!("xds:///greeter.default.svc.cluster.local:{port}"),
+        _backend: backend,
+    }
+}
+
+/// Against an authenticating control plane over TLS: grpcio presents the token from a file as
+/// call credentials (gRFC A97 `call_creds: jwt_token_file`, behind
+/// `GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true`) on a TLS channel verified with the published
+/// CA (gRFC A65 `channel_creds: tls`), and is served as `proxyless~grpc-client.default`; without
+/// the token it is refused and gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_presents_a_token_file_over_tls_to_an_authenticating_server() {
+    let Some(py) = python() else { return };
+    let a = authenticating_server(&py, "127.0.30.2", 50052).await;
     let bootstrap = |with_token: bool| {
         let call_creds = if with_token {
             format!(
                 r#", "call_creds": [{{"type": "jwt_token_file", "config": {{"jwt_token_file": "{}"}}}}]"#,
-                token_file.display()
+                a.token_file.display()
             )
         } else {
             String::new()
         };
-        let path = dir.0.join(format!("bootstrap-{with_token}.json"));
+        let path = a.dir.0.join(format!("bootstrap-{with_token}.json"));
         std::fs::write(
             &path,
             format!(
                 r#"{{"xds_servers": [{{"server_uri": "localhost:{}", "channel_creds": [{{"type": "tls", "config": {{"ca_certificate_file": "{}"}}}}]{call_creds}, "server_features": ["xds_v3"]}}],
 "node": {{"id": "{PROXYLESS_PREFIX}grpc-client.default", "cluster": "test", "locality": {{}}}}}}"#,
-                server.addr.port(),
-                ca_file.display()
+                a.server.addr.port(),
+                a.ca_file.display()
             ),
         )
         .expect("bootstrap");
         path
     };
-    let target = format!("xds:///greeter.default.svc.cluster.local:{port}");
     // With the experiment on, grpcio requires `call_creds` in every server entry.
     let run = |with_token: bool, count: &str, py: PathBuf, target: String| {
         let count = count.to_string();
@@ -237,7 +257,8 @@ async fn grpcio_presents_a_token_file_over_tls_to_an_authenticating_server() {
             c.output().expect("run client")
         })
     };
-    let out = run(true, "3", py.clone(), target.clone()).await.expect("join");
+    let server = &a.server;
+    let out = run(true, "3", py.clone(), a.target.clone()).await.expect("join");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -253,10 +274,90 @@ async fn grpcio_presents_a_token_file_over_tls_to_an_authenticating_server() {
         server.metrics()
     );
 
-    let out = run(false, "1", py, target).await.expect("join");
+    let out = run(false, "1", py, a.target.clone()).await.expect("join");
     assert!(!out.status.success(), "a client without a token must get nothing");
     assert!(
         server.metric("xds_auth_refusals_total{reason=\"no_token\"}") >= 1.0,
+        "the refusal is counted:\n{}\nclient stderr:\n{}",
+        server.metrics(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// @grpc/grpc-js-xds (1.14.1) against the same server. Its bootstrap knows only `insecure` and
+/// `google_default` channel creds (no `tls`, no `call_creds`), so the client uses
+/// `google_default`: TLS verified with gRPC's default roots, pointed at the control plane's CA by
+/// `GRPC_DEFAULT_SSL_ROOTS_FILE_PATH`, and Google application-default credentials, whose bearer
+/// token `client.js` serves from its token file on a loopback GCE-style metadata endpoint
+/// (`GCE_METADATA_HOST`). With the pod's token it is served and its RPCs work; with a token the
+/// reviewer rejects it is refused (`invalid_token`) and its RPC fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_js_xds_presents_a_token_over_tls_to_an_authenticating_server() {
+    let Some(py) = python() else { return };
+    let Some(node) = node() else { return };
+    let a = authenticating_server(&py, "127.0.30.3", 50053).await;
+    let bootstrap = a.dir.0.join("bootstrap-js.json");
+    std::fs::write(
+        &bootstrap,
+        format!(
+            r#"{{"xds_servers": [{{"server_uri": "localhost:{}", "channel_creds": [{{"type": "google_default"}}], "server_features": ["xds_v3"]}}],
+"node": {{"id": "{PROXYLESS_PREFIX}grpc-client.default", "cluster": "test", "locality": {{}}}}}}"#,
+            a.server.addr.port(),
+        ),
+    )
+    .expect("bootstrap");
+    let run = |token_file: PathBuf, count: &str| {
+        let (node, bootstrap, ca, target, count) = (
+            node.clone(),
+            bootstrap.clone(),
+            a.ca_file.clone(),
+            a.target.clone(),
+            count.to_string(),
+        );
+        tokio::task::spawn_blocking(move || {
+            Command::new(&node)
+                .current_dir(JS_DIR)
+                .args(["client.js", &target, &count])
+                .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+                .env("GRPC_DEFAULT_SSL_ROOTS_FILE_PATH", &ca)
+                .env("TRAFFIC_XDS_TOKEN_FILE", &token_file)
+                .env("TRAFFIC_CALL_TIMEOUT_MS", "8000")
+                .output()
+                .expect("run client")
+        })
+    };
+    let server = &a.server;
+    let out = run(a.token_file.clone(), "3").await.expect("join");
+    assert!(
+        out.status.success(),
+        "grpc-js-xds with a token failed: {}\nstderr:\n{}\nserver metrics:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        server.metrics(),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().collect::<Vec<_>>(),
+        ["greeter-b"; 3]
+    );
+    assert!(
+        server.metric("xds_auth_admissions_total") >= 1.0,
+        "{}",
+        server.metrics()
+    );
+    assert_eq!(
+        server.metric("xds_auth_refusals_total{reason=\"invalid_token\"}"),
+        0.0
+    );
+
+    let wrong = a.dir.0.join("wrong-token");
+    std::fs::write(&wrong, FAKE_JWT.replace("c2lnbmF0dXJl", "Zm9yZ2Vk")).expect("token file");
+    let out = run(wrong, "1").await.expect("join");
+    assert!(
+        !out.status.success(),
+        "a client with a rejected token must get nothing"
+    );
+    assert!(
+        server.metric("xds_auth_refusals_total{reason=\"invalid_token\"}") >= 1.0,
         "the refusal is counted:\n{}\nclient stderr:\n{}",
         server.metrics(),
         String::from_utf8_lossy(&out.stderr)

@@ -39,6 +39,11 @@ pub struct Options {
     /// DestinationRule (3 subsets). Targets: p99 < 100 ms, RSS < 200 MB at 1k/10k/1k.
     #[arg(long)]
     istio: bool,
+    /// Authenticated streams as in production: TLS, a ServiceAccount token per stream reviewed
+    /// through TokenReview (a stand-in API server in xds-bench) and cached, the node bound to the
+    /// token's pod (the peer-address check off: every client is 127.0.0.1).
+    #[arg(long)]
+    auth: bool,
     /// Run at every size of --sweep-sizes (streams = services, --pods-per-service endpoints each)
     /// and print the growth of each figure.
     #[arg(long)]
@@ -126,6 +131,9 @@ fn run_once(exe: &Path, o: &Options, services: usize, streams: usize) -> anyhow:
     if o.istio {
         c.arg("--istio");
     }
+    if o.auth {
+        c.arg("--auth");
+    }
     let ran = cmd::run(&mut c);
     drop(cgroup);
     let text = std::fs::read_to_string(&scratch);
@@ -178,7 +186,7 @@ pub fn summary_text(r: &Value) -> String {
     let c = &r["config"];
     let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     let mut s = format!(
-        "\nxds benchmark: {} services, {} endpoints, {} {} streams, {} changes (server CPU from {})\n",
+        "\nxds benchmark: {} services, {} endpoints, {} {} streams{}, {} changes (server CPU from {})\n",
         c["services"],
         c["endpoints"],
         c["streams"],
@@ -186,6 +194,11 @@ pub fn summary_text(r: &Value) -> String {
             "delta"
         } else {
             "SotW"
+        },
+        if c["auth"].as_bool() == Some(true) {
+            " (TLS + token)"
+        } else {
+            ""
         },
         c["changes"],
         c["server_cpu"].as_str().unwrap_or("?"),

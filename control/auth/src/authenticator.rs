@@ -61,6 +61,7 @@ impl Authenticator {
                 Some(pod) => format!("{} (pod {pod})", identity.username),
                 None => identity.username.clone(),
             },
+            expires_at: identity.expires_at,
         })
     }
 }

@@ -289,6 +289,28 @@ mod tests {
             authorize(&p, &gw, "traffic-ingress", ip("10.0.0.9"), Some(&pod)),
             Ok(Grant { secrets: true })
         );
+        // The peer check holds for the gateway as for sidecars: its token, used from anywhere but
+        // its pod's IP, or naming an earlier gateway pod, gets nothing (no secrets).
+        assert_eq!(
+            authorize(&p, &gw, "traffic-ingress", ip("10.0.0.10"), Some(&pod)).map_err(|r| r.reason),
+            Err("peer_mismatch")
+        );
+        assert_eq!(
+            authorize(&p, &gw, "traffic-ingress", None, Some(&pod)).map_err(|r| r.reason),
+            Err("peer_mismatch")
+        );
+        assert_eq!(
+            authorize(&p, &gw, "traffic-ingress", ip("10.0.0.9"), None).map_err(|r| r.reason),
+            Err("pod_unknown")
+        );
+        let replaced = PodFacts {
+            uid: "uid-gw-2".into(),
+            ..pod.clone()
+        };
+        assert_eq!(
+            authorize(&p, &gw, "traffic-ingress", ip("10.0.0.9"), Some(&replaced)).map_err(|r| r.reason),
+            Err("pod_mismatch")
+        );
         // The gateway's token is bound to its pod too: it is not a sidecar of another pod.
         assert_eq!(
             authorize(&p, &gw, "web.default", ip("10.0.0.9"), Some(&pod)).map_err(|r| r.reason),

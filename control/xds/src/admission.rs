@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::time::{Duration, SystemTime};
 
 /// What a stream presents.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +31,9 @@ pub struct Admission {
     pub secrets: bool,
     /// Who it is, for the log (e.g. `system:serviceaccount:default:reviews`).
     pub identity: String,
+    /// When its credentials expire: the server then ends the stream with `UNAUTHENTICATED` (the
+    /// client reconnects with its renewed token and is admitted again). `None`: never.
+    pub expires_at: Option<SystemTime>,
 }
 
 impl Admission {
@@ -38,7 +42,25 @@ impl Admission {
         Admission {
             secrets: true,
             identity: "unauthenticated".into(),
+            expires_at: None,
         }
+    }
+}
+
+/// The least time an admitted stream is served before its credentials' expiry ends it: a token
+/// the reviewer accepted but that this clock already sees expired (skew) costs a reconnect after
+/// this long, not a reconnect loop.
+pub const MIN_STREAM_LIFETIME: Duration = Duration::from_secs(1);
+
+impl Admission {
+    /// How long from `now` until the stream must end (`None`: never).
+    pub fn remaining(&self, now: SystemTime) -> Option<Duration> {
+        let at = self.expires_at?;
+        Some(
+            at.duration_since(now)
+                .unwrap_or(Duration::ZERO)
+                .max(MIN_STREAM_LIFETIME),
+        )
     }
 }
 
@@ -102,4 +124,20 @@ pub type AdmitFuture<'a> = Pin<Box<dyn Future<Output = Result<Admission, Refusal
 /// binding); see `traffic-xds-auth`.
 pub trait Admit: Send + Sync + 'static {
     fn admit<'a>(&'a self, credentials: Credentials<'a>) -> AdmitFuture<'a>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_lives_until_its_credentials_expire_and_at_least_a_moment() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut a = Admission::anyone();
+        assert_eq!(a.remaining(now), None);
+        a.expires_at = Some(now + Duration::from_secs(600));
+        assert_eq!(a.remaining(now), Some(Duration::from_secs(600)));
+        a.expires_at = Some(now - Duration::from_secs(5));
+        assert_eq!(a.remaining(now), Some(MIN_STREAM_LIFETIME));
+    }
 }

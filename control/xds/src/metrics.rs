@@ -88,6 +88,8 @@ pub struct XdsMetrics {
     pub auth_admissions: Counter,
     /// Streams refused by the admission hook, by reason.
     pub auth_refusals: Family<ReasonLabels, Counter>,
+    /// Admitted streams ended because their token expired (the client reconnects with a new one).
+    pub auth_expired: Counter,
     /// From a new snapshot being published to its responses being queued on a stream.
     pub push_latency: Histogram,
     /// From a response being queued to the proxy acknowledging it.
@@ -109,6 +111,7 @@ impl Default for XdsMetrics {
             stream_errors: Family::default(),
             auth_admissions: Counter::default(),
             auth_refusals: Family::default(),
+            auth_expired: Counter::default(),
             // 100 µs .. ~6.5 s
             push_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
             ack_latency: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
@@ -168,6 +171,11 @@ impl XdsMetrics {
             "auth_refusals",
             "ADS streams refused (no or invalid token, node or peer not the token's), by reason",
             m.auth_refusals.clone(),
+        );
+        r.register(
+            "auth_expired_streams",
+            "Admitted ADS streams ended with UNAUTHENTICATED when their token expired",
+            m.auth_expired.clone(),
         );
         r.register(
             "push_latency_seconds",

@@ -372,6 +372,40 @@ impl Shared {
     }
 }
 
+impl Shared {
+    /// Ends an admitted stream whose token expired: `UNAUTHENTICATED`, a log line, a count. The
+    /// client keeps its configuration and reconnects with its renewed token.
+    fn end_expired(&self, ctx: &mut StreamContext, node: &str) {
+        info!(
+            node,
+            "token expired: stream ended (UNAUTHENTICATED) for the client to reconnect with a renewed one"
+        );
+        self.metrics.auth_expired.inc();
+        if let Some(end) = ctx.end.take() {
+            let _ = end.send(tonic::Status::unauthenticated(
+                "the token this stream was admitted with has expired",
+            ));
+        }
+    }
+}
+
+/// When an admitted stream's credentials expire.
+type Expiry = Option<std::pin::Pin<Box<tokio::time::Sleep>>>;
+
+fn expiry_of(admission: &Admission) -> Expiry {
+    admission
+        .remaining(std::time::SystemTime::now())
+        .map(|d| Box::pin(tokio::time::sleep(d)))
+}
+
+/// Completes when `expiry` passes; never without one.
+async fn expired(expiry: &mut Expiry) {
+    match expiry {
+        Some(sleep) => sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Keeps `xds_quarantined_resources` in step with one stream's quarantines, and takes the
 /// stream's share back when it ends, however it ends.
 struct QuarantineGauge {
@@ -445,10 +479,15 @@ async fn run_sotw(shared: Arc<Shared>, mut inbound: Inbound<Bytes>, tx: FrameSen
     let mut state = SotwStream::with_name_sets(shared.names.clone());
     let mut node: Option<String> = None;
     let mut admission = Admission::anyone();
+    let mut expiry: Expiry = None;
     let mut timer = AckTimer::default();
     let mut quarantined = QuarantineGauge::new(&shared.metrics, MODE);
     loop {
         tokio::select! {
+            () = expired(&mut expiry) => {
+                shared.end_expired(&mut ctx, node.as_deref().unwrap_or_default());
+                return;
+            }
             req = inbound.message() => {
                 let req = match req.and_then(|r| r.map(|bytes| decode_sotw_with(bytes, state.known_names())
                     .map_err(|e| tonic::Status::internal(format!("invalid request: {e}")))).transpose()) {
@@ -468,6 +507,7 @@ async fn run_sotw(shared: Arc<Shared>, mut inbound: Inbound<Bytes>, tx: FrameSen
                         Some(a) => admission = a,
                         None => return,
                     }
+                    expiry = expiry_of(&admission);
                     let p = published.borrow_and_update().clone();
                     // No type is subscribed yet, so this sends nothing.
                     state.on_resources(shared.node_resources(&p, &id, &admission));
@@ -553,10 +593,15 @@ async fn run_delta(
     let mut state = DeltaStream::with_name_sets(shared.names.clone());
     let mut node: Option<String> = None;
     let mut admission = Admission::anyone();
+    let mut expiry: Expiry = None;
     let mut timer = AckTimer::default();
     let mut quarantined = QuarantineGauge::new(&shared.metrics, MODE);
     loop {
         tokio::select! {
+            () = expired(&mut expiry) => {
+                shared.end_expired(&mut ctx, node.as_deref().unwrap_or_default());
+                return;
+            }
             req = inbound.message() => {
                 let req = match req {
                     Ok(Some(req)) => req,
@@ -575,6 +620,7 @@ async fn run_delta(
                         Some(a) => admission = a,
                         None => return,
                     }
+                    expiry = expiry_of(&admission);
                     let p = published.borrow_and_update().clone();
                     state.on_resources(shared.node_resources(&p, &id, &admission), p.generation);
                     node = Some(id);

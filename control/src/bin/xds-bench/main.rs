@@ -14,7 +14,9 @@
 //! the server's CPU and the bytes every stream received between the write and 200 ms after the
 //! last stream had the change, and the per-change p50/p99 over streams; `--json FILE` writes them
 //! (raw, one entry per change: `cargo xtask bench xds` computes the spreads). SotW clients send
-//! pre-encoded ACKs (the same bytes as building them each time).
+//! pre-encoded ACKs (the same bytes as building them each time). `--auth` runs the server with
+//! TLS and token authentication as in production and the clients with tokens (see `auth.rs`).
+mod auth;
 mod clients;
 mod synthetic;
 
@@ -49,6 +51,10 @@ struct Args {
     /// a DestinationRule (3 subsets), as Istio users write them.
     #[arg(long)]
     istio: bool,
+    /// Authenticated streams, as in production: TLS, a token per stream reviewed through the
+    /// TokenReview API (a stand-in API server here) and cached, the node bound to the token's pod.
+    #[arg(long)]
+    auth: bool,
     /// A cgroup v2 directory (existing, empty) to run the server in: its cpu.stat gives the
     /// server's exact CPU time per change.
     #[arg(long)]
@@ -271,9 +277,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => std::process::Command::new(&exe),
     };
+    let secure = if args.auth {
+        Some(auth::setup(&dir).await?)
+    } else {
+        None
+    };
+    match &secure {
+        Some(s) => {
+            command
+                .arg("serve")
+                .args(&s.args)
+                .env("KUBECONFIG", &s.kubeconfig);
+        }
+        None => {
+            command.args(["serve", "--xds-auth=false", "--xds-tls=false"]);
+        }
+    }
+    let dial = secure.as_ref().map(|s| s.dial.clone());
     let server = Server(
         command
-            .args(["serve", "--xds-auth=false", "--xds-tls=false", "--model"])
+            .arg("--model")
             .arg(&model_path)
             .args([
                 "--xds-addr",
@@ -301,7 +324,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("move the server into {}", dir.display()))?;
     }
     let server_cgroup = args.server_cgroup.as_deref();
-    let url = format!("http://127.0.0.1:{xds_port}");
+    let url = match &dial {
+        Some(_) => format!("https://{}:{xds_port}", auth::SERVER_NAME),
+        None => format!("http://127.0.0.1:{xds_port}"),
+    };
     let mut up = false;
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", xds_port))
@@ -330,11 +356,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         let delta = args.delta;
         let (ce, re) = (clusters_encoded.clone(), routes_encoded.clone());
+        let d = dial.clone();
         tokio::spawn(async move {
             let res = if delta {
-                delta_client(u, id, c, r, rd, s).await
+                delta_client(u, d, id, c, r, rd, s).await
             } else {
-                sotw_client(u, id, ce, re, rd, s).await
+                sotw_client(u, d, id, ce, re, rd, s).await
             };
             if let Err(e) = res {
                 if !DONE.load(std::sync::atomic::Ordering::SeqCst) {
@@ -349,9 +376,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .context("clients did not sync in 120 s")?;
     }
     println!(
-        "{} {} streams synced (all types ACKed) in {:?}",
+        "{} {} streams{} synced (all types ACKed) in {:?}",
         args.streams,
         if args.delta { "delta" } else { "SotW" },
+        if args.auth {
+            format!(
+                " (TLS + token, {} TokenReviews)",
+                auth::REVIEWS.load(std::sync::atomic::Ordering::Relaxed)
+            )
+        } else {
+            String::new()
+        },
         connect_started.elapsed()
     );
     let rss_clients = mem_mb(pid, "VmRSS");
@@ -445,6 +480,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "config": {
                 "services": args.services, "endpoints": endpoints, "pods_per_service": args.pods_per_service,
                 "streams": args.streams, "changes": args.changes, "delta": args.delta, "istio": args.istio,
+                "auth": args.auth,
                 "server_cpu": if server_cgroup.is_some() { "cgroup cpu.stat" } else { "/proc/<pid>/stat" },
             },
             "full_rebuild_ms": rebuilds[1].as_secs_f64() * 1000.0,
