@@ -145,8 +145,8 @@ impl WithApiListeners {
         // The shared sidecar view's clusters and route names (what `for_node("")` gives),
         // compared in place: an endpoint change copies no map here.
         let empty = Resources::new();
-        let shared = snapshot.views().next().map(|(_, nr)| nr);
-        let of = |type_url: &str| shared.and_then(|nr| nr.by_type.get(type_url)).unwrap_or(&empty);
+        let shared = snapshot.sidecar_view();
+        let of = |type_url: &str| shared.by_type.get(type_url).unwrap_or(&empty);
         let (clusters, routes) = (of(CLUSTER), of(ROUTE));
         let same = routes.keys().eq(prev.routes.iter())
             && clusters.len() == prev.clusters.len()

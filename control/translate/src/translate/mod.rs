@@ -144,6 +144,11 @@ impl Snapshot {
         self.per_node.keys().map(String::as_str)
     }
 
+    /// The view every sidecar without a view of its own gets (what `for_node("")` returns).
+    pub fn sidecar_view(&self) -> &NodeResources {
+        &self.sidecar
+    }
+
     /// Every distinct node view: ("sidecar default" | node id, resources).
     pub fn views(&self) -> impl Iterator<Item = (&str, &NodeResources)> {
         [("<sidecar>", &self.sidecar), (INGRESS_NODE_ID, &self.ingress)]
