@@ -279,9 +279,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             iptables_state: DEFAULT_STATE_DIR.into(),
         }),
     };
+    // As PID 1 of its container the agent would ignore SIGTERM (no default action for PID 1) and
+    // hold a rollout for the whole grace period until the SIGKILL.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
     tokio::select! {
         r = watch::run(client, applier, config) => r.context("controller stopped")?,
         r = http => { r?.context("metrics endpoint failed")?; }
+        _ = sigterm.recv() => info!("terminated; sidecars and redirects stay in place for the next agent"),
         _ = tokio::signal::ctrl_c() => info!("interrupted; sidecars and redirects stay in place for the next agent"),
     }
     Ok(())

@@ -243,16 +243,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let http_addr = args.http_addr;
     let http_task = tokio::spawn(async move { traffic_metrics_http::serve(http_addr, registry).await });
     info!(addr = %http_addr, "serving /metrics and /healthz");
-    let shutdown = async {
-        let _ = tokio::signal::ctrl_c().await;
-        info!("shutting down");
-    };
+    // ADS streams never end by themselves, so a graceful server shutdown would wait for them until
+    // the kubelet's SIGKILL (30 s later, while every proxy stays on this dying replica). On SIGTERM
+    // (a pod deletion or rollout) or SIGINT the process exits instead: the streams close, and the
+    // proxies, which keep their configuration, reconnect to the Service's ready replica.
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
     tokio::select! {
-        r = server.serve_tls(listener, tls_identity, shutdown) => r?,
+        r = server.serve_tls(listener, tls_identity, std::future::pending()) => r?,
         r = http_task => {
             r.context("http task")?.with_context(|| format!("cannot serve HTTP on {http_addr}"))?;
         }
         _ = rebuild_task => warn!("model source ended"),
+        _ = sigterm.recv() => info!("SIGTERM: shutting down; ADS streams close"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down; ADS streams close"),
     }
     Ok(())
 }

@@ -9,12 +9,13 @@
 //! cluster without the chart installed skips the test, except under `CI=true`, where it fails.
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::e2e::{netns_iptables_saves, run_timeout, wait_until, E2e, Out, TestNamespace};
+use crate::e2e::{run_timeout, wait_until, E2e, Out, TestNamespace};
 
 /// Namespace the chart is installed in (set by the xtask; default [`DEFAULT_NAMESPACE`]).
 pub const ENV_NAMESPACE: &str = "TRAFFIC_INSTALL_NAMESPACE";
@@ -27,6 +28,12 @@ pub const GATEWAY_SERVICE: &str = "traffic-ingress";
 /// Label on every namespace this suite creates (on top of the e2e suite's `traffic-e2e=true`),
 /// so the xtask deletes exactly these.
 pub const NAMESPACE_LABEL: &str = "traffic-install";
+/// The install test that waits for the kubelet to renew the gateway's token (~10 minutes);
+/// `cargo xtask e2e-install` runs it in one pass only.
+pub const TOKEN_RENEWAL_TEST: &str = "a_gateway_keeps_serving_and_updating_across_its_token_renewal";
+/// `xds.gatewayTokenSeconds` of the install passes: the API's minimum, so that the kubelet renews
+/// the gateway's token within a pass.
+pub const GATEWAY_TOKEN_SECONDS: u64 = 600;
 /// Label on every sidecar container the agent starts.
 pub const SIDECAR_MANAGED_BY: &str = "traffic.envoy.managed-by";
 /// Pod annotations the agent sets.
@@ -51,6 +58,11 @@ fn service_ip(e2e: &E2e, namespace: &str, service: &str) -> anyhow::Result<Strin
     Ok(ip)
 }
 
+/// Held shared by every install test for its whole run and exclusively by a control-plane restart
+/// ([`Install::require_unguarded`]), so that no other test of the pass sees the control plane go
+/// away mid-test.
+static CONTROL_PLANE_STEADY: RwLock<()> = RwLock::new(());
+
 /// The suite's view of the installed chart.
 pub struct Install {
     pub e2e: E2e,
@@ -60,6 +72,8 @@ pub struct Install {
     /// ClusterIP of the gateway Service (the host reaches it through kube-proxy); read once, the
     /// chart's Services stay for the whole pass.
     pub gateway_ip: String,
+    /// Shared hold on [`CONTROL_PLANE_STEADY`] (`None` for a test that restarts the control plane).
+    steady: Option<RwLockReadGuard<'static, ()>>,
 }
 
 fn skip_or_fail(reason: String) -> Option<Install> {
@@ -73,6 +87,18 @@ fn skip_or_fail(reason: String) -> Option<Install> {
 impl Install {
     /// Call first in every install test: `let Some(inst) = Install::require() else { return };`.
     pub fn require() -> Option<Self> {
+        let mut inst = Self::require_unguarded()?;
+        inst.steady = Some(
+            CONTROL_PLANE_STEADY
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        Some(inst)
+    }
+
+    /// [`Self::require`] for a test that restarts the control plane: it holds no shared hold, so
+    /// its restart waits for every other running test of the pass to end.
+    pub fn require_unguarded() -> Option<Self> {
         let e2e = E2e::require()?;
         let namespace = std::env::var(ENV_NAMESPACE).unwrap_or_else(|_| DEFAULT_NAMESPACE.into());
         let prometheus_service = std::env::var(ENV_PROMETHEUS).unwrap_or_else(|_| DEFAULT_PROMETHEUS.into());
@@ -89,7 +115,20 @@ impl Install {
             namespace,
             prometheus_service,
             gateway_ip,
+            steady: None,
         })
+    }
+
+    /// Waits for every test holding a shared hold to end, then keeps them out while `f` runs.
+    pub(crate) fn exclusively<T>(&self, f: impl FnOnce() -> T) -> T {
+        assert!(
+            self.steady.is_none(),
+            "a test that restarts the control plane gets its Install from require_unguarded()"
+        );
+        let _all = CONTROL_PLANE_STEADY
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f()
     }
 
     /// A fresh namespace with the test app (see [`E2e::namespace`]), labelled for the xtask's sweep.
@@ -479,109 +518,6 @@ pub fn parse_prometheus_vector(json: &str) -> anyhow::Result<Vec<(Value, f64)>> 
         .collect()
 }
 
-/// Pods (`<ns>/<name>`) of a `kubectl get pods -A -o json` list that still carry an agent
-/// annotation: a non-empty `traffic.envoy.proxy` or any `traffic.redirect.mode` (the agent clears
-/// the first to "" and removes the second).
-pub fn annotated_pods(pods: &Value) -> Vec<String> {
-    let Some(items) = pods.get("items").and_then(Value::as_array) else {
-        return Vec::new();
-    };
-    items
-        .iter()
-        .filter(|p| {
-            let a = p.pointer("/metadata/annotations");
-            let proxy = a
-                .and_then(|a| a.get(PROXY_ANNOTATION))
-                .and_then(Value::as_str)
-                .is_some_and(|v| !v.is_empty());
-            let mode = a.and_then(|a| a.get(MODE_ANNOTATION)).is_some();
-            proxy || mode
-        })
-        .map(|p| {
-            let s = |k: &str| p.pointer(k).and_then(Value::as_str).unwrap_or("?").to_string();
-            format!("{}/{}", s("/metadata/namespace"), s("/metadata/name"))
-        })
-        .collect()
-}
-
-/// The agent's rules in `iptables-save` output (lines with a `traffic-manager:` comment or our
-/// chain; kube-proxy's comments name Services, e.g. `ns/traffic-manager-control:xds`, not this).
-pub fn our_iptables_rules(save: &str) -> Vec<String> {
-    save.lines()
-        .filter(|l| l.contains(IPTABLES_COMMENT) || l.contains(crate::e2e::IPTABLES_CHAIN))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Whether a `/proc/<pid>/cmdline` (NUL-separated) is a `traffic-agent run` process.
-pub fn is_agent_run(cmdline: &[u8]) -> bool {
-    let mut args = cmdline.split(|b| *b == 0).filter(|a| !a.is_empty());
-    let Some(bin) = args.next() else { return false };
-    let bin = String::from_utf8_lossy(bin);
-    let is_agent = bin.rsplit('/').next() == Some("traffic-agent");
-    is_agent && args.next() == Some(b"run".as_slice())
-}
-
-// ---------------------------------------------------------------------------------------------
-// The node after an uninstall
-
-/// What an uninstall left on the node; [`Leftovers::is_empty`] when nothing.
-#[derive(Debug, Default)]
-pub struct Leftovers {
-    /// What of ours the runtime holds (containers with the sidecar label; on containerd also
-    /// tasks, active snapshots and leases in our namespace), one line each.
-    pub sidecars: Vec<String>,
-    /// Entries under the pin root.
-    pub bpf_pins: Vec<PathBuf>,
-    /// `<pod sandbox>: <rule>` of our iptables rules in pod network namespaces.
-    pub iptables: Vec<String>,
-    /// Pods still carrying an agent annotation.
-    pub annotated_pods: Vec<String>,
-}
-
-impl Leftovers {
-    pub fn is_empty(&self) -> bool {
-        self.sidecars.is_empty()
-            && self.bpf_pins.is_empty()
-            && self.iptables.is_empty()
-            && self.annotated_pods.is_empty()
-    }
-}
-
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = run_timeout(cmd, Duration::from_secs(60))?;
-    anyhow::ensure!(out.ok, "{cmd:?}: {}", out.stderr.trim());
-    Ok(out.stdout)
-}
-
-/// Reads the node (the runtime, bpffs, every pod sandbox's netns, the API) for what an agent
-/// leaves: needs root, `KUBECONFIG` and the runtime's variables (`DOCKER_HOST`, or
-/// `TRAFFIC_E2E_RUNTIME=containerd` and its socket) in the environment.
-pub fn node_leftovers(pin_root: &Path) -> anyhow::Result<Leftovers> {
-    let runtime = crate::node_runtime::NodeRuntime::from_env()?;
-    let mut left = Leftovers {
-        sidecars: runtime.ours()?,
-        ..Leftovers::default()
-    };
-    if let Ok(entries) = std::fs::read_dir(pin_root) {
-        left.bpf_pins = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    }
-    for (pid, pod) in runtime.sandboxes()? {
-        for (save, rules) in netns_iptables_saves(&pid.to_string(), &[])? {
-            left.iptables.extend(
-                our_iptables_rules(&rules)
-                    .into_iter()
-                    .map(|r| format!("{pod} ({save}): {r}")),
-            );
-        }
-    }
-    let pods: Value = serde_json::from_str(&output(
-        Command::new("kubectl").args(["get", "pods", "-A", "-o", "json"]),
-    )?)?;
-    left.annotated_pods = annotated_pods(&pods);
-    Ok(left)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,36 +576,5 @@ mod tests {
         assert_eq!(v[0].1, 12.0);
         assert_eq!(v[0].0["envoy_cluster_name"], "9080|ns|reviews");
         assert!(parse_prometheus_vector(r#"{"status":"error","error":"bad"}"#).is_err());
-    }
-
-    #[test]
-    fn only_pods_with_a_live_annotation_count_as_annotated() {
-        let pods = serde_json::json!({"items": [
-            {"metadata": {"namespace": "a", "name": "cleared", "annotations": {"traffic.envoy.proxy": ""}}},
-            {"metadata": {"namespace": "a", "name": "proxy", "annotations": {"traffic.envoy.proxy": "abc"}}},
-            {"metadata": {"namespace": "b", "name": "mode", "annotations": {"traffic.redirect.mode": "ebpf"}}},
-            {"metadata": {"namespace": "b", "name": "none"}},
-        ]});
-        assert_eq!(annotated_pods(&pods), vec!["a/proxy", "b/mode"]);
-    }
-
-    #[test]
-    fn our_iptables_rules_are_found_by_comment_or_chain() {
-        let save = "*nat\n:TRAFFIC_OUTPUT - [0:0]\n-A OUTPUT -p tcp -m comment --comment \"traffic-manager:x:jump\" -j TRAFFIC_OUTPUT\n-A KUBE-X -j ACCEPT\nCOMMIT\n";
-        assert_eq!(our_iptables_rules(save).len(), 2);
-        assert!(our_iptables_rules("*nat\nCOMMIT\n").is_empty());
-        let kube = "-A KUBE-SERVICES -d 10.96.0.9/32 -p tcp -m comment --comment \"traffic-install/traffic-manager-control:xds cluster IP\" -j KUBE-SVC-X\n";
-        assert!(our_iptables_rules(kube).is_empty());
-    }
-
-    #[test]
-    fn agent_run_processes_are_recognized_by_binary_and_subcommand() {
-        assert!(is_agent_run(b"/usr/local/bin/traffic-agent\0run\0"));
-        assert!(is_agent_run(
-            b"target/debug/traffic-agent\0run\0--redirect-mode\0ebpf\0"
-        ));
-        assert!(!is_agent_run(b"/usr/local/bin/traffic-agent\0uninstall\0"));
-        assert!(!is_agent_run(b"pgrep\0-f\0traffic-agent run\0"));
-        assert!(!is_agent_run(b""));
     }
 }

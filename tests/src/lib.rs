@@ -14,6 +14,8 @@ pub mod e2e_faults;
 pub mod e2e_parse;
 pub mod external_host;
 pub mod install;
+pub mod install_leftovers;
+pub mod install_pods;
 pub mod istio_e2e;
 pub mod node_runtime;
 pub mod pin_root;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use traffic_tests::e2e::wait_until;
 use traffic_tests::e2e::TestNamespace;
 use traffic_tests::install::{enable, self_signed_cert, serve_path, set_cookie, GatewayTally, Install};
+use traffic_tests::install_pods::{TokenClaims, GATEWAY_COMPONENT};
 use traffic_tests::istio_e2e::{apply_yaml, condition};
 use traffic_tests::ScratchDir;
 
@@ -346,5 +347,172 @@ fn an_istio_gateway_and_virtual_service_serve_their_host_over_http_and_https_wit
         )
         .unwrap_or_else(|e| panic!("{e:#}"));
         eprintln!("{resource}: {c:?}");
+    }
+}
+
+/// Seconds since the epoch.
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// GETs `host` through the gateway every `every` until `done` returns `Some`; every reply must be
+/// a 200 of the test app (the gateway keeps its configuration meanwhile).
+fn serving_until<T>(
+    inst: &Install,
+    host: &str,
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> (T, u32) {
+    let mut gets = 0;
+    let v = wait_until(what, timeout, Duration::from_secs(5), || {
+        let r = inst.gateway_get(host, PATH, &[])?;
+        gets += 1;
+        assert_eq!(
+            r.status, 200,
+            "the gateway stopped serving {host} ({what}): {r:?}"
+        );
+        done()
+    })
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    (v, gets)
+}
+
+/// Issue 10 on the cluster: the gateway authenticates with its projected ServiceAccount token
+/// (the pass installs it with `xds.gatewayTokenSeconds=600`, the API's minimum: the kubelet renews
+/// it after ~480 s), Envoy re-reads the renewed token, the control plane ends the stream of the
+/// old one when it expires, and the gateway reconnects with the new one; then the control plane
+/// restarts (no cached review) and the gateway authenticates again. The gateway serves
+/// throughout and takes configuration changes after each step. Named to start first: it waits
+/// ~10 minutes while the rest of the suite runs beside it (`cargo xtask e2e-install` runs it in
+/// one pass only, `--renewal-mode`).
+#[test]
+fn a_gateway_keeps_serving_and_updating_across_its_token_renewal_and_a_control_plane_restart() {
+    let Some(inst) = Install::require_unguarded() else {
+        return;
+    };
+    let ns = inst.app("gw-auth").expect("namespace with the test app");
+    let (host, _) = route_productpage(&inst, &ns);
+    let gateway = inst.component_pod(GATEWAY_COMPONENT).expect("gateway pod");
+    let first = inst.gateway_token().expect("the gateway's token");
+    eprintln!("gateway {gateway}: token {first:?}, now {}", now());
+    assert_eq!(
+        first.pod.as_deref(),
+        Some(gateway.as_str()),
+        "a token bound to the gateway pod"
+    );
+    assert!(
+        first.exp - first.iat <= traffic_tests::install::GATEWAY_TOKEN_SECONDS + 60,
+        "the pass installs the gateway with 600 s tokens: {first:?}"
+    );
+    let reads = |inst: &Install| {
+        inst.gateway_stat("sds.xds-token.update_success")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    };
+    let reads_before = reads(&inst);
+    assert!(reads_before >= 1, "the gateway's Envoy read its token file");
+
+    // 1. The kubelet renews the token (at 80 % of its life); Envoy re-reads the file.
+    let (renewed, gets): (TokenClaims, u32) = serving_until(
+        &inst,
+        &host,
+        "the kubelet to renew the gateway's token",
+        Duration::from_secs(first.exp.saturating_sub(now()) + 60),
+        || Ok(inst.gateway_token().ok().filter(|t| t.iat > first.iat)),
+    );
+    eprintln!(
+        "renewed {}s after issue, {}s before expiry: {renewed:?} ({gets} GETs, all 200)",
+        renewed.iat - first.iat,
+        first.exp.saturating_sub(renewed.iat)
+    );
+    serving_until(
+        &inst,
+        &host,
+        "the gateway's Envoy to read the renewed token",
+        Duration::from_secs(60),
+        || Ok((reads(&inst) > reads_before).then_some(())),
+    );
+
+    // 2. The first token expires: the control plane ends the stream it admitted, the gateway
+    // reconnects with the renewed token and takes a change made after that.
+    let expired_before = inst
+        .control_metric("xds_auth_expired_streams_total")
+        .expect("control plane /metrics");
+    let (_, gets) = serving_until(
+        &inst,
+        &host,
+        "the first token to expire",
+        Duration::from_secs(first.exp.saturating_sub(now()) + 30),
+        || Ok((now() > first.exp + 5).then_some(())),
+    );
+    eprintln!("past the first token's expiry ({gets} GETs, all 200)");
+    serving_until(
+        &inst,
+        &host,
+        "the control plane to end the expired token's stream",
+        Duration::from_secs(60),
+        || {
+            let n = inst.control_metric("xds_auth_expired_streams_total")?;
+            Ok((n > expired_before).then_some(n))
+        },
+    );
+    let connected =
+        |inst: &Install| inst.gateway_stat("control_plane.connected_state").ok().flatten() == Some(1);
+    serving_until(&inst, &host, "the gateway to reconnect", PUSH_TIMEOUT, || {
+        Ok(connected(&inst).then_some(()))
+    });
+    let after_expiry = format!("renewed-{host}");
+    inst.ingress(&ns, "after-expiry", &after_expiry, PATH, ("reviews", 9080), None)
+        .expect("ingress");
+    inst.wait_gateway_serves(&after_expiry, PATH, PUSH_TIMEOUT)
+        .unwrap_or_else(|e| panic!("a change after the expiry: {e:#}"));
+
+    // 3. The control plane restarts (after every other test of the pass ended): it has no
+    // cached review, the gateway authenticates again with its renewed token.
+    let admitted_before = inst
+        .control_metric("xds_auth_admissions_total")
+        .expect("control plane /metrics");
+    let t = Instant::now();
+    let control = inst
+        .restart_control_plane(Duration::from_secs(180))
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!(
+        "control plane restarted as {control} in {} ms (admissions before: {admitted_before})",
+        t.elapsed().as_millis()
+    );
+    serving_until(
+        &inst,
+        &host,
+        "the gateway to reconnect after the restart",
+        PUSH_TIMEOUT,
+        || Ok(connected(&inst).then_some(())),
+    );
+    let after_restart = format!("restarted-{host}");
+    inst.ingress(
+        &ns,
+        "after-restart",
+        &after_restart,
+        PATH,
+        ("reviews", 9080),
+        None,
+    )
+    .expect("ingress");
+    inst.wait_gateway_serves(&after_restart, PATH, PUSH_TIMEOUT)
+        .unwrap_or_else(|e| panic!("a change after the restart: {e:#}"));
+    let admitted = inst
+        .control_metric("xds_auth_admissions_total")
+        .expect("control plane /metrics");
+    assert!(
+        admitted >= 1.0,
+        "the new control plane admitted the gateway: {admitted}"
+    );
+    for h in [&host, &after_expiry] {
+        let r = inst.gateway_get(h, PATH, &[]).expect("curl");
+        assert_eq!(r.status, 200, "{h} still served after the restart: {r:?}");
     }
 }

@@ -74,6 +74,8 @@ pub(super) fn values(
             "uninstall": {"timeoutSeconds": 120},
         },
         "control": {"image": image_value(&images.control)},
+        // The shortest lifetime the API allows, so that the gateway's token renews within a pass.
+        "xds": {"gatewayTokenSeconds": traffic_tests::install::GATEWAY_TOKEN_SECONDS},
         "envoy": {"image": image_value(&images.envoy)},
         "monitor": {
             "enabled": true,

@@ -37,6 +37,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use traffic_tests::e2e::run_timeout;
 use traffic_tests::install as fixtures;
+use traffic_tests::install_leftovers as leftovers;
 use traffic_tests::node_runtime::RuntimeKind;
 
 use crate::{build_ebpf, cluster, cmd, setup};
@@ -75,6 +76,10 @@ pub struct Options {
     /// Only tests whose name contains this (passed to the test harness).
     #[arg(long)]
     pub filter: Option<String>,
+    /// The redirect mode whose pass also runs the gateway's token-renewal test, which waits
+    /// ~10 minutes for the kubelet to renew a 600 s token (`none`: no pass runs it).
+    #[arg(long, default_value = "ebpf")]
+    pub renewal_mode: String,
     /// Cargo profile of the agent and control binaries in the images: release, or debug (what
     /// `cargo xtask e2e` already built: saves the release build when time is short).
     #[arg(long, value_enum, default_value = "release")]
@@ -201,7 +206,7 @@ fn witness_namespace() -> anyhow::Result<String> {
             &["-n", &ns, "get", "pods", "-l", "app=client", "-o", "json"],
             t,
         )?)?;
-        if !fixtures::annotated_pods(&pods).is_empty() {
+        if !leftovers::annotated_pods(&pods).is_empty() {
             return Ok(ns);
         }
         if start.elapsed() > Duration::from_secs(120) {
@@ -395,8 +400,13 @@ impl Pass<'_> {
                     .env("RUST_TEST_NOCAPTURE", "1")
                     .env(fixtures::ENV_NAMESPACE, &namespace)
                     .env(fixtures::ENV_PROMETHEUS, &prometheus);
+                // One more thread than cores: the token-renewal test mostly waits beside the rest.
+                test.arg("--test-threads=3");
                 if let Some(f) = &o.filter {
                     test.arg(f);
+                }
+                if mode != o.renewal_mode {
+                    test.args(["--skip", fixtures::TOKEN_RENEWAL_TEST]);
                 }
                 cmd::run(&mut test)
             });
@@ -428,7 +438,7 @@ fn uninstall(installed: &mut Installed, mode: &str) -> anyhow::Result<()> {
     let t = Duration::from_secs(60);
     // Before: the witness' sidecar and its redirect of `mode` are on the node (so the checks
     // after the uninstall look at something that was there).
-    let before = fixtures::node_leftovers(Path::new(PIN_ROOT))?;
+    let before = leftovers::node_leftovers(Path::new(PIN_ROOT))?;
     let redirect_seen = match mode {
         "iptables" => !before.iptables.is_empty(),
         _ => !before.bpf_pins.is_empty(),
@@ -452,18 +462,18 @@ fn uninstall(installed: &mut Installed, mode: &str) -> anyhow::Result<()> {
         &["-n", &witness, "get", "pods", "-l", "app=client", "-o", "json"],
         t,
     )?)?;
-    let annotated = fixtures::annotated_pods(&pods);
+    let annotated = leftovers::annotated_pods(&pods);
     installed.delete_chart()?;
     // The chart's pods end asynchronously after their objects are deleted (kubectl waits for the
     // DaemonSet, not for its pods): the node must be clean within a minute, and the wait is printed
     // so that a slow cleanup stays visible. (A CI run once saw the pin root's three entries right
     // after the deletion that a rerun did not see.)
     let clean_by = Instant::now() + Duration::from_secs(60);
-    let mut left = fixtures::node_leftovers(Path::new(PIN_ROOT))?;
+    let mut left = leftovers::node_leftovers(Path::new(PIN_ROOT))?;
     let waited = Instant::now();
     while !left.is_empty() && Instant::now() < clean_by {
         std::thread::sleep(Duration::from_secs(2));
-        left = fixtures::node_leftovers(Path::new(PIN_ROOT))?;
+        left = leftovers::node_leftovers(Path::new(PIN_ROOT))?;
     }
     if waited.elapsed() > Duration::from_secs(1) {
         eprintln!(

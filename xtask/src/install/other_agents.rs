@@ -3,7 +3,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use traffic_tests::install as fixtures;
 
 /// Pids of `traffic-agent run` processes on the node, with whether each runs in a pod.
 pub(super) fn agent_processes() -> Vec<(u32, bool)> {
@@ -12,7 +11,10 @@ pub(super) fn agent_processes() -> Vec<(u32, bool)> {
     };
     dir.filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| fixtures::is_agent_run(&c)))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| traffic_tests::install_leftovers::is_agent_run(&c))
+        })
         .map(|pid| {
             let in_pod =
                 std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| c.contains("kubepods"));
