@@ -6,7 +6,8 @@
 //! - `sockops` moves that record to a 4-tuple key as soon as the local port is known
 //!   (`TCP_CONNECT_CB`), i.e. before the proxy can accept the connection.
 //! - `getsockopt` answers the proxy's `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST` from the 4-tuple,
-//!   exactly as netfilter conntrack would.
+//!   in the form netfilter conntrack answers it, and then removes the record: the original
+//!   destination of a connection can be read once (Envoy reads it once per accepted connection).
 //! - `bind4/6` stop the pod's applications from binding the proxy's ports.
 //!
 //! Every program is keyed by the network namespace cookie: `bpf_get_current_cgroup_id()` is the
