@@ -427,9 +427,20 @@ fn disable_leaves_no_attachment_and_no_map_entry_of_the_pod() {
         u.insert("TM_PODS", 1);
         u
     };
-    // Make connections so the per-connection maps hold entries of this pod too.
-    let results = run_client(&pod.app_placement(), &["10.96.0.7:9080", "[fd00:96::7]:9080"]);
+    let dsts = ["10.96.0.7:9080", "[fd00:96::7]:9080"];
+    let results = run_client(&pod.app_placement(), &dsts);
     assert_redirected(&results, &proxy);
+    // The proxy's SO_ORIGINAL_DST query removed the tuples it answered.
+    assert_eq!(usage(&r)["TM_ORIG_TUPLE"], 0, "{:?}", usage(&r));
+    // Connections no proxy answers (none listens: refused after the SYN) keep theirs, so the
+    // per-connection maps hold entries of this pod that disable must remove.
+    drop(proxy);
+    let args: Vec<String> = std::iter::once("tcp").chain(dsts).map(String::from).collect();
+    let refused = pod
+        .app_placement()
+        .run(&bins::path(bins::CLIENT).expect("test-client"), &args)
+        .expect("run client");
+    assert!(!refused.success, "{}", refused.stdout);
     assert!(usage(&r)["TM_ORIG_TUPLE"] >= 2, "{:?}", usage(&r));
     r.disable(&key(&pod)).expect("disable");
     // What is left is exactly the other pod's configuration (it made no connections).

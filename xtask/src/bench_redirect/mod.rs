@@ -13,6 +13,16 @@
 //! (default), dials the original destination like Envoy; `--proxy local` answers itself after
 //! reading the original destination, so the redirect is a larger share of each connection.
 //!
+//! Why `limit` is the fair bound: its proxy is the same binary with the same workers and mode, and
+//! it makes the same `getsockopt(SO_ORIGINAL_DST)` call per connection, which takes the same kernel
+//! path (ip_getsockopt, netfilter's conntrack lookup, a miss: ENOENT) before the proxy falls back to
+//! the backend address the redirected modes' original destination names; its backend and client
+//! are the same too. What only the ebpf mode does is the redirect: connect4 (1 run per connection),
+//! sockops (5 runs: every TCP callback of the client socket), getsockopt's program (1 run) and the
+//! cgroup hooks around them. The programs attach where the agent attaches them
+//! (`plan::desired_links`): connect/sockops/bind on the pod cgroup (the client only), getsockopt on
+//! the proxy's cgroup, nothing on the backend's.
+//!
 //! Two kinds of figures per mode. Wall-clock ones (conn/s, latency) move with whatever else the
 //! machine runs: on a shared 2-core VM by several percent from one run to the next, more than the
 //! few microseconds the eBPF programs add to a ~150 us connection. CPU cost does not: the client,

@@ -313,7 +313,8 @@ impl EbpfRedirector {
             Some(rec) => inner.maps.entries_of(rec.netns_cookie)?,
             None => plan::PodEntries::default(),
         };
-        let desired = plan::desired_entries(ids, &pod.settings, &proxy_ids);
+        let placement = plan::ProxyPlacement::of(cgroup_id, &proxy_ancestor_ids(&pod.proxy_cgroups));
+        let desired = plan::desired_entries(ids, &pod.settings, &proxy_ids, placement);
         let record = plan::record(ids, &pod.settings);
 
         let dir = self.pod_pin_dir(&pod.key);
@@ -604,6 +605,14 @@ impl Maps {
             let _ = self.orig_tuple.remove(&k);
         }
     }
+}
+
+/// For each proxy cgroup, its ancestors' cgroup ids (see `plan::ProxyPlacement::of`).
+fn proxy_ancestor_ids(proxy_cgroups: &[PathBuf]) -> Vec<Vec<Option<u64>>> {
+    proxy_cgroups
+        .iter()
+        .map(|p| sys::cgroup_ancestor_ids(p))
+        .collect()
 }
 
 fn pod_name(key: &PodKey) -> PodName {

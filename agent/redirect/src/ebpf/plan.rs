@@ -24,8 +24,39 @@ pub struct PodIds {
     pub cgroup_id: u64,
 }
 
+/// Where the pod's proxies run relative to the pod cgroup (the pod-side programs run for every
+/// socket created at or below it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyPlacement {
+    /// Every proxy cgroup lies outside the pod cgroup: connect4/6 need not ask whether the caller
+    /// is the proxy (`PodSettings::PROXY_OUTSIDE`).
+    Outside,
+    /// A proxy cgroup is the pod cgroup's descendant, or it could not be told.
+    MaybeNested,
+}
+
+impl ProxyPlacement {
+    /// From each proxy cgroup's ancestors' cgroup ids (nearest first; an ancestor whose id could
+    /// not be read is `None`, which counts as possibly the pod cgroup).
+    pub fn of(pod_cgroup_id: u64, proxy_ancestor_ids: &[Vec<Option<u64>>]) -> Self {
+        let nested = proxy_ancestor_ids
+            .iter()
+            .any(|ancestors| ancestors.iter().any(|id| id.is_none_or(|id| id == pod_cgroup_id)));
+        if nested {
+            Self::MaybeNested
+        } else {
+            Self::Outside
+        }
+    }
+}
+
 /// The map entries a pod with these settings needs.
-pub fn desired_entries(ids: PodIds, settings: &Settings, proxy_cgroup_ids: &[u64]) -> PodEntries {
+pub fn desired_entries(
+    ids: PodIds,
+    settings: &Settings,
+    proxy_cgroup_ids: &[u64],
+    placement: ProxyPlacement,
+) -> PodEntries {
     let netns = ids.netns_cookie;
     let mut ports: BTreeMap<PortKey, u32> = BTreeMap::new();
     for p in &settings.direct_ports {
@@ -42,6 +73,10 @@ pub fn desired_entries(ids: PodIds, settings: &Settings, proxy_cgroup_ids: &[u64
                 _pad0: 0,
                 flags: if settings.direct_ports.is_empty() {
                     PodSettings::NO_DIRECT_PORTS
+                } else {
+                    0
+                } | if placement == ProxyPlacement::Outside {
+                    PodSettings::PROXY_OUTSIDE
                 } else {
                     0
                 },
@@ -248,7 +283,12 @@ mod tests {
 
     #[test]
     fn a_port_both_direct_and_guarded_gets_both_flags_in_one_entry() {
-        let e = desired_entries(IDS, &settings(&[15000, 3306], &[15000]), &[9]);
+        let e = desired_entries(
+            IDS,
+            &settings(&[15000, 3306], &[15000]),
+            &[9],
+            ProxyPlacement::Outside,
+        );
         assert_eq!(
             e.ports.get(&PortKey::new(42, 15000)),
             Some(&(PortFlags::DIRECT | PortFlags::GUARDED))
@@ -265,7 +305,7 @@ mod tests {
     #[test]
     fn only_a_pod_without_direct_ports_lets_connect_skip_the_port_lookup() {
         let flags = |direct: &[u16]| {
-            desired_entries(IDS, &settings(direct, &[15001]), &[])
+            desired_entries(IDS, &settings(direct, &[15001]), &[], ProxyPlacement::Outside)
                 .settings
                 .get(&42)
                 .map(|s| s.has(PodSettings::NO_DIRECT_PORTS))
@@ -275,9 +315,33 @@ mod tests {
     }
 
     #[test]
+    fn only_proxies_provably_outside_the_pod_cgroup_let_connect_skip_the_proxy_lookup() {
+        let pod = IDS.cgroup_id;
+        let placement = |ancestors: &[Vec<Option<u64>>]| ProxyPlacement::of(pod, ancestors);
+        // Siblings of the pod cgroup under a common parent 3 and the root 1.
+        assert_eq!(placement(&[vec![Some(3), Some(1)]]), ProxyPlacement::Outside);
+        assert_eq!(placement(&[]), ProxyPlacement::Outside);
+        // One of two proxies nested below the pod cgroup.
+        assert_eq!(
+            placement(&[vec![Some(3), Some(1)], vec![Some(11), Some(pod), Some(3)]]),
+            ProxyPlacement::MaybeNested
+        );
+        // An unreadable ancestor might be the pod cgroup.
+        assert_eq!(placement(&[vec![None, Some(1)]]), ProxyPlacement::MaybeNested);
+        let flag = |placement| {
+            desired_entries(IDS, &settings(&[], &[]), &[9], placement)
+                .settings
+                .get(&42)
+                .map(|s| s.has(PodSettings::PROXY_OUTSIDE))
+        };
+        assert_eq!(flag(ProxyPlacement::Outside), Some(true));
+        assert_eq!(flag(ProxyPlacement::MaybeNested), Some(false));
+    }
+
+    #[test]
     fn settings_rebuilt_from_maps_equal_the_settings_that_were_applied() {
         let s = settings(&[3306, 15000], &[15000, 15001, 8900]);
-        let e = desired_entries(IDS, &s, &[]);
+        let e = desired_entries(IDS, &s, &[], ProxyPlacement::MaybeNested);
         let mut ports = e.ports.clone();
         ports.insert(PortKey::new(99, 1), PortFlags::DIRECT); // another pod's entry is ignored
         assert_eq!(settings_from(&record(IDS, &s), &ports), s);

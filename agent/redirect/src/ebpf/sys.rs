@@ -38,6 +38,21 @@ pub fn cgroup_id(path: &Path) -> Result<u64, RedirectError> {
     Ok(meta.ino())
 }
 
+/// The cgroup ids of `path`'s ancestors on its cgroup2 mount, nearest first; `None` for one whose
+/// filesystem or id could not be read. The walk ends at the first ancestor on another filesystem
+/// (above the mount).
+pub fn cgroup_ancestor_ids(path: &Path) -> Vec<Option<u64>> {
+    let mut out = Vec::new();
+    for a in path.ancestors().skip(1) {
+        match fs_magic(a) {
+            Ok(CGROUP2_SUPER_MAGIC) => out.push(std::fs::metadata(a).ok().map(|m| m.ino())),
+            Ok(_) => break,
+            Err(_) => out.push(None),
+        }
+    }
+    out
+}
+
 /// Makes sure `pin_root` lives on a bpffs, mounting bpffs on `/sys/fs/bpf` when that is where
 /// it should be and nothing is mounted there yet.
 pub fn ensure_bpffs(pin_root: &Path) -> Result<(), super::EbpfError> {
