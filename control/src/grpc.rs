@@ -258,6 +258,24 @@ mod tests {
         assert_eq!(target_name("zipkin"), None);
     }
 
+    /// An endpoint change (one pod moved) keeps the API listeners of the previous snapshot: the
+    /// clusters and route names they are built from are the same, so nothing is rebuilt.
+    #[test]
+    fn an_endpoint_change_reuses_the_api_listeners() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/translate/examples/bookinfo.yaml");
+        let model = MeshModel::from_yaml_file(path).expect("model");
+        let opts = Options::default();
+        let first = translate(&model, &opts);
+        let prev = WithApiListeners::from_translation(first.snapshot.clone());
+        let mut moved = model.clone();
+        moved.pods[0].ip = Some("172.17.9.9".parse().expect("ip"));
+        let next = traffic_translate::translate::translate_endpoint_change(&model, &first, &moved, &opts)
+            .expect("an endpoint-only change");
+        let reused = WithApiListeners::from_translation_reusing(next.snapshot, &prev);
+        assert!(Arc::ptr_eq(&reused.listeners, &prev.listeners));
+        assert!(!reused.listeners.is_empty());
+    }
+
     /// An `http` port's API listener asks RDS for the sidecar's route configuration of the port;
     /// another port's routes everything inline to its cluster.
     #[test]

@@ -270,8 +270,8 @@ pub struct ModelParser {
     workloads: ItemCache<Workload>,
     ingresses: ItemCache<Ingress>,
     secrets: ItemCache<TlsSecret>,
-    /// The text of the last `istio:` block and what it parsed to.
-    istio: Option<(String, IstioConfig)>,
+    /// The text of the last `istio:` block and what it parsed to (shared with the models).
+    istio: Option<(String, Arc<IstioConfig>)>,
     /// How the last parse compared with the one before it.
     last: Option<Difference>,
 }
@@ -308,14 +308,14 @@ impl ModelParser {
                     Difference::Unknown
                 };
                 self.istio = None;
-                (IstioConfig::default(), diff)
+                (Arc::default(), diff)
             }
             Some(block) => match &self.istio {
                 Some((last, parsed)) if last == block => (parsed.clone(), Difference::Same),
                 _ => {
-                    let parsed = serde_yaml::from_str::<IstioBlock>(block).ok()?.istio;
+                    let parsed = Arc::new(serde_yaml::from_str::<IstioBlock>(block).ok()?.istio);
                     let diff = match &self.istio {
-                        Some((_, was)) if *was == parsed => Difference::Same,
+                        Some((_, was)) if **was == *parsed => Difference::Same,
                         Some(_) => Difference::Changed,
                         None => Difference::Unknown,
                     };
@@ -513,7 +513,7 @@ mod tests {
         assert_eq!(parser.istio.as_ref().map(|(text, _)| text.clone()), cached);
         // The block changes: parsed again.
         let mut edited = moved.clone();
-        edited.istio.destination_rules.clear();
+        Arc::make_mut(&mut edited.istio).destination_rules.clear();
         assert_eq!(
             parser.parse(&edited.to_yaml().expect("yaml")).expect("edited"),
             edited

@@ -85,8 +85,13 @@ struct Previous {
 
 /// Translates `model`: only its endpoint assignments when it differs from `prev`'s model only in
 /// where pods are ([`translate_endpoint_change`]), otherwise whole. Returns the translation, the
-/// snapshot to publish and whether the shortcut applied.
-fn translate_next(prev: Option<Previous>, model: Arc<MeshModel>, options: &Options) -> (Previous, bool) {
+/// snapshot to publish, whether the shortcut applied, and `prev` itself: the caller drops it
+/// after publishing (freeing the previous model and snapshot is CPU work no proxy should wait for).
+fn translate_next(
+    prev: Option<Previous>,
+    model: Arc<MeshModel>,
+    options: &Options,
+) -> (Previous, bool, Option<Previous>) {
     if let Some(prev) = prev {
         if let Some(t) = translate_endpoint_change(&prev.model, &prev.translation, &model, options) {
             log_translation(&t);
@@ -101,21 +106,24 @@ fn translate_next(prev: Option<Previous>, model: Arc<MeshModel>, options: &Optio
                     published,
                 },
                 true,
+                Some(prev),
             );
         }
+        return (translate_whole(model, options), false, Some(prev));
     }
+    (translate_whole(model, options), false, None)
+}
+
+fn translate_whole(model: Arc<MeshModel>, options: &Options) -> Previous {
     let t = translate_logged(&model, options);
     let published = Arc::new(crate::grpc::WithApiListeners::from_translation(
         t.snapshot.clone(),
     ));
-    (
-        Previous {
-            model,
-            translation: t,
-            published,
-        },
-        false,
-    )
+    Previous {
+        model,
+        translation: t,
+        published,
+    }
 }
 
 /// Waits for a change of `models`, then for `quiet` without further change (at most `max_wait`
@@ -183,7 +191,7 @@ pub async fn run(
         let last = prev.take().filter(|_| !recheck);
         let joined = tokio::task::spawn_blocking(move || translate_next(last, model, &opts)).await;
         match joined {
-            Ok((next, incremental)) => {
+            Ok((next, incremental, replaced)) => {
                 let took = started.elapsed();
                 let t = &next.translation;
                 metrics.rebuilds.inc();
@@ -203,8 +211,11 @@ pub async fn run(
                     "translated model"
                 );
                 let published: Arc<dyn MeshSnapshot> = next.published.clone();
-                out.send_replace(published);
+                let was = out.send_replace(published);
                 prev = Some(next);
+                // The replaced model, translation and snapshot are freed once the streams have
+                // the new one (off the runtime's workers: dropping them takes milliseconds).
+                tokio::task::spawn_blocking(move || drop((replaced, was)));
             }
             Err(error) => warn!(%error, "translation panicked; keeping the previous snapshot"),
         }

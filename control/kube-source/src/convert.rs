@@ -119,7 +119,7 @@ pub fn build_model(inputs: &Inputs) -> MeshModel {
         workloads,
         ingresses,
         secrets,
-        istio: inputs.istio.clone(),
+        istio: std::sync::Arc::new(inputs.istio.clone()),
         outbound_traffic_policy: None,
     }
 }

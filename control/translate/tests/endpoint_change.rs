@@ -127,6 +127,9 @@ fn a_moved_pod_of_a_destination_rule_subset_gives_what_a_full_translation_gives(
     assert_ne!(fast.snapshot, prev.snapshot);
     // A changed Istio object is not a pod move.
     let mut edited = after.clone();
-    edited.istio.destination_rules[0].spec.subsets.pop();
+    std::sync::Arc::make_mut(&mut edited.istio).destination_rules[0]
+        .spec
+        .subsets
+        .pop();
     assert!(translate_endpoint_change(&after, &full, &edited, &opts).is_none());
 }

@@ -50,12 +50,12 @@ istio:
         .unwrap();
         model.services.extend(httpbin.services);
         model.pods.extend(httpbin.pods);
-        model
-            .istio
+        let istio = std::sync::Arc::make_mut(&mut model.istio);
+        istio
             .destination_rules
-            .extend(httpbin.istio.destination_rules);
-        read(&mut model.istio, "destination-rule-all.yaml");
-        read(&mut model.istio, file);
+            .extend(httpbin.istio.destination_rules.iter().cloned());
+        read(istio, "destination-rule-all.yaml");
+        read(istio, file);
         let (outbound, admin) = (free_port(), free_port());
         let opts = Options {
             outbound_port: outbound,

@@ -29,6 +29,26 @@ fn is_default_namespace(ns: &str) -> bool {
     ns == "default"
 }
 
+fn istio_is_empty(istio: &std::sync::Arc<traffic_istio::IstioConfig>) -> bool {
+    istio.is_empty()
+}
+
+/// (De)serializes the shared Istio objects as the plain [`traffic_istio::IstioConfig`].
+mod shared_istio {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use traffic_istio::IstioConfig;
+
+    pub fn serialize<S: Serializer>(istio: &Arc<IstioConfig>, s: S) -> Result<S::Ok, S::Error> {
+        istio.as_ref().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<IstioConfig>, D::Error> {
+        IstioConfig::deserialize(d).map(Arc::new)
+    }
+}
+
 /// Everything translation looks at.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,8 +68,11 @@ pub struct MeshModel {
     pub secrets: Vec<TlsSecret>,
     /// `networking.istio.io` objects (VirtualService, DestinationRule, ...), lowered into the
     /// routing model by [`crate::istio_lower`].
-    #[serde(default, skip_serializing_if = "traffic_istio::IstioConfig::is_empty")]
-    pub istio: traffic_istio::IstioConfig,
+    ///
+    /// Shared: a model file re-read or an endpoint change keeps the same objects (one pointer
+    /// instead of a deep copy and comparison of thousands of objects per change).
+    #[serde(default, skip_serializing_if = "istio_is_empty", with = "shared_istio")]
+    pub istio: std::sync::Arc<traffic_istio::IstioConfig>,
     /// Istio's `meshConfig.outboundTrafficPolicy`: what an enabled pod's connection to a
     /// destination nobody declared does. When present it wins over `--outbound-policy`.
     #[serde(

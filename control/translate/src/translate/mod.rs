@@ -398,7 +398,7 @@ pub fn translate_endpoint_change(
         .cloned()
         .collect();
     // DestinationRule subsets are endpoint assignments too (VirtualServices shape only routes).
-    let istio = destination_rules_for(&model.istio, &services);
+    let istio = Arc::new(destination_rules_for(&model.istio, &services));
     let part = MeshModel {
         services,
         pods,
