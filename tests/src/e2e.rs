@@ -579,7 +579,7 @@ pub struct Pod {
 }
 
 impl Pod {
-    fn from_json(v: &Value) -> Option<Self> {
+    pub(crate) fn from_json(v: &Value) -> Option<Self> {
         let meta = v.get("metadata")?;
         let annotations = meta
             .get("annotations")

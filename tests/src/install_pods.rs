@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use serde_json::Value;
 
-use crate::e2e::{http_get, wait_until};
+use crate::e2e::{http_get, wait_until, Pod};
 use crate::e2e_faults::prometheus_value;
 use crate::e2e_parse::stat;
 use crate::install::Install;
@@ -48,14 +48,14 @@ pub fn token_claims(token: &str) -> anyhow::Result<TokenClaims> {
     })
 }
 
-/// Names of the running, not terminating pods of `items` (a `kubectl get pods -o json` list).
-pub fn live_pods(list: &Value) -> Vec<String> {
+/// The running, not terminating pods of `items` (a `kubectl get pods -o json` list).
+pub fn live_pods(list: &Value) -> Vec<Pod> {
     list["items"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null() && p["status"]["phase"] == "Running")
-        .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
+        .filter_map(Pod::from_json)
         .collect()
 }
 
@@ -72,17 +72,20 @@ impl Install {
     }
 
     /// The one live pod of a component of the chart.
-    pub fn component_pod(&self, component: &str) -> anyhow::Result<String> {
-        let pods = live_pods(&self.component_pods(component)?);
-        match pods.as_slice() {
-            [one] => Ok(one.clone()),
-            other => bail!("{component}: want one live pod, found {other:?}"),
+    pub fn component_pod(&self, component: &str) -> anyhow::Result<Pod> {
+        let mut pods = live_pods(&self.component_pods(component)?);
+        match pods.len() {
+            1 => Ok(pods.remove(0)),
+            _ => {
+                let names: Vec<_> = pods.iter().map(|p| p.name.as_str()).collect();
+                bail!("{component}: want one live pod, found {names:?}")
+            }
         }
     }
 
     /// Runs `cmd` in the gateway's Envoy container.
     fn gateway_exec(&self, cmd: &[&str]) -> anyhow::Result<String> {
-        let pod = self.component_pod(GATEWAY_COMPONENT)?;
+        let pod = self.component_pod(GATEWAY_COMPONENT)?.name;
         let mut args = vec!["-n", &self.namespace, "exec", &pod, "-c", GATEWAY_CONTAINER, "--"];
         args.extend_from_slice(cmd);
         self.e2e.kubectl(&args)
@@ -102,17 +105,8 @@ impl Install {
 
     /// A sample of the control plane's `/metrics` (0 when absent).
     pub fn control_metric(&self, name: &str) -> anyhow::Result<f64> {
-        let pod = self.component_pod(CONTROL_COMPONENT)?;
-        let ip = self.e2e.kubectl(&[
-            "-n",
-            &self.namespace,
-            "get",
-            "pod",
-            &pod,
-            "-o",
-            "jsonpath={.status.podIP}",
-        ])?;
-        let body = http_get(&format!("{}:{CONTROL_HTTP_PORT}", ip.trim()), "/metrics")?;
+        let ip = self.component_pod(CONTROL_COMPONENT)?.ip;
+        let body = http_get(&format!("{ip}:{CONTROL_HTTP_PORT}"), "/metrics")?;
         Ok(prometheus_value(&body, name).unwrap_or(0.0))
     }
 
@@ -121,7 +115,7 @@ impl Install {
     /// ended (see [`Install::require_unguarded`]). Returns the new pod's name.
     pub fn restart_control_plane(&self, timeout: Duration) -> anyhow::Result<String> {
         self.exclusively(|| {
-            let old = self.component_pod(CONTROL_COMPONENT)?;
+            let old = self.component_pod(CONTROL_COMPONENT)?.name;
             self.e2e
                 .kubectl(&["-n", &self.namespace, "delete", "pod", &old, "--wait=false"])?;
             let new = wait_until(
@@ -194,10 +188,11 @@ mod tests {
     #[test]
     fn only_running_pods_not_being_deleted_are_live() {
         let list: Value = serde_json::json!({"items": [
-            {"metadata": {"name": "a"}, "status": {"phase": "Running"}},
-            {"metadata": {"name": "b", "deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": {"phase": "Running"}},
-            {"metadata": {"name": "c"}, "status": {"phase": "Pending"}},
+            {"metadata": {"name": "a", "uid": "1"}, "status": {"phase": "Running", "podIP": "10.0.0.1"}},
+            {"metadata": {"name": "b", "uid": "2", "deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": {"phase": "Running"}},
+            {"metadata": {"name": "c", "uid": "3"}, "status": {"phase": "Pending"}},
         ]});
-        assert_eq!(live_pods(&list), vec!["a".to_string()]);
+        let live: Vec<_> = live_pods(&list).into_iter().map(|p| (p.name, p.ip)).collect();
+        assert_eq!(live, vec![("a".to_string(), "10.0.0.1".to_string())]);
     }
 }

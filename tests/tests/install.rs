@@ -396,7 +396,7 @@ fn a_gateway_keeps_serving_and_updating_across_its_token_renewal_and_a_control_p
     };
     let ns = inst.app("gw-auth").expect("namespace with the test app");
     let (host, _) = route_productpage(&inst, &ns);
-    let gateway = inst.component_pod(GATEWAY_COMPONENT).expect("gateway pod");
+    let gateway = inst.component_pod(GATEWAY_COMPONENT).expect("gateway pod").name;
     let first = inst.gateway_token().expect("the gateway's token");
     eprintln!("gateway {gateway}: token {first:?}, now {}", now());
     assert_eq!(
