@@ -68,25 +68,32 @@ async fn acks_every_type(ads: Ads) {
     ))
     .await;
     let envoy = Envoy::start(&bin, "client.default", server.addr, ads).await;
-    let cluster = format!("{port}|default|web");
-    let dump = envoy
-        .wait_config("the web endpoints", |d| {
-            d.contains("127.0.20.1") && d.contains("127.0.20.2") && d.contains(&format!("\"{cluster}\""))
-        })
-        .await;
+    let cluster = format!("\"{port}|default|web\"");
+    let db = format!("{port}|default|db");
     // The dump holds what the model says: the listener, both chains, the route, cluster, endpoints.
-    for needle in [
+    // Clusters and endpoints are pushed before the listener that uses them, so wait for all of it.
+    let needles = [
+        "127.0.20.1",
+        "127.0.20.2",
+        cluster.as_str(),
         "\"outbound\"",
         "127.0.10.1",
         "127.0.10.2",
-        &format!("{port}|default|db"),
-    ] {
-        assert!(dump.contains(needle), "config dump lacks {needle}");
-    }
+        db.as_str(),
+    ];
+    envoy
+        .wait_config("the listener, chains, clusters and endpoints", |d| {
+            needles.iter().all(|n| d.contains(n))
+        })
+        .await;
     let mode = if ads == Ads::Sotw { "sotw" } else { "delta" };
     for t in ["listener", "route", "cluster", "endpoint"] {
-        let acks = server.metric(&format!("xds_acks_total{{mode=\"{mode}\",type=\"{t}\"}}"));
-        assert!(acks >= 1.0, "{t} not ACKed ({mode}):\n{}", server.metrics());
+        server
+            .wait_metric(
+                &format!("xds_acks_total{{mode=\"{mode}\",type=\"{t}\"}}"),
+                |acks| acks >= 1.0,
+            )
+            .await;
     }
     assert!(
         !server.metrics().contains("xds_nacks_total{"),

@@ -133,6 +133,25 @@ impl TestServer {
             .unwrap_or(0.0)
     }
 
+    /// Polls one sample until `cond(value)` holds (e.g. an ACK the client sends just after it
+    /// applied what its config dump already shows); panics with every metric after 15 s.
+    #[allow(dead_code)]
+    pub async fn wait_metric(&self, sample: &str, cond: impl Fn(f64) -> bool) -> f64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let v = self.metric(sample);
+            if cond(v) {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {sample}:\n{}",
+                self.metrics()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
