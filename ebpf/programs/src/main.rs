@@ -2,8 +2,8 @@
 //! (connect4/6, sockops, bind4/6) and to its proxy's cgroup (getsockopt).
 //!
 //! - `connect4/6` rewrite an application's TCP `connect()` to the pod's proxy on loopback and
-//!   remember the original destination in the socket's own storage (`TM_ORIG_SK`).
-//! - `sockops` copies that record to a 4-tuple key as soon as the local port is known
+//!   remember the original destination by socket cookie.
+//! - `sockops` moves that record to a 4-tuple key as soon as the local port is known
 //!   (`TCP_CONNECT_CB`), i.e. before the proxy can accept the connection.
 //! - `getsockopt` answers the proxy's `SO_ORIGINAL_DST` / `IP6T_SO_ORIGINAL_DST` from the 4-tuple,
 //!   in the form netfilter conntrack answers it, and then removes the record: the original
@@ -24,15 +24,14 @@ use aya_ebpf::{
     bindings::{
         bpf_sock, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTO_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
-    btf_maps::SkStorage,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, generated::bpf_sk_storage_get},
-    macros::{btf_map, cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::{cgroup_sock_addr, cgroup_sockopt, map, sock_ops},
     maps::{HashMap, LruHashMap},
     programs::{SockAddrContext, SockOpsContext, SockoptContext},
 };
 use aya_log_ebpf::warn;
 use traffic_ebpf_common::{
-    capacity, is_v4_mapped, v4_mapped, OrigDst, PendingDst, PodName, PodRecord, PodSettings, PortFlags,
+    capacity, is_v4_mapped, v4_mapped, CookieEntry, OrigDst, PodName, PodRecord, PodSettings, PortFlags,
     PortKey, ProxyCgroupKey, TupleKey, AF_INET, AF_INET6, SOCK_STREAM, SOL_IP, SOL_IPV6, SO_ORIGINAL_DST,
 };
 
@@ -42,11 +41,14 @@ static TM_SETTINGS: HashMap<u64, PodSettings> = HashMap::pinned(capacity::SETTIN
 static TM_PORTS: HashMap<PortKey, PortFlags> = HashMap::pinned(capacity::PORTS, 0);
 #[map]
 static TM_PROXY_CG: HashMap<ProxyCgroupKey, u32> = HashMap::pinned(capacity::PROXY_CGROUPS, 0);
-/// The original destination of a redirected socket, in the socket's own storage: connect4/6 write
-/// it, sockops reads it from the same socket. No key to compute (no socket cookie), no shared
-/// hash table to insert into or delete from: the kernel frees it with the socket.
-#[btf_map]
-static TM_ORIG_SK: SkStorage<PendingDst> = SkStorage::new();
+/// `BPF_F_NO_COMMON_LRU`: per-CPU LRU lists. An entry lives from connect4/6 to sockops's
+/// `TCP_CONNECT_CB` in the same `connect()` call, on the same CPU, so per-CPU lists never run dry
+/// and inserts take no lock shared between CPUs.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
+#[map]
+static TM_ORIG_COOKIE: LruHashMap<u64, CookieEntry> =
+    LruHashMap::pinned(capacity::ORIG_BY_COOKIE, BPF_F_NO_COMMON_LRU);
 #[map]
 static TM_ORIG_TUPLE: LruHashMap<TupleKey, OrigDst> = LruHashMap::pinned(capacity::ORIG_BY_TUPLE, 0);
 /// Written and read by the agent only (its record of managed pods, so it survives restarts).
@@ -116,31 +118,20 @@ fn redirect_port(ctx: &SockAddrContext, dst_port_be: u16) -> Option<(u64, u16)> 
     Some((netns, settings.proxy_port))
 }
 
-/// Remembers the original destination in this socket's storage; false when the kernel refused
-/// it (then the connection is not redirected: a proxy that cannot learn the destination would
-/// drop it).
+/// Remembers the original destination of this socket; false when the map refused it (then the
+/// connection is not redirected: a proxy that cannot learn the destination would drop it).
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, netns_cookie: u64, dst: OrigDst, proxy_port: u16) -> bool {
-    let mut pending = PendingDst {
-        netns_cookie,
-        dst,
-        proxy_port_be: proxy_port.to_be(),
-        pending: 1,
-        _pad0: 0,
-    };
-    // SAFETY: ctx is the kernel's bpf_sock_addr for this program; its `sk` is a full socket.
-    let p = unsafe { TM_ORIG_SK.get_or_insert_ptr_mut(ctx, Some(&mut pending)) };
-    if p.is_null() {
+fn remember(ctx: &SockAddrContext, netns_cookie: u64, dst: OrigDst) -> bool {
+    // SAFETY: ctx is the kernel's bpf_sock_addr for this program.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr as *mut c_void) };
+    let entry = CookieEntry { netns_cookie, dst };
+    if TM_ORIG_COOKIE.insert(&cookie, &entry, 0).is_err() {
         warn!(
             ctx,
             "traffic-manager: cannot record original destination, not redirecting"
         );
         return false;
     }
-    // A new storage starts as `pending`; one left by an earlier connect() of this socket is
-    // returned as it was: overwrite it either way.
-    // SAFETY: p is the non-null value pointer the helper returned.
-    unsafe { *p = pending };
     true
 }
 
@@ -166,7 +157,7 @@ pub fn tm_connect4(ctx: SockAddrContext) -> i32 {
             family: AF_INET,
             _pad0: 0,
         };
-        if !remember(&ctx, netns, orig, proxy_port) {
+        if !remember(&ctx, netns, orig) {
             return ALLOW;
         }
         wr(&mut (*sa).user_ip4, LOOPBACK4);
@@ -209,7 +200,7 @@ pub fn tm_connect6(ctx: SockAddrContext) -> i32 {
             family,
             _pad0: 0,
         };
-        if !remember(&ctx, netns, orig, proxy_port) {
+        if !remember(&ctx, netns, orig) {
             return ALLOW;
         }
         // A v4-mapped destination goes to the proxy's IPv4 loopback listener through the same
@@ -253,36 +244,20 @@ enum Recorded {
     Failed,
 }
 
-/// Copies the original destination of a redirected socket to its 4-tuple key: at `TCP_CONNECT_CB`
+/// Moves the original destination of a redirected socket to its 4-tuple key: at `TCP_CONNECT_CB`
 /// (local port known, SYN not sent yet), and again at `ACTIVE_ESTABLISHED_CB` only if that first
 /// attempt could not store the tuple (flagged with `RETRY_FLAG`, so the other sockets' second
-/// callback costs a context load instead of a storage lookup).
+/// callback costs a context load instead of a cookie and a lookup).
 #[inline(always)]
 fn record_tuple(ctx: &SockOpsContext) -> Recorded {
+    // SAFETY: ctx is the kernel's bpf_sock_ops for this program.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut c_void) };
+    let Some(entry) = TM_ORIG_COOKIE.get_ptr(&cookie) else {
+        return Recorded::Nothing;
+    };
+    // SAFETY: the pointer comes from a successful lookup.
+    let entry = unsafe { *entry };
     let ops = ctx.ops;
-    // SAFETY: ctx field load; `sk` is the socket of these callbacks (checked for null).
-    let sk = unsafe { rd(&(*ops).__bindgen_anon_2.sk) };
-    if sk.is_null() {
-        return Recorded::Nothing;
-    }
-    // SAFETY: the map is this object's socket storage; sk is a non-null socket from the context;
-    // no value and no flags: a lookup that never creates.
-    let p = unsafe {
-        bpf_sk_storage_get(
-            core::ptr::addr_of!(TM_ORIG_SK) as *mut c_void,
-            sk as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    } as *mut PendingDst;
-    if p.is_null() {
-        return Recorded::Nothing;
-    }
-    // SAFETY: p is the non-null value pointer the helper returned.
-    let entry = unsafe { *p };
-    if entry.pending == 0 {
-        return Recorded::Nothing;
-    }
     // SAFETY: ctx field loads. Each one is a volatile read of exactly one field so that LLVM
     // cannot fold the offsets into a modified context pointer, which the verifier rejects.
     // Every field is loaded unconditionally and the values are selected afterwards: loads in
@@ -318,9 +293,6 @@ fn record_tuple(ctx: &SockOpsContext) -> Recorded {
     } else {
         remote as u16
     };
-    if proxy_port != entry.proxy_port_be {
-        return Recorded::Nothing;
-    }
     let key = TupleKey {
         netns_cookie: entry.netns_cookie,
         client_addr,
@@ -333,10 +305,9 @@ fn record_tuple(ctx: &SockOpsContext) -> Recorded {
         warn!(ctx, "traffic-manager: cannot record connection tuple");
         return Recorded::Failed;
     }
-    // The tuple is recorded: the socket's record has done its job (a later redirected connect()
-    // of the same socket arms it again).
-    // SAFETY: p is the non-null value pointer the helper returned.
-    unsafe { (*p).pending = 0 };
+    // The tuple is recorded: the cookie entry has done its job (a later connect() on the same
+    // socket records a new one).
+    let _ = TM_ORIG_COOKIE.remove(&cookie);
     Recorded::Stored
 }
 

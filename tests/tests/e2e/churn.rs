@@ -62,13 +62,13 @@ fn pod_cgroups(kubepods: &Path) -> usize {
 fn counts(e2e: &E2e) -> BTreeMap<String, usize> {
     let mut c = BTreeMap::new();
     let maps = Path::new(BPF_PIN_ROOT).join("maps");
-    // The LRU map of original destinations is bounded and drained per pod by the agent too (the
-    // per-socket records of TM_ORIG_SK live on the sockets and have no entries to count).
+    // The LRU maps of original destinations are bounded and drained per pod by the agent too.
     for name in [
         "TM_SETTINGS",
         "TM_PORTS",
         "TM_PROXY_CG",
         "TM_PODS",
+        "TM_ORIG_COOKIE",
         "TM_ORIG_TUPLE",
     ] {
         let p = maps.join(name);

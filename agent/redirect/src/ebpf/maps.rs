@@ -2,20 +2,91 @@
 use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError};
 use aya::{Ebpf, Pod};
 use traffic_ebpf_common::{
-    map_names, OrigDst, PendingDst, PodName, PodRecord, PodSettings, PortFlags, PortKey, ProxyCgroupKey, TupleKey,
+    map_names, CookieEntry, OrigDst, PodName, PodRecord, PodSettings, PortFlags, PortKey, ProxyCgroupKey,
+    TupleKey,
 };
 
 use super::plan::{self, Write};
 use super::{EbpfError, MapUsage};
 
-/// The hash maps the agent reads and writes. `TM_ORIG_SK` (socket storage) is not among them: only
-/// the programs use it, the agent only checks its layout (see [`check_socket_storage`]).
+/// The maps the agent reads and writes.
 pub(super) struct Maps {
     pub(super) settings: BpfHashMap<MapData, u64, PodSettings>,
     pub(super) ports: BpfHashMap<MapData, PortKey, PortFlags>,
     pub(super) proxy_cg: BpfHashMap<MapData, ProxyCgroupKey, u32>,
+    pub(super) orig_cookie: BpfHashMap<MapData, u64, CookieEntry>,
     pub(super) orig_tuple: BpfHashMap<MapData, TupleKey, OrigDst>,
     pub(super) pods: BpfHashMap<MapData, PodName, PodRecord>,
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object, refusing any whose layout is not this agent's.
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
+        Ok(Self {
+            settings: take_map(ebpf, map_names::SETTINGS)?,
+            ports: take_map(ebpf, map_names::PORTS)?,
+            proxy_cg: take_map(ebpf, map_names::PROXY_CGROUPS)?,
+            orig_cookie: take_map(ebpf, map_names::ORIG_BY_COOKIE)?,
+            orig_tuple: take_map(ebpf, map_names::ORIG_BY_TUPLE)?,
+            pods: take_map(ebpf, map_names::PODS)?,
+        })
+    }
+
+    /// Fill level of every map (walks the maps; cheap at the sizes used here).
+    pub(super) fn usage(&self) -> Result<Vec<MapUsage>, EbpfError> {
+        Ok(vec![
+            usage(map_names::SETTINGS, &self.settings)?,
+            usage(map_names::PORTS, &self.ports)?,
+            usage(map_names::PROXY_CGROUPS, &self.proxy_cg)?,
+            usage(map_names::ORIG_BY_COOKIE, &self.orig_cookie)?,
+            usage(map_names::ORIG_BY_TUPLE, &self.orig_tuple)?,
+            usage(map_names::PODS, &self.pods)?,
+        ])
+    }
+
+    /// Every configuration entry keyed by this netns cookie.
+    pub(super) fn entries_of(&self, netns: u64) -> Result<plan::PodEntries, EbpfError> {
+        let mut e = plan::PodEntries::default();
+        if let Some(s) = get_opt(&self.settings, map_names::SETTINGS, &netns)? {
+            e.settings.insert(netns, s);
+        }
+        for item in self.ports.iter() {
+            let (k, v) = item.map_err(|source| map_err(map_names::PORTS, "iterate", source))?;
+            if k.netns_cookie == netns {
+                e.ports.insert(k, v.bits);
+            }
+        }
+        for item in self.proxy_cg.keys() {
+            let k = item.map_err(|source| map_err(map_names::PROXY_CGROUPS, "iterate", source))?;
+            if k.netns_cookie == netns {
+                e.proxy_cgroups.insert(k);
+            }
+        }
+        Ok(e)
+    }
+
+    /// Removes the per-connection entries of a netns (best effort: they are LRU anyway).
+    pub(super) fn purge_connections(&mut self, netns: u64) {
+        let cookies: Vec<u64> = self
+            .orig_cookie
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.netns_cookie == netns)
+            .map(|(k, _)| k)
+            .collect();
+        for k in cookies {
+            let _ = self.orig_cookie.remove(&k);
+        }
+        let tuples: Vec<TupleKey> = self
+            .orig_tuple
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.netns_cookie == netns)
+            .collect();
+        for k in tuples {
+            let _ = self.orig_tuple.remove(&k);
+        }
+    }
 }
 
 pub(super) fn restore<K: Pod, V: Pod>(
@@ -81,7 +152,10 @@ pub(super) fn map_err(map: &'static str, op: &'static str, source: MapError) -> 
     EbpfError::Map { map, op, source }
 }
 
-pub(super) fn usage<K: Pod, V: Pod>(name: &'static str, map: &BpfHashMap<MapData, K, V>) -> Result<MapUsage, EbpfError> {
+pub(super) fn usage<K: Pod, V: Pod>(
+    name: &'static str,
+    map: &BpfHashMap<MapData, K, V>,
+) -> Result<MapUsage, EbpfError> {
     let entries = map.keys().filter(|k| k.is_ok()).count() as u32;
     let capacity = map
         .map()
@@ -93,68 +167,6 @@ pub(super) fn usage<K: Pod, V: Pod>(name: &'static str, map: &BpfHashMap<MapData
         entries,
         capacity,
     })
-}
-
-impl Maps {
-    /// Takes the maps out of a loaded object, refusing any whose layout is not this agent's.
-    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self, EbpfError> {
-        check_socket_storage(ebpf)?;
-        Ok(Self {
-            settings: take_map(ebpf, map_names::SETTINGS)?,
-            ports: take_map(ebpf, map_names::PORTS)?,
-            proxy_cg: take_map(ebpf, map_names::PROXY_CGROUPS)?,
-            orig_tuple: take_map(ebpf, map_names::ORIG_BY_TUPLE)?,
-            pods: take_map(ebpf, map_names::PODS)?,
-        })
-    }
-
-    /// Fill level of every hash map (walks the maps; cheap at the sizes used here). The socket
-    /// storage has no entries to count: each record lives on its socket.
-    pub(super) fn usage(&self) -> Result<Vec<MapUsage>, EbpfError> {
-        Ok(vec![
-            usage(map_names::SETTINGS, &self.settings)?,
-            usage(map_names::PORTS, &self.ports)?,
-            usage(map_names::PROXY_CGROUPS, &self.proxy_cg)?,
-            usage(map_names::ORIG_BY_TUPLE, &self.orig_tuple)?,
-            usage(map_names::PODS, &self.pods)?,
-        ])
-    }
-
-    /// Every configuration entry keyed by this netns cookie.
-    pub(super) fn entries_of(&self, netns: u64) -> Result<plan::PodEntries, EbpfError> {
-        let mut e = plan::PodEntries::default();
-        if let Some(s) = get_opt(&self.settings, map_names::SETTINGS, &netns)? {
-            e.settings.insert(netns, s);
-        }
-        for item in self.ports.iter() {
-            let (k, v) = item.map_err(|source| map_err(map_names::PORTS, "iterate", source))?;
-            if k.netns_cookie == netns {
-                e.ports.insert(k, v.bits);
-            }
-        }
-        for item in self.proxy_cg.keys() {
-            let k = item.map_err(|source| map_err(map_names::PROXY_CGROUPS, "iterate", source))?;
-            if k.netns_cookie == netns {
-                e.proxy_cgroups.insert(k);
-            }
-        }
-        Ok(e)
-    }
-
-    /// Removes the per-connection entries of a netns (best effort: they are LRU anyway). The
-    /// records in socket storage go with their sockets; a socket of the pod that still holds one
-    /// is recorded only if its connect() went to the proxy, and only while sockops is attached.
-    pub(super) fn purge_connections(&mut self, netns: u64) {
-        let tuples: Vec<TupleKey> = self
-            .orig_tuple
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.netns_cookie == netns)
-            .collect();
-        for k in tuples {
-            let _ = self.orig_tuple.remove(&k);
-        }
-    }
 }
 
 pub(super) fn take_map<K: Pod, V: Pod>(
@@ -189,34 +201,4 @@ pub(super) fn key_of<K: Copy, V>(w: &Write<K, V>) -> K {
     match w {
         Write::Upsert(k, _) | Write::Delete(k) => *k,
     }
-}
-
-/// Refuses a pinned `TM_ORIG_SK` of another layout (an older agent's): the programs would read a
-/// record of another shape from every socket.
-fn check_socket_storage(ebpf: &Ebpf) -> Result<(), EbpfError> {
-    let name = map_names::ORIG_BY_SOCKET;
-    let map = ebpf.map(name).ok_or(EbpfError::MapLayout {
-        map: name,
-        source: None,
-    })?;
-    let info = match map {
-        aya::maps::Map::SkStorage(data) => data.info(),
-        _ => {
-            return Err(EbpfError::MapLayout {
-                map: name,
-                source: None,
-            })
-        }
-    }
-    .map_err(|e| EbpfError::MapLayout {
-        map: name,
-        source: Some(e),
-    })?;
-    if info.value_size() as usize != std::mem::size_of::<PendingDst>() {
-        return Err(EbpfError::MapLayout {
-            map: name,
-            source: None,
-        });
-    }
-    Ok(())
 }

@@ -184,10 +184,6 @@ impl EbpfRedirector {
         }
         let mut loader = EbpfLoader::new();
         loader.default_map_pin_directory(root.join("maps"));
-        // A BTF map (socket storage has no legacy definition) carries no pinning attribute here:
-        // pin it by path, so every program instance, old or new, shares one record per socket.
-        let sk_storage_pin = root.join("maps").join(map_names::ORIG_BY_SOCKET);
-        loader.map_pin_path(map_names::ORIG_BY_SOCKET, sk_storage_pin.as_path());
         for (name, n) in &config.max_entries {
             loader.map_max_entries(name, *n);
         }
@@ -404,7 +400,6 @@ fn apply(
         .collect())
 }
 
-
 /// Undo steps, in the order they were done.
 #[derive(Default)]
 struct Journal(Vec<Undo>);
@@ -457,7 +452,6 @@ fn pod_name(key: &PodKey) -> PodName {
         bytes: [0; traffic_ebpf_common::POD_NAME_LEN],
     })
 }
-
 
 impl Redirector for EbpfRedirector {
     fn mode(&self) -> Mode {

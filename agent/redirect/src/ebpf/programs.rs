@@ -68,7 +68,12 @@ pub(super) fn load_and_pin(ebpf: &mut Ebpf, kind: ProgramKind, progs_dir: &Path)
 ///
 /// The link is created with our own `BPF_LINK_CREATE` rather than aya's `attach`: aya 0.14 cannot
 /// turn a cgroup sockopt link into a pinnable `FdLink`, and one code path for all six is simpler.
-pub(super) fn attach_and_pin(ebpf: &Ebpf, kind: ProgramKind, cgroup: &Path, path: &Path) -> Result<(), EbpfError> {
+pub(super) fn attach_and_pin(
+    ebpf: &Ebpf,
+    kind: ProgramKind,
+    cgroup: &Path,
+    path: &Path,
+) -> Result<(), EbpfError> {
     let program = kind.program_name();
     let fail = |source: std::io::Error| EbpfError::Attach {
         program,
