@@ -46,6 +46,12 @@ static TM_PROXY_CG: HashMap<ProxyCgroupKey, u32> = HashMap::pinned(capacity::PRO
 /// and inserts take no lock shared between CPUs.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
+/// Keyed by socket cookie rather than kept in socket-local storage (`BPF_MAP_TYPE_SK_STORAGE`,
+/// written by connect4/6 and read by sockops on the same socket, no delete): measured in
+/// `cargo xtask bench redirect` (notes/bench/ebpfcpu2-*), the storage makes sockops cheaper
+/// (~560 -> ~450 ns per connection) but connect4 dearer (~420 -> ~470-610 ns: two allocations per
+/// socket) and its free at close lands outside the programs: ebpf/limit by CPU fell from
+/// 0.981-0.982 to 0.974-0.978.
 #[map]
 static TM_ORIG_COOKIE: LruHashMap<u64, CookieEntry> =
     LruHashMap::pinned(capacity::ORIG_BY_COOKIE, BPF_F_NO_COMMON_LRU);

@@ -13,27 +13,27 @@
 //!
 //! getsockopt is attached to the proxy cgroups rather than to the pod cgroup (the proxy normally
 //! lives outside it) or the root cgroup (it would run on every getsockopt of the node).
+mod log_pump;
+mod maps;
 mod plan;
+mod programs;
 mod sys;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 
-use aya::maps::{HashMap as BpfHashMap, IterableMap, MapData, MapError};
-use aya::programs::{CgroupSockAddr, CgroupSockopt, SockOps};
-use aya::{Ebpf, EbpfLoader, Pod};
+use aya::maps::MapError;
+use aya::{Ebpf, EbpfLoader};
 use traffic_ebpf_common::{
-    CookieEntry, OrigDst, PodName, PodRecord, PodSettings, PortFlags, PortKey, ProxyCgroupKey, TupleKey,
-    PROXY_CGROUP_PRESENT,
+    PodName, PodRecord, PodSettings, PortFlags, PortKey, ProxyCgroupKey, PROXY_CGROUP_PRESENT,
 };
 
 use crate::{Mode, PodKey, PodRedirect, RedirectError, Redirected, Redirector};
-use plan::{LinkSpec, PodIds, ProgramKind, Write};
+use log_pump::LogPump;
+use maps::{get_opt, key_of, map_err, restore, write, Maps};
+use plan::{PodIds, ProgramKind, Write};
+use programs::{attach_and_pin, load_and_pin, pinned_links, update_link};
 
 pub use sys::BPFFS_MOUNT;
 pub use traffic_ebpf_common::map_names;
@@ -161,15 +161,6 @@ struct Inner {
     maps: Maps,
 }
 
-struct Maps {
-    settings: BpfHashMap<MapData, u64, PodSettings>,
-    ports: BpfHashMap<MapData, PortKey, PortFlags>,
-    proxy_cg: BpfHashMap<MapData, ProxyCgroupKey, u32>,
-    orig_cookie: BpfHashMap<MapData, u64, CookieEntry>,
-    orig_tuple: BpfHashMap<MapData, TupleKey, OrigDst>,
-    pods: BpfHashMap<MapData, PodName, PodRecord>,
-}
-
 impl EbpfRedirector {
     /// Loads the programs (once per process) and opens or creates the pinned maps under
     /// `config.pin_root`, mounting bpffs on `/sys/fs/bpf` when needed.
@@ -205,14 +196,7 @@ impl EbpfRedirector {
         for kind in ProgramKind::ALL {
             load_and_pin(&mut ebpf, kind, &root.join("progs"))?;
         }
-        let maps = Maps {
-            settings: take_map(&mut ebpf, map_names::SETTINGS)?,
-            ports: take_map(&mut ebpf, map_names::PORTS)?,
-            proxy_cg: take_map(&mut ebpf, map_names::PROXY_CGROUPS)?,
-            orig_cookie: take_map(&mut ebpf, map_names::ORIG_BY_COOKIE)?,
-            orig_tuple: take_map(&mut ebpf, map_names::ORIG_BY_TUPLE)?,
-            pods: take_map(&mut ebpf, map_names::PODS)?,
-        };
+        let maps = Maps::take(&mut ebpf)?;
         tracing::info!(pin_root = %root.display(), cgroup2 = %cgroup2.display(), "eBPF redirector loaded");
         Ok(Self {
             pin_root: root,
@@ -243,16 +227,7 @@ impl EbpfRedirector {
 
     /// Fill level of every map (walks the maps; cheap at the sizes used here).
     pub fn map_usage(&self) -> Result<Vec<MapUsage>, EbpfError> {
-        let inner = self.lock();
-        let m = &inner.maps;
-        Ok(vec![
-            usage(map_names::SETTINGS, &m.settings)?,
-            usage(map_names::PORTS, &m.ports)?,
-            usage(map_names::PROXY_CGROUPS, &m.proxy_cg)?,
-            usage(map_names::ORIG_BY_COOKIE, &m.orig_cookie)?,
-            usage(map_names::ORIG_BY_TUPLE, &m.orig_tuple)?,
-            usage(map_names::PODS, &m.pods)?,
-        ])
+        self.lock().maps.usage()
     }
 
     /// Removes everything under a pin root: detaches every pod's links, then unpins programs and
@@ -425,27 +400,6 @@ fn apply(
         .collect())
 }
 
-fn key_of<K: Copy, V>(w: &Write<K, V>) -> K {
-    match w {
-        Write::Upsert(k, _) | Write::Delete(k) => *k,
-    }
-}
-
-/// The links pinned in a pod directory (foreign names are ignored).
-fn pinned_links(dir: &Path) -> Result<BTreeMap<LinkSpec, PathBuf>, EbpfError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| EbpfError::Pin {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    let mut out = BTreeMap::new();
-    for entry in rd.flatten() {
-        if let Some(spec) = entry.file_name().to_str().and_then(LinkSpec::parse) {
-            out.insert(spec, entry.path());
-        }
-    }
-    Ok(out)
-}
-
 /// Undo steps, in the order they were done.
 #[derive(Default)]
 struct Journal(Vec<Undo>);
@@ -484,129 +438,6 @@ impl Journal {
     }
 }
 
-fn restore<K: Pod, V: Pod>(
-    map: &mut BpfHashMap<MapData, K, V>,
-    name: &'static str,
-    key: K,
-    prev: Option<V>,
-) -> Result<(), EbpfError> {
-    let w = match prev {
-        Some(v) => Write::Upsert(key, v),
-        None => Write::Delete(key),
-    };
-    write(map, name, &w).map(|_| ())
-}
-
-/// Performs one write; returns the value it replaced.
-fn write<K: Pod, V: Pod>(
-    map: &mut BpfHashMap<MapData, K, V>,
-    name: &'static str,
-    w: &Write<K, V>,
-) -> Result<Option<V>, EbpfError> {
-    let prev = get_opt(map, name, &key_of(w))?;
-    match w {
-        Write::Upsert(k, v) => map.insert(k, v, 0).map_err(|source| {
-            if is_errno(&source, libc::E2BIG) {
-                let capacity = map.map().info().map(|i| i.max_entries()).unwrap_or(0);
-                EbpfError::MapFull { map: name, capacity }
-            } else {
-                map_err(name, "insert", source)
-            }
-        })?,
-        Write::Delete(k) => match map.remove(k) {
-            Ok(()) | Err(MapError::KeyNotFound) | Err(MapError::ElementNotFound) => {}
-            Err(e) if is_errno(&e, libc::ENOENT) => {}
-            Err(e) => return Err(map_err(name, "remove", e)),
-        },
-    }
-    Ok(prev)
-}
-
-fn get_opt<K: Pod, V: Pod>(
-    map: &BpfHashMap<MapData, K, V>,
-    name: &'static str,
-    key: &K,
-) -> Result<Option<V>, EbpfError> {
-    match map.get(key, 0) {
-        Ok(v) => Ok(Some(v)),
-        Err(MapError::KeyNotFound) | Err(MapError::ElementNotFound) => Ok(None),
-        Err(e) if is_errno(&e, libc::ENOENT) => Ok(None),
-        Err(e) => Err(map_err(name, "lookup", e)),
-    }
-}
-
-fn is_errno(e: &MapError, errno: i32) -> bool {
-    match e {
-        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(errno),
-        MapError::IoError(io) => io.raw_os_error() == Some(errno),
-        _ => false,
-    }
-}
-
-fn map_err(map: &'static str, op: &'static str, source: MapError) -> EbpfError {
-    EbpfError::Map { map, op, source }
-}
-
-fn usage<K: Pod, V: Pod>(name: &'static str, map: &BpfHashMap<MapData, K, V>) -> Result<MapUsage, EbpfError> {
-    let entries = map.keys().filter(|k| k.is_ok()).count() as u32;
-    let capacity = map
-        .map()
-        .info()
-        .map_err(|source| map_err(name, "info", source))?
-        .max_entries();
-    Ok(MapUsage {
-        name,
-        entries,
-        capacity,
-    })
-}
-
-impl Maps {
-    /// Every configuration entry keyed by this netns cookie.
-    fn entries_of(&self, netns: u64) -> Result<plan::PodEntries, EbpfError> {
-        let mut e = plan::PodEntries::default();
-        if let Some(s) = get_opt(&self.settings, map_names::SETTINGS, &netns)? {
-            e.settings.insert(netns, s);
-        }
-        for item in self.ports.iter() {
-            let (k, v) = item.map_err(|source| map_err(map_names::PORTS, "iterate", source))?;
-            if k.netns_cookie == netns {
-                e.ports.insert(k, v.bits);
-            }
-        }
-        for item in self.proxy_cg.keys() {
-            let k = item.map_err(|source| map_err(map_names::PROXY_CGROUPS, "iterate", source))?;
-            if k.netns_cookie == netns {
-                e.proxy_cgroups.insert(k);
-            }
-        }
-        Ok(e)
-    }
-
-    /// Removes the per-connection entries of a netns (best effort: they are LRU anyway).
-    fn purge_connections(&mut self, netns: u64) {
-        let cookies: Vec<u64> = self
-            .orig_cookie
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| v.netns_cookie == netns)
-            .map(|(k, _)| k)
-            .collect();
-        for k in cookies {
-            let _ = self.orig_cookie.remove(&k);
-        }
-        let tuples: Vec<TupleKey> = self
-            .orig_tuple
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.netns_cookie == netns)
-            .collect();
-        for k in tuples {
-            let _ = self.orig_tuple.remove(&k);
-        }
-    }
-}
-
 /// For each proxy cgroup, its ancestors' cgroup ids (see `plan::ProxyPlacement::of`).
 fn proxy_ancestor_ids(proxy_cgroups: &[PathBuf]) -> Vec<Vec<Option<u64>>> {
     proxy_cgroups
@@ -620,119 +451,6 @@ fn pod_name(key: &PodKey) -> PodName {
     PodName::new(key.as_str().as_bytes()).unwrap_or(PodName {
         bytes: [0; traffic_ebpf_common::POD_NAME_LEN],
     })
-}
-
-fn take_map<K: Pod, V: Pod>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<BpfHashMap<MapData, K, V>, EbpfError> {
-    let map = ebpf.take_map(name).ok_or(EbpfError::MapLayout {
-        map: name,
-        source: None,
-    })?;
-    let map: BpfHashMap<MapData, K, V> = map.try_into().map_err(|e| EbpfError::MapLayout {
-        map: name,
-        source: Some(e),
-    })?;
-    // A map pinned by an older agent may have another layout: refuse it rather than misread it.
-    let info = map.map().info().map_err(|e| EbpfError::MapLayout {
-        map: name,
-        source: Some(e),
-    })?;
-    if info.key_size() as usize != std::mem::size_of::<K>()
-        || info.value_size() as usize != std::mem::size_of::<V>()
-    {
-        return Err(EbpfError::MapLayout {
-            map: name,
-            source: None,
-        });
-    }
-    Ok(map)
-}
-
-fn load_and_pin(ebpf: &mut Ebpf, kind: ProgramKind, progs_dir: &Path) -> Result<(), EbpfError> {
-    let name = kind.program_name();
-    let err = |source| EbpfError::Program {
-        program: name,
-        source: Some(source),
-    };
-    let prog = ebpf.program_mut(name).ok_or(EbpfError::Program {
-        program: name,
-        source: None,
-    })?;
-    match kind {
-        ProgramKind::SockOps => {
-            let p: &mut SockOps = prog.try_into().map_err(err)?;
-            p.load().map_err(err)?;
-        }
-        ProgramKind::GetSockopt => {
-            let p: &mut CgroupSockopt = prog.try_into().map_err(err)?;
-            p.load().map_err(err)?;
-        }
-        _ => {
-            let p: &mut CgroupSockAddr = prog.try_into().map_err(err)?;
-            p.load().map_err(err)?;
-        }
-    }
-    // Pin the newest instance for inspection; older pinned instances stay alive through their links.
-    let path = progs_dir.join(name);
-    match std::fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(EbpfError::Pin { path, source: e });
-        }
-        _ => {}
-    }
-    prog.pin(&path).map_err(|e| EbpfError::Pin {
-        path: path.clone(),
-        source: std::io::Error::other(e),
-    })
-}
-
-/// Attaches one program to a cgroup with a bpf_link and pins the link at `path`.
-///
-/// The link is created with our own `BPF_LINK_CREATE` rather than aya's `attach`: aya 0.14 cannot
-/// turn a cgroup sockopt link into a pinnable `FdLink`, and one code path for all six is simpler.
-fn attach_and_pin(ebpf: &Ebpf, kind: ProgramKind, cgroup: &Path, path: &Path) -> Result<(), EbpfError> {
-    let program = kind.program_name();
-    let fail = |source: std::io::Error| EbpfError::Attach {
-        program,
-        cgroup: cgroup.to_path_buf(),
-        source,
-    };
-    let cgroup_file = File::open(cgroup).map_err(fail)?;
-    let prog = ebpf.program(program).ok_or(EbpfError::Program {
-        program,
-        source: None,
-    })?;
-    let prog_fd = prog.fd().map_err(|e| EbpfError::Program {
-        program,
-        source: Some(e),
-    })?;
-    let link = sys::link_create(prog_fd.as_fd(), cgroup_file.as_fd(), kind.attach_type()).map_err(fail)?;
-    sys::obj_pin(link.as_fd(), path).map_err(|source| EbpfError::Pin {
-        path: path.to_path_buf(),
-        source,
-    })
-    // `link` closes here; the pin keeps the attachment.
-}
-
-/// Points a pinned link at this process's instance of its program (no-op when it already does).
-fn update_link(ebpf: &Ebpf, kind: ProgramKind, path: &Path) -> Result<(), EbpfError> {
-    let program = kind.program_name();
-    let prog = ebpf.program(program).ok_or(EbpfError::Program {
-        program,
-        source: None,
-    })?;
-    let prog_fd = prog.fd().map_err(|e| EbpfError::Program {
-        program,
-        source: Some(e),
-    })?;
-    let pin = |source| EbpfError::Pin {
-        path: path.to_path_buf(),
-        source,
-    };
-    let link = sys::obj_get(path).map_err(pin)?;
-    sys::link_update(link.as_fd(), prog_fd.as_fd()).map_err(pin)
 }
 
 impl Redirector for EbpfRedirector {
@@ -815,77 +533,11 @@ impl Redirector for EbpfRedirector {
     }
 }
 
-/// Forwards aya-log records from the programs to `tracing` on a small thread.
-struct LogPump {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl LogPump {
-    fn start(ebpf: &mut Ebpf) -> Option<Self> {
-        let mut logger = match aya_log::EbpfLogger::init_with_logger(ebpf, TracingLog) {
-            Ok(l) => l,
-            Err(error) => {
-                tracing::warn!(%error, "eBPF logs will not be forwarded");
-                return None;
-            }
-        };
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("ebpf-log".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    let mut pfd = libc::pollfd {
-                        fd: logger.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd; the result only decides when to flush.
-                    let _ = unsafe { libc::poll(&mut pfd, 1, 200) };
-                    logger.flush();
-                }
-            })
-            .ok()?;
-        Some(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for LogPump {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 impl Drop for EbpfRedirector {
     fn drop(&mut self) {
         // Stop the log thread before the maps go; pinned state stays.
         self.log_pump.take();
     }
-}
-
-struct TracingLog;
-
-impl log::Log for TracingLog {
-    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
-        true
-    }
-    fn log(&self, record: &log::Record<'_>) {
-        let msg = record.args().to_string();
-        match record.level() {
-            log::Level::Error => tracing::error!(target: "traffic_ebpf", "{msg}"),
-            log::Level::Warn => tracing::warn!(target: "traffic_ebpf", "{msg}"),
-            log::Level::Info => tracing::info!(target: "traffic_ebpf", "{msg}"),
-            _ => tracing::debug!(target: "traffic_ebpf", "{msg}"),
-        }
-    }
-    fn flush(&self) {}
 }
 
 #[cfg(test)]
