@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::ads::TestServer;
 use common::envoy::{envoy_binary, free_port, Envoy, TempDir};
 use common::resources::{cluster, node};
-use traffic_sidecar::bootstrap::{bootstrap, token_sds, BootstrapOptions, XdsAuth, XdsTls};
+use traffic_sidecar::bootstrap::{bootstrap, token_sds, BootstrapOptions, XdsAuth, XdsTls, TOKEN_SECRET};
 use traffic_sidecar::PodRef;
 use traffic_translate::snapshot::{MeshSnapshot, NodeResources};
 use traffic_xds_auth::review::{POD_NAME_EXTRA, POD_UID_EXTRA};
@@ -122,6 +122,13 @@ fn write_token(path: &Path, token: &str) {
     std::fs::rename(&tmp, path).expect("rename token");
 }
 
+/// Waits until Envoy has read the token file a second time (the first read is at its start).
+async fn wait_token_reloaded(envoy: &Envoy) {
+    envoy
+        .wait_stat(&format!("sds.{TOKEN_SECRET}.update_success"), |v| v >= 2)
+        .await;
+}
+
 async fn sidecar(bin: &Path, pod: &str, token_file: &Path, xds: SocketAddr) -> Envoy {
     sidecar_tls(bin, pod, token_file, xds, None).await
 }
@@ -144,7 +151,7 @@ async fn sidecar_tls(
         o.admin_port = admin_port;
         o.initial_fetch_timeout = Some(Duration::from_secs(1));
         o.auth = Some(XdsAuth { token_sds_path });
-        o.tls = tls;
+        o.tls = tls.clone();
         bootstrap(&pod, &o).expect("bootstrap").to_string()
     })
     .await
@@ -171,7 +178,8 @@ async fn a_sidecar_keeps_working_across_a_token_renewal_and_a_control_plane_rest
     reviewer.accept("tok-2", identity("a"));
     write_token(&token_file, "tok-2");
     reviewer.reject("tok-1", ReviewError::Rejected("token has expired".into()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Envoy reads the file asynchronously (a watch on its directory): wait until it took it.
+    wait_token_reloaded(&envoy).await;
 
     // The control plane restarts: Envoy's next stream must carry the new token.
     cp.kill();
@@ -215,11 +223,9 @@ async fn a_sidecar_with_another_pods_token_gets_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let dump = envoy.admin_get("/config_dump").await;
     assert!(!dump.contains("c-a.default"), "{dump}");
-    assert!(
-        cp.server
-            .metric("xds_auth_refusals_total{reason=\"node_mismatch\"}")
-            >= 1.0
-    );
+    cp.server
+        .wait_metric("xds_auth_refusals_total{reason=\"node_mismatch\"}", |v| v >= 1.0)
+        .await;
     assert_eq!(cp.server.metric("xds_auth_admissions_total"), 0.0);
 }
 
@@ -269,8 +275,9 @@ async fn a_stream_ends_when_its_token_expires_and_envoy_reconnects_with_the_rene
     let dir = TempDir::new("xds-auth");
     let token_file = dir.0.join("xds-token.yaml");
     let reviewer = FakeReviewer::default();
+    // Long enough for a loaded machine to start Envoy and have it read the renewal below.
     let short = Identity {
-        expires_at: Some(std::time::SystemTime::now() + Duration::from_secs(4)),
+        expires_at: Some(std::time::SystemTime::now() + Duration::from_secs(10)),
         ..identity("a")
     };
     reviewer.accept("tok-short", short);
@@ -287,6 +294,12 @@ async fn a_stream_ends_when_its_token_expires_and_envoy_reconnects_with_the_rene
     // The renewal, before the expiry.
     reviewer.accept("tok-renewed", identity("a"));
     write_token(&token_file, "tok-renewed");
+    wait_token_reloaded(&envoy).await;
+    assert_eq!(
+        cp.server.metric("xds_auth_expired_streams_total"),
+        0.0,
+        "the renewal was read only after the first token expired: the test needs a longer lifetime"
+    );
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while cp.server.metric("xds_auth_admissions_total") < 2.0 {
