@@ -150,7 +150,9 @@ async fn sidecar_tls(
         let mut o = BootstrapOptions::new(xds.to_string());
         o.admin_port = admin_port;
         o.initial_fetch_timeout = Some(Duration::from_secs(1));
-        o.auth = Some(XdsAuth { token_sds_path });
+        o.auth = Some(XdsAuth {
+            token_sds_path: token_sds_path.clone(),
+        });
         o.tls = tls.clone();
         bootstrap(&pod, &o).expect("bootstrap").to_string()
     })

@@ -131,7 +131,13 @@ static_resources:
         for _ in 0..3 {
             match Self::try_start(bin, &bootstrap).await {
                 Ok(envoy) => return envoy,
-                Err(log) => eprintln!("Envoy's admin port was taken; starting it again:\n{log}"),
+                Err(log) => {
+                    let why = log.lines().filter(|l| l.contains("cannot bind"));
+                    eprintln!(
+                        "Envoy's admin port was taken; starting it again: {}",
+                        why.collect::<Vec<_>>().join(" ")
+                    );
+                }
             }
         }
         panic!("Envoy's admin port was taken three times in a row");
@@ -170,17 +176,20 @@ static_resources:
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(r) = http_get(envoy.admin, "/ready", &[]).await {
-                if r.status == 200 {
-                    return Ok(envoy);
-                }
-            }
             if let Ok(Some(status)) = envoy.child.try_wait() {
                 let log = envoy.log_text();
                 if log.contains(&format!("cannot bind '127.0.0.1:{admin_port}'")) {
                     return Err(log);
                 }
                 panic!("Envoy exited ({status}) before it was ready; log:\n{log}");
+            }
+            // Bounded: whoever else holds the port may accept and never answer.
+            let ready =
+                tokio::time::timeout(Duration::from_secs(2), http_get(envoy.admin, "/ready", &[])).await;
+            if let Ok(Ok(r)) = ready {
+                if r.status == 200 {
+                    return Ok(envoy);
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
