@@ -122,10 +122,15 @@ fn write_token(path: &Path, token: &str) {
     std::fs::rename(&tmp, path).expect("rename token");
 }
 
-/// Waits until Envoy has read the token file a second time (the first read is at its start).
-async fn wait_token_reloaded(envoy: &Envoy) {
+/// How many times Envoy has read the token file.
+async fn token_reads(envoy: &Envoy) -> u64 {
+    envoy.stat(&format!("sds.{TOKEN_SECRET}.update_success")).await
+}
+
+/// Waits until Envoy has read the token file again after `before` reads.
+async fn wait_token_reloaded(envoy: &Envoy, before: u64) {
     envoy
-        .wait_stat(&format!("sds.{TOKEN_SECRET}.update_success"), |v| v >= 2)
+        .wait_stat(&format!("sds.{TOKEN_SECRET}.update_success"), |v| v > before)
         .await;
 }
 
@@ -178,10 +183,11 @@ async fn a_sidecar_keeps_working_across_a_token_renewal_and_a_control_plane_rest
 
     // The agent renews: a new token in the file; the old one stops being valid.
     reviewer.accept("tok-2", identity("a"));
+    let reads = token_reads(&envoy).await;
     write_token(&token_file, "tok-2");
     reviewer.reject("tok-1", ReviewError::Rejected("token has expired".into()));
     // Envoy reads the file asynchronously (a watch on its directory): wait until it took it.
-    wait_token_reloaded(&envoy).await;
+    wait_token_reloaded(&envoy, reads).await;
 
     // The control plane restarts: Envoy's next stream must carry the new token.
     cp.kill();
@@ -295,8 +301,9 @@ async fn a_stream_ends_when_its_token_expires_and_envoy_reconnects_with_the_rene
 
     // The renewal, before the expiry.
     reviewer.accept("tok-renewed", identity("a"));
+    let reads = token_reads(&envoy).await;
     write_token(&token_file, "tok-renewed");
-    wait_token_reloaded(&envoy).await;
+    wait_token_reloaded(&envoy, reads).await;
     assert_eq!(
         cp.server.metric("xds_auth_expired_streams_total"),
         0.0,
