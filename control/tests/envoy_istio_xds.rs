@@ -80,12 +80,17 @@ async fn istio_config_is_acked_and_routes(ads: Ads) {
             d.contains("127.0.20.3") && d.contains(&format!("\"{subset}\"")) && d.contains("\"outbound\"")
         })
         .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each ACK follows the client's applying what the dump shows (the routes after the listener).
     let mode = if ads == Ads::Sotw { "sotw" } else { "delta" };
     for t in ["listener", "route", "cluster", "endpoint"] {
-        let acks = server.metric(&format!("xds_acks_total{{mode=\"{mode}\",type=\"{t}\"}}"));
-        assert!(acks >= 1.0, "{t} not ACKed ({mode}):\n{}", server.metrics());
+        server
+            .wait_metric(
+                &format!("xds_acks_total{{mode=\"{mode}\",type=\"{t}\"}}"),
+                |acks| acks >= 1.0,
+            )
+            .await;
     }
+    envoy.wait_listeners_active(1).await;
     assert!(
         !server.metrics().contains("xds_nacks_total{"),
         "unexpected NACK:\n{}",
@@ -105,10 +110,8 @@ async fn istio_config_is_acked_and_routes(ads: Ads) {
         assert_eq!((r.status, r.body_text()), (200, "reviews-v1".to_string()));
     }
     // The mirror gets a copy of each v1 request (fire and forget: wait for the last ones).
-    for _ in 0..50 {
-        if v3.hits.load(Ordering::SeqCst) >= n {
-            break;
-        }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while v3.hits.load(Ordering::SeqCst) < n && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(v3.hits.load(Ordering::SeqCst), n, "mirrored copies");
@@ -213,7 +216,18 @@ istio:
             d.contains("ingress_https") && d.contains(&format!("gateway_{own}")) && d.contains("127.0.20.5")
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The routes (and, over SDS, the secrets) follow the listeners: wait until they are
+        // taken and every listener is out of warming, so that any rejection would already show.
+        let mode = if ads == Ads::Sotw { "sotw" } else { "delta" };
+        for t in ["listener", "route"] {
+            server
+                .wait_metric(
+                    &format!("xds_acks_total{{mode=\"{mode}\",type=\"{t}\"}}"),
+                    |acks| acks >= 1.0,
+                )
+                .await;
+        }
+        gw.wait_listeners_active(3).await;
         assert_eq!(
             gw.stat("listener_manager.lds.update_rejected").await,
             0,

@@ -135,11 +135,11 @@ async fn acks_every_type(ads: Ads) {
         "{}",
         server.metrics()
     );
-    let mut hit_c = false;
-    for _ in 0..30 {
-        hit_c |= http_get(web, "/", &[]).await.expect("request").body_text() == "web-c";
+    // The dump is the main thread's view; the workers take the new assignment just after.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while http_get(web, "/", &[]).await.expect("request").body_text() != "web-c" {
+        assert!(std::time::Instant::now() < deadline, "web-c never answered");
     }
-    assert!(hit_c, "web-c never answered");
     assert_eq!(envoy.stat("cluster_manager.cds.update_rejected").await, 0);
     assert_eq!(envoy.stat("listener_manager.lds.update_rejected").await, 0);
     drop((a, b, c));
@@ -190,16 +190,17 @@ async fn nacked_once(ads: Ads) {
         .await;
     // Reported once: log, metric, sink with the origin.
     let mode = if ads == Ads::Sotw { "sotw" } else { "delta" };
-    for _ in 0..50 {
-        if server.metric(&format!("xds_nacks_total{{mode=\"{mode}\",type=\"cluster\"}}")) == 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let nacks = format!("xds_nacks_total{{mode=\"{mode}\",type=\"cluster\"}}");
+    assert_eq!(server.wait_metric(&nacks, |v| v >= 1.0).await, 1.0);
+    // The server counts the NACK, then reports it to the sink.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while server.rejections.0.lock().expect("lock").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the NACK never reached the sink"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(
-        server.metric(&format!("xds_nacks_total{{mode=\"{mode}\",type=\"cluster\"}}")),
-        1.0
-    );
     let rejected = server.rejections.0.lock().expect("lock").clone();
     assert_eq!(rejected.len(), 1, "{rejected:?}");
     assert_eq!(rejected[0].type_url, CLUSTER);
@@ -279,7 +280,8 @@ async fn the_binary_serves_a_model_file_and_pushes_its_changes() {
     let _kill = Kill(control.id());
     let http_addr = SocketAddr::from(([127, 0, 0, 1], http_port));
     let mut healthy = false;
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
         if http_get(http_addr, "/healthz", &[])
             .await
             .map(|r| r.status == 200)
@@ -364,8 +366,20 @@ async fn envoy_accepts_the_bookinfo_sidecar_and_ingress_configs() {
                 d.contains("ingress_https") && d.contains("172.17.0.10")
             })
             .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The endpoints come first: wait until the listeners and routes (after them) are taken
+        // too, so that a rejection of any of them would already show.
+        for mode in ["sotw", "delta"] {
+            for t in ["listener", "route"] {
+                server
+                    .wait_metric(
+                        &format!("xds_acks_total{{mode=\"{mode}\",type=\"{t}\"}}"),
+                        |acks| acks >= 1.0,
+                    )
+                    .await;
+            }
+        }
         for e in [&sidecar, &ingress] {
+            e.wait_listeners_active(1).await;
             assert_eq!(
                 e.stat("cluster_manager.cds.update_rejected").await,
                 0,

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::ads::TestServer;
 use common::envoy::{envoy_binary, free_port, Envoy, TempDir};
 use common::resources::{cluster, node};
-use traffic_sidecar::bootstrap::{bootstrap, token_sds, BootstrapOptions, XdsAuth, XdsTls};
+use traffic_sidecar::bootstrap::{bootstrap, token_sds, BootstrapOptions, XdsAuth, XdsTls, TOKEN_SECRET};
 use traffic_sidecar::PodRef;
 use traffic_translate::snapshot::{MeshSnapshot, NodeResources};
 use traffic_xds_auth::review::{POD_NAME_EXTRA, POD_UID_EXTRA};
@@ -122,6 +122,18 @@ fn write_token(path: &Path, token: &str) {
     std::fs::rename(&tmp, path).expect("rename token");
 }
 
+/// How many times Envoy has read the token file.
+async fn token_reads(envoy: &Envoy) -> u64 {
+    envoy.stat(&format!("sds.{TOKEN_SECRET}.update_success")).await
+}
+
+/// Waits until Envoy has read the token file again after `before` reads.
+async fn wait_token_reloaded(envoy: &Envoy, before: u64) {
+    envoy
+        .wait_stat(&format!("sds.{TOKEN_SECRET}.update_success"), |v| v > before)
+        .await;
+}
+
 async fn sidecar(bin: &Path, pod: &str, token_file: &Path, xds: SocketAddr) -> Envoy {
     sidecar_tls(bin, pod, token_file, xds, None).await
 }
@@ -143,8 +155,10 @@ async fn sidecar_tls(
         let mut o = BootstrapOptions::new(xds.to_string());
         o.admin_port = admin_port;
         o.initial_fetch_timeout = Some(Duration::from_secs(1));
-        o.auth = Some(XdsAuth { token_sds_path });
-        o.tls = tls;
+        o.auth = Some(XdsAuth {
+            token_sds_path: token_sds_path.clone(),
+        });
+        o.tls = tls.clone();
         bootstrap(&pod, &o).expect("bootstrap").to_string()
     })
     .await
@@ -169,9 +183,11 @@ async fn a_sidecar_keeps_working_across_a_token_renewal_and_a_control_plane_rest
 
     // The agent renews: a new token in the file; the old one stops being valid.
     reviewer.accept("tok-2", identity("a"));
+    let reads = token_reads(&envoy).await;
     write_token(&token_file, "tok-2");
     reviewer.reject("tok-1", ReviewError::Rejected("token has expired".into()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Envoy reads the file asynchronously (a watch on its directory): wait until it took it.
+    wait_token_reloaded(&envoy, reads).await;
 
     // The control plane restarts: Envoy's next stream must carry the new token.
     cp.kill();
@@ -215,11 +231,9 @@ async fn a_sidecar_with_another_pods_token_gets_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let dump = envoy.admin_get("/config_dump").await;
     assert!(!dump.contains("c-a.default"), "{dump}");
-    assert!(
-        cp.server
-            .metric("xds_auth_refusals_total{reason=\"node_mismatch\"}")
-            >= 1.0
-    );
+    cp.server
+        .wait_metric("xds_auth_refusals_total{reason=\"node_mismatch\"}", |v| v >= 1.0)
+        .await;
     assert_eq!(cp.server.metric("xds_auth_admissions_total"), 0.0);
 }
 
@@ -269,8 +283,9 @@ async fn a_stream_ends_when_its_token_expires_and_envoy_reconnects_with_the_rene
     let dir = TempDir::new("xds-auth");
     let token_file = dir.0.join("xds-token.yaml");
     let reviewer = FakeReviewer::default();
+    // Long enough for a loaded machine to start Envoy and have it read the renewal below.
     let short = Identity {
-        expires_at: Some(std::time::SystemTime::now() + Duration::from_secs(4)),
+        expires_at: Some(std::time::SystemTime::now() + Duration::from_secs(10)),
         ..identity("a")
     };
     reviewer.accept("tok-short", short);
@@ -286,7 +301,14 @@ async fn a_stream_ends_when_its_token_expires_and_envoy_reconnects_with_the_rene
 
     // The renewal, before the expiry.
     reviewer.accept("tok-renewed", identity("a"));
+    let reads = token_reads(&envoy).await;
     write_token(&token_file, "tok-renewed");
+    wait_token_reloaded(&envoy, reads).await;
+    assert_eq!(
+        cp.server.metric("xds_auth_expired_streams_total"),
+        0.0,
+        "the renewal was read only after the first token expired: the test needs a longer lifetime"
+    );
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while cp.server.metric("xds_auth_admissions_total") < 2.0 {

@@ -126,7 +126,14 @@ async fn ask(
     let mut stream = client.stream_aggregated_resources(request).await?.into_inner();
     let mut out = Vec::new();
     loop {
-        match tokio::time::timeout(Duration::from_millis(500), stream.message()).await {
+        // The first answer (a response or the refusal) may take a while on a loaded machine;
+        // after it, a quiet second means everything that was going to come came.
+        let wait = if out.is_empty() {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_secs(1)
+        };
+        match tokio::time::timeout(wait, stream.message()).await {
             Err(_) => return Ok(out), // quiet: everything that was going to come came
             Ok(Ok(Some(r))) => out.push(r),
             Ok(Ok(None)) => return Ok(out),

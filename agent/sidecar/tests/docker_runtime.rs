@@ -241,7 +241,7 @@ async fn a_sidecar_joins_the_sandbox_netns_as_1337_answers_admin_on_loopback_onl
         .await
         .unwrap();
     wait_exited(&rt, &sidecar.container_id).await;
-    let followed = tokio::time::timeout(Duration::from_secs(5), follower)
+    let followed = tokio::time::timeout(Duration::from_secs(30), follower)
         .await
         .unwrap()
         .unwrap()
@@ -260,7 +260,8 @@ async fn a_sidecar_joins_the_sandbox_netns_as_1337_answers_admin_on_loopback_onl
 }
 
 async fn wait_exited(rt: &DockerRuntime, id: &str) {
-    for _ in 0..100 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
         let s = rt.sidecars().await.unwrap();
         if s.iter()
             .any(|s| s.container_id == id && s.state != SidecarState::Running)

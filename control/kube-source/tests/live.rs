@@ -19,6 +19,10 @@ use traffic_kube_source::{
 };
 use traffic_translate::model::MeshModel;
 
+/// How long a watch event, an Event or a status write may take to show on a loaded machine
+/// (the API server shares it with the test); the measured times are printed.
+const CLUSTER_WAIT: Duration = Duration::from_secs(60);
+
 /// `None` (test skipped, reason printed) without a cluster; panics without one under `CI=true`
 /// only if `TRAFFIC_E2E_REQUIRED=true`, since CI normally has no cluster.
 fn cluster() -> Option<()> {
@@ -195,7 +199,7 @@ async fn the_watcher_publishes_service_and_pod_changes_within_seconds() {
         )
         .await
         .unwrap();
-    let took = wait_model(&mut models, Duration::from_secs(5), |m| {
+    let took = wait_model(&mut models, CLUSTER_WAIT, |m| {
         m.service(&ns.name, "web").is_some()
     })
     .await;
@@ -209,7 +213,7 @@ async fn the_watcher_publishes_service_and_pod_changes_within_seconds() {
         .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let took = wait_model(&mut models, Duration::from_secs(5), |m| {
+    let took = wait_model(&mut models, CLUSTER_WAIT, |m| {
         m.service(&ns.name, "web")
             .is_some_and(|s| s.labels.get("traffic.lb.policy").map(String::as_str) == Some("random"))
     })
@@ -221,10 +225,7 @@ async fn the_watcher_publishes_service_and_pod_changes_within_seconds() {
     pods.create(&PostParams::default(), &web_pod(&ns.name))
         .await
         .unwrap();
-    let took = wait_model(&mut models, Duration::from_secs(5), |m| {
-        m.pod(&ns.name, "web-1").is_some()
-    })
-    .await;
+    let took = wait_model(&mut models, CLUSTER_WAIT, |m| m.pod(&ns.name, "web-1").is_some()).await;
     eprintln!("pod created -> model: {took:?}");
     let took = wait_model(&mut models, Duration::from_secs(60), |m| {
         m.pod(&ns.name, "web-1")
@@ -272,7 +273,7 @@ async fn an_invalid_label_becomes_one_warning_event_on_the_labelled_object() {
         )
         .await
         .unwrap();
-    wait_model(&mut models, Duration::from_secs(5), |m| {
+    wait_model(&mut models, CLUSTER_WAIT, |m| {
         m.service(&ns.name, "web").is_some()
     })
     .await;
@@ -284,7 +285,7 @@ async fn an_invalid_label_becomes_one_warning_event_on_the_labelled_object() {
             .await
             .unwrap();
         let want = i.to_string();
-        wait_model(&mut models, Duration::from_secs(5), |m| {
+        wait_model(&mut models, CLUSTER_WAIT, |m| {
             m.service(&ns.name, "web")
                 .is_some_and(|s| s.labels.get("round") == Some(&want))
         })
@@ -299,7 +300,7 @@ async fn an_invalid_label_becomes_one_warning_event_on_the_labelled_object() {
             .list(&ListParams::default().fields("involvedObject.name=web,reason=InvalidTrafficLabel"))
             .await
             .unwrap();
-        if !list.items.is_empty() || start.elapsed() > Duration::from_secs(10) {
+        if !list.items.is_empty() || start.elapsed() > CLUSTER_WAIT {
             break list.items;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -381,7 +382,7 @@ async fn a_repeat_after_the_dedup_window_bumps_the_count_and_a_nack_lands_on_a_d
             .unwrap()
             .items
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + CLUSTER_WAIT;
     while list(api.clone()).await.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -393,7 +394,7 @@ async fn a_repeat_after_the_dedup_window_bumps_the_count_and_a_nack_lands_on_a_d
     // After the window, the same rejection bumps the existing Event.
     tokio::time::sleep(Duration::from_millis(700)).await;
     sink.rejected("a.default", type_url, &rejected, "invalid cluster");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + CLUSTER_WAIT;
     loop {
         let now = list(api.clone()).await;
         assert_eq!(now.len(), 1, "{now:#?}");
@@ -501,7 +502,7 @@ async fn the_rbac_rules_are_enough_for_the_watches_and_the_events() {
         )
         .await
         .unwrap();
-    wait_model(&mut models, Duration::from_secs(5), |m| {
+    wait_model(&mut models, CLUSTER_WAIT, |m| {
         m.service(&ns.name, "web").is_some()
     })
     .await;
@@ -519,7 +520,7 @@ async fn the_rbac_rules_are_enough_for_the_watches_and_the_events() {
         "written as the ServiceAccount",
     );
     let events: Api<Event> = Api::namespaced(admin.clone(), &ns.name);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + CLUSTER_WAIT;
     loop {
         let found = events
             .list(&ListParams::default().fields("involvedObject.name=web,reason=InvalidTrafficLabel"))

@@ -123,7 +123,29 @@ static_resources:
     }
 
     /// Starts Envoy with the bootstrap `bootstrap(admin port)` returns (YAML or JSON).
-    pub async fn start_with(bin: &Path, bootstrap: impl FnOnce(u16) -> String) -> Envoy {
+    ///
+    /// The admin port is picked free and bound by Envoy a moment later, so another process may
+    /// take it in between: an Envoy that exits because its admin port is in use is started again
+    /// on another port (a start-up retry, not a retry of anything the test checks).
+    pub async fn start_with(bin: &Path, bootstrap: impl Fn(u16) -> String) -> Envoy {
+        for _ in 0..3 {
+            match Self::try_start(bin, &bootstrap).await {
+                Ok(envoy) => return envoy,
+                Err(log) => {
+                    let why = log.lines().filter(|l| l.contains("cannot bind"));
+                    eprintln!(
+                        "Envoy's admin port was taken; starting it again: {}",
+                        why.collect::<Vec<_>>().join(" ")
+                    );
+                }
+            }
+        }
+        panic!("Envoy's admin port was taken three times in a row");
+    }
+
+    /// Starts Envoy and waits until it is ready; `Err(log)` if it exited because its admin port
+    /// was in use.
+    async fn try_start(bin: &Path, bootstrap: &impl Fn(u16) -> String) -> Result<Envoy, String> {
         let dir = TempDir::new("envoy");
         let admin_port = free_port();
         let config = dir.0.join("bootstrap.yaml");
@@ -146,7 +168,7 @@ static_resources:
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn envoy");
-        let envoy = Envoy {
+        let mut envoy = Envoy {
             child,
             admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
             log,
@@ -154,9 +176,19 @@ static_resources:
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Ok(r) = http_get(envoy.admin, "/ready", &[]).await {
+            if let Ok(Some(status)) = envoy.child.try_wait() {
+                let log = envoy.log_text();
+                if log.contains(&format!("cannot bind '127.0.0.1:{admin_port}'")) {
+                    return Err(log);
+                }
+                panic!("Envoy exited ({status}) before it was ready; log:\n{log}");
+            }
+            // Bounded: whoever else holds the port may accept and never answer.
+            let ready =
+                tokio::time::timeout(Duration::from_secs(2), http_get(envoy.admin, "/ready", &[])).await;
+            if let Ok(Ok(r)) = ready {
                 if r.status == 200 {
-                    return envoy;
+                    return Ok(envoy);
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -209,6 +241,27 @@ static_resources:
             "timed out waiting for {what}; config dump:\n{dump}\nlog:\n{}",
             self.log_text()
         );
+    }
+
+    /// Polls until at least `n` listeners are active and none is warming: a listener the config
+    /// dump already shows may still wait for its routes (RDS) or secrets (SDS) before it accepts
+    /// connections.
+    pub async fn wait_listeners_active(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let active = self.stat("listener_manager.total_listeners_active").await;
+            let warming = self.stat("listener_manager.total_listeners_warming").await;
+            if active >= n && warming == 0 {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{active} listeners active ({warming} warming), wanted {n}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Polls until `cond(stat value)` holds.

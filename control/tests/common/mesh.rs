@@ -116,8 +116,12 @@ impl Mesh {
                 d.contains(&last) && d.contains("\"outbound\"")
             })
             .await;
-        // Give the listener a moment to finish warming.
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // The listener warms until its routes arrive (RDS, pushed after it): wait for that and
+        // for the routes' ACK rather than for a fixed time.
+        mesh.envoy.wait_listeners_active(1).await;
+        mesh.server
+            .wait_metric("xds_acks_total{mode=\"sotw\",type=\"route\"}", |v| v >= 1.0)
+            .await;
         Some(mesh)
     }
 
