@@ -152,8 +152,9 @@ fn virtual_services_route_split_fault_time_out_and_retry_in_envoy() {
     let start = Instant::now();
     let r = get(8, "/slow", "");
     assert_eq!(status(&r), 504, "{r}");
+    // Under 1.9 s: the timeout answered, not the 2 s backend (a loaded CI machine adds latency).
     assert!(
-        start.elapsed() < Duration::from_millis(1500),
+        start.elapsed() < Duration::from_millis(1900),
         "{:?}",
         start.elapsed()
     );

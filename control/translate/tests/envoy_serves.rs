@@ -143,7 +143,8 @@ fn a_sidecar_config_routes_hashes_faults_blocks_and_exposes_only_prometheus_stat
     assert_eq!(body(&http_get(at(1), "/big", "").unwrap()).len(), 200 * 1024);
     let unlimited = start.elapsed();
     assert!(limited >= Duration::from_millis(900), "limited {limited:?}");
-    assert!(unlimited < Duration::from_millis(500), "unlimited {unlimited:?}");
+    // Far less: under 800 ms (not 1 s of token bucket), with room for a loaded CI machine.
+    assert!(unlimited < Duration::from_millis(800), "unlimited {unlimited:?}");
 
     // Stats listener: Prometheus text only, with the names the original project's users know.
     let stats_addr: SocketAddr = ([127, 0, 0, 1], stats).into();

@@ -183,7 +183,8 @@ fn service_entries_resolve_static_and_dns_and_take_virtual_service_rules_in_envo
     );
     assert_eq!(status(&r), 504, "{r}");
     assert!(
-        (Duration::from_millis(450)..Duration::from_millis(1500)).contains(&took),
+        // Under 1.9 s: the answer came from the timeout, not from the 2 s backend (loaded CI).
+        (Duration::from_millis(450)..Duration::from_millis(1900)).contains(&took),
         "{took:?}"
     );
     assert_eq!(status(&get("slow.example", "/fast", "")), 200);
