@@ -82,14 +82,9 @@ async fn istio_config_is_acked_and_routes(ads: Ads) {
         .await;
     // Each ACK follows the client's applying what the dump shows (the routes after the listener).
     let mode = if ads == Ads::Sotw { "sotw" } else { "delta" };
-    for t in ["listener", "route", "cluster", "endpoint"] {
-        server
-            .wait_metric(
-                &format!("xds_acks_total{{mode=\"{mode}\",type=\"{t}\"}}"),
-                |acks| acks >= 1.0,
-            )
-            .await;
-    }
+    server
+        .wait_acked(mode, &["listener", "route", "cluster", "endpoint"])
+        .await;
     envoy.wait_listeners_active(1).await;
     assert!(
         !server.metrics().contains("xds_nacks_total{"),
@@ -219,14 +214,7 @@ istio:
         // The routes (and, over SDS, the secrets) follow the listeners: wait until they are
         // taken and every listener is out of warming, so that any rejection would already show.
         let mode = if ads == Ads::Sotw { "sotw" } else { "delta" };
-        for t in ["listener", "route"] {
-            server
-                .wait_metric(
-                    &format!("xds_acks_total{{mode=\"{mode}\",type=\"{t}\"}}"),
-                    |acks| acks >= 1.0,
-                )
-                .await;
-        }
+        server.wait_acked(mode, &["listener", "route"]).await;
         gw.wait_listeners_active(3).await;
         assert_eq!(
             gw.stat("listener_manager.lds.update_rejected").await,

@@ -87,14 +87,9 @@ async fn acks_every_type(ads: Ads) {
         })
         .await;
     let mode = if ads == Ads::Sotw { "sotw" } else { "delta" };
-    for t in ["listener", "route", "cluster", "endpoint"] {
-        server
-            .wait_metric(
-                &format!("xds_acks_total{{mode=\"{mode}\",type=\"{t}\"}}"),
-                |acks| acks >= 1.0,
-            )
-            .await;
-    }
+    server
+        .wait_acked(mode, &["listener", "route", "cluster", "endpoint"])
+        .await;
     assert!(
         !server.metrics().contains("xds_nacks_total{"),
         "unexpected NACK:\n{}",
@@ -369,14 +364,7 @@ async fn envoy_accepts_the_bookinfo_sidecar_and_ingress_configs() {
         // The endpoints come first: wait until the listeners and routes (after them) are taken
         // too, so that a rejection of any of them would already show.
         for mode in ["sotw", "delta"] {
-            for t in ["listener", "route"] {
-                server
-                    .wait_metric(
-                        &format!("xds_acks_total{{mode=\"{mode}\",type=\"{t}\"}}"),
-                        |acks| acks >= 1.0,
-                    )
-                    .await;
-            }
+            server.wait_acked(mode, &["listener", "route"]).await;
         }
         for e in [&sidecar, &ingress] {
             e.wait_listeners_active(1).await;

@@ -52,13 +52,9 @@ async fn call(client: Client, server: &TestServer, dir: &TempDir, port: u16, cou
         server.rejections.0.lock().expect("lock")
     );
     // The client sent its ACKs before it exited; the server may still be reading them.
-    for t in ["listener", "cluster", "endpoint"] {
-        server
-            .wait_metric(&format!("xds_acks_total{{mode=\"sotw\",type=\"{t}\"}}"), |v| {
-                v >= 1.0
-            })
-            .await;
-    }
+    server
+        .wait_acked("sotw", &["listener", "cluster", "endpoint"])
+        .await;
     assert!(
         !server.metrics().contains("xds_nacks_total{"),
         "{client:?} NACKed:\n{:?}",

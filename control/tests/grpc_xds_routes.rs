@@ -126,13 +126,9 @@ async fn routes_apply(client: Client, ip_base: u8) {
     assert_eq!(others.values().sum::<usize>(), n, "{others:?}");
     assert!((share - 0.75).abs() <= 0.05, "{client:?} 75/25: {others:?}");
     // The client sent its ACKs before it exited; the server may still be reading them.
-    for t in ["listener", "route", "cluster", "endpoint"] {
-        server
-            .wait_metric(&format!("xds_acks_total{{mode=\"sotw\",type=\"{t}\"}}"), |v| {
-                v >= 1.0
-            })
-            .await;
-    }
+    server
+        .wait_acked("sotw", &["listener", "route", "cluster", "endpoint"])
+        .await;
     assert!(
         !server.metrics().contains("xds_nacks_total{"),
         "{client:?} NACKed:\n{:?}",

@@ -152,6 +152,20 @@ impl TestServer {
         }
     }
 
+    /// Waits until this server has counted at least one ACK of each of `types` (`listener`,
+    /// `route`, ...) over `mode` (`sotw` or `delta`): a client ACKs just after applying, so a
+    /// rejection of anything it got by then would already show in its stats.
+    #[allow(dead_code)]
+    pub async fn wait_acked(&self, mode: &str, types: &[&str]) {
+        for t in types {
+            self.wait_metric(
+                &format!("xds_acks_total{{mode=\"{mode}\",type=\"{t}\"}}"),
+                |acks| acks >= 1.0,
+            )
+            .await;
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -119,9 +119,7 @@ impl Mesh {
         // The listener warms until its routes arrive (RDS, pushed after it): wait for that and
         // for the routes' ACK rather than for a fixed time.
         mesh.envoy.wait_listeners_active(1).await;
-        mesh.server
-            .wait_metric("xds_acks_total{mode=\"sotw\",type=\"route\"}", |v| v >= 1.0)
-            .await;
+        mesh.server.wait_acked("sotw", &["route"]).await;
         Some(mesh)
     }
 
