@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use aya::programs::{CgroupSockAddr, CgroupSockopt, SockOps};
+use aya::programs::{CgroupSockAddr, CgroupSockopt, ProgramFd, SockOps};
 use aya::Ebpf;
 
 use super::plan::{LinkSpec, ProgramKind};
@@ -81,14 +81,7 @@ pub(super) fn attach_and_pin(
         source,
     };
     let cgroup_file = File::open(cgroup).map_err(fail)?;
-    let prog = ebpf.program(program).ok_or(EbpfError::Program {
-        program,
-        source: None,
-    })?;
-    let prog_fd = prog.fd().map_err(|e| EbpfError::Program {
-        program,
-        source: Some(e),
-    })?;
+    let prog_fd = program_fd(ebpf, program)?;
     let link = sys::link_create(prog_fd.as_fd(), cgroup_file.as_fd(), kind.attach_type()).map_err(fail)?;
     sys::obj_pin(link.as_fd(), path).map_err(|source| EbpfError::Pin {
         path: path.to_path_buf(),
@@ -97,17 +90,22 @@ pub(super) fn attach_and_pin(
     // `link` closes here; the pin keeps the attachment.
 }
 
-/// Points a pinned link at this process's instance of its program (no-op when it already does).
-pub(super) fn update_link(ebpf: &Ebpf, kind: ProgramKind, path: &Path) -> Result<(), EbpfError> {
-    let program = kind.program_name();
+/// The loaded program `program`'s fd (loaded by `load` before any attach or update).
+fn program_fd<'a>(ebpf: &'a Ebpf, program: &'static str) -> Result<&'a ProgramFd, EbpfError> {
     let prog = ebpf.program(program).ok_or(EbpfError::Program {
         program,
         source: None,
     })?;
-    let prog_fd = prog.fd().map_err(|e| EbpfError::Program {
+    prog.fd().map_err(|e| EbpfError::Program {
         program,
         source: Some(e),
-    })?;
+    })
+}
+
+/// Points a pinned link at this process's instance of its program (no-op when it already does).
+pub(super) fn update_link(ebpf: &Ebpf, kind: ProgramKind, path: &Path) -> Result<(), EbpfError> {
+    let program = kind.program_name();
+    let prog_fd = program_fd(ebpf, program)?;
     let pin = |source| EbpfError::Pin {
         path: path.to_path_buf(),
         source,
