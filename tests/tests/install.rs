@@ -515,4 +515,12 @@ fn a_gateway_keeps_serving_and_updating_across_its_token_renewal_and_a_control_p
         let r = inst.gateway_get(h, PATH, &[]).expect("curl");
         assert_eq!(r.status, 200, "{h} still served after the restart: {r:?}");
     }
+    // Envoy itself took every update of both control planes (its own counters, not ours).
+    for stat in [
+        "cluster_manager.cds.update_rejected",
+        "listener_manager.lds.update_rejected",
+    ] {
+        let rejected = inst.gateway_stat(stat).expect("gateway stats");
+        assert_eq!(rejected, Some(0), "the gateway's {stat}");
+    }
 }
