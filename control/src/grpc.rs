@@ -146,14 +146,19 @@ impl WithApiListeners {
         // compared in place: an endpoint change copies no map here.
         let empty = Resources::new();
         let shared = snapshot.sidecar_view();
-        let of = |type_url: &str| shared.by_type.get(type_url).unwrap_or(&empty);
+        let of = |type_url: &str| shared.get(type_url).unwrap_or(&empty);
         let (clusters, routes) = (of(CLUSTER), of(ROUTE));
+        let same_clusters = shared
+            .by_type
+            .get(CLUSTER)
+            .is_some_and(|c| Arc::ptr_eq(c, &prev.clusters));
         let same = routes.keys().eq(prev.routes.iter())
-            && clusters.len() == prev.clusters.len()
-            && clusters
-                .iter()
-                .zip(prev.clusters.iter())
-                .all(|((n, r), (pn, pr))| n == pn && (Arc::ptr_eq(r, pr) || r == pr));
+            && (same_clusters
+                || clusters.len() == prev.clusters.len()
+                    && clusters
+                        .iter()
+                        .zip(prev.clusters.iter())
+                        .all(|((n, r), (pn, pr))| n == pn && (Arc::ptr_eq(r, pr) || r == pr)));
         let inner: Arc<dyn MeshSnapshot> = Arc::new(snapshot);
         let mut w = if same {
             WithApiListeners {
@@ -173,9 +178,9 @@ impl WithApiListeners {
     pub fn new(inner: Arc<dyn MeshSnapshot>) -> Self {
         let mut shared = inner.for_node("");
         let clusters = shared.by_type.remove(CLUSTER).unwrap_or_default();
-        let routes = route_names(shared.by_type.remove(ROUTE));
+        let routes = route_names(shared.get(ROUTE));
         let mut listeners = BTreeMap::new();
-        for (cluster, r) in &clusters {
+        for (cluster, r) in clusters.iter() {
             let Some(name) = target_name(cluster) else {
                 continue;
             };
@@ -191,7 +196,7 @@ impl WithApiListeners {
         }
         WithApiListeners {
             inner,
-            clusters: Arc::new(clusters),
+            clusters,
             routes: Arc::new(routes),
             listeners: Arc::new(listeners),
             own_views: None,
@@ -199,8 +204,8 @@ impl WithApiListeners {
     }
 }
 
-fn route_names(routes: Option<Resources>) -> BTreeSet<String> {
-    routes.map(|r| r.into_keys().collect()).unwrap_or_default()
+fn route_names(routes: Option<&Resources>) -> BTreeSet<String> {
+    routes.map(|r| r.keys().cloned().collect()).unwrap_or_default()
 }
 
 impl MeshSnapshot for WithApiListeners {
@@ -209,7 +214,7 @@ impl MeshSnapshot for WithApiListeners {
             None => self.inner.for_node(node_id),
             Some(pod) => {
                 let mut nr = self.inner.for_node(pod);
-                nr.by_type.insert(LISTENER, (*self.listeners).clone());
+                nr.by_type.insert(LISTENER, self.listeners.clone());
                 nr
             }
         }

@@ -131,7 +131,7 @@ pub fn render(
     let mut rendered = render_json(&selected)?;
     for (type_url, items) in &selected.by_type {
         let short = type_url.rsplit('.').next().unwrap_or(type_url);
-        for (name, r) in items {
+        for (name, r) in items.iter() {
             let from = istio_sources(istio, type_url, r);
             if from.is_empty() {
                 continue;

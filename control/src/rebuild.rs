@@ -153,6 +153,45 @@ pub async fn debounced_change<T>(
     }
 }
 
+/// How long a replaced model, translation and snapshot are kept before they are freed: longer
+/// than pushing a change to 1,000 streams takes (~100 ms on two cores), so freeing them does not
+/// slow the pushes down.
+const RETIRE_AFTER: Duration = Duration::from_millis(500);
+
+/// What the last rebuild replaced, freed [`RETIRE_AFTER`] later on a blocking thread. At most
+/// one generation waits: retiring the next frees the one before at once (a burst of changes
+/// does not pile models up in memory).
+#[derive(Clone, Default)]
+struct Retired(
+    Arc<std::sync::Mutex<Option<(u64, Box<dyn Send>)>>>,
+    Arc<std::sync::atomic::AtomicU64>,
+);
+
+impl Retired {
+    fn retire(&self, what: impl Send + 'static) {
+        let id = self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let before = self
+            .0
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.replace((id, Box::new(what))));
+        if let Some(before) = before {
+            tokio::task::spawn_blocking(move || drop(before));
+        }
+        let slot = self.0.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RETIRE_AFTER).await;
+            let mine = slot
+                .lock()
+                .ok()
+                .and_then(|mut s| s.take_if(|(waiting, _)| *waiting == id));
+            if let Some(mine) = mine {
+                tokio::task::spawn_blocking(move || drop(mine));
+            }
+        });
+    }
+}
+
 /// How often the model is translated again without any change, so that a TLS certificate that
 /// expires (or comes within 14 days of it) while nothing else changes is taken off the gateway and
 /// reported.
@@ -181,6 +220,7 @@ pub async fn run(
 ) {
     let max_wait = (quiet * 10).max(Duration::from_secs(1));
     let mut prev: Option<Previous> = None;
+    let retired = Retired::default();
     let mut recheck = false;
     loop {
         let model = models.borrow_and_update().clone();
@@ -214,8 +254,9 @@ pub async fn run(
                 let was = out.send_replace(published);
                 prev = Some(next);
                 // The replaced model, translation and snapshot are freed once the streams have
-                // the new one (off the runtime's workers: dropping them takes milliseconds).
-                tokio::task::spawn_blocking(move || drop((replaced, was)));
+                // had time to get the new one (off the runtime's workers: dropping them takes
+                // milliseconds of CPU that would otherwise compete with the pushes).
+                retired.retire((replaced, was));
             }
             Err(error) => warn!(%error, "translation panicked; keeping the previous snapshot"),
         }
@@ -234,6 +275,45 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts its drops.
+    struct Dropped(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    async fn drops_after(count: &Arc<std::sync::atomic::AtomicUsize>, n: usize) -> bool {
+        for _ in 0..100 {
+            if count.load(std::sync::atomic::Ordering::SeqCst) == n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_replaced_generation_is_freed_later_and_only_one_waits() {
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let retired = Retired::default();
+        retired.retire(Dropped(count.clone()));
+        tokio::time::sleep(RETIRE_AFTER / 2).await;
+        assert_eq!(
+            count.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "freed too early"
+        );
+        // A second one frees the first at once, and waits itself.
+        retired.retire(Dropped(count.clone()));
+        assert!(drops_after(&count, 1).await, "the first one waits on");
+        tokio::time::sleep(RETIRE_AFTER / 4).await;
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+        tokio::time::sleep(RETIRE_AFTER).await;
+        assert!(drops_after(&count, 2).await, "the second one is never freed");
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_of_changes_is_one_rebuild_after_the_quiet_period() {

@@ -270,7 +270,7 @@ async fn the_harness_reports_the_nack_of_a_zero_connect_timeout_so_zero_nacks_me
     impl MeshSnapshot for ZeroTimeout {
         fn for_node(&self, node_id: &str) -> NodeResources {
             let mut nr = self.0.for_node(node_id);
-            if let Some(r) = nr.by_type.get_mut(CLUSTER).and_then(|m| m.get_mut(&self.1)) {
+            if let Some(r) = nr.make_mut(CLUSTER).get_mut(&self.1) {
                 let mut c = Cluster::decode(r.body.value.as_slice()).expect("cluster");
                 c.connect_timeout = Some(PbDuration { seconds: 0, nanos: 0 });
                 *r = common::resources::resource(&self.1, &c, r.origin.clone());

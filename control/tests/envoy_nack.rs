@@ -63,7 +63,7 @@ struct Corrupt {
 impl MeshSnapshot for Corrupt {
     fn for_node(&self, node_id: &str) -> NodeResources {
         let mut nr = self.inner.for_node(node_id);
-        if let Some(r) = nr.by_type.get_mut(CLUSTER).and_then(|c| c.get_mut(&self.cluster)) {
+        if let Some(r) = nr.make_mut(CLUSTER).get_mut(&self.cluster) {
             let mut c = Cluster::decode(r.body.value.as_slice()).expect("cluster");
             c.connect_timeout = Some(PbDuration { seconds: 0, nanos: 0 });
             c.per_connection_buffer_limit_bytes = Some(UInt32Value {

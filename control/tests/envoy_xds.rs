@@ -47,9 +47,7 @@ impl MeshSnapshot for Plus {
     fn for_node(&self, node_id: &str) -> NodeResources {
         let mut nr = self.0.for_node(node_id);
         for (t, items) in &self.1.by_type {
-            nr.by_type
-                .entry(t)
-                .or_default()
+            nr.make_mut(t)
                 .extend(items.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         nr

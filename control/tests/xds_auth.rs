@@ -30,14 +30,12 @@ impl MeshSnapshot for PerNode {
     fn for_node(&self, node_id: &str) -> NodeResources {
         let mut nr = NodeResources::default();
         let l = listener(&format!("l-{node_id}"), 1);
-        nr.by_type.entry(LISTENER).or_default().insert(l.name.clone(), l);
+        nr.make_mut(LISTENER).insert(l.name.clone(), l);
         let key = Secret {
             name: "ingress-key".into(),
             ..Default::default()
         };
-        nr.by_type
-            .entry(SECRET)
-            .or_default()
+        nr.make_mut(SECRET)
             .insert("ingress-key".into(), resource("ingress-key", &key, None));
         nr
     }

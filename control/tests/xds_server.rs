@@ -105,10 +105,7 @@ async fn a_nacked_config_is_not_resent_and_the_next_real_change_is() {
     );
     // A real change: a new cluster c; b stays at its last accepted content.
     let mut next = mesh(2);
-    next.by_type
-        .get_mut(CLUSTER)
-        .expect("clusters")
-        .insert("c".into(), cluster("c", 1));
+    next.make_mut(CLUSTER).insert("c".into(), cluster("c", 1));
     server.publish(next);
     let resp = c.recv().await;
     assert_eq!(names(&resp), ["a", "b", "c"]);
@@ -130,10 +127,7 @@ async fn a_request_with_a_stale_nonce_gets_no_response() {
     // b changed but is not subscribed: no response; now subscribe b with the stale nonce... it is
     // still the latest nonce, so make a newer one first by changing a.
     let mut m = mesh(2);
-    m.by_type
-        .get_mut(ENDPOINT)
-        .expect("eds")
-        .insert("a".into(), endpoints("a", 7));
+    m.make_mut(ENDPOINT).insert("a".into(), endpoints("a", 7));
     server.publish(m);
     let second = c.recv().await;
     assert_ne!(first.nonce, second.nonce);

@@ -116,7 +116,7 @@ pub fn node(items: impl IntoIterator<Item = Arc<Resource>>) -> NodeResources {
             ROUTE => ROUTE,
             other => panic!("unexpected type {other}"),
         };
-        nr.by_type.entry(t).or_default().insert(r.name.clone(), r);
+        nr.make_mut(t).insert(r.name.clone(), r);
     }
     nr
 }

@@ -52,10 +52,7 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn has(&self, type_url: &str, name: &str) -> bool {
-        self.res
-            .by_type
-            .get(type_url)
-            .is_some_and(|m| m.contains_key(name))
+        self.res.get(type_url).is_some_and(|m| m.contains_key(name))
     }
 
     fn need(&mut self, from: &str, type_url: &'static str, name: &str) {
@@ -150,7 +147,7 @@ pub fn check(res: &NodeResources) -> Result<(), Vec<Inconsistency>> {
         errors: Vec::new(),
     };
     let empty = Default::default();
-    for (name, r) in res.by_type.get(LISTENER).unwrap_or(&empty) {
+    for (name, r) in res.get(LISTENER).unwrap_or(&empty) {
         let from = format!("Listener {name:?}");
         if let Some(l) = c.decode::<Listener>(&from, &r.body) {
             for chain in l.filter_chains.iter().chain(l.default_filter_chain.iter()) {
@@ -158,13 +155,13 @@ pub fn check(res: &NodeResources) -> Result<(), Vec<Inconsistency>> {
             }
         }
     }
-    for (name, r) in res.by_type.get(ROUTE).unwrap_or(&empty) {
+    for (name, r) in res.get(ROUTE).unwrap_or(&empty) {
         let from = format!("RouteConfiguration {name:?}");
         if let Some(rc) = c.decode::<RouteConfiguration>(&from, &r.body) {
             c.route_config(&from, &rc);
         }
     }
-    for (name, r) in res.by_type.get(CLUSTER).unwrap_or(&empty) {
+    for (name, r) in res.get(CLUSTER).unwrap_or(&empty) {
         let from = format!("Cluster {name:?}");
         if let Some(cl) = c.decode::<Cluster>(&from, &r.body) {
             let eds = matches!(

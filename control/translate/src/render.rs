@@ -70,8 +70,7 @@ fn lookup<'a>(
     name: &str,
     from: &str,
 ) -> Result<&'a Any, RenderError> {
-    res.by_type
-        .get(type_url)
+    res.get(type_url)
         .and_then(|m| m.get(name))
         .map(|r| &r.body)
         .ok_or_else(|| RenderError::Missing {
@@ -121,7 +120,7 @@ pub fn static_bootstrap(
     admin_port: u16,
 ) -> Result<Bootstrap, RenderError> {
     let mut statics = StaticResources::default();
-    for (name, r) in res.by_type.get(LISTENER).into_iter().flatten() {
+    for (name, r) in res.get(LISTENER).into_iter().flatten() {
         let mut l: Listener = decode("Listener", name, &r.body)?;
         for chain in l
             .filter_chains
@@ -132,7 +131,7 @@ pub fn static_bootstrap(
         }
         statics.listeners.push(l);
     }
-    for (name, r) in res.by_type.get(CLUSTER).into_iter().flatten() {
+    for (name, r) in res.get(CLUSTER).into_iter().flatten() {
         let mut c: Cluster = decode("Cluster", name, &r.body)?;
         let eds = c.cluster_discovery_type
             == Some(cluster::ClusterDiscoveryType::Type(
@@ -154,7 +153,7 @@ pub fn static_bootstrap(
         }
         statics.clusters.push(c);
     }
-    for (name, r) in res.by_type.get(SECRET).into_iter().flatten() {
+    for (name, r) in res.get(SECRET).into_iter().flatten() {
         statics.secrets.push(decode::<Secret>("Secret", name, &r.body)?);
     }
     Ok(Bootstrap {
@@ -284,7 +283,7 @@ fn omit_defaults(text: &str) -> String {
 pub fn render_text(res: &NodeResources) -> String {
     let mut out = String::new();
     for (type_url, resources) in &res.by_type {
-        for (name, r) in resources {
+        for (name, r) in resources.iter() {
             let origin = r
                 .origin
                 .as_ref()
@@ -357,7 +356,7 @@ pub fn render_json(res: &NodeResources) -> Result<serde_json::Value, RenderError
     let mut out = serde_json::Map::new();
     for (type_url, resources) in &res.by_type {
         let mut by_name = serde_json::Map::new();
-        for (name, r) in resources {
+        for (name, r) in resources.iter() {
             by_name.insert(
                 name.clone(),
                 serde_json::json!({

@@ -39,9 +39,32 @@ pub struct Resource {
 pub type Resources = BTreeMap<String, Arc<Resource>>;
 
 /// What one node receives: type URL -> resources.
+///
+/// Each type's map is shared (`Arc`): cloning a view, or a snapshot after an endpoint change,
+/// copies no map, and a type whose map is the same allocation in two snapshots is known
+/// unchanged without comparing it (the xDS server then keeps that type's version and encodings).
+/// Writers go through [`NodeResources::insert`] and [`NodeResources::make_mut`] (copy on write).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct NodeResources {
-    pub by_type: BTreeMap<&'static str, Resources>,
+    pub by_type: BTreeMap<&'static str, Arc<Resources>>,
+}
+
+impl NodeResources {
+    /// The resources of `type_url`, if the node has that type.
+    pub fn get(&self, type_url: &str) -> Option<&Resources> {
+        self.by_type.get(type_url).map(|r| &**r)
+    }
+
+    /// Sets the resources of `type_url`.
+    pub fn insert(&mut self, type_url: &'static str, resources: Resources) {
+        self.by_type.insert(type_url, Arc::new(resources));
+    }
+
+    /// The resources of `type_url` to change (empty if the node had none): a map shared with
+    /// another view or snapshot is copied first.
+    pub fn make_mut(&mut self, type_url: &'static str) -> &mut Resources {
+        Arc::make_mut(self.by_type.entry(type_url).or_default())
+    }
 }
 
 /// A computed configuration of the whole mesh. Translation implements it; the xDS server consumes

@@ -171,7 +171,7 @@ fn all_sidecars_share_the_same_encoded_resources() {
     let b = t.snapshot.for_node("reviews-v2-7bf8c9648f-2xw7d.default");
     assert_eq!(t.snapshot.overridden_nodes().count(), 0);
     for (ty, ra) in &a.by_type {
-        for (name, r) in ra {
+        for (name, r) in ra.iter() {
             assert!(Arc::ptr_eq(r, &b.by_type[ty][name]), "{ty} {name} not shared");
         }
     }
@@ -204,7 +204,7 @@ fn translation_is_deterministic_and_versions_are_content_hashes() {
     let c = translate(&changed, &Options::default()).snapshot;
     let (va, vc) = (a.for_node("p.default"), c.for_node("p.default"));
     for (ty, res) in &va.by_type {
-        for (name, r) in res {
+        for (name, r) in res.iter() {
             let same = r.version == vc.by_type[ty][name].version;
             let expect_same = !(ty == &ENDPOINT && name == "9080|default|reviews");
             assert_eq!(same, expect_same, "{ty} {name}");
@@ -303,7 +303,7 @@ fn every_resource_names_its_origin_when_it_has_a_single_one() {
     let t = run(&bookinfo());
     let view = t.snapshot.for_node("p.default");
     for ty in [CLUSTER, ENDPOINT, ROUTE] {
-        for (name, r) in &view.by_type[ty] {
+        for (name, r) in view.by_type[ty].iter() {
             if ["admin", "blackhole", "passthrough"].contains(&name.as_str()) {
                 assert!(r.origin.is_none());
                 continue;

@@ -34,7 +34,7 @@ fn versions(model: &MeshModel) -> String {
         for (node, res) in t.snapshot.views() {
             for (type_url, resources) in &res.by_type {
                 let kind = type_url.rsplit('.').next().unwrap_or(type_url);
-                for (name, r) in resources {
+                for (name, r) in resources.iter() {
                     let origin = r
                         .origin
                         .as_ref()

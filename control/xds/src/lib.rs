@@ -126,6 +126,9 @@ impl EncodedResponse {
     }
 }
 
+/// Most entries each of a type view's memos keeps (covering sets, diffs, removals).
+const MEMO_LIMIT: usize = 64;
+
 /// One type's resources in a [`View`]: the map, its content version (computed once), and the
 /// differences from older versions, computed once and shared by every stream that needs them.
 #[derive(Debug)]
@@ -172,7 +175,7 @@ impl TypeView {
             return *covers;
         }
         let covers = compute();
-        if memo.len() < 64 {
+        if memo.len() < MEMO_LIMIT {
             memo.push((names.clone(), covers));
         }
         covers
@@ -198,7 +201,10 @@ impl TypeView {
             return r.clone();
         }
         let r = compute();
-        memo.insert(old_version.to_string(), r.clone());
+        // Bounded: a type view unchanged over many snapshots is kept (see `View::reusing`).
+        if memo.len() < MEMO_LIMIT {
+            memo.insert(old_version.to_string(), r.clone());
+        }
         r
     }
 
@@ -230,7 +236,9 @@ impl TypeView {
             return d.clone();
         }
         let d = compute();
-        diffs.insert(old_version.to_string(), d.clone());
+        if diffs.len() < MEMO_LIMIT {
+            diffs.insert(old_version.to_string(), d.clone());
+        }
         d
     }
 }
@@ -250,11 +258,26 @@ impl View {
 
 impl From<NodeResources> for View {
     fn from(nr: NodeResources) -> Self {
+        View::reusing(nr, None)
+    }
+}
+
+impl View {
+    /// The view of `nr`, keeping `prev`'s type view (its version, encodings and diffs) for every
+    /// type whose resources are the same allocation as there: after an endpoint change only the
+    /// endpoint type is versioned and encoded again.
+    pub fn reusing(nr: NodeResources, prev: Option<&View>) -> Self {
         View {
             by_type: nr
                 .by_type
                 .into_iter()
-                .map(|(t, r)| (t, Arc::new(TypeView::new(Arc::new(r)))))
+                .map(|(t, r)| {
+                    let kept = prev
+                        .and_then(|p| p.by_type.get(t))
+                        .filter(|tv| Arc::ptr_eq(&tv.resources, &r))
+                        .cloned();
+                    (t, kept.unwrap_or_else(|| Arc::new(TypeView::new(r))))
+                })
                 .collect(),
         }
     }
@@ -408,12 +431,33 @@ pub(crate) mod testing {
     pub fn node_resources(items: &[(&'static str, &str, &str)]) -> Arc<View> {
         let mut nr = NodeResources::default();
         for (t, n, v) in items {
-            nr.by_type
-                .entry(*t)
-                .or_default()
-                .insert(n.to_string(), res(t, n, v));
+            nr.make_mut(t).insert(n.to_string(), res(t, n, v));
         }
         Arc::new(View::from(nr))
+    }
+
+    #[test]
+    fn a_type_whose_map_is_the_same_allocation_keeps_its_type_view() {
+        use traffic_translate::snapshot::{CLUSTER, ENDPOINT};
+        let mut nr = NodeResources::default();
+        nr.make_mut(CLUSTER).insert("a".into(), res(CLUSTER, "a", "1"));
+        nr.make_mut(ENDPOINT).insert("a".into(), res(ENDPOINT, "a", "1"));
+        let first = View::from(nr.clone());
+        // An endpoint change: the cluster map is shared, the endpoint map copied on write.
+        nr.make_mut(ENDPOINT).insert("a".into(), res(ENDPOINT, "a", "2"));
+        let second = View::reusing(nr.clone(), Some(&first));
+        let (c1, c2) = (first.get(CLUSTER).expect("c"), second.get(CLUSTER).expect("c"));
+        assert!(Arc::ptr_eq(c1, c2), "unchanged type view kept");
+        let (e1, e2) = (first.get(ENDPOINT).expect("e"), second.get(ENDPOINT).expect("e"));
+        assert!(!Arc::ptr_eq(e1, e2));
+        assert_ne!(e1.version, e2.version);
+        // Equal content in a different allocation is versioned again, to the same version.
+        let mut copy = NodeResources::default();
+        copy.insert(CLUSTER, (**nr.by_type.get(CLUSTER).expect("c")).clone());
+        let third = View::reusing(copy, Some(&second));
+        let c3 = third.get(CLUSTER).expect("c");
+        assert!(!Arc::ptr_eq(c2, c3));
+        assert_eq!(c2.version, c3.version);
     }
 }
 

@@ -49,16 +49,22 @@ struct Published {
     generation: u64,
     at: Instant,
     /// view key -> resources, computed by the first stream that needs them.
-    views: Arc<Mutex<HashMap<String, Arc<View>>>>,
+    views: Views,
+    /// The views of the snapshot before: a type whose resources did not change keeps its type
+    /// view (version, encodings) from there instead of hashing and encoding them again.
+    previous: Views,
 }
 
+type Views = Arc<Mutex<HashMap<String, Arc<View>>>>;
+
 impl Published {
-    fn new(snapshot: Arc<dyn MeshSnapshot>, generation: u64) -> Self {
+    fn new(snapshot: Arc<dyn MeshSnapshot>, generation: u64, previous: Option<&Published>) -> Self {
         Published {
             snapshot,
             generation,
             at: Instant::now(),
             views: Arc::default(),
+            previous: previous.map(|p| p.views.clone()).unwrap_or_default(),
         }
     }
 
@@ -66,21 +72,31 @@ impl Published {
     /// `secrets` (a stream that may not receive secrets never sees one, whatever the snapshot
     /// holds for its node).
     fn view(&self, node: &str, secrets: bool) -> Arc<View> {
-        let build = || {
-            let mut resources = self.snapshot.for_node(node);
-            if !secrets {
-                resources.by_type.remove(SECRET);
-            }
-            Arc::new(View::from(resources))
-        };
         let mut key = self.snapshot.view_key(node);
         if !secrets {
             key.push_str("\0no-secrets");
         }
-        let Ok(mut views) = self.views.lock() else {
-            return build();
+        let build = |key: &str| {
+            let mut resources = self.snapshot.for_node(node);
+            if !secrets {
+                resources.by_type.remove(SECRET);
+            }
+            let prev = self
+                .previous
+                .lock()
+                .ok()
+                .and_then(|views| views.get(key).cloned());
+            Arc::new(View::reusing(resources, prev.as_deref()))
         };
-        views.entry(key).or_insert_with(build).clone()
+        let Ok(mut views) = self.views.lock() else {
+            return build(&key);
+        };
+        if let Some(view) = views.get(&key) {
+            return view.clone();
+        }
+        let view = build(&key);
+        views.insert(key, view.clone());
+        view
     }
 }
 
@@ -135,7 +151,7 @@ impl XdsServer {
         admit: Option<Arc<dyn Admit>>,
     ) -> Result<Self, XdsServerError> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| XdsServerError::NoRuntime)?;
-        let first = Published::new(snapshots.borrow_and_update().clone(), 1);
+        let first = Published::new(snapshots.borrow_and_update().clone(), 1, None);
         let (tx, rx) = watch::channel(first);
         handle.spawn(
             async move {
@@ -144,7 +160,8 @@ impl XdsServer {
                     generation += 1;
                     let snapshot = snapshots.borrow_and_update().clone();
                     debug!(generation, "new snapshot");
-                    if tx.send(Published::new(snapshot, generation)).is_err() {
+                    let next = Published::new(snapshot, generation, Some(&tx.borrow()));
+                    if tx.send(next).is_err() {
                         break;
                     }
                 }

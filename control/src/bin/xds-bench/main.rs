@@ -211,7 +211,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     incremental.sort();
     let sample = t.snapshot.for_node("bench0.default");
-    let count = |ty: &str| sample.by_type.get(ty).map(|r| r.len()).unwrap_or(0);
+    let count = |ty: &str| sample.get(ty).map(|r| r.len()).unwrap_or(0);
     let endpoints: usize = m.pods.len();
     println!(
         "model: {} services, {} endpoints -> {} clusters, {} assignments, {} listeners, {} routes",
@@ -231,12 +231,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         incremental[1]
     );
     let clusters: Vec<String> = sample
-        .by_type
         .get(ENDPOINT)
         .map(|r| r.keys().cloned().collect())
         .unwrap_or_default();
     let routes: Vec<String> = sample
-        .by_type
         .get(ROUTE)
         .map(|r| r.keys().cloned().collect())
         .unwrap_or_default();

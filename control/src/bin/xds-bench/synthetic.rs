@@ -116,7 +116,7 @@ mod tests {
         let t = translate(&m, &Options::default());
         assert!(t.problems.is_empty(), "{:?}", t.problems);
         let view = t.snapshot.for_node("bench0.default");
-        let count = |ty: &str| view.by_type.get(ty).map(|r| r.len()).unwrap_or(0);
+        let count = |ty: &str| view.get(ty).map(|r| r.len()).unwrap_or(0);
         // 3 services x (1 + 3 subsets); the sidecar view adds its own clusters (passthrough, ...).
         assert_eq!(count(ENDPOINT), 12);
         assert!(count(CLUSTER) >= 12);

@@ -299,12 +299,8 @@ pub fn translate(model: &MeshModel, opts: &Options) -> Translation {
     let mut ingress = gateway(&ctx, clusters, endpoints, &mut problems);
     // The gateway exposes the same Prometheus stats listener as the sidecars (shared resources).
     for (type_url, name) in [(LISTENER, STATS_LISTENER), (CLUSTER, ADMIN_CLUSTER)] {
-        if let Some(r) = sidecar.by_type.get(type_url).and_then(|m| m.get(name)) {
-            ingress
-                .by_type
-                .entry(type_url)
-                .or_default()
-                .insert(name.to_string(), r.clone());
+        if let Some(r) = sidecar.get(type_url).and_then(|m| m.get(name)) {
+            ingress.make_mut(type_url).insert(name.to_string(), r.clone());
         }
     }
 
@@ -409,8 +405,12 @@ pub fn translate_endpoint_change(
         outbound_traffic_policy: model.outbound_traffic_policy.clone(),
     };
     let fresh = translate(&part, opts).snapshot.sidecar.by_type.remove(ENDPOINT)?;
+    // Only the endpoint maps change: every other type stays the same allocation (copy on write),
+    // and views sharing the sidecar's endpoint map share its replacement.
     let mut snapshot = prev.snapshot.clone();
-    let old = prev.snapshot.sidecar.by_type.get(ENDPOINT)?;
+    let old_shared = prev.snapshot.sidecar.by_type.get(ENDPOINT)?;
+    let old = &**old_shared;
+    let mut new_shared: Option<Arc<Resources>> = None;
     for view in [&mut snapshot.sidecar, &mut snapshot.ingress]
         .into_iter()
         .chain(snapshot.per_node.values_mut())
@@ -418,8 +418,16 @@ pub fn translate_endpoint_change(
         let Some(endpoints) = view.by_type.get_mut(ENDPOINT) else {
             continue;
         };
-        for (name, new) in &fresh {
-            if let Some(r) = endpoints.get_mut(name) {
+        if Arc::ptr_eq(endpoints, old_shared) {
+            if let Some(new) = &new_shared {
+                *endpoints = new.clone();
+                continue;
+            }
+        }
+        let shared_map = Arc::ptr_eq(endpoints, old_shared);
+        let map = Arc::make_mut(endpoints);
+        for (name, new) in fresh.iter() {
+            if let Some(r) = map.get_mut(name) {
                 // Only the shared assignment is replaced; a view with its own copy is not
                 // something this shortcut knows how to update.
                 if !old.get(name).is_some_and(|o| Arc::ptr_eq(o, r)) {
@@ -427,6 +435,9 @@ pub fn translate_endpoint_change(
                 }
                 *r = new.clone();
             }
+        }
+        if shared_map {
+            new_shared = Some(endpoints.clone());
         }
     }
     Some(Translation {
@@ -464,13 +475,13 @@ fn node_resources(
     endpoints: Resources,
     secrets: Option<Resources>,
 ) -> NodeResources {
-    let mut by_type = BTreeMap::new();
-    by_type.insert(LISTENER, listeners);
-    by_type.insert(ROUTE, routes);
-    by_type.insert(CLUSTER, clusters);
-    by_type.insert(ENDPOINT, endpoints);
+    let mut nr = NodeResources::default();
+    nr.insert(LISTENER, listeners);
+    nr.insert(ROUTE, routes);
+    nr.insert(CLUSTER, clusters);
+    nr.insert(ENDPOINT, endpoints);
     if let Some(secrets) = secrets {
-        by_type.insert(SECRET, secrets);
+        nr.insert(SECRET, secrets);
     }
-    NodeResources { by_type }
+    nr
 }

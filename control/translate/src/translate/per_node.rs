@@ -37,24 +37,19 @@ pub(super) fn pod_override(ctx: &Ctx<'_>, pc: &PodCtx<'_>, shared: &NodeResource
 
     if labelled || by_source {
         let routes = sidecar_routes(ctx, &pc.settings, Some(pc.pod), Some(&origin));
-        let shared_routes = shared.by_type.get(ROUTE).cloned().unwrap_or_default();
-        let merged = share_identical(routes, &shared_routes);
-        if merged != shared_routes {
-            view.by_type.insert(ROUTE, merged);
+        let no_routes = Resources::new();
+        let shared_routes = shared.get(ROUTE).unwrap_or(&no_routes);
+        let merged = share_identical(routes, shared_routes);
+        if merged != *shared_routes {
+            view.insert(ROUTE, merged);
             changed = true;
         }
         if !pc.settings.ports.is_empty() {
             let l = outbound_listener(ctx, &pc.settings);
             let r = Arc::new(resource(OUTBOUND_LISTENER, &l, Some(origin.clone())));
-            let shared_l = shared
-                .by_type
-                .get(LISTENER)
-                .and_then(|m| m.get(OUTBOUND_LISTENER));
+            let shared_l = shared.get(LISTENER).and_then(|m| m.get(OUTBOUND_LISTENER));
             if shared_l.map(|s| s.body != r.body).unwrap_or(true) {
-                view.by_type
-                    .entry(LISTENER)
-                    .or_default()
-                    .insert(OUTBOUND_LISTENER.into(), r);
+                view.make_mut(LISTENER).insert(OUTBOUND_LISTENER.into(), r);
                 changed = true;
             }
         }
@@ -72,16 +67,12 @@ pub(super) fn pod_override(ctx: &Ctx<'_>, pc: &PodCtx<'_>, shared: &NodeResource
                 let cla = load_assignment(ctx, s, p, Some(pc.pod), Split::for_lb_policy(lb_policy));
                 let r = resource(&p.cluster, &cla, Some(origin.clone()));
                 let same = shared
-                    .by_type
                     .get(ENDPOINT)
                     .and_then(|m| m.get(&p.cluster))
                     .map(|x| x.body == r.body)
                     .unwrap_or(false);
                 if !same {
-                    view.by_type
-                        .entry(ENDPOINT)
-                        .or_default()
-                        .insert(p.cluster.clone(), Arc::new(r));
+                    view.make_mut(ENDPOINT).insert(p.cluster.clone(), Arc::new(r));
                     changed = true;
                 }
             }

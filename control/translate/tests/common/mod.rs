@@ -72,7 +72,6 @@ pub fn decode<M: Message + Name + Default>(any: &Any) -> M {
 
 pub fn get<M: Message + Name + Default>(view: &NodeResources, type_url: &str, name: &str) -> M {
     let r = view
-        .by_type
         .get(type_url)
         .and_then(|m| m.get(name))
         .unwrap_or_else(|| panic!("{type_url} {name} missing"));
@@ -80,8 +79,7 @@ pub fn get<M: Message + Name + Default>(view: &NodeResources, type_url: &str, na
 }
 
 pub fn names(view: &NodeResources, type_url: &str) -> Vec<String> {
-    view.by_type
-        .get(type_url)
+    view.get(type_url)
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default()
 }
