@@ -163,9 +163,12 @@ const RETIRE_AFTER: Duration = Duration::from_millis(500);
 /// does not pile models up in memory).
 #[derive(Clone, Default)]
 struct Retired(
-    Arc<std::sync::Mutex<Option<(u64, Box<dyn Send>)>>>,
+    Arc<std::sync::Mutex<Option<Waiting>>>,
     Arc<std::sync::atomic::AtomicU64>,
 );
+
+/// A retired generation's number and contents.
+type Waiting = (u64, Box<dyn Send>);
 
 impl Retired {
     fn retire(&self, what: impl Send + 'static) {
