@@ -273,7 +273,7 @@ mod tests {
         let first = translate(&model, &opts);
         let prev = WithApiListeners::from_translation(first.snapshot.clone());
         let mut moved = model.clone();
-        moved.pods[0].ip = Some("172.17.9.9".parse().expect("ip"));
+        Arc::make_mut(&mut moved.pods[0]).ip = Some("172.17.9.9".parse().expect("ip"));
         let next = traffic_translate::translate::translate_endpoint_change(&model, &first, &moved, &opts)
             .expect("an endpoint-only change");
         let reused = WithApiListeners::from_translation_reusing(next.snapshot, &prev);

@@ -160,9 +160,11 @@ struct IstioBlock {
     istio: IstioConfig,
 }
 
-/// The items of one list as last parsed: their exact text and value, in file order.
+/// The items of one list as last parsed: their exact text and value, in file order. The values
+/// are shared with the models handed out, so an unchanged item is the same allocation in
+/// consecutive models (no deep copy; compared by pointer).
 #[derive(Debug)]
-struct ItemCache<T>(Vec<(String, T)>);
+struct ItemCache<T>(Vec<(String, Arc<T>)>);
 
 impl<T> Default for ItemCache<T> {
     fn default() -> Self {
@@ -192,18 +194,19 @@ impl Difference {
     }
 }
 
-impl<T: DeserializeOwned + Clone + PartialEq> ItemCache<T> {
+impl<T: DeserializeOwned + PartialEq> ItemCache<T> {
     /// Every item of `chunks`, parsing only texts not seen last time (an item at the same position
     /// with the same text costs a comparison; one that moved, a lookup); the cache then holds
     /// exactly these items. `None` if an item does not parse on its own. Also says how the list
     /// differs from the last one (an item parsed again is compared with the one it replaces).
-    fn items(&mut self, chunks: &[&str]) -> Option<(Vec<T>, usize, Difference)> {
+    fn items(&mut self, chunks: &[&str]) -> Option<(Vec<Arc<T>>, usize, Difference)> {
         let mut diff = if chunks.len() == self.0.len() {
             Difference::Same
         } else {
             Difference::Changed
         };
-        let mut old: Vec<Option<(String, T)>> = std::mem::take(&mut self.0).into_iter().map(Some).collect();
+        let mut old: Vec<Option<(String, Arc<T>)>> =
+            std::mem::take(&mut self.0).into_iter().map(Some).collect();
         // Built only when items moved (several misses at their old position): a changed item is
         // one miss, and indexing 10,000 texts for it would cost more than parsing it.
         let mut by_text: Option<HashMap<String, usize>> = None;
@@ -247,11 +250,11 @@ impl<T: DeserializeOwned + Clone + PartialEq> ItemCache<T> {
                     // The item this one replaces, if still at its place: compared, the list is
                     // known to differ or (one item of several) not known to.
                     if let Some(Some((_, was))) = old.get(i) {
-                        if *was != value {
+                        if **was != value {
                             diff = Difference::Changed;
                         }
                     }
-                    ((*chunk).to_string(), value)
+                    ((*chunk).to_string(), Arc::new(value))
                 }
             };
             out.push(item.1.clone());
@@ -330,6 +333,10 @@ impl ModelParser {
         let (workloads, c, dc) = self.workloads.items(&workloads)?;
         let (ingresses, d, dd) = self.ingresses.items(&ingresses)?;
         let (secrets, e, de) = self.secrets.items(&secrets)?;
+        // The model owns these (few) objects: copies of the cached ones.
+        fn owned<T: Clone>(items: Vec<Arc<T>>) -> Vec<T> {
+            items.iter().map(|item| T::clone(item)).collect()
+        }
         debug!(
             parsed_items = a + b + c + d + e,
             "model file parsed incrementally"
@@ -339,9 +346,9 @@ impl ModelParser {
             MeshModel {
                 services,
                 pods,
-                workloads,
-                ingresses,
-                secrets,
+                workloads: owned(workloads),
+                ingresses: owned(ingresses),
+                secrets: owned(secrets),
                 istio,
                 // A file with `outboundTrafficPolicy:` is not split (a full parse reads it).
                 outbound_traffic_policy: None,
@@ -438,7 +445,7 @@ mod tests {
         let yaml = full.to_yaml().expect("to yaml");
         assert_eq!(parser.parse(&yaml).expect("re-rendered"), full);
         let mut changed = full.clone();
-        changed.pods[0].ip = Some("10.9.9.9".parse().expect("ip"));
+        Arc::make_mut(&mut changed.pods[0]).ip = Some("10.9.9.9".parse().expect("ip"));
         changed.pods.remove(1);
         let yaml = changed.to_yaml().expect("to yaml");
         assert_eq!(parser.parse(&yaml).expect("changed"), changed);
@@ -455,7 +462,7 @@ mod tests {
         let (_, parsed, diff) = parser.pods.items(&pods).expect("same");
         assert_eq!((parsed, diff), (0, Difference::Same));
         let mut changed = full.clone();
-        changed.pods[0].ready = false;
+        Arc::make_mut(&mut changed.pods[0]).ready = false;
         let yaml = changed.to_yaml().expect("to yaml");
         let [_, pods, ..] = split_sections(&yaml).expect("split").lists;
         let (items, parsed, diff) = parser.pods.items(&pods).expect("changed");
@@ -474,7 +481,7 @@ mod tests {
         assert_eq!(parser.last_difference(), Difference::Same);
         // One pod moved: that item parsed again and compared with the one it replaces.
         let mut moved = full.clone();
-        moved.pods[0].ip = Some("10.9.9.9".parse().expect("ip"));
+        Arc::make_mut(&mut moved.pods[0]).ip = Some("10.9.9.9".parse().expect("ip"));
         parser.parse(&moved.to_yaml().expect("yaml")).expect("moved");
         assert_eq!(parser.last_difference(), Difference::Changed);
         // The same pod written another way: the same model, but only a comparison can tell.
@@ -505,7 +512,7 @@ mod tests {
         let cached = parser.istio.as_ref().map(|(text, _)| text.clone());
         // A pod moves: the same block, taken from the cache.
         let mut moved = full.clone();
-        moved.pods[0].ip = Some("10.9.9.9".parse().expect("ip"));
+        Arc::make_mut(&mut moved.pods[0]).ip = Some("10.9.9.9".parse().expect("ip"));
         assert_eq!(
             parser.parse(&moved.to_yaml().expect("yaml")).expect("moved"),
             moved

@@ -404,7 +404,7 @@ pub fn run(o: &Options) -> anyhow::Result<Report> {
         "fault injection: labels added to the Service in the model file",
     );
     let mut edited = MeshModel::from_yaml_file(&model_path)?;
-    let svc = edited.services.first_mut().context("the model has no Service")?;
+    let svc = std::sync::Arc::make_mut(edited.services.first_mut().context("the model has no Service")?);
     for (k, v) in o.fault.labels() {
         println!("      + {}: {k}={v}", svc.name);
         svc.labels.insert(k, v);

@@ -46,10 +46,10 @@ secrets:
     let Ok(mut m) = MeshModel::from_yaml_str(base) else {
         return;
     };
-    m.services[0].labels = labels(&mut u);
-    m.services[1].labels = labels(&mut u);
-    m.pods[0].labels.extend(labels(&mut u));
-    m.pods[2].labels.extend(labels(&mut u));
+    std::sync::Arc::make_mut(&mut m.services[0]).labels = labels(&mut u);
+    std::sync::Arc::make_mut(&mut m.services[1]).labels = labels(&mut u);
+    std::sync::Arc::make_mut(&mut m.pods[0]).labels.extend(labels(&mut u));
+    std::sync::Arc::make_mut(&mut m.pods[2]).labels.extend(labels(&mut u));
     m.workloads[0].labels = labels(&mut u);
     let (Ok(host), Ok(path), Ok(cert), Ok(key)) = (
         String::arbitrary(&mut u),

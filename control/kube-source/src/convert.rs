@@ -114,8 +114,8 @@ pub fn build_model(inputs: &Inputs) -> MeshModel {
     secrets.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
 
     MeshModel {
-        services,
-        pods,
+        services: services.into_iter().map(Arc::new).collect(),
+        pods: pods.into_iter().map(Arc::new).collect(),
         workloads,
         ingresses,
         secrets,

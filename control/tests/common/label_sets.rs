@@ -273,15 +273,18 @@ pub fn model(
     };
     for (n, s) in case.services.iter().enumerate() {
         let name = format!("svc-{n}");
-        m.services.push(service(&name, n, port, s.service.clone()));
+        m.services.push(service(&name, n, port, s.service.clone()).into());
         for (k, (pod_labels, workload_labels)) in s.pods.iter().enumerate() {
             let pod_name = format!("{name}-{k}");
-            m.pods.push(pod(
-                &pod_name,
-                &name,
-                format!("127.{}.0.{}", 20 + n, k + 1),
-                pod_labels.clone(),
-            ));
+            m.pods.push(
+                pod(
+                    &pod_name,
+                    &name,
+                    format!("127.{}.0.{}", 20 + n, k + 1),
+                    pod_labels.clone(),
+                )
+                .into(),
+            );
             m.workloads.push(Workload {
                 kind: WorkloadKind::Deployment,
                 namespace: "default".into(),
@@ -322,13 +325,16 @@ pub fn model(
     let n = case.services.len();
     let mut marker_labels = BTreeMap::new();
     marker_labels.insert(format!("{}{port}", names::PORT_PREFIX), "http".to_string());
-    m.services.push(service(&marker, n, port, marker_labels));
-    m.pods.push(pod(
-        &format!("{marker}-0"),
-        &marker,
-        format!("127.{}.0.1", 20 + n),
-        BTreeMap::new(),
-    ));
+    m.services.push(service(&marker, n, port, marker_labels).into());
+    m.pods.push(
+        pod(
+            &format!("{marker}-0"),
+            &marker,
+            format!("127.{}.0.1", 20 + n),
+            BTreeMap::new(),
+        )
+        .into(),
+    );
     ingress.rules.push(IngressRule {
         host: Some(format!("{marker}.example.com")),
         paths: vec![IngressPath {
@@ -343,7 +349,7 @@ pub fn model(
     client.insert(names::ENVOY_ENABLED.into(), "true".into());
     let mut client_pod = pod("client", "client", "127.0.30.1".into(), client);
     client_pod.owner = None;
-    m.pods.push(client_pod);
+    m.pods.push(client_pod.into());
     m
 }
 

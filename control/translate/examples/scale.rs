@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let mut n = 0usize;
     for s in 0..services {
         let name = format!("svc-{s}");
-        m.services.push(Service {
+        m.services.push(std::sync::Arc::new(Service {
             namespace: "default".into(),
             name: name.clone(),
             cluster_ips: vec![format!("10.96.{}.{}", s / 250, s % 250 + 1).parse()?],
@@ -36,7 +36,7 @@ fn main() -> anyhow::Result<()> {
             }],
             selector: labels(&[("app", &name)]),
             labels: labels(&[("traffic.port.8080", "http"), ("traffic.request.timeout", "5s")]),
-        });
+        }));
         m.workloads.push(Workload {
             kind: WorkloadKind::Deployment,
             namespace: "default".into(),
@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
             if labelled_pct > 0 && n.is_multiple_of(100 / labelled_pct.min(100)) {
                 l.insert("traffic.request.timeout".into(), "1s".into());
             }
-            m.pods.push(Pod {
+            m.pods.push(std::sync::Arc::new(Pod {
                 namespace: "default".into(),
                 name: format!("{name}-{p}"),
                 uid: String::new(),
@@ -63,7 +63,7 @@ fn main() -> anyhow::Result<()> {
                 }),
                 ready: true,
                 named_ports: Default::default(),
-            });
+            }));
         }
     }
     let opts = Options::default();

@@ -18,9 +18,9 @@ fn moved_pods_give_the_same_snapshot_as_a_full_translation_sharing_everything_el
     let before = bookinfo();
     let prev = translate(&before, &opts);
     let mut after = before.clone();
-    after.pods[1].ip = Some("10.9.9.9".parse().unwrap());
-    after.pods[2].ready = false;
-    after.pods[3].zone = Some("zone-b".into());
+    Arc::make_mut(&mut after.pods[1]).ip = Some("10.9.9.9".parse().unwrap());
+    Arc::make_mut(&mut after.pods[2]).ready = false;
+    Arc::make_mut(&mut after.pods[3]).zone = Some("zone-b".into());
     let fast = translate_endpoint_change(&before, &prev, &after, &opts).expect("endpoint-only change");
     let full = translate(&after, &opts);
     assert_eq!(fast.snapshot, full.snapshot);
@@ -51,7 +51,7 @@ fn anything_but_a_pod_move_needs_a_full_translation() {
     let before = bookinfo();
     let prev = translate(&before, &opts);
     let mut relabelled = before.clone();
-    relabelled.pods[0]
+    Arc::make_mut(&mut relabelled.pods[0])
         .labels
         .insert("traffic.timeout".into(), "2s".into());
     assert!(translate_endpoint_change(&before, &prev, &relabelled, &opts).is_none());
@@ -59,7 +59,7 @@ fn anything_but_a_pod_move_needs_a_full_translation() {
     fewer.pods.pop();
     assert!(translate_endpoint_change(&before, &prev, &fewer, &opts).is_none());
     let mut service = before.clone();
-    service.services[0]
+    Arc::make_mut(&mut service.services[0])
         .labels
         .insert("traffic.port.9080".into(), "tcp".into());
     assert!(translate_endpoint_change(&before, &prev, &service, &opts).is_none());
@@ -68,7 +68,7 @@ fn anything_but_a_pod_move_needs_a_full_translation() {
         ..Options::default()
     };
     let mut moved = before.clone();
-    moved.pods[0].ip = Some("10.9.9.9".parse().unwrap());
+    Arc::make_mut(&mut moved.pods[0]).ip = Some("10.9.9.9".parse().unwrap());
     let prev = translate(&before, &loopback);
     assert!(translate_endpoint_change(&before, &prev, &moved, &loopback).is_none());
 }
@@ -122,7 +122,7 @@ fn a_moved_pod_of_a_destination_rule_subset_gives_what_a_full_translation_gives(
             p.labels.get("version").map(String::as_str) == Some("v2") && p.name.starts_with("reviews")
         })
         .unwrap();
-    after.pods[i].ip = Some("10.9.9.9".parse().unwrap());
+    Arc::make_mut(&mut after.pods[i]).ip = Some("10.9.9.9".parse().unwrap());
     let fast = translate_endpoint_change(&before, &prev, &after, &opts).expect("endpoint-only change");
     let full = translate(&after, &opts);
     assert_eq!(fast.snapshot, full.snapshot);

@@ -10,6 +10,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use common::*;
@@ -92,7 +93,12 @@ fn everything() -> MeshModel {
             labels.insert(k.to_string(), v.to_string());
         }
     };
-    let reviews = m.services.iter_mut().find(|s| s.name == "reviews").unwrap();
+    let reviews = m
+        .services
+        .iter_mut()
+        .find(|s| s.name == "reviews")
+        .map(Arc::make_mut)
+        .unwrap();
     set(
         &mut reviews.labels,
         &[
@@ -111,7 +117,12 @@ fn everything() -> MeshModel {
             ("traffic.tracing.sampling", "50"),
         ],
     );
-    let ratings = m.services.iter_mut().find(|s| s.name == "ratings").unwrap();
+    let ratings = m
+        .services
+        .iter_mut()
+        .find(|s| s.name == "ratings")
+        .map(Arc::make_mut)
+        .unwrap();
     set(
         &mut ratings.labels,
         &[
@@ -124,7 +135,12 @@ fn everything() -> MeshModel {
             ("traffic.lb.policy", "maglev"),
         ],
     );
-    let details = m.services.iter_mut().find(|s| s.name == "details").unwrap();
+    let details = m
+        .services
+        .iter_mut()
+        .find(|s| s.name == "details")
+        .map(Arc::make_mut)
+        .unwrap();
     set(
         &mut details.labels,
         &[
@@ -136,6 +152,7 @@ fn everything() -> MeshModel {
         .pods
         .iter_mut()
         .find(|p| p.name.starts_with("productpage"))
+        .map(Arc::make_mut)
         .unwrap();
     set(
         &mut pp.labels,
@@ -145,6 +162,7 @@ fn everything() -> MeshModel {
         .pods
         .iter_mut()
         .find(|p| p.name.starts_with("reviews-v1"))
+        .map(Arc::make_mut)
         .unwrap();
     set(&mut rv1.labels, &[("traffic.port.9080", "direct")]);
     m.ingresses.push(

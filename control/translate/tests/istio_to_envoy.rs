@@ -323,7 +323,7 @@ fn a_route_to_an_undefined_subset_or_unknown_host_is_not_emitted_and_reported() 
     for (http, why) in cases {
         // Labelled http, so the previous behaviour is the label-derived route.
         let mut m = vs(http);
-        m.services[0]
+        std::sync::Arc::make_mut(&mut m.services[0])
             .labels
             .insert("traffic.port.9080".into(), "http".into());
         let t = run(&m);
@@ -387,10 +387,10 @@ fn several_virtual_services_merge_by_creation_time_and_the_unreachable_one_is_re
 #[test]
 fn virtual_service_overrides_label_settings_and_reports_them() {
     let mut m = vs("[{route: [{destination: {host: reviews, subset: v1}}], timeout: 3s}]");
-    m.services[0]
+    std::sync::Arc::make_mut(&mut m.services[0])
         .labels
         .insert("traffic.request.timeout".into(), "7".into());
-    m.services[0]
+    std::sync::Arc::make_mut(&mut m.services[0])
         .labels
         .insert("traffic.retries.5xx".into(), "2".into());
     let t = run(&m);

@@ -155,9 +155,9 @@ fn endpoint_weight_on_the_owner_applies_unless_the_pod_has_its_own() {
             .unwrap(),
     );
     for p in &mut m.pods[..2] {
-        p.owner = Some(serde_yaml::from_str("{kind: Deployment, name: web}").unwrap());
+        Arc::make_mut(p).owner = Some(serde_yaml::from_str("{kind: Deployment, name: web}").unwrap());
     }
-    m.pods[1]
+    Arc::make_mut(&mut m.pods[1])
         .labels
         .insert("traffic.endpoint.weight".into(), "5".into());
     let t = run(&m);
@@ -505,10 +505,10 @@ fn a_pod_not_on_use_podip_reaches_itself_on_loopback_when_asked() {
         &[("traffic.envoy.enabled", "true")],
         &[],
     );
-    m.pods[1]
+    Arc::make_mut(&mut m.pods[1])
         .labels
         .insert("traffic.envoy.enabled".into(), "true".into());
-    m.pods[1]
+    Arc::make_mut(&mut m.pods[1])
         .labels
         .insert("traffic.envoy.local.use_podip".into(), "true".into());
     let t = run_with(&m, &opts);

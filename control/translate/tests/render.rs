@@ -95,7 +95,7 @@ fn the_vendored_descriptors_cover_every_type_translation_emits() {
         &[("traffic.request.timeout", "1s")],
     );
     m.services.push(bookinfo().services[0].clone());
-    m.services[1]
+    std::sync::Arc::make_mut(&mut m.services[1])
         .labels
         .insert("traffic.port.9080".into(), "tcp".into());
     m.ingresses = bookinfo().ingresses;

@@ -21,6 +21,7 @@ mod service_entry;
 mod virtual_service;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use traffic_istio::validate::{Dropped, ObjectReport};
 use traffic_istio::{DestinationRule, Kind, ObjectMeta, ValidatedConfig, VirtualService};
@@ -48,11 +49,11 @@ pub(crate) struct HostIndex<'m> {
 }
 
 impl<'m> HostIndex<'m> {
-    pub fn new(services: &'m [Service], external: &'m [ExternalHost]) -> Self {
+    pub fn new(services: &'m [Arc<Service>], external: &'m [ExternalHost]) -> Self {
         HostIndex {
             services: services
                 .iter()
-                .map(|s| ((s.namespace.as_str(), s.name.as_str()), s))
+                .map(|s| ((s.namespace.as_str(), s.name.as_str()), &**s))
                 .collect(),
             external: external
                 .iter()
@@ -154,7 +155,7 @@ fn original_index(k: usize, dropped: Option<&BTreeSet<usize>>) -> usize {
 }
 
 /// Lowers a validated configuration against the Services of the mesh.
-pub fn lower(validated: &ValidatedConfig, services: &[Service]) -> (RoutingModel, Vec<Problem>) {
+pub fn lower(validated: &ValidatedConfig, services: &[Arc<Service>]) -> (RoutingModel, Vec<Problem>) {
     let config = &validated.config;
     let dropped = dropped_http_rules(&validated.reports);
     let mut problems = Vec::new();

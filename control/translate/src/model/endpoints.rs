@@ -1,5 +1,6 @@
 //! Endpoints computed from Service selectors and pod readiness, IPs and named ports.
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::{MeshModel, Pod, Service, ServicePort};
 
@@ -15,12 +16,18 @@ impl MeshModel {
     /// Pods selected by a Service (same namespace, non-empty selector all matching), whether
     /// ready or not.
     pub fn selected_pods<'m>(&'m self, service: &'m Service) -> impl Iterator<Item = &'m Pod> + 'm {
-        self.pods.iter().filter(move |pod| service.selects(pod))
+        self.pods
+            .iter()
+            .map(|pod| &**pod)
+            .filter(move |pod| service.selects(pod))
     }
 
     /// Services selecting a pod.
     pub fn services_of<'m>(&'m self, pod: &'m Pod) -> impl Iterator<Item = &'m Service> + 'm {
-        self.services.iter().filter(move |service| service.selects(pod))
+        self.services
+            .iter()
+            .map(|service| &**service)
+            .filter(move |service| service.selects(pod))
     }
 
     /// The computed endpoints of one Service port: ready, selected pods with an IP whose target
@@ -53,12 +60,12 @@ pub fn endpoints_of<'m>(pods: impl Iterator<Item = &'m Pod>, port: &ServicePort)
 /// every pod: translating 1000 Services x 10 pods each took 15 s (debug build) with the scan.
 #[derive(Debug)]
 pub struct PodIndex<'m> {
-    pods: &'m [Pod],
+    pods: &'m [Arc<Pod>],
     by_label: std::collections::HashMap<(&'m str, &'m str, &'m str), Vec<usize>>,
 }
 
 impl<'m> PodIndex<'m> {
-    pub fn new(pods: &'m [Pod]) -> Self {
+    pub fn new(pods: &'m [Arc<Pod>]) -> Self {
         let mut by_label: std::collections::HashMap<_, Vec<usize>> = std::collections::HashMap::new();
         for (i, pod) in pods.iter().enumerate() {
             for (k, v) in &pod.labels {
@@ -80,7 +87,7 @@ impl<'m> PodIndex<'m> {
         };
         shortest
             .iter()
-            .map(|i| &self.pods[*i])
+            .map(|i| &*self.pods[*i])
             .filter(|pod| service.selects(pod))
             .collect()
     }
@@ -109,10 +116,10 @@ mod tests {
         let idx = PodIndex::new(&m.pods);
         let svc = &m.services[0];
         assert_eq!(idx.selected(svc), m.selected_pods(svc).collect::<Vec<_>>());
-        let mut other = svc.clone();
+        let mut other = Service::clone(svc);
         other.namespace = "elsewhere".into();
         assert!(idx.selected(&other).is_empty());
-        other = svc.clone();
+        other = Service::clone(svc);
         other.selector.clear();
         assert!(idx.selected(&other).is_empty(), "no selector, no pods");
     }

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -49,14 +50,37 @@ mod shared_istio {
     }
 }
 
+/// (De)serializes a list of shared objects as the plain list (the file format has no sharing).
+mod shared_list {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[allow(clippy::ptr_arg)] // serde's `with` hands over the field itself
+    pub fn serialize<S: Serializer, T: Serialize>(items: &Vec<Arc<T>>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(items.iter().map(|item| &**item))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Vec<Arc<T>>, D::Error> {
+        Vec::<T>::deserialize(d).map(|items| items.into_iter().map(Arc::new).collect())
+    }
+}
+
 /// Everything translation looks at.
+///
+/// Services and pods are shared (`Arc`): a model source that rebuilds the model after one pod
+/// moved hands the unchanged objects over as the same allocations, so building, comparing
+/// (`Arc`'s `==` of an `Eq` type checks the pointer first) and dropping a model of 10,000 pods
+/// costs pointer operations, not deep copies. Change one with [`Arc::make_mut`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeshModel {
-    #[serde(default)]
-    pub services: Vec<Service>,
-    #[serde(default)]
-    pub pods: Vec<Pod>,
+    #[serde(default, with = "shared_list")]
+    pub services: Vec<Arc<Service>>,
+    #[serde(default, with = "shared_list")]
+    pub pods: Vec<Arc<Pod>>,
     /// Deployments, StatefulSets, DaemonSets (and ReplicaSets without a Deployment): only their
     /// labels matter (`traffic.envoy.enabled`, `traffic.endpoint.weight`).
     #[serde(default)]
@@ -360,12 +384,14 @@ impl MeshModel {
         self.services
             .iter()
             .find(|s| s.namespace == namespace && s.name == name)
+            .map(|s| &**s)
     }
 
     pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
         self.pods
             .iter()
             .find(|p| p.namespace == namespace && p.name == name)
+            .map(|p| &**p)
     }
 
     pub fn secret(&self, namespace: &str, name: &str) -> Option<&TlsSecret> {

@@ -351,7 +351,7 @@ pub fn translate_endpoint_change(
         || prev_model.istio != model.istio
         || prev_model.outbound_traffic_policy != model.outbound_traffic_policy
         || prev_model.pods.len() != model.pods.len()
-        || prev_model.services != model.services
+        || !same_items(&prev_model.services, &model.services)
         || prev_model.workloads != model.workloads
         || prev_model.ingresses != model.ingresses
         || prev_model.secrets != model.secrets
@@ -360,6 +360,10 @@ pub fn translate_endpoint_change(
     }
     let mut moved = Vec::new();
     for (a, b) in prev_model.pods.iter().zip(&model.pods) {
+        // A model source shares unchanged pods: the same allocation, nothing to compare.
+        if Arc::ptr_eq(a, b) {
+            continue;
+        }
         if a.namespace != b.namespace
             || a.name != b.name
             || a.uid != b.uid
@@ -379,7 +383,7 @@ pub fn translate_endpoint_change(
         return None; // a mass change: one full translation is as quick
     }
     // Labels did not change, so the same Services select the moved pods before and after.
-    let services: Vec<Service> = model
+    let services: Vec<Arc<Service>> = model
         .services
         .iter()
         .filter(|s| moved.iter().any(|p| s.selects(p)))
@@ -387,7 +391,7 @@ pub fn translate_endpoint_change(
         .collect();
     // Those Services with their pods (in model order) and every workload (endpoint weights) are
     // all an endpoint assignment depends on.
-    let pods: Vec<Pod> = model
+    let pods: Vec<Arc<Pod>> = model
         .pods
         .iter()
         .filter(|p| services.iter().any(|s| s.selects(p)))
@@ -447,11 +451,17 @@ pub fn translate_endpoint_change(
     })
 }
 
+/// Whether two lists hold equal objects, comparing pointers first: a model source shares the
+/// unchanged ones between consecutive models.
+fn same_items<T: PartialEq>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y) || x == y)
+}
+
 /// The DestinationRules of `istio` whose host is one of `services`: what the subset clusters of
 /// those services, and so their endpoint assignments, come from.
 fn destination_rules_for(
     istio: &traffic_istio::IstioConfig,
-    services: &[Service],
+    services: &[Arc<Service>],
 ) -> traffic_istio::IstioConfig {
     if istio.destination_rules.is_empty() {
         return traffic_istio::IstioConfig::default();

@@ -49,9 +49,13 @@ pods:
 "#,
     )
     .unwrap();
-    m.services[0].labels = map(svc_labels);
-    m.pods[0].labels.extend(map(server_labels));
-    m.pods[2].labels.extend(map(client_labels));
+    std::sync::Arc::make_mut(&mut m.services[0]).labels = map(svc_labels);
+    std::sync::Arc::make_mut(&mut m.pods[0])
+        .labels
+        .extend(map(server_labels));
+    std::sync::Arc::make_mut(&mut m.pods[2])
+        .labels
+        .extend(map(client_labels));
     m
 }
 
