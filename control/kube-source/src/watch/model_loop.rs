@@ -79,7 +79,10 @@ pub async fn run_model_loop(
             }
         }
         let inputs = stores.inputs();
-        let model = build_model(&inputs);
+        let mut model = build_model(&inputs);
+        // Unchanged Services and pods: the published model's allocations (compared by pointer
+        // below and by the translation's endpoint-change shortcut).
+        model.share_unchanged(&tx.borrow());
         expiry = grace_expiry(&inputs);
         if **tx.borrow() == model {
             metrics.unchanged_models.inc();

@@ -411,6 +411,7 @@ impl MeshModel {
 
 mod endpoints;
 mod file;
+mod share;
 
 pub use endpoints::{endpoints_of, Endpoint, PodIndex};
 pub use file::{read_model_file, ModelError};
