@@ -72,6 +72,21 @@ fn split_sections(text: &str) -> Option<Split<'_>> {
     for line in text.split_inclusive('\n') {
         let start = offset;
         offset += line.len();
+        // Fast paths for the bulk of a file (what the checks below would also conclude): a line
+        // indented inside the `istio:` block, and an item's continuation line, indented deeper
+        // than the item's marker.
+        let bytes = line.as_bytes();
+        if istio_start.is_some() && bytes.first() == Some(&b' ') {
+            continue;
+        }
+        if let (Some(i), Some(_)) = (indent, item_start) {
+            if bytes
+                .get(..=i)
+                .is_some_and(|lead| lead.iter().all(|b| *b == b' '))
+            {
+                continue;
+            }
+        }
         let content = line.trim_end_matches(['\n', '\r']);
         let trimmed = content.trim_start_matches(' ');
         let col = content.len() - trimmed.len();
