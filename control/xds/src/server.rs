@@ -1,10 +1,8 @@
 //! gRPC plumbing: one task per ADS stream, driven by the proxy's requests and by new snapshots.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -21,7 +19,12 @@ use crate::rejection::{Rejection, RejectionSink};
 use crate::request::decode_sotw_with;
 use crate::sotw::{SotwResponse, SotwStream};
 use crate::transport::{AdsService, Inbound};
-use crate::{type_name, NameSets, View, SECRET};
+use crate::{type_name, NameSets, View};
+
+mod published;
+mod stream_metrics;
+use published::Published;
+use stream_metrics::{AckTimer, Connected, QuarantineGauge};
 
 /// Errors starting or running the server.
 #[derive(Debug, thiserror::Error)]
@@ -41,64 +44,6 @@ const STREAM_QUEUE: usize = 16;
 /// slice of that frame instead of being gathered from two into a new buffer per ACK per stream
 /// (xds-bench, 1,000 streams: RSS after ten changes 125 -> 101 MB, less CPU on both sides).
 const MAX_FRAME: u32 = 64 * 1024;
-
-/// A snapshot as the streams see it: numbered and timestamped when the server received it.
-#[derive(Clone)]
-struct Published {
-    snapshot: Arc<dyn MeshSnapshot>,
-    generation: u64,
-    at: Instant,
-    /// view key -> resources, computed by the first stream that needs them.
-    views: Views,
-    /// The views of the snapshot before: a type whose resources did not change keeps its type
-    /// view (version, encodings) from there instead of hashing and encoding them again.
-    previous: Views,
-}
-
-type Views = Arc<Mutex<HashMap<String, Arc<View>>>>;
-
-impl Published {
-    fn new(snapshot: Arc<dyn MeshSnapshot>, generation: u64, previous: Option<&Published>) -> Self {
-        Published {
-            snapshot,
-            generation,
-            at: Instant::now(),
-            views: Arc::default(),
-            previous: previous.map(|p| p.views.clone()).unwrap_or_default(),
-        }
-    }
-
-    /// The resources of `node`, shared with every node of the same view; without secrets unless
-    /// `secrets` (a stream that may not receive secrets never sees one, whatever the snapshot
-    /// holds for its node).
-    fn view(&self, node: &str, secrets: bool) -> Arc<View> {
-        let mut key = self.snapshot.view_key(node);
-        if !secrets {
-            key.push_str("\0no-secrets");
-        }
-        let build = |key: &str| {
-            let mut resources = self.snapshot.for_node(node);
-            if !secrets {
-                resources.by_type.remove(SECRET);
-            }
-            let prev = self
-                .previous
-                .lock()
-                .ok()
-                .and_then(|views| views.get(key).cloned());
-            Arc::new(View::reusing(resources, prev.as_deref()))
-        };
-        let Ok(mut views) = self.views.lock() else {
-            return build(&key);
-        };
-        if let Some(view) = views.get(&key) {
-            return view.clone();
-        }
-        let view = build(&key);
-        views.insert(key, view.clone());
-        view
-    }
-}
 
 struct Shared {
     published: watch::Receiver<Published>,
@@ -241,28 +186,6 @@ impl XdsServer {
 
 fn node_id(node: &Option<Node>) -> Option<String> {
     node.as_ref().map(|n| n.id.clone())
-}
-
-/// Decrements the connected gauge when a stream ends, however it ends.
-struct Connected(XdsMetrics, Mode);
-
-impl Connected {
-    fn new(metrics: &XdsMetrics, mode: Mode) -> Self {
-        metrics
-            .connected_proxies
-            .get_or_create(&ModeLabels { mode })
-            .inc();
-        Connected(metrics.clone(), mode)
-    }
-}
-
-impl Drop for Connected {
-    fn drop(&mut self) {
-        self.0
-            .connected_proxies
-            .get_or_create(&ModeLabels { mode: self.1 })
-            .dec();
-    }
 }
 
 /// What a request said about the previous response, whatever the protocol variant.
@@ -420,69 +343,6 @@ async fn expired(expiry: &mut Expiry) {
     match expiry {
         Some(sleep) => sleep.as_mut().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Keeps `xds_quarantined_resources` in step with one stream's quarantines, and takes the
-/// stream's share back when it ends, however it ends.
-struct QuarantineGauge {
-    metrics: XdsMetrics,
-    mode: Mode,
-    /// type URL -> resources this stream has quarantined, as last added to the gauge.
-    counts: HashMap<String, usize>,
-}
-
-impl QuarantineGauge {
-    fn new(metrics: &XdsMetrics, mode: Mode) -> Self {
-        QuarantineGauge {
-            metrics: metrics.clone(),
-            mode,
-            counts: HashMap::new(),
-        }
-    }
-
-    fn update<'a>(&mut self, counts: impl Iterator<Item = (&'a str, usize)>) {
-        for (type_url, n) in counts {
-            let prev = self.counts.get(type_url).copied().unwrap_or(0);
-            if prev != n {
-                let gauge = self
-                    .metrics
-                    .quarantined_resources
-                    .get_or_create(&TypeLabels::new(self.mode, type_url));
-                gauge.inc_by(n as i64 - prev as i64);
-                self.counts.insert(type_url.to_string(), n);
-            }
-        }
-    }
-}
-
-impl Drop for QuarantineGauge {
-    fn drop(&mut self) {
-        for (type_url, n) in &self.counts {
-            self.metrics
-                .quarantined_resources
-                .get_or_create(&TypeLabels::new(self.mode, type_url))
-                .dec_by(*n as i64);
-        }
-    }
-}
-
-/// Remembers when each response was queued, to measure ACK latency.
-#[derive(Default)]
-struct AckTimer(HashMap<String, Instant>);
-
-impl AckTimer {
-    fn sent(&mut self, nonce: &str) {
-        if self.0.len() > 256 {
-            self.0.clear();
-        }
-        self.0.insert(nonce.to_string(), Instant::now());
-    }
-
-    fn acked(&mut self, metrics: &XdsMetrics, nonce: &str) {
-        if let Some(at) = self.0.remove(nonce) {
-            metrics.ack_latency.observe(at.elapsed().as_secs_f64());
-        }
     }
 }
 
