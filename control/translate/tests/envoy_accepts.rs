@@ -85,22 +85,26 @@ fn validate(
     Ok(())
 }
 
+/// Adds `pairs` to the labels of the first item `which` picks (copied on write).
+fn label<T: Clone>(
+    items: &mut [Arc<T>],
+    which: impl Fn(&T) -> bool,
+    labels: impl Fn(&mut T) -> &mut std::collections::BTreeMap<String, String>,
+    pairs: &[(&str, &str)],
+) {
+    let item = items.iter_mut().find(|i| which(i)).map(Arc::make_mut).unwrap();
+    for (k, v) in pairs {
+        labels(item).insert(k.to_string(), v.to_string());
+    }
+}
+
 /// A model that sets every label somewhere, plus an Ingress with and without host.
 fn everything() -> MeshModel {
     let mut m = bookinfo();
-    let set = |labels: &mut std::collections::BTreeMap<String, String>, pairs: &[(&str, &str)]| {
-        for (k, v) in pairs {
-            labels.insert(k.to_string(), v.to_string());
-        }
-    };
-    let reviews = m
-        .services
-        .iter_mut()
-        .find(|s| s.name == "reviews")
-        .map(Arc::make_mut)
-        .unwrap();
-    set(
-        &mut reviews.labels,
+    label(
+        &mut m.services,
+        |s| s.name == "reviews",
+        |s| &mut s.labels,
         &[
             ("traffic.hash.cookie.name", "mycookie"),
             ("traffic.hash.cookie.ttl", "3600"),
@@ -117,14 +121,10 @@ fn everything() -> MeshModel {
             ("traffic.tracing.sampling", "50"),
         ],
     );
-    let ratings = m
-        .services
-        .iter_mut()
-        .find(|s| s.name == "ratings")
-        .map(Arc::make_mut)
-        .unwrap();
-    set(
-        &mut ratings.labels,
+    label(
+        &mut m.services,
+        |s| s.name == "ratings",
+        |s| &mut s.labels,
         &[
             ("traffic.fault.delay.time", "3000"),
             ("traffic.fault.delay.percentage", "12.5"),
@@ -135,36 +135,27 @@ fn everything() -> MeshModel {
             ("traffic.lb.policy", "maglev"),
         ],
     );
-    let details = m
-        .services
-        .iter_mut()
-        .find(|s| s.name == "details")
-        .map(Arc::make_mut)
-        .unwrap();
-    set(
-        &mut details.labels,
+    label(
+        &mut m.services,
+        |s| s.name == "details",
+        |s| &mut s.labels,
         &[
             ("traffic.port.9080", "tcp"),
             ("traffic.lb.policy", "least_request"),
         ],
     );
-    let pp = m
-        .pods
-        .iter_mut()
-        .find(|p| p.name.starts_with("productpage"))
-        .map(Arc::make_mut)
-        .unwrap();
-    set(
-        &mut pp.labels,
+    label(
+        &mut m.pods,
+        |p| p.name.starts_with("productpage"),
+        |p| &mut p.labels,
         &[("traffic.request.timeout", "1s"), ("traffic.port.9080", "http")],
     );
-    let rv1 = m
-        .pods
-        .iter_mut()
-        .find(|p| p.name.starts_with("reviews-v1"))
-        .map(Arc::make_mut)
-        .unwrap();
-    set(&mut rv1.labels, &[("traffic.port.9080", "direct")]);
+    label(
+        &mut m.pods,
+        |p| p.name.starts_with("reviews-v1"),
+        |p| &mut p.labels,
+        &[("traffic.port.9080", "direct")],
+    );
     m.ingresses.push(
         serde_yaml::from_str(
             "{name: catchall, defaultBackend: {service: productpage, port: 9080}, \
