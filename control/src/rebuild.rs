@@ -161,7 +161,7 @@ const RETIRE_AFTER: Duration = Duration::from_millis(500);
 /// What the last rebuild replaced, freed [`RETIRE_AFTER`] later on a blocking thread. At most
 /// one generation waits: retiring the next frees the one before at once (a burst of changes
 /// does not pile models up in memory).
-#[derive(Clone, Default)]
+#[derive(Default)]
 struct Retired(
     Arc<std::sync::Mutex<Option<Waiting>>>,
     Arc<std::sync::atomic::AtomicU64>,

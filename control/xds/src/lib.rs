@@ -254,15 +254,7 @@ impl View {
     pub fn get(&self, type_url: &str) -> Option<&Arc<TypeView>> {
         self.by_type.get(type_url)
     }
-}
 
-impl From<NodeResources> for View {
-    fn from(nr: NodeResources) -> Self {
-        View::reusing(nr, None)
-    }
-}
-
-impl View {
     /// The view of `nr`, keeping `prev`'s type view (its version, encodings and diffs) for every
     /// type whose resources are the same allocation as there: after an endpoint change only the
     /// endpoint type is versioned and encoded again.
@@ -280,6 +272,12 @@ impl View {
                 })
                 .collect(),
         }
+    }
+}
+
+impl From<NodeResources> for View {
+    fn from(nr: NodeResources) -> Self {
+        View::reusing(nr, None)
     }
 }
 

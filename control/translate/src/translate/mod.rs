@@ -351,7 +351,8 @@ pub fn translate_endpoint_change(
         || prev_model.istio != model.istio
         || prev_model.outbound_traffic_policy != model.outbound_traffic_policy
         || prev_model.pods.len() != model.pods.len()
-        || !same_items(&prev_model.services, &model.services)
+        // `Arc<Service>`'s `==` checks the pointer first (`Service: Eq`): shared ones cost nothing.
+        || prev_model.services != model.services
         || prev_model.workloads != model.workloads
         || prev_model.ingresses != model.ingresses
         || prev_model.secrets != model.secrets
@@ -422,13 +423,11 @@ pub fn translate_endpoint_change(
         let Some(endpoints) = view.by_type.get_mut(ENDPOINT) else {
             continue;
         };
-        if Arc::ptr_eq(endpoints, old_shared) {
-            if let Some(new) = &new_shared {
-                *endpoints = new.clone();
-                continue;
-            }
-        }
         let shared_map = Arc::ptr_eq(endpoints, old_shared);
+        if let (true, Some(new)) = (shared_map, &new_shared) {
+            *endpoints = new.clone();
+            continue;
+        }
         let map = Arc::make_mut(endpoints);
         for (name, new) in fresh.iter() {
             if let Some(r) = map.get_mut(name) {
@@ -449,12 +448,6 @@ pub fn translate_endpoint_change(
         label_errors: prev.label_errors.clone(),
         problems: prev.problems.clone(),
     })
-}
-
-/// Whether two lists hold equal objects, comparing pointers first: a model source shares the
-/// unchanged ones between consecutive models.
-fn same_items<T: PartialEq>(a: &[Arc<T>], b: &[Arc<T>]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| Arc::ptr_eq(x, y) || x == y)
 }
 
 /// The DestinationRules of `istio` whose host is one of `services`: what the subset clusters of
